@@ -1,0 +1,1 @@
+"""deeproots: run open-weight LLMs from real model files at the speed of the metal."""

@@ -1,0 +1,34 @@
+"""One exception hierarchy for everything deeproots rejects.
+
+Every message says what was wrong and, where there is one, what to do about it.
+"""
+
+
+class DeeprootsError(Exception):
+    """Base class: catch this to handle any error deeproots raises on purpose."""
+
+
+class ModelFormatError(DeeprootsError):
+    """A model file is malformed: names the field and, where known, the byte offset."""
+
+    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None):
+        where = []
+        if field is not None:
+            where.append(f"field {field!r}")
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.field = field
+        self.offset = offset
+
+
+class UnsupportedModelError(DeeprootsError):
+    """A well-formed model that uses something deeproots does not implement."""
+
+
+class ModelNotFoundError(DeeprootsError):
+    """A model name or path that is neither stored nor a file."""
+
+
+class RequestError(DeeprootsError):
+    """A bad request: invalid sampling values, an empty or oversized prompt, ..."""
