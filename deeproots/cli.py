@@ -1,0 +1,284 @@
+"""The `deeproots` command: run | chat | pull | list | rm | inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+from .errors import DeeprootsError
+from .store import CATALOG, DEFAULT_MODEL, ModelStore
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file "
+                             f"(default: {DEFAULT_MODEL})")
+    parser.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate (default: 512)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=40, help="0 disables (default: 40)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="1.0 disables (default: 0.95)")
+    parser.add_argument("--min-p", type=float, default=0.05, help="0 disables (default: 0.05)")
+    parser.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 disables (default: 1.0)")
+    parser.add_argument("--presence-penalty", type=float, default=0.0)
+    parser.add_argument("--frequency-penalty", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None, help="fix the seed to reproduce a sampled answer")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--verbose", action="store_true", help="print load time and tokens/s afterwards")
+
+
+def sampling_from(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repeat_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
+                frequency_penalty=args.frequency_penalty, seed=args.seed)
+
+
+def load_model(args: argparse.Namespace):
+    from .model import load
+
+    started = time.perf_counter()
+    model = load(args.model, context=args.ctx)
+    if getattr(args, "verbose", False):
+        print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return model
+
+
+def stream_answer(model, ids: list[int], args: argparse.Namespace, params) -> str:
+    """Print the answer as it is generated; return its text. Ctrl-C ends the answer early."""
+    pieces: list[str] = []
+    started = time.perf_counter()
+    first_token_at, n_tokens = None, 0
+    try:
+        for step in model.steps(ids, params, max_tokens=args.max_tokens, stop=args.stop):
+            first_token_at = first_token_at or time.perf_counter()
+            n_tokens += 1
+            pieces.append(step.text)
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    print()
+    if args.verbose and first_token_at is not None:
+        decode_time = time.perf_counter() - first_token_at
+        print(f"prompt: {len(ids)} tokens, first token after {first_token_at - started:.3f} s "
+              f"({len(ids) / (first_token_at - started):.1f} tokens/s)\n"
+              f"decode: {n_tokens} tokens, {max(n_tokens - 1, 0) / decode_time if decode_time else 0:.1f} tokens/s",
+              file=sys.stderr)
+    return "".join(pieces)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .sampling import SamplingParams
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    params = SamplingParams(**sampling_from(args))  # invalid values fail before the model loads
+    model = load_model(args)
+    if args.raw:
+        ids = model.tokenize(prompt)
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        text = model.apply_chat_template(messages + [{"role": "user", "content": prompt}])
+        ids = model.tokenize(text, add_bos=False, parse_special=True)
+    stream_answer(model, ids, args, params)
+
+
+CHAT_HELP = """commands:
+  /set temperature|top_k|top_p|min_p|repeat_penalty|max_tokens|seed VALUE
+  /set system TEXT    set the system message
+  /clear              forget the conversation
+  /bye                leave (or Ctrl-D)
+  \"\"\"               begin and end multi-line input
+Ctrl-C stops the current answer."""
+
+
+def read_user_message(prompt: Callable[[str], str] = input) -> str:
+    line = prompt(">>> ")
+    if not line.strip().startswith('"""'):
+        return line
+    lines = [line.strip()[3:]]
+    while not lines[-1].rstrip().endswith('"""'):
+        lines.append(prompt("... "))
+    lines[-1] = lines[-1].rstrip()[:-3]
+    return "\n".join(lines).strip()
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from .sampling import SamplingParams
+
+    settings = sampling_from(args)
+    SamplingParams(**settings)
+    model = load_model(args)
+    system: str | None = None
+    history: list[dict[str, str]] = []
+    print("Type a message; /? for help.", file=sys.stderr)
+    while True:
+        try:
+            message = read_user_message()
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print("\nUse Ctrl-D or /bye to leave.", file=sys.stderr)
+            continue
+        command = message.strip()
+        if not command:
+            continue
+        if command in ("/bye", "/exit"):
+            return
+        if command in ("/?", "/help"):
+            print(CHAT_HELP)
+            continue
+        if command == "/clear":
+            history.clear()
+            print("Cleared the conversation.", file=sys.stderr)
+            continue
+        if command.startswith("/set "):
+            system = apply_setting(command[5:], settings, args, system)
+            continue
+        if command.startswith("/"):
+            print(f"Unknown command {command.split()[0]!r}; /? lists the commands.", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": message})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        ids = model.tokenize(model.apply_chat_template(messages), add_bos=False, parse_special=True)
+        try:
+            answer = stream_answer(model, ids, args, SamplingParams(**settings))
+        except DeeprootsError as error:
+            history.pop()
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
+def apply_setting(text: str, settings: dict[str, Any], args: argparse.Namespace, system: str | None) -> str | None:
+    """Handle `/set NAME VALUE`; returns the (possibly new) system message."""
+    from .sampling import SamplingParams
+
+    name, _, value = text.strip().partition(" ")
+    if name == "system":
+        print("Set the system message.", file=sys.stderr)
+        return value.strip() or None
+    numeric = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repeat_penalty": float,
+               "presence_penalty": float, "frequency_penalty": float, "seed": int, "max_tokens": int}
+    if name not in numeric:
+        print(f"Unknown setting {name!r}; settings: system, {', '.join(numeric)}", file=sys.stderr)
+        return system
+    try:
+        parsed = numeric[name](value)
+        if name == "max_tokens":
+            if parsed < 1:
+                raise ValueError
+            args.max_tokens = parsed
+        else:
+            SamplingParams(**{**settings, name: parsed})
+            settings[name] = parsed
+    except (ValueError, DeeprootsError) as error:
+        print(f"Invalid value for {name}: {value!r} {error}", file=sys.stderr)
+        return system
+    print(f"Set {name} to {parsed}.", file=sys.stderr)
+    return system
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    stored = ModelStore().pull(args.name)
+    print(f"{stored.name}: {stored.path} (sha256 {stored.sha256})")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .inspect import human_bytes, summarize
+
+    models = ModelStore().list()
+    if not models:
+        print(f"No models stored yet; `deeproots pull {DEFAULT_MODEL}` fetches the default one.")
+        return
+    print(f"{'NAME':<20} {'SIZE':>10} {'QUANT':<8} {'ARCH':<10} PATH")
+    for stored in models:
+        summary = summarize(stored.path)
+        print(f"{stored.name:<20} {human_bytes(stored.size):>10} {summary.quantization:<8} "
+              f"{summary.architecture:<10} {stored.path}")
+
+
+def cmd_rm(args: argparse.Namespace) -> None:
+    ModelStore().remove(args.name)
+    print(f"Removed {args.name}.")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .inspect import human_bytes, human_count, summarize
+
+    summary = summarize(ModelStore().resolve(args.model, pull=False))
+    c = summary.config
+    rows = [
+        ("file", f"{summary.path} ({human_bytes(summary.file_size)})"),
+        ("name", summary.name),
+        ("architecture", summary.architecture),
+        ("parameters", human_count(summary.n_params)),
+        ("quantization", summary.quantization),
+        ("tensor types", ", ".join(f"{name} x{count}" for name, count in summary.tensor_types.items())),
+        ("context length", str(c.context_length) if c else "?"),
+        ("layers / width / heads", f"{c.n_layers} / {c.d_model} / {c.n_heads} (kv {c.n_kv_heads})" if c else "?"),
+        ("vocabulary", f"{summary.vocab_size} tokens"),
+        ("chat template", "yes" if summary.has_chat_template else "no (use --raw)"),
+    ]
+    context = args.ctx or (min(c.context_length, 4096) if c else 4096)
+    kv = summary.kv_cache_bytes(context)
+    rows.append((f"memory at ctx {context}", f"{human_bytes(summary.weight_bytes + kv)} "
+                                             f"(weights {human_bytes(summary.weight_bytes)} + KV cache {human_bytes(kv)})"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deeproots", description="Run open-weight LLMs from GGUF files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="answer one prompt, streaming the text")
+    run.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    run.add_argument("--raw", action="store_true", help="complete the prompt as plain text, no chat template")
+    run.add_argument("--system", default=None, help="a system message for the chat template")
+    add_model_option(run)
+    add_sampling_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    chat = commands.add_parser("chat", help="multi-turn conversation in the terminal")
+    add_model_option(chat)
+    add_sampling_options(chat)
+    chat.set_defaults(handler=cmd_chat)
+
+    pull = commands.add_parser("pull", help="fetch a model into the store")
+    pull.add_argument("name", choices=sorted(CATALOG))
+    pull.set_defaults(handler=cmd_pull)
+
+    commands.add_parser("list", help="stored models").set_defaults(handler=cmd_list)
+
+    rm = commands.add_parser("rm", help="remove a stored model")
+    rm.add_argument("name")
+    rm.set_defaults(handler=cmd_rm)
+
+    inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
+    inspect.add_argument("model", help="a store name or a path to a .gguf file")
+    inspect.add_argument("--ctx", type=int, default=None, help="context size for the memory estimate")
+    inspect.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except DeeprootsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""ModelConfig: the hyperparameters of a model, read from the model file's own metadata.
+
+Never from a path or a file name. Unknown keys are ignored; a missing required key raises
+ModelFormatError naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ModelFormatError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    n_layers: int
+    d_model: int  # embedding width
+    n_heads: int
+    n_kv_heads: int  # grouped-query attention: n_heads is a multiple of this
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    context_length: int  # the longest context the model was trained for
+    norm_eps: float
+    rope_theta: float
+    rope_dim: int  # leading dimensions of each head that RoPE rotates
+    rope_scale: float = 1.0  # linear position scaling (positions are divided by it)
+
+
+def _required(metadata: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in metadata:
+        raise ModelFormatError(f"required metadata key {key!r} is missing", field=key)
+    value = metadata[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ModelFormatError(f"metadata key {key!r} must be an integer, got {value!r}", field=key)
+    if kind is float and not isinstance(value, (int, float)):
+        raise ModelFormatError(f"metadata key {key!r} must be a number, got {value!r}", field=key)
+    if kind is int and value < 1:
+        raise ModelFormatError(f"metadata key {key!r} must be positive, got {value}", field=key)
+    return kind(value)
+
+
+def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfig:
+    """Build the config from GGUF metadata keys `{arch}.*` (as llama.cpp names them)."""
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFormatError("general.architecture is missing or not a string", field="general.architecture")
+
+    def key(name: str) -> str:
+        return f"{arch}.{name}"
+
+    d_model = _required(metadata, key("embedding_length"), int)
+    n_heads = _required(metadata, key("attention.head_count"), int)
+    n_kv_heads = int(metadata.get(key("attention.head_count_kv"), n_heads))
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise ModelFormatError(f"head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}",
+                               field=key("attention.head_count_kv"))
+    head_dim = int(metadata.get(key("attention.key_length"), d_model // n_heads))
+    scaling_type = metadata.get(key("rope.scaling.type"), "none")
+    rope_scale = float(metadata.get(key("rope.scaling.factor"), 1.0)) if scaling_type == "linear" else 1.0
+    return ModelConfig(
+        architecture=arch,
+        n_layers=_required(metadata, key("block_count"), int),
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        ffn_dim=_required(metadata, key("feed_forward_length"), int),
+        vocab_size=int(metadata.get(key("vocab_size"), vocab_size)),
+        context_length=_required(metadata, key("context_length"), int),
+        norm_eps=_required(metadata, key("attention.layer_norm_rms_epsilon"), float),
+        rope_theta=float(metadata.get(key("rope.freq_base"), 10000.0)),
+        rope_dim=int(metadata.get(key("rope.dimension_count"), head_dim)),
+        rope_scale=rope_scale,
+    )

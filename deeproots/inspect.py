@@ -1,0 +1,83 @@
+"""What a model file holds, for `deeproots inspect` and `deeproots list`: read from the header only."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+from .config import ModelConfig, config_from_gguf
+from .errors import ModelFormatError
+from .formats.gguf import GGUFFile
+from .quant.types import GGMLType
+
+# llama.cpp's general.file_type values (enum llama_ftype) for the names users know.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
+    18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S",
+    25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
+    32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+}
+KV_BYTES_PER_VALUE = 4  # the KV cache holds float32 keys and values
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    path: str
+    file_size: int
+    architecture: str
+    name: str
+    quantization: str
+    n_params: int
+    weight_bytes: int
+    tensor_types: dict[str, int]  # type name -> tensor count
+    config: ModelConfig | None  # None when the architecture's keys are missing
+    vocab_size: int
+    has_chat_template: bool
+
+    def kv_cache_bytes(self, context: int) -> int:
+        c = self.config
+        return 0 if c is None else 2 * c.n_layers * c.n_kv_heads * c.head_dim * context * KV_BYTES_PER_VALUE
+
+
+def type_name(ggml_type: int) -> str:
+    return GGMLType(ggml_type).name if ggml_type in GGMLType._value2member_map_ else f"type {ggml_type}"
+
+
+def summarize(path: str | os.PathLike) -> ModelSummary:
+    with GGUFFile.open(path) as gguf:
+        metadata, tensors = gguf.metadata, list(gguf.tensors.values())
+        counts = Counter(type_name(t.ggml_type) for t in tensors)
+        vocab = metadata.get("tokenizer.ggml.tokens", [])
+        file_type = metadata.get("general.file_type")
+        quantization = FILE_TYPES.get(file_type) if isinstance(file_type, int) else None
+        try:
+            config = config_from_gguf(metadata, len(vocab))
+        except ModelFormatError:  # a summary still helps for a file we cannot run
+            config = None
+        return ModelSummary(
+            path=str(path),
+            file_size=os.path.getsize(path),
+            architecture=str(metadata.get("general.architecture", "?")),
+            name=str(metadata.get("general.name", "")),
+            quantization=quantization or (counts.most_common(1)[0][0] if counts else "?"),
+            n_params=sum(t.n_elements for t in tensors),
+            weight_bytes=sum(t.nbytes or 0 for t in tensors),
+            tensor_types=dict(counts.most_common()),
+            config=config,
+            vocab_size=len(vocab),
+            has_chat_template=isinstance(metadata.get("tokenizer.chat_template"), str),
+        )
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"

@@ -1,0 +1,113 @@
+"""The Python API: `deeproots.load(name_or_path)` returns a Model ready to generate."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .cache.kv import KVCache
+from .config import ModelConfig, config_from_gguf
+from .errors import RequestError, UnsupportedModelError
+from .formats.gguf import GGUFFile
+from .generate import GenerationStep, generate
+from .models.registry import model_class
+from .models.weights import GGUFWeights
+from .sampling import SamplingParams
+from .store import ModelStore
+from .tokenizer import ChatTemplate, Tokenizer
+
+DEFAULT_CONTEXT = 4096  # tokens; the model's own maximum when it is smaller
+
+
+class Model:
+    def __init__(self, path: str | os.PathLike, *, context: int | None = None):
+        self.path = path
+        self.gguf = GGUFFile.open(path)
+        metadata = self.gguf.metadata
+        self.tokenizer = Tokenizer.from_gguf_metadata(metadata)
+        self.config: ModelConfig = config_from_gguf(metadata, self.tokenizer.vocab_size)
+        self.context = context or min(self.config.context_length, DEFAULT_CONTEXT)
+        if self.context < 1:
+            raise RequestError(f"the context size must be positive, got {self.context}")
+        self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
+        self.net = model_class(self.config.architecture)(self.config, GGUFWeights(self.gguf), self.context)
+        c = self.config
+        self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
+        self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
+
+    # --- text <-> tokens -------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        if self.template is None:
+            raise UnsupportedModelError("this model file has no chat template; send a plain prompt instead (--raw)")
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    # --- evaluation ------------------------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Logits (T, vocab) for every position of `ids`, computed from an empty cache."""
+        if not ids:
+            raise RequestError("logits() needs at least one token")
+        if len(ids) > self.context:
+            raise RequestError(f"{len(ids)} tokens do not fit in the context of {self.context}")
+        self._reset_cache()
+        try:
+            return self.net.forward(torch.tensor(ids, dtype=torch.long), self.cache, all_logits=True)
+        finally:
+            self._reset_cache()
+
+    # --- generation ------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, stop: Sequence[str] = (),
+                 stream: bool = False, **sampling: Any) -> str | Iterator[str]:
+        """Continue `prompt` (plain text, no template; or token ids) and return or stream the text."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        return self._run(ids, max_tokens, stop, stream, SamplingParams(**sampling))
+
+    def chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256, stop: Sequence[str] = (),
+             stream: bool = False, **sampling: Any) -> str | Iterator[str]:
+        """Answer the last message of a conversation, rendered with the model's chat template."""
+        text = self.apply_chat_template(messages)
+        # The template writes the special tokens itself, so they are parsed here.
+        ids = self.tokenize(text, add_bos=False, parse_special=True)
+        return self._run(ids, max_tokens, stop, stream, SamplingParams(**sampling))
+
+    def steps(self, ids: Sequence[int], params: SamplingParams, *, max_tokens: int,
+              stop: Sequence[str] = ()) -> Iterator[GenerationStep]:
+        """The underlying token-by-token generator, reusing whatever prefix the cache shares with `ids`."""
+        ids = list(ids)
+        self._keep_common_prefix(ids)
+        for step in generate(self.net, self.tokenizer, ids, self.cache, params, max_tokens=max_tokens, stop=stop):
+            ids.append(step.token_id)
+            self._cached_ids = ids[:self.cache.offset]
+            yield step
+
+    def _run(self, ids: list[int], max_tokens: int, stop: Sequence[str], stream: bool,
+             params: SamplingParams) -> str | Iterator[str]:
+        texts = (step.text for step in self.steps(ids, params, max_tokens=max_tokens, stop=stop))
+        return texts if stream else "".join(texts)
+
+    def _keep_common_prefix(self, ids: list[int]) -> None:
+        common = 0
+        for cached, new in zip(self._cached_ids, ids):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token must run to produce logits
+        self.cache.truncate(max(common, 0))
+        self._cached_ids = self._cached_ids[:self.cache.offset]
+
+    def _reset_cache(self) -> None:
+        self.cache.truncate(0)
+        self._cached_ids = []
+
+
+def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None,
+         pull: bool = True) -> Model:
+    """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file."""
+    return Model(ModelStore().resolve(name_or_path, pull=pull), context=context)

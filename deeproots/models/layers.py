@@ -1,0 +1,76 @@
+"""Building blocks shared by every architecture: norms, rotary embeddings, attention, MLPs.
+
+Activations of one sequence are (T, d_model); attention works per head as (n_heads, T, head_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+Linear = Callable[[torch.Tensor], torch.Tensor]  # (T, in_features) -> (T, out_features)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., d) scaled to unit root-mean-square, then by `weight` (d,)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class RotaryEmbedding:
+    """RoPE with tables precomputed for every position the cache can hold.
+
+    GGUF files converted from HF llama checkpoints have Q/K rows permuted so that rotation pairs
+    are adjacent dimensions ("interleaved", llama.cpp's ROPE_TYPE_NORM); other architectures keep
+    HF's layout, where dimension i pairs with i + rope_dim/2 ("neox").
+    """
+
+    def __init__(self, rope_dim: int, theta: float, max_positions: int, *, scale: float = 1.0,
+                 style: Literal["interleaved", "neox"] = "interleaved"):
+        self.rope_dim = rope_dim
+        self.style = style
+        inv_freq = 1.0 / theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim)  # (rope_dim/2,)
+        positions = torch.arange(max_positions, dtype=torch.float64) / scale
+        angles = torch.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
+        self.cos = angles.cos().float()
+        self.sin = angles.sin().float()
+
+    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate x (n_heads, T, head_dim) holding positions start .. start+T-1."""
+        T = x.shape[1]
+        cos = self.cos[start:start + T]  # (T, rope_dim/2)
+        sin = self.sin[start:start + T]
+        rotated, passthrough = x[..., :self.rope_dim], x[..., self.rope_dim:]
+        if self.style == "interleaved":
+            first, second = rotated[..., 0::2], rotated[..., 1::2]
+        else:
+            first, second = rotated.chunk(2, dim=-1)
+        out_first = first * cos - second * sin
+        out_second = first * sin + second * cos
+        if self.style == "interleaved":
+            rotated = torch.stack((out_first, out_second), dim=-1).flatten(-2)
+        else:
+            rotated = torch.cat((out_first, out_second), dim=-1)
+        return torch.cat((rotated, passthrough), dim=-1) if passthrough.shape[-1] else rotated
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention of the T newest positions over all L cached ones.
+
+    q (n_heads, T, D); k, v (n_kv_heads, L, D) with L >= T; the queries are the last T positions.
+    Returns (n_heads, T, D).
+    """
+    T, L = q.shape[1], k.shape[1]
+    if T == 1:
+        mask = None  # the newest token sees everything
+    else:
+        # Query i sits at absolute position L - T + i and may see keys 0 .. L - T + i.
+        mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+def gated_mlp(x: torch.Tensor, gate: Linear, up: Linear, down: Linear,
+              activation: Callable[[torch.Tensor], torch.Tensor] = F.silu) -> torch.Tensor:
+    """down(activation(gate(x)) * up(x)) for x (T, d_model)."""
+    return down(activation(gate(x)) * up(x))

@@ -1,0 +1,125 @@
+"""Sampling: pure functions from (logits, params, rng state) to the next token.
+
+The order of operations follows vLLM: penalties and logit bias on the raw logits, then
+temperature, then the top-k / top-p / min-p filters on the tempered distribution, then a draw.
+Temperature 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .errors import RequestError
+
+Sampler = Callable[[torch.Tensor, Sequence[int]], int]  # (logits (vocab,), tokens so far) -> next token
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40  # 0 disables
+    top_p: float = 0.95  # 1.0 disables
+    min_p: float = 0.05  # 0.0 disables
+    repeat_penalty: float = 1.0  # llama.cpp style: divides positive logits of seen tokens; 1.0 disables
+    presence_penalty: float = 0.0  # OpenAI style: subtracted once from every seen token
+    frequency_penalty: float = 0.0  # OpenAI style: subtracted once per occurrence
+    penalty_window: int = 64  # how many recent tokens the penalties look at
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", self.temperature, 0.0, 100.0),
+            ("top_k", self.top_k, 0, 1 << 31),
+            ("top_p", self.top_p, 0.0, 1.0),
+            ("min_p", self.min_p, 0.0, 1.0),
+            ("repeat_penalty", self.repeat_penalty, 0.0, 100.0),
+            ("presence_penalty", self.presence_penalty, -2.0, 2.0),
+            ("frequency_penalty", self.frequency_penalty, -2.0, 2.0),
+            ("penalty_window", self.penalty_window, 0, 1 << 31),
+        ]
+        for name, value, low, high in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RequestError(f"{name} must be a finite number, got {value!r}")
+            if not low <= value <= high:
+                raise RequestError(f"{name} must be between {low} and {high}, got {value}")
+        if self.repeat_penalty == 0.0:
+            raise RequestError("repeat_penalty must be positive (1.0 disables it)")
+        if self.top_p == 0.0:
+            raise RequestError("top_p must be greater than 0 (1.0 disables it)")
+        for token, bias in self.logit_bias.items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise RequestError(f"logit_bias keys must be token ids, got {token!r}")
+            if not isinstance(bias, (int, float)) or not -100.0 <= bias <= 100.0:
+                raise RequestError(f"logit_bias values must be between -100 and 100, got {bias!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def apply_penalties(logits: torch.Tensor, history: Sequence[int], params: SamplingParams) -> torch.Tensor:
+    """Penalize tokens seen in the last `penalty_window` tokens of `history`; returns new logits."""
+    recent = history[-params.penalty_window:] if params.penalty_window else []
+    if not recent:
+        return logits
+    tokens, counts = torch.tensor(recent, dtype=torch.long).unique(return_counts=True)
+    seen = logits[tokens]
+    if params.repeat_penalty != 1.0:
+        seen = torch.where(seen > 0, seen / params.repeat_penalty, seen * params.repeat_penalty)
+    seen = seen - params.presence_penalty - params.frequency_penalty * counts.to(logits.dtype)
+    out = logits.clone()
+    out[tokens] = seen
+    return out
+
+
+def apply_logit_bias(logits: torch.Tensor, bias: Mapping[int, float]) -> torch.Tensor:
+    if not bias:
+        return logits
+    vocab = logits.shape[0]
+    out_of_range = [token for token in bias if token >= vocab]
+    if out_of_range:
+        raise RequestError(f"logit_bias names token ids outside the vocabulary (size {vocab}): {out_of_range[:5]}")
+    out = logits.clone()
+    out[list(bias)] += torch.tensor(list(bias.values()), dtype=logits.dtype)
+    return out
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Set to -inf every token outside the top-k, the top-p nucleus, or under min_p x the top prob."""
+    sorted_logits, order = logits.sort(descending=True)  # (vocab,)
+    keep = torch.ones_like(sorted_logits, dtype=torch.bool)
+    if top_k > 0:
+        keep[top_k:] = False
+    probs = sorted_logits.softmax(-1)
+    if top_p < 1.0:
+        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
+        mass_before = probs.cumsum(-1) - probs
+        keep &= mass_before < top_p
+    if min_p > 0.0:
+        keep &= probs >= min_p * probs[0]
+    keep[0] = True  # the most likely token always survives
+    filtered = torch.full_like(logits, float("-inf"))
+    filtered[order[keep]] = sorted_logits[keep]
+    return filtered
+
+
+def make_sampler(params: SamplingParams) -> Sampler:
+    """A sampler closed over its own generator: the same seed gives the same tokens."""
+    generator = torch.Generator()
+    generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def sample(logits: torch.Tensor, history: Sequence[int]) -> int:
+        logits = logits.float()
+        logits = apply_penalties(logits, history, params)
+        logits = apply_logit_bias(logits, params.logit_bias)
+        if params.greedy:
+            return int(logits.argmax())
+        logits = filter_logits(logits / params.temperature, params.top_k, params.top_p, params.min_p)
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+    return sample
