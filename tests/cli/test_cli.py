@@ -1,0 +1,87 @@
+"""The `deeproots` command as a user runs it: a real process, the real model, a throwaway store."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from deeproots.formats.gguf_writer import GGUFWriter
+from deeproots.quant.types import GGMLType
+
+
+def deeproots(*args: str, home=None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if home is not None:
+        env["DEEPROOTS_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "deeproots.cli", *args], capture_output=True, text=True,
+                          env=env, input=stdin, timeout=600)
+
+
+def test_unknown_model_names_the_pullable_ones(tmp_path):
+    result = deeproots("run", "-m", "no-such-model", "hi", home=tmp_path)
+    assert result.returncode == 1
+    assert "unknown model 'no-such-model'" in result.stderr and "smollm2-135m" in result.stderr
+
+
+def test_missing_file_path_is_reported(tmp_path):
+    result = deeproots("inspect", str(tmp_path / "absent.gguf"), home=tmp_path)
+    assert result.returncode == 1 and "no model file" in result.stderr
+
+
+def test_not_yet_pulled_model_says_how_to_pull(tmp_path):
+    result = deeproots("inspect", "smollm2-135m", home=tmp_path)
+    assert result.returncode == 1 and "deeproots pull smollm2-135m" in result.stderr
+
+
+def test_malformed_file_is_a_clean_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+    result = deeproots("run", "-m", str(bad), "hi", home=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    writer = GGUFWriter()
+    writer.add("general.architecture", "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32), GGMLType.F32)
+    path = tmp_path / "mamba.gguf"
+    writer.write(path)
+    result = deeproots("run", "--raw", "-m", str(path), "hi", home=tmp_path)
+    assert result.returncode == 1
+    assert "'mamba' is not supported" in result.stderr and "llama" in result.stderr
+
+
+def test_invalid_sampling_value_fails_before_loading(tmp_path):
+    result = deeproots("run", "--temperature", "-1", "hi", home=tmp_path)
+    assert result.returncode == 1 and "temperature" in result.stderr
+
+
+def test_inspect_describes_the_default_model(smollm2_path):
+    result = deeproots("inspect", str(smollm2_path), "--ctx", "2048")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("llama", "Q4_1 x210", "Q8_0 x1", "F32 x61", "8192", "49152 tokens", "chat template  yes",
+                     "memory at ctx 2048", "30 / 576 / 9 (kv 3)"):
+        assert expected in out, expected
+
+
+def test_chat_answers_and_obeys_commands(smollm2_path):
+    session = "/set temperature 0\n/set bogus 1\nWhat is 2+2? Answer with one number.\n/clear\n/bye\n"
+    result = deeproots("chat", "-m", str(smollm2_path), "--max-tokens", "16", stdin=session)
+    assert result.returncode == 0, result.stderr
+    assert "Set temperature to 0.0" in result.stderr
+    assert "Unknown setting 'bogus'" in result.stderr
+    assert "4" in result.stdout
+    assert "Cleared the conversation" in result.stderr
+
+
+def test_pull_list_rm_round_trip(tmp_path):
+    pulled = deeproots("pull", "smollm2-135m", home=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in pulled.stdout
+    listed = deeproots("list", home=tmp_path)
+    assert "smollm2-135m" in listed.stdout and "Q4_1" in listed.stdout and "98.4 MB" in listed.stdout
+    assert deeproots("rm", "smollm2-135m", home=tmp_path).returncode == 0
+    assert "No models stored" in deeproots("list", home=tmp_path).stdout
+    assert deeproots("rm", "smollm2-135m", home=tmp_path).returncode == 1

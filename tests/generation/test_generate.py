@@ -1,0 +1,79 @@
+"""The generation loop on the real model: stop strings, end tokens, limits, seeds, bad input."""
+
+import pytest
+
+from deeproots.errors import RequestError
+from deeproots.generate import StopStringMatcher
+from deeproots.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = []
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        out.append(text)
+        if stopped:
+            return "".join(out), True
+    return "".join(out) + matcher.flush(), False
+
+
+@pytest.mark.parametrize("pieces, stops, expected", [
+    (["Hello", " wor", "ld", "!"], ["world"], ("Hello ", True)),
+    (["a<", "/s", ">b"], ["</s>"], ("a", True)),
+    (["a<", "b", "c"], ["</s>"], ("a<bc", False)),  # a prefix that never completes is released
+    (["xEN", "D"], ["END", "ND"], ("x", True)),  # the earliest match wins
+    (["no stop here"], [], ("no stop here", False)),
+])
+def test_stop_string_matcher(pieces, stops, expected):
+    assert feed_all(StopStringMatcher(stops), pieces) == expected
+
+
+def test_partial_stop_string_is_held_back():
+    matcher = StopStringMatcher(["STOP"])
+    assert matcher.feed("abc ST") == ("abc ", False)
+    assert matcher.feed("O") == ("", False)
+    assert matcher.feed("P tail") == ("", True)
+
+
+def test_stop_string_ends_generation_without_emitting_it(smollm2):
+    full = smollm2.generate("The three primary colors are", max_tokens=30, temperature=0)
+    cut = smollm2.generate("The three primary colors are", max_tokens=30, temperature=0, stop=["RGB"])
+    assert "RGB" in full
+    assert cut == full[:full.index("RGB")]
+
+
+def test_chat_ends_on_end_of_turn_token(smollm2):
+    steps = list(smollm2.steps(
+        smollm2.tokenize(smollm2.apply_chat_template([{"role": "user", "content": "Say hi."}]),
+                         parse_special=True),
+        GREEDY, max_tokens=200))
+    assert steps[-1].finish_reason == "stop"
+    assert steps[-1].token_id in smollm2.tokenizer.stop_ids
+    assert "<|im_end|>" not in "".join(step.text for step in steps)
+
+
+def test_seeded_sampling_reproduces_and_seeds_differ(smollm2):
+    run = lambda seed: smollm2.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=seed)
+    assert run(11) == run(11)
+    assert len({run(11), run(12), run(13)}) > 1
+
+
+def test_streaming_yields_the_same_text(smollm2):
+    pieces = list(smollm2.generate("Water boils at", max_tokens=20, temperature=0, stream=True))
+    assert "".join(pieces) == smollm2.generate("Water boils at", max_tokens=20, temperature=0)
+    assert len(pieces) > 1
+
+
+def test_bad_requests_raise_request_errors(smollm2):
+    with pytest.raises(RequestError, match="empty"):
+        smollm2.generate("", max_tokens=4)
+    with pytest.raises(RequestError, match="max_tokens"):
+        smollm2.generate("Hi", max_tokens=0)
+    with pytest.raises(RequestError, match="temperature"):
+        smollm2.generate("Hi", temperature=-1)
+    with pytest.raises(RequestError, match="context"):
+        smollm2.generate("word " * (smollm2.context + 10), max_tokens=4)
+    # The model still works after rejected requests.
+    assert smollm2.generate("The three primary colors are", max_tokens=3, temperature=0) == " the primary colors"
