@@ -1,0 +1,95 @@
+"""Chat templates: the Jinja template a model file carries, rendered in a sandbox as HF transformers does.
+
+Templates are untrusted code from the file, so they run in jinja2's ImmutableSandboxedEnvironment with
+the same options and helpers as `apply_chat_template` (trim_blocks, lstrip_blocks, loop controls,
+raise_exception, strftime_now, a tojson that keeps non-ASCII text), so a template renders the same here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Mapping
+
+import jinja2
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from deeproots.errors import ModelFormatError, RequestError
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+
+
+class _GenerationTag(Extension):
+    """{% generation %}...{% endgeneration %} marks the assistant's text for training masks; it renders as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTag, loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+    return env
+
+
+_ENVIRONMENT = _environment()
+
+
+class ChatTemplate:
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
+        if not isinstance(source, str):
+            raise ModelFormatError("the chat template must be a string", field=TEMPLATE_KEY)
+        try:
+            self._template = _ENVIRONMENT.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ModelFormatError(f"the chat template does not parse: {exc.message} (template line {exc.lineno})",
+                                   field=TEMPLATE_KEY) from exc
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any], tokenizer: Tokenizer) -> ChatTemplate | None:
+        """The file's default template (None when it has none), with its BOS and EOS tokens' text."""
+        source = metadata.get(TEMPLATE_KEY)
+        if source is None:
+            return None
+
+        def text(token_id: int | None) -> str:
+            return "" if token_id is None else tokenizer.token_text(token_id)
+
+        return cls(source, bos_token=text(tokenizer.bos_id), eos_token=text(tokenizer.eos_id))
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True, **extra: Any) -> str:
+        """The prompt text for `messages`; `extra` reaches the template as variables (tools, documents, ...)."""
+        if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
+            raise RequestError("messages must be a list of {'role': ..., 'content': ...} objects")
+        variables = {"tools": None, "documents": None, "bos_token": self.bos_token, "eos_token": self.eos_token,
+                     **extra, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        try:
+            return self._template.render(**variables)
+        except Exception as exc:  # raise_exception(), a sandbox refusal, a type error: the template's verdict
+            raise RequestError(f"the chat template rejected the conversation: {exc}") from exc
