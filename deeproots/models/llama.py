@@ -1,11 +1,15 @@
 """Llama: pre-norm blocks of grouped-query attention with RoPE and a gated SiLU MLP.
 
-Attribute names follow the GGUF tensor names (blk.N.attn_q, ffn_gate, ...).
+Attribute names follow the GGUF tensor names (blk.N.attn_q, ffn_gate, ...). A forward pass takes
+the new tokens of one or more sequences packed into one (N,) tensor: the matrix products run over
+all N rows at once (each weight is read once per step, whatever the batch), while attention runs per
+sequence over that sequence's own KV cache.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -29,17 +33,27 @@ class LlamaBlock:
         self.ffn_up = weights.linear(prefix + "ffn_up.weight", c.d_model, c.ffn_dim)
         self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
 
-    def __call__(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        c, T = self.config, x.shape[0]
-        h = rms_norm(x, self.attn_norm, c.norm_eps)  # (T, d_model)
-        q = self.attn_q(h).view(T, c.n_heads, c.head_dim).transpose(0, 1)  # (n_heads, T, head_dim)
-        k = self.attn_k(h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)  # (n_kv_heads, T, head_dim)
-        v = self.attn_v(h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
-        q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
-        keys, values = cache.update(self.index, k, v)  # (n_kv_heads, offset + T, head_dim)
-        attended = causal_attention(q, keys, values, scale=1.0 / math.sqrt(c.head_dim))  # (n_heads, T, head_dim)
-        x = x + self.attn_output(attended.transpose(0, 1).reshape(T, c.n_heads * c.head_dim))
-        h = rms_norm(x, self.ffn_norm, c.norm_eps)
+    def attention(self, h: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+        """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
+        c = self.config
+        q_all, k_all, v_all = self.attn_q(h), self.attn_k(h), self.attn_v(h)  # (N, heads * head_dim)
+        outputs, start = [], 0
+        for cache, T in zip(caches, lengths):
+            rows = slice(start, start + T)
+            q = q_all[rows].view(T, c.n_heads, c.head_dim).transpose(0, 1)  # (n_heads, T, head_dim)
+            k = k_all[rows].view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)  # (n_kv_heads, T, head_dim)
+            v = v_all[rows].view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
+            q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
+            keys, values = cache.update(self.index, k, v)  # (n_kv_heads, offset + T, head_dim)
+            attended = causal_attention(q, keys, values, scale=1.0 / math.sqrt(c.head_dim))  # (n_heads, T, head_dim)
+            outputs.append(attended.transpose(0, 1).reshape(T, c.n_heads * c.head_dim))
+            start += T
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+        c = self.config
+        x = x + self.attn_output(self.attention(rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
+        h = rms_norm(x, self.ffn_norm, c.norm_eps)  # (N, d_model)
         return x + gated_mlp(h, self.ffn_gate, self.ffn_up, self.ffn_down)
 
 
@@ -58,17 +72,24 @@ class Llama:
         else:  # small models tie the output projection to the token embeddings
             self.output = DenseLinear(self.token_embd)
 
-    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
-        """Logits for tokens (T,) that follow the cache's contents; advances the cache.
+        """One sequence: logits (T, vocab) with `all_logits`, else (1, vocab) for its last token."""
+        return self.forward_batch(tokens, [cache], [tokens.shape[0]], all_logits=all_logits)
 
-        Returns (T, vocab) with `all_logits`, else (1, vocab) for the last position only, which
-        spares prefill the output projection of every other position.
+    @torch.inference_mode()
+    def forward_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int], *,
+                      all_logits: bool = False) -> torch.Tensor:
+        """Run the new tokens of several sequences, packed as tokens (N,) with N = sum(lengths).
+
+        Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances. Returns
+        logits (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last token,
+        which spares prefill the output projection of every other position.
         """
-        x = self.token_embd[tokens]  # (T, d_model)
+        x = self.token_embd[tokens]  # (N, d_model)
         for block in self.blocks:
-            x = block(x, cache)
-        cache.advance(tokens.shape[0])
+            x = block(x, caches, lengths)
+        for cache, T in zip(caches, lengths):
+            cache.advance(T)
         if not all_logits:
-            x = x[-1:]
+            x = x[torch.tensor(lengths).cumsum(0) - 1]  # (B, d_model): last row of each sequence
         return self.output(rms_norm(x, self.output_norm, self.config.norm_eps))

@@ -61,7 +61,7 @@ def test_inspect_describes_the_default_model(smollm2_path):
     result = deeproots("inspect", str(smollm2_path), "--ctx", "2048")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for expected in ("llama", "Q4_1 x210", "Q8_0 x1", "F32 x61", "8192", "49152 tokens", "chat template  yes",
+    for expected in ("llama", "Q4_1 x210", "Q8_0 x1", "F32 x61", "8192", "49152 tokens", "yes",
                      "memory at ctx 2048", "30 / 576 / 9 (kv 3)"):
         assert expected in out, expected
 
