@@ -26,13 +26,14 @@ class Model:
         self.path = path
         self.gguf = GGUFFile.open(path)
         metadata = self.gguf.metadata
+        architecture = model_class(str(metadata.get("general.architecture")))  # unsupported: fail first
         self.tokenizer = Tokenizer.from_gguf_metadata(metadata)
         self.config: ModelConfig = config_from_gguf(metadata, self.tokenizer.vocab_size)
         self.context = context or min(self.config.context_length, DEFAULT_CONTEXT)
         if self.context < 1:
             raise RequestError(f"the context size must be positive, got {self.context}")
         self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
-        self.net = model_class(self.config.architecture)(self.config, GGUFWeights(self.gguf), self.context)
+        self.net = architecture(self.config, GGUFWeights(self.gguf), self.context)
         c = self.config
         self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds

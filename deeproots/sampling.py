@@ -90,22 +90,22 @@ def apply_logit_bias(logits: torch.Tensor, bias: Mapping[int, float]) -> torch.T
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
-    """Set to -inf every token outside the top-k, the top-p nucleus, or under min_p x the top prob."""
+    """Set to -inf every token outside the top-k, then outside the top-p nucleus, then under min_p x the top prob.
+
+    Each filter sees the distribution renormalized over what the previous ones kept.
+    """
     sorted_logits, order = logits.sort(descending=True)  # (vocab,)
-    keep = torch.ones_like(sorted_logits, dtype=torch.bool)
     if top_k > 0:
-        keep[top_k:] = False
-    probs = sorted_logits.softmax(-1)
+        sorted_logits[top_k:] = float("-inf")
     if top_p < 1.0:
+        probs = sorted_logits.softmax(-1)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
         mass_before = probs.cumsum(-1) - probs
-        keep &= mass_before < top_p
+        sorted_logits[1:][mass_before[1:] >= top_p] = float("-inf")
     if min_p > 0.0:
-        keep &= probs >= min_p * probs[0]
-    keep[0] = True  # the most likely token always survives
-    filtered = torch.full_like(logits, float("-inf"))
-    filtered[order[keep]] = sorted_logits[keep]
-    return filtered
+        probs = sorted_logits.softmax(-1)
+        sorted_logits[probs < min_p * probs[0]] = float("-inf")
+    return torch.empty_like(logits).scatter_(0, order, sorted_logits)
 
 
 def make_sampler(params: SamplingParams) -> Sampler:
