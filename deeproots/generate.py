@@ -61,36 +61,62 @@ class StopStringMatcher:
         return text
 
 
-def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], cache: KVCache,
-             params: SamplingParams, *, max_tokens: int, stop: Sequence[str] = ()) -> Iterator[GenerationStep]:
-    """Continue `prompt_ids`, whose first `cache.offset` tokens the cache already holds."""
+class SequenceDecoder:
+    """Everything after the logits for one sequence: sampling, end tokens, stop strings, limits, text.
+
+    The single-sequence loop below and a batched engine share it: they only differ in how logits
+    are produced.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams, *,
+                 max_tokens: int, stop: Sequence[str] = ()):
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.sample = make_sampler(params)
+        self.matcher = StopStringMatcher(stop)
+        self.text_decoder = tokenizer.stream_decoder()
+        self.history = list(prompt_ids)  # prompt and generated tokens, for the penalties
+        self.produced = 0
+
+    def step(self, logits: torch.Tensor, room: int) -> GenerationStep:
+        """Sample from logits (vocab,); `room` is how many more tokens the KV cache can take."""
+        token = self.sample(logits, self.history)
+        self.produced += 1
+        if token in self.tokenizer.stop_ids:
+            return GenerationStep(token, self.matcher.flush() + self.text_decoder.flush(), "stop")
+        self.history.append(token)
+        text, stopped = self.matcher.feed(self.text_decoder.push(token))
+        if stopped:
+            return GenerationStep(token, text, "stop")
+        if self.produced == self.max_tokens or room == 0:
+            tail, stopped = self.matcher.feed(self.text_decoder.flush())
+            return GenerationStep(token, text + tail + ("" if stopped else self.matcher.flush()),
+                                  "stop" if stopped else "length")
+        return GenerationStep(token, text)
+
+
+def check_prompt(prompt_ids: Sequence[int], cache: KVCache) -> list[int]:
+    """The prompt tokens the cache does not hold yet; RequestError when they cannot run."""
     if not prompt_ids:
         raise RequestError("the prompt is empty: give at least one token of input")
-    if max_tokens < 1:
-        raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
     new_tokens = list(prompt_ids[cache.offset:])
     if len(new_tokens) > cache.room():
         raise RequestError(f"the prompt has {len(prompt_ids)} tokens but the context holds {cache.max_tokens}; "
                            "shorten the prompt or raise the context size (--ctx)")
-    sample = make_sampler(params)
-    matcher = StopStringMatcher(stop)
-    decoder = tokenizer.stream_decoder()
-    history = list(prompt_ids)
+    return new_tokens
+
+
+def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], cache: KVCache,
+             params: SamplingParams, *, max_tokens: int, stop: Sequence[str] = ()) -> Iterator[GenerationStep]:
+    """Continue `prompt_ids`, whose first `cache.offset` tokens the cache already holds."""
+    decoder = SequenceDecoder(tokenizer, prompt_ids, params, max_tokens=max_tokens, stop=stop)
+    new_tokens = check_prompt(prompt_ids, cache)
     logits = model.forward(torch.tensor(new_tokens, dtype=torch.long), cache)[-1]  # (vocab,)
-    for produced in range(1, max_tokens + 1):
-        token = sample(logits, history)
-        if token in tokenizer.stop_ids:
-            yield GenerationStep(token, matcher.flush() + decoder.flush(), "stop")
+    while True:
+        step = decoder.step(logits, cache.room())
+        yield step
+        if step.finish_reason is not None:
             return
-        history.append(token)
-        text, stopped = matcher.feed(decoder.push(token))
-        if stopped:
-            yield GenerationStep(token, text, "stop")
-            return
-        if produced == max_tokens or cache.room() == 0:
-            tail, stopped = matcher.feed(decoder.flush())
-            yield GenerationStep(token, text + tail + ("" if stopped else matcher.flush()),
-                                 "stop" if stopped else "length")
-            return
-        yield GenerationStep(token, text)
-        logits = model.forward(torch.tensor([token], dtype=torch.long), cache)[-1]
+        logits = model.forward(torch.tensor([step.token_id], dtype=torch.long), cache)[-1]
