@@ -1,0 +1,227 @@
+/* The Python extension deeproots.kernels._cpu: thin entry points over the kernels, threading and scratch.
+ *
+ * Calls take plain ints (pointers from tensor.data_ptr()) through METH_FASTCALL, so a call costs well under a
+ * microsecond before the kernel runs. Threads come from pool.c; the GIL is released while the kernels run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "pool.h"
+#include "qgemm.h"
+
+#define FLOAT_ROWS 4 /* fgemm's row tile: threads split rows in multiples of it */
+#define MIN_BLOCKS_PER_THREAD 64 /* below this much work (16-row x 32-value blocks x tokens) a thread is not worth it */
+#define PRIVATE_QUANT_BLOCKS 128 /* up to this many activation blocks every thread quantizes x itself: no barrier */
+
+static int n_threads = 1;
+
+/* The calling thread's scratch for quantized activations: grown on demand, kept for the next call. */
+static _Thread_local struct {
+    void *p;
+    size_t size;
+} scratch;
+
+static void *scratch_get(size_t size)
+{
+    if (size > scratch.size) {
+        free(scratch.p);
+        size = (size + 4095) & ~(size_t)4095;
+        scratch.p = aligned_alloc(64, size);
+        scratch.size = scratch.p ? size : 0;
+    }
+    return scratch.p;
+}
+
+static int is_float_type(int type) { return type == T_F32 || type == T_F16 || type == T_BF16; }
+
+static int threads_for(int64_t units, int64_t max_parts)
+{
+    int64_t n = units / MIN_BLOCKS_PER_THREAD;
+    n = n < max_parts ? n : max_parts;
+    return n < 1 ? 1 : n < n_threads ? (int)n : n_threads;
+}
+
+typedef struct {
+    int type;
+    const uint8_t *w;
+    int64_t N, K, T;
+    const float *x;
+    float *out;
+    act_t act; /* shared quantized activations (unused when every thread quantizes its own) */
+    _Atomic int failed;
+} job_t;
+
+static void float_part(void *ctx, int i, int n)
+{
+    const job_t *job = ctx;
+    const int64_t tiles = (job->N + FLOAT_ROWS - 1) / FLOAT_ROWS;
+    const int64_t n0 = tiles * i / n * FLOAT_ROWS, n1 = tiles * (i + 1) / n * FLOAT_ROWS;
+    if (n0 < n1)
+        fgemm_rows(job->type, job->w, n0, n1 < job->N ? n1 : job->N, job->N, job->K, job->x, job->T, job->out);
+}
+
+/* Scratch of this thread laid out for T x K activations, or 0 when memory ran out. */
+static int act_alloc(act_t *a, int64_t T, int64_t K)
+{
+    const int64_t nb = K / QBLOCK;
+    const size_t q_bytes = ((size_t)(T * K) + 63) & ~(size_t)63;
+    uint8_t *buf = scratch_get(q_bytes + (size_t)(T * nb) * (2 * sizeof(float) + 2 * sizeof(int32_t)));
+    if (!buf)
+        return 0;
+    float *d = (float *)(buf + q_bytes);
+    *a = (act_t){(int8_t *)buf, d, d + T * nb, (int32_t *)(d + 2 * T * nb), T, K, nb};
+    return 1;
+}
+
+static void quantize_into(const act_t *a, const float *x, int64_t t0, int64_t t1)
+{
+    quantize_activations(x, t0, t1, a->K, (int8_t *)a->q, (float *)a->d, (float *)a->s, (int32_t *)a->sq);
+}
+
+static void groups_part(const job_t *job, const act_t *a, int i, int n)
+{
+    const int64_t groups = (job->N + ROWS - 1) / ROWS;
+    qgemm_groups(job->type, job->w, groups * i / n, groups * (i + 1) / n, job->N, a, job->out);
+}
+
+/* Small T: quantize all of x into this thread's own scratch, then multiply this thread's groups. */
+static void private_quant_part(void *ctx, int i, int n)
+{
+    job_t *job = ctx;
+    act_t a;
+    if (!act_alloc(&a, job->T, job->K)) {
+        atomic_store(&job->failed, 1);
+        return;
+    }
+    quantize_into(&a, job->x, 0, job->T);
+    groups_part(job, &a, i, n);
+}
+
+static void shared_quant_part(void *ctx, int i, int n)
+{
+    const job_t *job = ctx;
+    quantize_into(&job->act, job->x, job->T * i / n, job->T * (i + 1) / n);
+}
+
+static void shared_groups_part(void *ctx, int i, int n)
+{
+    const job_t *job = ctx;
+    groups_part(job, &job->act, i, n);
+}
+
+/* Returns 0, or -1 when scratch memory could not be allocated. */
+static int run_linear(job_t *job)
+{
+    if (is_float_type(job->type)) {
+        const int64_t tiles = (job->N + FLOAT_ROWS - 1) / FLOAT_ROWS;
+        pool_run(float_part, job, threads_for(tiles * FLOAT_ROWS / ROWS * (job->K / QBLOCK + 1) * job->T, tiles));
+        return 0;
+    }
+    const int64_t nb = job->K / QBLOCK, groups = (job->N + ROWS - 1) / ROWS;
+    const int parts = threads_for(groups * nb * job->T, groups);
+    if (job->T * nb <= PRIVATE_QUANT_BLOCKS) {
+        pool_run(private_quant_part, job, parts);
+    } else {
+        if (!act_alloc(&job->act, job->T, job->K))
+            return -1;
+        pool_run(shared_quant_part, job, threads_for(job->T * nb, job->T));
+        pool_run(shared_groups_part, job, parts);
+    }
+    return atomic_load(&job->failed) ? -1 : 0;
+}
+
+static int as_int64(PyObject *o, int64_t *v)
+{
+    *v = PyLong_AsLongLong(o);
+    return *v == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* linear(type, w_ptr, N, K, x_ptr, T, out_ptr): out (T, N) = x (T, K) @ W.T for W packed as described in qgemm.h.
+ * The caller (deeproots/kernels/packed.py) has validated every pointer, shape and dtype. */
+static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[7];
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "linear(type, w_ptr, N, K, x_ptr, T, out_ptr) takes 7 ints");
+        return NULL;
+    }
+    for (int i = 0; i < 7; i++)
+        if (as_int64(args[i], &v[i]))
+            return NULL;
+    const int type = (int)v[0];
+    const int64_t N = v[2], K = v[3], T = v[5];
+    if (N <= 0 || K <= 0 || T < 0 || !(is_float_type(type) || qgemm_group_bytes(type, K) > 0)) {
+        PyErr_SetString(PyExc_ValueError, "linear: unsupported type or bad sizes");
+        return NULL;
+    }
+    job_t job = {.type = type, .w = (const uint8_t *)(intptr_t)v[1], .N = N, .K = K, .T = T,
+                 .x = (const float *)(intptr_t)v[4], .out = (float *)(intptr_t)v[6]};
+    int rc = 0;
+    if (T > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = run_linear(&job);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* group_bytes(type, K) -> bytes of one packed 16-row group, or -1 where the type has no quantized kernel. */
+static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t type, K;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "group_bytes(type, K) takes 2 ints");
+        return NULL;
+    }
+    if (as_int64(args[0], &type) || as_int64(args[1], &K))
+        return NULL;
+    return PyLong_FromLongLong(qgemm_group_bytes((int)type, K));
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "set_num_threads: need at least 1 thread");
+        return NULL;
+    }
+    n_threads = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(n_threads);
+}
+
+static PyMethodDef methods[] = {
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
+    {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
+    {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_cpu", .m_doc = "deeproots compiled CPU kernels", .m_size = -1, .m_methods = methods};
+
+PyMODINIT_FUNC PyInit__cpu(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddIntConstant(m, "ROWS", ROWS))) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

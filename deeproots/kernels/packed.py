@@ -1,0 +1,161 @@
+"""Packed weights and the quantized linear product over them: the Python face of the compiled CPU core.
+
+    w = pack_weight(raw, ggml_type, (K, N))   # once, at load: raw GGUF bytes -> the kernel's layout
+    y = quantized_linear(x, w)                # x (T, K) float32 -> y (T, N) = x @ W.T, float32
+
+Block-quantized weights are multiplied without ever being expanded to floats: activations are quantized per block of
+32 to int8 (scale = max|x| / 127), dotted in int8 against the weights' integer values, and scaled in f32. Relative to
+x @ W.T in exact arithmetic the error of output (t, n) is at most
+    sum over blocks b of  max|x[t, b]| / 254 * sum_{i in b} |c[n, i]|      (rounding x to the int8 grid)
+plus f32 accumulation error (~1e-6 relative to |x| @ |W|.T), where c is the part of the weight multiplied by the
+integer value: c = w - m for Q4_1 / Q4_K / Q5_K (m the block minimum), c = w otherwise. F32 / F16 / BF16 weights
+are multiplied in f32 without quantizing x.
+
+Threads: a call splits its output rows over up to `set_num_threads` threads (default: PyTorch's intra-op thread
+count, i.e. the physical cores), the calling thread included, from the extension's own small pool (csrc/pool.c):
+a fork-join there costs a few hundred nanoseconds, where OpenMP's cost ~2 us against the ~5-30 us of one decode-step
+product. Parts of a call are claimed by whichever thread is running, so a worker preempted by another process
+costs its share of the work, not a scheduler time slice. Workers spin for 0.2 ms after a call, then sleep: they
+do not hold a core away from PyTorch's own threads for long. Small products run on fewer threads (one below
+~64 blocks of 16 rows x 32 values). The GIL is released while a product runs.
+"""
+
+import numpy as np
+import torch
+
+from ..errors import DeeprootsError, ModelFormatError, RequestError, UnsupportedModelError
+from ..quant.types import BLOCK_GEOMETRY, GGMLType, tensor_nbytes
+from . import _cpu
+from .layouts import pack_float, pack_quantized
+
+_QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
+_FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
+_F32 = torch.float32
+_linear = _cpu.linear  # looked up once: the decode path calls it ~200 times per token
+
+_cpu.set_num_threads(torch.get_num_threads())  # PyTorch's default is the physical core count
+
+
+class PackedWeight:
+    """A weight matrix W (N = out_features, K = in_features) in the kernel's layout; immutable once built."""
+
+    __slots__ = ("ggml_type", "in_features", "out_features", "data", "_ptr", "_type")
+
+    def __init__(self, ggml_type: GGMLType, in_features: int, out_features: int, data: np.ndarray):
+        self.ggml_type = ggml_type
+        self.in_features = in_features
+        self.out_features = out_features
+        self.data = data  # uint8, 64-byte aligned; owns the packed bytes
+        self.data.flags.writeable = False
+        self._ptr = data.ctypes.data
+        self._type = int(ggml_type)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedWeight({self.ggml_type.name}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, nbytes={self.nbytes})"
+        )
+
+
+def kernel_types() -> frozenset[int]:
+    """GGML types that pack_weight accepts (each has a compiled kernel)."""
+    return _QUANT_TYPES | _FLOAT_TYPES
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the kernels use from now on (at least 1)."""
+    if not isinstance(n, int) or n < 1:
+        raise RequestError(f"set_num_threads needs an int >= 1, got {n!r}")
+    _cpu.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _cpu.get_num_threads()
+
+
+def pack_weight(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedWeight:
+    """Repack a weight's GGUF bytes for the kernels.
+
+    raw: the tensor's bytes as stored in the file (any dtype view, C-contiguous; e.g. GGUFReader's `.data`).
+    shape: GGUF order (K, N): K = in_features = row length, N = out_features = rows.
+    """
+    try:
+        ggml_type = GGMLType(ggml_type)
+    except ValueError:
+        raise UnsupportedModelError(f"unknown GGML type id {ggml_type!r}") from None
+    if ggml_type not in kernel_types():
+        names = ", ".join(sorted(t.name for t in kernel_types()))
+        raise UnsupportedModelError(f"no CPU kernel for {ggml_type.name} weights (have: {names}); dequantize it first")
+    if len(shape) != 2 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+        raise ModelFormatError(f"weight shape must be two positive ints (K, N), got {shape!r}")
+    k, n = int(shape[0]), int(shape[1])
+    block = BLOCK_GEOMETRY[ggml_type].block_size
+    if k % block:
+        raise ModelFormatError(f"{ggml_type.name} rows must be a multiple of {block} values, got K={k}")
+    if not isinstance(raw, np.ndarray) or not raw.flags.c_contiguous:
+        raise ModelFormatError("weight bytes must be a C-contiguous numpy array")
+    expected = tensor_nbytes(ggml_type, k * n)
+    if raw.nbytes != expected:
+        raise ModelFormatError(f"{ggml_type.name} weight of shape {(k, n)} needs {expected} bytes, got {raw.nbytes}")
+    rows = raw.reshape(-1).view(np.uint8).reshape(n, expected // n)
+    if ggml_type in _FLOAT_TYPES:
+        data = pack_float(rows)
+    else:
+        group_bytes = _cpu.group_bytes(int(ggml_type), k)
+        data = pack_quantized(rows, ggml_type, n, k, group_bytes)
+        if data.nbytes != -(-n // _cpu.ROWS) * group_bytes:
+            raise DeeprootsError(f"internal error: packed {ggml_type.name} size disagrees with the kernel's layout")
+    return PackedWeight(ggml_type, k, n, data)
+
+
+def _bad_input(x: object, weight: PackedWeight, out: object) -> RequestError:
+    """The first thing wrong with quantized_linear's arguments (only built on the failure path)."""
+    if not isinstance(weight, PackedWeight):
+        return RequestError(f"weight must be a PackedWeight (from pack_weight), got {type(weight).__name__}")
+    k, n = weight.in_features, weight.out_features
+    for name, t, cols in (("x", x, k), ("out", out, n)):
+        if name == "out" and t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            return RequestError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            return RequestError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
+        if t.dim() != 2 or t.shape[1] != cols:
+            return RequestError(f"{name} must have shape (T, {cols}), got {tuple(t.shape)}")
+        if not t.is_contiguous():
+            return RequestError(f"{name} must be contiguous; call .contiguous() first")
+    if out is not None and out.shape[0] != x.shape[0]:
+        return RequestError(f"out must have shape ({x.shape[0]}, {n}), got {tuple(out.shape)}")
+    return RequestError("bad arguments to quantized_linear")
+
+
+def quantized_linear(x: torch.Tensor, weight: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (T, N) = x (T, K) @ W.T in float32; written into `out` (T, N) when given, which then is returned.
+
+    x and out: float32, CPU, contiguous, not overlapping. The error bound is in this module's docstring.
+    """
+    # One fused check (torch attribute reads cost ~100 ns each; decode makes ~200 calls per token).
+    try:
+        t, k = x.shape
+        ok = k == weight.in_features and x.dtype == _F32 and x.is_cpu and x.is_contiguous()
+        if out is None:
+            if ok:
+                out = torch.empty(t, weight.out_features, dtype=_F32)
+        else:
+            ok = (
+                ok
+                and out.shape == (t, weight.out_features)
+                and out.dtype == _F32
+                and out.is_cpu
+                and out.is_contiguous()
+            )
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _bad_input(x, weight, out)
+    _linear(weight._type, weight._ptr, weight.out_features, k, x.data_ptr(), t, out.data_ptr())
+    return out

