@@ -14,8 +14,8 @@ extensions = [
         sources=sources,
         depends=sorted(glob("deeproots/kernels/csrc/*.h")),
         # Built on the machine that runs it, so the host's own SIMD (AVX2/AVX-512/NEON) is used.
-        extra_compile_args=["-O3", "-march=native", "-fopenmp", "-std=c11"],
-        extra_link_args=["-fopenmp"],
+        extra_compile_args=["-O3", "-march=native", "-pthread", "-std=c11"],
+        extra_link_args=["-pthread"],
     )
 ] if sources else []
 

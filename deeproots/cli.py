@@ -16,6 +16,9 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
                         help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file "
                              f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
+    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the float32 reference path instead of the packed kernels (slow; for checking)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +45,7 @@ def load_model(args: argparse.Namespace):
     from .model import load
 
     started = time.perf_counter()
-    model = load(args.model, context=args.ctx)
+    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads)
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model

@@ -12,6 +12,7 @@ from .config import ModelConfig, config_from_gguf
 from .errors import RequestError, UnsupportedModelError
 from .formats.gguf import GGUFFile
 from .generate import GenerationStep, generate
+from .kernels import set_num_threads
 from .models.registry import model_class
 from .models.weights import GGUFWeights
 from .sampling import SamplingParams
@@ -22,7 +23,8 @@ DEFAULT_CONTEXT = 4096  # tokens; the model's own maximum when it is smaller
 
 
 class Model:
-    def __init__(self, path: str | os.PathLike, *, context: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
+                 threads: int | None = None):
         self.path = path
         self.gguf = GGUFFile.open(path)
         metadata = self.gguf.metadata
@@ -33,7 +35,10 @@ class Model:
         if self.context < 1:
             raise RequestError(f"the context size must be positive, got {self.context}")
         self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
-        self.net = architecture(self.config, GGUFWeights(self.gguf), self.context)
+        if threads is not None:
+            set_num_threads(threads)
+        # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
+        self.net = architecture(self.config, GGUFWeights(self.gguf, packed=not reference), self.context)
         c = self.config
         self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
@@ -108,7 +113,12 @@ class Model:
         self._cached_ids = []
 
 
-def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None,
-         pull: bool = True) -> Model:
-    """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file."""
-    return Model(ModelStore().resolve(name_or_path, pull=pull), context=context)
+def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
+         reference: bool = False, threads: int | None = None) -> Model:
+    """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file.
+
+    `reference` selects the float32 reference path instead of the packed kernels; `threads` sets the
+    kernels' thread count (default: the physical cores).
+    """
+    return Model(ModelStore().resolve(name_or_path, pull=pull), context=context, reference=reference,
+                 threads=threads)

@@ -27,7 +27,15 @@ def hf_smollm2(smollm2_path):
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """Our engine on the default model, loaded once for the session."""
+    """Our engine on the default model (packed weights, fast kernels), loaded once for the session."""
     import deeproots
 
     return deeproots.load(smollm2_path, context=2048)
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_path):
+    """Our float32 reference path on the default model: what the fast kernels are held against."""
+    import deeproots
+
+    return deeproots.load(smollm2_path, context=2048, reference=True)

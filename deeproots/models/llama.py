@@ -16,7 +16,7 @@ import torch
 from ..cache.kv import KVCache
 from ..config import ModelConfig
 from .layers import RotaryEmbedding, causal_attention, gated_mlp, rms_norm
-from .weights import DenseLinear, GGUFWeights
+from .weights import GGUFWeights
 
 
 class LlamaBlock:
@@ -63,14 +63,13 @@ class Llama:
     def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
         c = config
         self.config = config
-        self.token_embd = weights.tensor("token_embd.weight", (c.vocab_size, c.d_model))  # (vocab, d_model)
+        self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
         rope = RotaryEmbedding(c.rope_dim, c.rope_theta, max_tokens, scale=c.rope_scale, style=self.rope_style)
         self.blocks = [LlamaBlock(c, weights, i, rope) for i in range(c.n_layers)]
         self.output_norm = weights.tensor("output_norm.weight", (c.d_model,))
-        if weights.has("output.weight"):
-            self.output = weights.linear("output.weight", c.d_model, c.vocab_size)
-        else:  # small models tie the output projection to the token embeddings
-            self.output = DenseLinear(self.token_embd)
+        # Small models tie the output projection to the token embeddings.
+        output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
+        self.output = weights.linear(output_name, c.d_model, c.vocab_size)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
         """One sequence: logits (T, vocab) with `all_logits`, else (1, vocab) for its last token."""

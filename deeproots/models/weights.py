@@ -1,11 +1,18 @@
-"""Weights of a model file, by GGUF tensor name, in the form a layer wants them."""
+"""Weights of a model file, by GGUF tensor name, in the form a layer wants them.
+
+Two paths: the reference path dequantizes every matrix to float32 at load (slow, obviously
+correct); the fast path keeps matrices packed in their block format and multiplies them with the
+compiled kernels. Both are built from the same file, so tests can hold one against the other.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import ModelFormatError
-from ..formats.gguf import GGUFFile
+from ..formats.gguf import GGUFFile, TensorInfo
+from ..kernels import PackedWeight, kernel_types, pack_weight, quantized_linear
 from ..quant import dequantize
 
 
@@ -15,27 +22,45 @@ class DenseLinear:
     def __init__(self, weight: torch.Tensor):
         self.weight = weight  # (out_features, in_features)
 
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T  # (T, in) -> (T, out)
 
 
+class PackedLinear:
+    """y = x @ W.T with W kept in its block format and multiplied by the compiled kernel."""
+
+    def __init__(self, weight: PackedWeight):
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return quantized_linear(x.contiguous(), self.weight)  # (T, in) -> (T, out)
+
+
+class QuantizedEmbedding:
+    """Rows of an embedding table dequantized on demand, so the table stays packed in the file."""
+
+    def __init__(self, raw: np.ndarray, info: TensorInfo):
+        self.ggml_type = info.ggml_type
+        self.row_length = info.shape[0]
+        self.rows = raw.reshape(info.shape[1], -1)  # (vocab, bytes per row)
+
+    def __getitem__(self, tokens: torch.Tensor) -> torch.Tensor:
+        picked = self.rows[tokens.numpy()]  # (T, bytes per row)
+        values = dequantize(picked, self.ggml_type, (self.row_length, len(picked)))
+        return torch.from_numpy(values)  # (T, row_length)
+
+
 class GGUFWeights:
-    def __init__(self, gguf: GGUFFile):
+    def __init__(self, gguf: GGUFFile, *, packed: bool = True):
         self.gguf = gguf
+        self.packed = packed
+        self._dense: dict[str, torch.Tensor] = {}  # a tied table is dequantized once, not twice
 
     def has(self, name: str) -> bool:
         return name in self.gguf.tensors
 
-    def tensor(self, name: str, expected_shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor as float32 in PyTorch order, e.g. (out_features, in_features) for a matrix.
-
-        `expected_shape` comes from the config, so a file whose tensors disagree with its own
-        metadata is rejected here, naming the tensor.
-        """
+    def _info(self, name: str, expected_shape: tuple[int, ...]) -> TensorInfo:
+        """The tensor's entry, checked against the shape the config implies (PyTorch order)."""
         info = self.gguf.tensors.get(name)
         if info is None:
             raise ModelFormatError(f"tensor {name!r} is missing from the model file", field=name)
@@ -43,8 +68,25 @@ class GGUFWeights:
         if torch_shape != expected_shape:
             raise ModelFormatError(
                 f"tensor {name!r} has shape {torch_shape}, the metadata implies {expected_shape}", field=name)
-        values = dequantize(self.gguf.tensor_data(name), info.ggml_type, info.shape)
-        return torch.from_numpy(values.reshape(torch_shape))
+        return info
 
-    def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear:
+    def tensor(self, name: str, expected_shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor as float32 in PyTorch order, e.g. (out_features, in_features) for a matrix."""
+        if name not in self._dense:
+            info = self._info(name, expected_shape)
+            values = dequantize(self.gguf.tensor_data(name), info.ggml_type, info.shape)
+            self._dense[name] = torch.from_numpy(values.reshape(expected_shape))
+        return self._dense[name]
+
+    def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear | PackedLinear:
+        info = self._info(name, (out_features, in_features))
+        if self.packed and info.ggml_type in kernel_types():
+            return PackedLinear(pack_weight(self.gguf.tensor_data(name), info.ggml_type, info.shape))
         return DenseLinear(self.tensor(name, (out_features, in_features)))
+
+    def embedding(self, name: str, vocab_size: int, width: int) -> torch.Tensor | QuantizedEmbedding:
+        """A table indexed by token ids: dequantized whole on the reference path, row by row on the fast one."""
+        if not self.packed:
+            return self.tensor(name, (vocab_size, width))
+        info = self._info(name, (vocab_size, width))
+        return QuantizedEmbedding(self.gguf.tensor_data(name), info)

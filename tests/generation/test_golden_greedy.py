@@ -1,7 +1,10 @@
 """Golden test: greedy continuation by the real default model equals HF transformers' output.
 
 The expected text and ids were recorded from transformers 5 (`generate(do_sample=False)` on the same
-GGUF, dequantized to float32), not from our engine.
+GGUF, dequantized to float32), not from our engine. Our float32 reference path reproduces them token
+for token. The fast path quantizes activations to int8 per block (as llama.cpp does), which moves
+logits by ~0.5 on average: at a near-tie (position 4 here: ' of' leads ':' by 0.04) its greedy path
+may branch, so it is held to the reference path by logit agreement instead (tests/models).
 """
 
 import subprocess
@@ -18,9 +21,9 @@ HF_GREEDY_TEXT = (" the primary colors of the RGB color model: red, blue, and gr
                   "the RGB color model and are used to create all other colors in the RGB color model.\n")
 
 
-def test_greedy_ids_match_transformers(smollm2):
-    assert smollm2.tokenize(PROMPT) == HF_PROMPT_IDS
-    steps = list(smollm2.steps(HF_PROMPT_IDS, SamplingParams(temperature=0.0), max_tokens=len(HF_GREEDY_IDS)))
+def test_greedy_ids_match_transformers(smollm2_reference):
+    assert smollm2_reference.tokenize(PROMPT) == HF_PROMPT_IDS
+    steps = list(smollm2_reference.steps(HF_PROMPT_IDS, SamplingParams(temperature=0.0), max_tokens=len(HF_GREEDY_IDS)))
     assert [step.token_id for step in steps] == HF_GREEDY_IDS
     assert "".join(step.text for step in steps) == HF_GREEDY_TEXT
     assert steps[-1].finish_reason == "length"
@@ -28,7 +31,7 @@ def test_greedy_ids_match_transformers(smollm2):
 
 def test_cli_raw_greedy_prints_the_golden_text(smollm2_path):
     result = subprocess.run(
-        [sys.executable, "-m", "deeproots.cli", "run", "--raw", "-m", str(smollm2_path), "--temperature", "0",
+        [sys.executable, "-m", "deeproots.cli", "run", "--raw", "--reference", "-m", str(smollm2_path), "--temperature", "0",
          "--max-tokens", str(len(HF_GREEDY_IDS)), PROMPT],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
