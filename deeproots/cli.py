@@ -237,6 +237,73 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(f"{label:<{width}}  {value}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from .bench import DeeprootsEngine, LlamaCppEngine, TransformersEngine, benchmark_tokens, run_benchmark
+    from .inspect import human_bytes, human_count, summarize
+
+    args.ctx = args.ctx or max(args.n_prompt, args.n_gen, 1)
+    model = load_model(args)
+    threads = args.threads or torch.get_num_threads()
+    engines = [DeeprootsEngine(model)]
+    for other in args.vs:
+        if other == "llama.cpp":
+            engines.append(LlamaCppEngine(model.path, args.ctx, threads))
+        else:
+            engines.append(TransformersEngine(model.path))
+    tokens = benchmark_tokens(model.config.vocab_size, max(args.n_prompt, args.n_gen))
+    with tqdm(total=len(engines) * args.repetitions * (bool(args.n_prompt) + bool(args.n_gen)),
+              desc="bench", disable=args.json, leave=False) as bar:
+        def progress(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update()
+        results = run_benchmark(engines, tokens, args.n_prompt, args.n_gen, args.repetitions, progress)
+    summary = summarize(model.path)
+    if args.json:
+        print(json.dumps({"model": str(model.path), "size": summary.file_size, "params": summary.n_params,
+                          "threads": threads, "results": [
+                              {"engine": r.engine, "test": r.test, "tokens_per_second": r.tokens_per_second,
+                               "mean": r.mean, "std": r.std} for r in results]}, indent=2))
+        return
+    model_name = f"{summary.architecture} {summary.quantization}"
+    baseline = {r.test: r.mean for r in results if r.engine == engines[0].name}
+    print(f"| {'model':<16} | {'size':>9} | {'params':>7} | {'engine':<22} | {'threads':>7} | {'test':>6} "
+          f"| {'t/s':>17} | {'deeproots is':>12} |")
+    print(f"| {'-' * 16} | {'-' * 8}: | {'-' * 6}: | {'-' * 22} | {'-' * 6}: | {'-' * 5}: | {'-' * 16}: "
+          f"| {'-' * 11}: |")
+    for r in results:
+        ratio = baseline[r.test] / r.mean
+        print(f"| {model_name:<16} | {human_bytes(summary.file_size):>9} | {human_count(summary.n_params):>7} "
+              f"| {r.engine:<22} | {threads:>7} | {r.test:>6} | {r.mean:>9.2f} ± {r.std:>5.2f} "
+              f"| {ratio:>11.2f}x |")
+    print("(last column: deeproots' mean t/s divided by this row's)")
+
+
+def cmd_perplexity(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .perplexity import chunk_nlls, summarize
+
+    args.ctx = args.ctx or 512
+    text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    model = load_model(args)
+    nlls = []
+    with tqdm(desc="perplexity", unit=" chunks") as bar:
+        for chunk in chunk_nlls(model, text, args.ctx):
+            nlls.append(chunk)
+            bar.update()
+            bar.set_postfix_str(f"ppl {summarize(nlls).perplexity:.4f}")
+    result = summarize(nlls)
+    print(f"perplexity {result.perplexity:.4f} ± {result.stderr:.4f} over {result.n_scored} tokens "
+          f"({result.n_chunks} chunks of {args.ctx})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeproots", description="Run open-weight LLMs from GGUF files.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     rm = commands.add_parser("rm", help="remove a stored model")
     rm.add_argument("name")
     rm.set_defaults(handler=cmd_rm)
+
+    bench = commands.add_parser("bench", help="prefill and decode tokens/s, llama-bench style")
+    add_model_option(bench)
+    bench.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for ppN (default: 512)")
+    bench.add_argument("-n", "--n-gen", type=int, default=128, help="decoded tokens for tgN (default: 128)")
+    bench.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: 5)")
+    bench.add_argument("--vs", action="append", default=[], choices=["llama.cpp", "transformers"],
+                       help="also run another engine on the same file, alternating with ours (repeatable)")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(handler=cmd_bench)
+
+    perplexity = commands.add_parser("perplexity", help="perplexity of a model over a text file")
+    add_model_option(perplexity)
+    perplexity.add_argument("file", help="a UTF-8 text file")
+    perplexity.set_defaults(handler=cmd_perplexity)
 
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file")

@@ -26,6 +26,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None):
         self.path = path
+        self.reference = reference
         self.gguf = GGUFFile.open(path)
         metadata = self.gguf.metadata
         architecture = model_class(str(metadata.get("general.architecture")))  # unsupported: fail first

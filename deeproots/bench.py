@@ -1,0 +1,132 @@
+"""`deeproots bench`: llama-bench-style throughput of prefill (ppN) and decode (tgN).
+
+Engines run alternately, repetition by repetition, in one process with the same prompt tokens, so
+their ratio is measured under the same conditions. Only forward passes are timed (no sampling), as
+llama-bench does: ppN runs N prompt tokens as one batch from an empty cache; tgN runs N single-token
+steps from an empty cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from .cache.kv import KVCache
+from .errors import DeeprootsError
+
+
+class Engine(Protocol):
+    name: str
+
+    def prefill(self, tokens: list[int]) -> None: ...
+
+    def decode(self, tokens: list[int]) -> None: ...
+
+
+class DeeprootsEngine:
+    def __init__(self, model):
+        c = model.config
+        self.name = "deeproots" + (" (reference)" if model.reference else "")
+        self.net = model.net
+        self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, model.context)
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.cache.truncate(0)
+        self.net.forward(torch.tensor(tokens), self.cache)
+
+    def decode(self, tokens: list[int]) -> None:
+        self.cache.truncate(0)
+        for token in tokens:
+            self.net.forward(torch.tensor([token]), self.cache)
+
+
+class LlamaCppEngine:
+    """llama.cpp through llama-cpp-python (`pip install deeproots[bench]`), on the same GGUF file."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: str, context: int, threads: int):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise DeeprootsError("--vs llama.cpp needs llama-cpp-python: pip install 'deeproots[bench]'") from None
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=512,
+                                   n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(tokens)
+
+    def decode(self, tokens: list[int]) -> None:
+        self.llm.reset()
+        for token in tokens:
+            self.llm.eval([token])
+
+
+class TransformersEngine:
+    """HF transformers loading the same GGUF (dequantized to float32)."""
+
+    name = "transformers"
+
+    def __init__(self, path):
+        import transformers
+
+        path = Path(path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def prefill(self, tokens: list[int]) -> None:
+        self.model(torch.tensor([tokens]), use_cache=True)
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int]) -> None:
+        past = None
+        for token in tokens:
+            past = self.model(torch.tensor([[token]]), past_key_values=past, use_cache=True).past_key_values
+
+
+@dataclass
+class Result:
+    engine: str
+    test: str  # "pp512" / "tg128"
+    tokens_per_second: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.tokens_per_second)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.tokens_per_second) if len(self.tokens_per_second) > 1 else 0.0
+
+
+def benchmark_tokens(vocab_size: int, n_tokens: int) -> list[int]:
+    """Random token ids (as llama-bench uses), the same for every engine and every run."""
+    return torch.randint(vocab_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n_gen: int, repetitions: int,
+                  progress: Callable[[str], None] = lambda _: None) -> list[Result]:
+    """Time every engine on ppN and tgN, alternating engines within each repetition (after one warm-up)."""
+    tests = []
+    if n_prompt:
+        tests.append((f"pp{n_prompt}", lambda e: e.prefill(tokens[:n_prompt]), n_prompt))
+    if n_gen:
+        tests.append((f"tg{n_gen}", lambda e: e.decode(tokens[:n_gen]), n_gen))
+    results = {(e.name, name): Result(e.name, name) for e in engines for name, _, _ in tests}
+    for name, run, n_tokens in tests:
+        for engine in engines:
+            run(engine)  # warm-up: page in weights, start thread pools
+        for repetition in range(repetitions):
+            for engine in engines:
+                progress(f"{name} {engine.name} {repetition + 1}/{repetitions}")
+                started = time.perf_counter()
+                run(engine)
+                results[engine.name, name].tokens_per_second.append(n_tokens / (time.perf_counter() - started))
+    return list(results.values())

@@ -1,0 +1,49 @@
+"""Perplexity over a text, in context-sized chunks, as llama.cpp's llama-perplexity computes it.
+
+The text is tokenized once and cut into chunks of `context` tokens; each chunk starts from an empty
+cache (with BOS when the model adds one) and only the second half of each chunk is scored, so every
+scored token sees at least context/2 tokens before it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .errors import RequestError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    stderr: float  # standard error of the perplexity estimate
+    n_scored: int
+    n_chunks: int
+
+
+def chunk_nlls(model, text: str, context: int) -> Iterator[torch.Tensor]:
+    """Negative log-likelihoods (context/2 - 1,) of the scored tokens of each chunk, chunk by chunk."""
+    ids = model.tokenize(text, add_bos=False)
+    bos = [model.tokenizer.bos_id] if model.tokenizer.add_bos and model.tokenizer.bos_id is not None else []
+    body = context - len(bos)
+    if len(ids) < 2 * body:
+        raise RequestError(f"the text has {len(ids)} tokens; perplexity at context {context} needs at least "
+                           f"{2 * body} (two chunks)")
+    first_scored = context // 2
+    for start in range(0, len(ids) - body + 1, body):
+        chunk = bos + ids[start:start + body]
+        logits = model.logits(chunk)  # (context, vocab)
+        log_probs = torch.log_softmax(logits[first_scored:-1].double(), dim=-1)
+        targets = torch.tensor(chunk[first_scored + 1:])
+        yield -log_probs.gather(1, targets[:, None])[:, 0]
+
+
+def summarize(nlls: list[torch.Tensor]) -> PerplexityResult:
+    values = torch.cat(nlls)
+    mean = values.mean().item()
+    # Delta method: the stderr of exp(mean NLL) is exp(mean) x the stderr of the mean.
+    stderr = math.exp(mean) * values.std().item() / math.sqrt(len(values))
+    return PerplexityResult(math.exp(mean), stderr, len(values), len(nlls))
