@@ -70,7 +70,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
-def gated_mlp(x: torch.Tensor, gate: Linear, up: Linear, down: Linear,
+def gated_mlp(x: torch.Tensor, gate_up: Linear, down: Linear,
               activation: Callable[[torch.Tensor], torch.Tensor] = F.silu) -> torch.Tensor:
-    """down(activation(gate(x)) * up(x)) for x (T, d_model)."""
-    return down(activation(gate(x)) * up(x))
+    """down(activation(gate(x)) * up(x)) for x (T, d_model); gate_up computes gate and up side by side."""
+    gate, up = gate_up(x).chunk(2, dim=-1)  # (T, ffn_dim) each
+    return down(activation(gate) * up)

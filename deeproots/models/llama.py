@@ -24,19 +24,22 @@ class LlamaBlock:
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope = config, index, rope
         self.attn_norm = weights.tensor(prefix + "attn_norm.weight", (c.d_model,))
-        self.attn_q = weights.linear(prefix + "attn_q.weight", c.d_model, c.n_heads * c.head_dim)
-        self.attn_k = weights.linear(prefix + "attn_k.weight", c.d_model, c.n_kv_heads * c.head_dim)
-        self.attn_v = weights.linear(prefix + "attn_v.weight", c.d_model, c.n_kv_heads * c.head_dim)
+        # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
+        self.q_size, self.kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        self.attn_qkv = weights.stacked_linear([prefix + "attn_q.weight", prefix + "attn_k.weight",
+                                                prefix + "attn_v.weight"], c.d_model,
+                                               [self.q_size, self.kv_size, self.kv_size])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
         self.ffn_norm = weights.tensor(prefix + "ffn_norm.weight", (c.d_model,))
-        self.ffn_gate = weights.linear(prefix + "ffn_gate.weight", c.d_model, c.ffn_dim)
-        self.ffn_up = weights.linear(prefix + "ffn_up.weight", c.d_model, c.ffn_dim)
+        # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
+        self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],
+                                                  c.d_model, [c.ffn_dim, c.ffn_dim])
         self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
 
     def attention(self, h: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
         """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
         c = self.config
-        q_all, k_all, v_all = self.attn_q(h), self.attn_k(h), self.attn_v(h)  # (N, heads * head_dim)
+        q_all, k_all, v_all = self.attn_qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         outputs, start = [], 0
         for cache, T in zip(caches, lengths):
             rows = slice(start, start + T)
@@ -54,7 +57,7 @@ class LlamaBlock:
         c = self.config
         x = x + self.attn_output(self.attention(rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
         h = rms_norm(x, self.ffn_norm, c.norm_eps)  # (N, d_model)
-        return x + gated_mlp(h, self.ffn_gate, self.ffn_up, self.ffn_down)
+        return x + gated_mlp(h, self.ffn_gate_up, self.ffn_down)
 
 
 class Llama:

@@ -36,6 +36,16 @@ class PackedLinear:
         return quantized_linear(x.contiguous(), self.weight)  # (T, in) -> (T, out)
 
 
+class ConcatLinear:
+    """Several linear layers over the same input, outputs side by side (when they cannot share one kernel)."""
+
+    def __init__(self, parts: list[DenseLinear | PackedLinear]):
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)  # (T, sum of out_features)
+
+
 class QuantizedEmbedding:
     """Rows of an embedding table dequantized on demand, so the table stays packed in the file."""
 
@@ -83,6 +93,23 @@ class GGUFWeights:
         if self.packed and info.ggml_type in kernel_types():
             return PackedLinear(pack_weight(self.gguf.tensor_data(name), info.ggml_type, info.shape))
         return DenseLinear(self.tensor(name, (out_features, in_features)))
+
+    def stacked_linear(self, names: list[str], in_features: int,
+                       out_features: list[int]) -> DenseLinear | PackedLinear | ConcatLinear:
+        """One layer computing several matrices of the same input side by side (q, k, v; or gate, up).
+
+        On the fast path matrices of one block format are packed together: one kernel call, and the
+        activations are quantized once instead of once per matrix.
+        """
+        infos = [self._info(name, (rows, in_features)) for name, rows in zip(names, out_features)]
+        ggml_type = infos[0].ggml_type
+        if not self.packed:
+            return DenseLinear(torch.cat([self.tensor(n, (rows, in_features)) for n, rows in zip(names, out_features)]))
+        if ggml_type in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
+            # GGUF stores a matrix row after row, so stacking matrices is concatenating their bytes.
+            raw = np.concatenate([self.gguf.tensor_data(name).reshape(-1) for name in names])
+            return PackedLinear(pack_weight(raw, ggml_type, (in_features, sum(out_features))))
+        return ConcatLinear([self.linear(name, in_features, rows) for name, rows in zip(names, out_features)])
 
     def embedding(self, name: str, vocab_size: int, width: int) -> torch.Tensor | QuantizedEmbedding:
         """A table indexed by token ids: dequantized whole on the reference path, row by row on the fast one."""
