@@ -1,5 +1,7 @@
-"""Fast CPU primitives over packed weights; see packed.py for the API and its error bounds."""
+"""Fast CPU primitives: products over packed weights (packed.py, with their error bounds) and attention over a KV
+cache (attention.py)."""
 
+from .attention import cached_attention
 from .packed import (
     PackedWeight,
     get_num_threads,
@@ -9,4 +11,12 @@ from .packed import (
     set_num_threads,
 )
 
-__all__ = ["PackedWeight", "get_num_threads", "kernel_types", "pack_weight", "quantized_linear", "set_num_threads"]
+__all__ = [
+    "PackedWeight",
+    "cached_attention",
+    "get_num_threads",
+    "kernel_types",
+    "pack_weight",
+    "quantized_linear",
+    "set_num_threads",
+]

@@ -56,10 +56,11 @@ class RotaryEmbedding:
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Grouped-query attention of the T newest positions over all L cached ones.
+    """Grouped-query attention of the T newest positions over all L cached ones (reference: torch SDPA).
 
     q (n_heads, T, D); k, v (n_kv_heads, L, D) with L >= T; the queries are the last T positions.
-    Returns (n_heads, T, D).
+    Returns (T, n_heads * D), the layout the output projection takes. The fast path uses
+    kernels.cached_attention, which has the same signature and is tested against this.
     """
     T, L = q.shape[1], k.shape[1]
     if T == 1:
@@ -67,7 +68,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     else:
         # Query i sits at absolute position L - T + i and may see keys 0 .. L - T + i.
         mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return attended.transpose(0, 1).reshape(T, -1)  # (T, n_heads * D)
 
 
 def gated_mlp(x: torch.Tensor, gate_up: Linear, down: Linear,

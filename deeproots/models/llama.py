@@ -15,6 +15,7 @@ import torch
 
 from ..cache.kv import KVCache
 from ..config import ModelConfig
+from ..kernels import cached_attention
 from .layers import RotaryEmbedding, causal_attention, gated_mlp, rms_norm
 from .weights import GGUFWeights
 
@@ -23,6 +24,9 @@ class LlamaBlock:
     def __init__(self, config: ModelConfig, weights: GGUFWeights, index: int, rope: RotaryEmbedding):
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope = config, index, rope
+        # The kernel computes each query row the same way whatever else is in the call, which the
+        # fast path needs: its int8 activations would magnify the tiny differences SDPA has.
+        self.attend = cached_attention if weights.packed else causal_attention
         self.attn_norm = weights.tensor(prefix + "attn_norm.weight", (c.d_model,))
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
         self.q_size, self.kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -48,8 +52,7 @@ class LlamaBlock:
             v = v_all[rows].view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
             q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
             keys, values = cache.update(self.index, k, v)  # (n_kv_heads, offset + T, head_dim)
-            attended = causal_attention(q, keys, values, scale=1.0 / math.sqrt(c.head_dim))  # (n_heads, T, head_dim)
-            outputs.append(attended.transpose(0, 1).reshape(T, c.n_heads * c.head_dim))
+            outputs.append(self.attend(q, keys, values, 1.0 / math.sqrt(c.head_dim)))  # (T, n_heads * head_dim)
             start += T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "attention.h"
 #include "pool.h"
 #include "qgemm.h"
 
@@ -184,6 +185,46 @@ static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(qgemm_group_bytes((int)type, K));
 }
 
+/* attention(q_ptr, q_head, q_row, k_ptr, k_head, k_row, v_ptr, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L,
+ * D, scale, out_ptr): the fields of attn_t (attention.h), strides in elements. The caller
+ * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
+static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    enum { SCALE = 15, NARGS = 17 };
+    int64_t v[NARGS];
+    double scale = 0.0;
+    if (nargs != NARGS) {
+        PyErr_SetString(PyExc_TypeError, "attention takes 17 arguments: 16 ints and the float scale at index 15");
+        return NULL;
+    }
+    for (int i = 0; i < NARGS; i++) {
+        if (i == SCALE) {
+            scale = PyFloat_AsDouble(args[i]);
+            if (scale == -1.0 && PyErr_Occurred())
+                return NULL;
+        } else if (as_int64(args[i], &v[i])) {
+            return NULL;
+        }
+    }
+    const attn_t a = {.q = (const float *)(intptr_t)v[0], .q_head = v[1], .q_row = v[2],
+                      .k = (const uint8_t *)(intptr_t)v[3], .k_head = v[4], .k_row = v[5],
+                      .v = (const uint8_t *)(intptr_t)v[6], .v_head = v[7], .v_row = v[8], .kv_type = (int)v[9],
+                      .n_heads = v[10], .n_kv_heads = v[11], .T = v[12], .L = v[13], .D = v[14],
+                      .scale = (float)scale, .out = (float *)(intptr_t)v[16]};
+    if ((a.kv_type != T_F32 && a.kv_type != T_F16) || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads ||
+        a.n_heads <= 0 || a.T < 0 || a.T > a.L || a.D <= 0) {
+        PyErr_SetString(PyExc_ValueError, "attention: unsupported kv type or bad sizes");
+        return NULL;
+    }
+    if (a.T > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        attention_run(&a, n_threads);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -208,6 +249,7 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},
     {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
     {NULL, NULL, 0, NULL},
