@@ -16,7 +16,6 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from .cache.kv import KVCache
 from .errors import DeeprootsError
 
 
@@ -30,10 +29,9 @@ class Engine(Protocol):
 
 class DeeprootsEngine:
     def __init__(self, model):
-        c = model.config
         self.name = "deeproots" + (" (reference)" if model.reference else "")
         self.net = model.net
-        self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, model.context)
+        self.cache = model.new_cache()
 
     def prefill(self, tokens: list[int]) -> None:
         self.cache.truncate(0)

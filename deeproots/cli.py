@@ -17,6 +17,8 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    parser.add_argument("--kv-type", choices=["f16", "f32"], default=None,
+                        help="KV cache element type (default: f16; f32 with --reference)")
     parser.add_argument("--reference", action="store_true",
                         help="run the float32 reference path instead of the packed kernels (slow; for checking)")
 
@@ -45,7 +47,7 @@ def load_model(args: argparse.Namespace):
     from .model import load
 
     started = time.perf_counter()
-    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads)
+    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model
@@ -345,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_option(perplexity)
     perplexity.add_argument("file", help="a UTF-8 text file")
     perplexity.set_defaults(handler=cmd_perplexity)
+
+    from .server.commands import add_server_commands
+    add_server_commands(commands)  # serve, bench-serve
 
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file")

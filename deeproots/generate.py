@@ -14,7 +14,7 @@ import torch
 
 from .cache.kv import KVCache
 from .errors import RequestError
-from .sampling import SamplingParams, make_sampler
+from .sampling import SamplingParams, make_sampler, token_logprobs
 from .tokenizer import Tokenizer
 
 
@@ -22,11 +22,26 @@ class CausalLM(Protocol):
     def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor: ...
 
 
+class TokenConstraint(Protocol):
+    """Constrained decoding for one sequence (e.g. a JSON schema): which tokens may come next."""
+
+    def allowed(self) -> torch.Tensor: ...  # (vocab,) bool: the tokens the constraint accepts next
+
+    def accept(self, token_id: int) -> None: ...  # advance past the sampled token
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    logprob: float  # of the sampled token under the model's distribution
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob) of the most likely tokens, best first
+
+
 @dataclass(frozen=True)
 class GenerationStep:
     token_id: int
     text: str  # text made final by this step (may be empty)
     finish_reason: str | None = None  # "stop" (end token or stop string), "length", or None while running
+    logprob: TokenLogprob | None = None  # only when the decoder was asked for logprobs
 
 
 class StopStringMatcher:
@@ -69,7 +84,9 @@ class SequenceDecoder:
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams, *,
-                 max_tokens: int, stop: Sequence[str] = ()):
+                 max_tokens: int, stop: Sequence[str] = (), constraint: TokenConstraint | None = None,
+                 top_logprobs: int | None = None):
+        """`top_logprobs`: None for no logprobs, else how many alternatives to report with each token."""
         if max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
         self.tokenizer = tokenizer
@@ -79,22 +96,30 @@ class SequenceDecoder:
         self.text_decoder = tokenizer.stream_decoder()
         self.history = list(prompt_ids)  # prompt and generated tokens, for the penalties
         self.produced = 0
+        self.constraint = constraint
+        self.top_logprobs = top_logprobs
 
     def step(self, logits: torch.Tensor, room: int) -> GenerationStep:
         """Sample from logits (vocab,); `room` is how many more tokens the KV cache can take."""
-        token = self.sample(logits, self.history)
+        token = self.sample(logits, self.history, self.constraint.allowed() if self.constraint else None)
         self.produced += 1
+        logprob = None
+        if self.top_logprobs is not None:
+            value, top = token_logprobs(logits, token, self.top_logprobs)
+            logprob = TokenLogprob(value, tuple(top))
+        if self.constraint:
+            self.constraint.accept(token)
         if token in self.tokenizer.stop_ids:
-            return GenerationStep(token, self.matcher.flush() + self.text_decoder.flush(), "stop")
+            return GenerationStep(token, self.matcher.flush() + self.text_decoder.flush(), "stop", logprob)
         self.history.append(token)
         text, stopped = self.matcher.feed(self.text_decoder.push(token))
         if stopped:
-            return GenerationStep(token, text, "stop")
+            return GenerationStep(token, text, "stop", logprob)
         if self.produced == self.max_tokens or room == 0:
             tail, stopped = self.matcher.feed(self.text_decoder.flush())
             return GenerationStep(token, text + tail + ("" if stopped else self.matcher.flush()),
-                                  "stop" if stopped else "length")
-        return GenerationStep(token, text)
+                                  "stop" if stopped else "length", logprob)
+        return GenerationStep(token, text, logprob=logprob)
 
 
 def check_prompt(prompt_ids: Sequence[int], cache: KVCache) -> list[int]:

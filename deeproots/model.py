@@ -20,13 +20,19 @@ from .store import ModelStore
 from .tokenizer import ChatTemplate, Tokenizer
 
 DEFAULT_CONTEXT = 4096  # tokens; the model's own maximum when it is smaller
+KV_TYPES = {"f32": torch.float32, "f16": torch.float16}
 
 
 class Model:
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, kv_type: str | None = None):
         self.path = path
         self.reference = reference
+        # float16 keys/values halve the cache (attention still runs in float32); the reference stays float32.
+        kv_type = kv_type or ("f32" if reference else "f16")
+        if kv_type not in KV_TYPES:
+            raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        self.kv_dtype = KV_TYPES[kv_type]
         self.gguf = GGUFFile.open(path)
         metadata = self.gguf.metadata
         architecture = model_class(str(metadata.get("general.architecture")))  # unsupported: fail first
@@ -40,9 +46,13 @@ class Model:
             set_num_threads(threads)
         # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
         self.net = architecture(self.config, GGUFWeights(self.gguf, packed=not reference), self.context)
-        c = self.config
-        self.cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
+        self.gguf.release_pages()  # the packed copies are what runs now
+        self.cache = self.new_cache()
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
+
+    def new_cache(self, max_tokens: int | None = None) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_tokens or self.context, dtype=self.kv_dtype)
 
     # --- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
@@ -115,11 +125,11 @@ class Model:
 
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
-         reference: bool = False, threads: int | None = None) -> Model:
+         reference: bool = False, threads: int | None = None, kv_type: str | None = None) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file.
 
     `reference` selects the float32 reference path instead of the packed kernels; `threads` sets the
-    kernels' thread count (default: the physical cores).
+    kernels' thread count (default: the physical cores); `kv_type` is "f16" (default) or "f32".
     """
     return Model(ModelStore().resolve(name_or_path, pull=pull), context=context, reference=reference,
-                 threads=threads)
+                 threads=threads, kv_type=kv_type)

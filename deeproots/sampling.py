@@ -2,20 +2,22 @@
 
 The order of operations follows vLLM: penalties and logit bias on the raw logits, then
 temperature, then the top-k / top-p / min-p filters on the tempered distribution, then a draw.
-Temperature 0 is greedy decoding.
+Temperature 0 is greedy decoding. An optional `allowed` mask (constrained decoding) removes
+every other token after the logit bias, so no setting can sample outside it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
 from .errors import RequestError
 
-Sampler = Callable[[torch.Tensor, Sequence[int]], int]  # (logits (vocab,), tokens so far) -> next token
+# (logits (vocab,), tokens so far, optional allowed mask (vocab,) bool) -> next token
+Sampler = Callable[[torch.Tensor, Sequence[int], Optional[torch.Tensor]], int]
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class SamplingParams:
 def apply_penalties(logits: torch.Tensor, history: Sequence[int], params: SamplingParams) -> torch.Tensor:
     """Penalize tokens seen in the last `penalty_window` tokens of `history`; returns new logits."""
     recent = history[-params.penalty_window:] if params.penalty_window else []
-    if not recent:
+    if not recent or (params.repeat_penalty == 1.0 and params.presence_penalty == 0.0
+                      and params.frequency_penalty == 0.0):
         return logits
     tokens, counts = torch.tensor(recent, dtype=torch.long).unique(return_counts=True)
     seen = logits[tokens]
@@ -87,6 +90,23 @@ def apply_logit_bias(logits: torch.Tensor, bias: Mapping[int, float]) -> torch.T
     out = logits.clone()
     out[list(bias)] += torch.tensor(list(bias.values()), dtype=logits.dtype)
     return out
+
+
+def apply_token_mask(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Logits with every token outside `allowed` (vocab,) bool set to -inf."""
+    if allowed.shape != logits.shape:
+        raise RequestError(f"a token mask of shape {tuple(allowed.shape)} does not fit logits {tuple(logits.shape)}")
+    if not bool(allowed.any()):
+        raise RequestError("the token mask allows no token at all: the constraint cannot be continued")
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `token` under the model's own distribution softmax(logits (vocab,)), and the
+    `top_n` most likely tokens with theirs (before penalties, temperature or masks, as OpenAI reports)."""
+    logprobs = logits.float().log_softmax(-1)  # (vocab,)
+    top_values, top_ids = logprobs.topk(top_n) if top_n > 0 else (logprobs[:0], logprobs[:0].long())
+    return float(logprobs[token]), list(zip(top_ids.tolist(), top_values.tolist()))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
@@ -113,13 +133,17 @@ def make_sampler(params: SamplingParams) -> Sampler:
     generator = torch.Generator()
     generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
-    def sample(logits: torch.Tensor, history: Sequence[int]) -> int:
+    def sample(logits: torch.Tensor, history: Sequence[int], allowed: torch.Tensor | None = None) -> int:
         logits = logits.float()
         logits = apply_penalties(logits, history, params)
         logits = apply_logit_bias(logits, params.logit_bias)
+        if allowed is not None:
+            logits = apply_token_mask(logits, allowed)
         if params.greedy:
             return int(logits.argmax())
-        logits = filter_logits(logits / params.temperature, params.top_k, params.top_p, params.min_p)
+        logits = logits / params.temperature
+        if params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0:  # skip the vocabulary sort when all are off
+            logits = filter_logits(logits, params.top_k, params.top_p, params.min_p)
         return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
     return sample

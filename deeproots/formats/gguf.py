@@ -453,6 +453,14 @@ class GGUFFile:
             raise DeeprootsError(f"{self.path} is closed")
         return np.frombuffer(self._mapping, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release_pages(self) -> None:
+        """Drop the file's pages from this process's resident memory (after weights were repacked).
+
+        Views stay valid: a later read faults its pages back in from the page cache.
+        """
+        if self._mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._mapping.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         if self._mapping is not None:
             try:

@@ -68,6 +68,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     else:
         # Query i sits at absolute position L - T + i and may see keys 0 .. L - T + i.
         mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
+    k, v = k.to(q.dtype), v.to(q.dtype)  # a float16 cache is read in float32
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     return attended.transpose(0, 1).reshape(T, -1)  # (T, n_heads * D)
 

@@ -82,19 +82,27 @@ class Llama:
         return self.forward_batch(tokens, [cache], [tokens.shape[0]], all_logits=all_logits)
 
     @torch.inference_mode()
-    def forward_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int], *,
-                      all_logits: bool = False) -> torch.Tensor:
-        """Run the new tokens of several sequences, packed as tokens (N,) with N = sum(lengths).
+    def hidden_states(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+        """Final normed hidden states (N, d_model) of tokens (N,) packed from several sequences.
 
-        Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances. Returns
-        logits (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last token,
-        which spares prefill the output projection of every other position.
+        Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
         x = self.token_embd[tokens]  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):
             cache.advance(T)
+        return rms_norm(x, self.output_norm, self.config.norm_eps)
+
+    @torch.inference_mode()
+    def forward_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int], *,
+                      all_logits: bool = False) -> torch.Tensor:
+        """Logits for the new tokens of several sequences, packed as in `hidden_states`.
+
+        Returns (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last token,
+        which spares prefill the output projection of every other position.
+        """
+        hidden = self.hidden_states(tokens, caches, lengths)
         if not all_logits:
-            x = x[torch.tensor(lengths).cumsum(0) - 1]  # (B, d_model): last row of each sequence
-        return self.output(rms_norm(x, self.output_norm, self.config.norm_eps))
+            hidden = hidden[torch.tensor(lengths).cumsum(0) - 1]  # (B, d_model): last row of each sequence
+        return self.output(hidden)

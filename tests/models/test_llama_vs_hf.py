@@ -4,6 +4,8 @@ The reference path (float32 weights) must match transformers tightly; the fast p
 activations quantized per block to int8 as llama.cpp does) must pick the same top token almost everywhere.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,14 +69,12 @@ def test_fast_path_agrees_with_reference_path(smollm2, smollm2_reference, hf_smo
 
 def test_incremental_decoding_matches_one_pass(smollm2_reference, hf_smollm2):
     """Prefill then one-token steps through the KV cache give the logits of a single full pass."""
-    from deeproots.cache.kv import KVCache
-
     hf_tokenizer, _ = hf_smollm2
     model = smollm2_reference
     ids = hf_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"][:48]
     full = model.logits(ids)
     c = model.config
-    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 64)
+    cache = model.new_cache(64)
     steps = [model.net.forward(torch.tensor(ids[:37]), cache, all_logits=True)]
     steps += [model.net.forward(torch.tensor([token]), cache, all_logits=True) for token in ids[37:]]
     assert torch.allclose(torch.cat(steps), full, atol=1e-3)
@@ -87,15 +87,13 @@ def test_batched_sequences_match_one_at_a_time(path, request, hf_smollm2):
     On the fast path every kernel is row-independent, so the results are bit-identical: a request's
     answer does not depend on what else is in the batch.
     """
-    from deeproots.cache.kv import KVCache
-
     model = request.getfixturevalue("smollm2" if path == "fast" else "smollm2_reference")
     same = torch.equal if path == "fast" else lambda a, b: torch.allclose(a, b, atol=1e-3)
     hf_tokenizer, _ = hf_smollm2
     c = model.config
     prompts = [hf_tokenizer(text, add_special_tokens=False)["input_ids"][:n] for text, n in zip(TEXTS, (9, 30, 17))]
     alone = [model.logits(ids)[-1] for ids in prompts]
-    caches = [KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 64) for _ in prompts]
+    caches = [model.new_cache(64) for _ in prompts]
     packed = model.net.forward_batch(torch.tensor(sum(prompts, [])), caches, [len(p) for p in prompts])
     assert packed.shape == (3, c.vocab_size)
     for row, reference in zip(packed, alone):
@@ -103,6 +101,19 @@ def test_batched_sequences_match_one_at_a_time(path, request, hf_smollm2):
     # A decode step for all three at their different positions, against each one's own decode step.
     step = model.net.forward_batch(torch.tensor([5, 6, 7]), caches, [1, 1, 1])
     for row, ids, token in zip(step, prompts, (5, 6, 7)):
-        own = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 64)
+        own = model.new_cache(64)
         model.net.forward(torch.tensor(ids), own)
         assert same(row, model.net.forward(torch.tensor([token]), own)[0])
+
+
+def test_float16_kv_cache_costs_under_one_percent_of_perplexity(smollm2_path, smollm2):
+    """The default float16 cache against a float32 one on the fast path, by perplexity over real text."""
+    import deeproots
+    from deeproots.perplexity import chunk_nlls, summarize
+
+    text = Path("/usr/share/common-licenses/GPL-3").read_text()[:20000]
+    f32 = deeproots.load(smollm2_path, context=2048, kv_type="f32")
+    assert smollm2.kv_dtype == torch.float16 and f32.kv_dtype == torch.float32
+    half, full = (summarize(list(chunk_nlls(model, text, 256))).perplexity for model in (smollm2, f32))
+    print(f"\nperplexity with a float16 KV cache {half:.4f}, float32 {full:.4f}")
+    assert half == pytest.approx(full, rel=0.01)

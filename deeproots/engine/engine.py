@@ -1,0 +1,229 @@
+"""The engine: a background thread that owns the model and advances every running sequence together.
+
+Each step: drop cancelled sequences (freeing their KV), admit waiting requests, then run ONE forward
+pass over the packed new tokens of every running sequence: the next block of a new prompt (prefill) or
+the last sampled token (decode).
+
+Prefill runs in blocks aligned to absolute positions (multiples of the prefix-cache block size), one
+block per sequence per step. The packed kernels quantize activations to int8, which turns the tiniest
+float difference into a different token; attention over a different number of query rows differs in
+the last bits. Cutting every prompt at the same positions makes each token's computation the same
+whether or not a prefix came from the cache and whatever else runs in the step. Callers talk to it
+from any thread: submit() and GenerationRequest.cancel() are thread-safe, results come back through
+each request's on_event callback.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from ..errors import RequestError
+from ..generate import SequenceDecoder
+from .prefix_cache import PrefixCache
+from .request import EngineStoppedError, GenerationRequest, Sequence
+from .runner import BatchRunner
+from .scheduler import Scheduler
+
+log = logging.getLogger("deeproots.engine")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_running: int = 8  # sequences decoded together
+    max_queue: int = 64  # requests waiting beyond that; more are refused
+    kv_budget_tokens: int | None = None  # KV tokens for all running sequences; default max_running x context
+    prefix_block: int = 32  # also the prefill block: see the module docstring
+    prefix_capacity_tokens: int | None = None  # default: one context
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int
+    running: int
+    kv_usage: float  # reserved / budget
+    prompt_tokens: int  # run through the network (prefix-cache hits excluded)
+    cached_prompt_tokens: int  # taken from the prefix cache
+    generated_tokens: int
+    decode_tokens_per_second: float  # over the last few seconds of steps
+    steps: int
+
+
+class Engine:
+    def __init__(self, model, config: EngineConfig = EngineConfig()):
+        self.model = model
+        self.config = config
+        self.runner = BatchRunner(model.net)
+        budget = config.kv_budget_tokens or config.max_running * model.context
+        self.scheduler = Scheduler(max_running=config.max_running, max_queue=config.max_queue,
+                                   kv_budget_tokens=budget, context=model.context)
+        self.prefix_cache = PrefixCache(block_size=config.prefix_block,
+                                        capacity_tokens=config.prefix_capacity_tokens or model.context)
+        self._lock = threading.Lock()  # guards the scheduler's queue between callers and the loop
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], concurrent.futures.Future]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="deeproots-engine", daemon=True)
+        self._prompt_tokens = self._generated_tokens = self._steps = 0
+        self._recent: list[tuple[float, int]] = []  # (time, tokens decoded) of recent steps
+
+    # --- called from any thread ----------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping.is_set()
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Queue a request; QueueFullError when the queue is full, RequestError when it can never run."""
+        if not self.alive:
+            raise EngineStoppedError("the engine is not running")
+        if len(request.prompt_ids) >= self.model.context:
+            raise RequestError(f"the prompt has {len(request.prompt_ids)} tokens but the context holds "
+                               f"{self.model.context}; shorten it (or start the server with a larger --ctx)")
+        with self._lock:
+            self.scheduler.submit(request)
+        self._wakeup.set()
+
+    def call(self, job: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run `job` on the engine thread between two steps (it owns the model)."""
+        if not self.alive:
+            raise EngineStoppedError("the engine is not running")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        self._wakeup.set()
+        return future
+
+    def stats(self) -> EngineStats:
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in self._recent if now - t < 5.0]
+        span = now - recent[0][0] if recent else 0.0
+        with self._lock:
+            return EngineStats(
+                waiting=len(self.scheduler.waiting), running=len(self.scheduler.running),
+                kv_usage=self.scheduler.kv_usage, prompt_tokens=self._prompt_tokens,
+                cached_prompt_tokens=self.prefix_cache.hit_tokens, generated_tokens=self._generated_tokens,
+                decode_tokens_per_second=sum(n for _, n in recent) / span if span > 0 else 0.0, steps=self._steps)
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self.scheduler.waiting and not self.scheduler.running
+
+    # --- the engine thread ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._run_jobs()
+            if self.idle:
+                self._wakeup.wait(0.5)
+                self._wakeup.clear()
+                continue
+            self.step()
+        with self._lock:
+            leftovers = [*self.scheduler.waiting, *(s.request for s in self.scheduler.running)]
+        for request in leftovers:
+            request.on_event(EngineStoppedError("the server is shutting down"))
+
+    def _run_jobs(self) -> None:
+        while not self._jobs.empty():
+            job, future = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except Exception as error:  # the caller gets it; the engine carries on
+                    future.set_exception(error)
+
+    def step(self) -> None:
+        """One scheduling step and one batched forward pass."""
+        with self._lock:
+            cancelled = self.scheduler.drop_cancelled()
+            admitted = self.scheduler.admit()
+        for sequence in cancelled:
+            self._retire(sequence)
+        for request in admitted:
+            self._start(request)
+        batch = self._plan()
+        if not batch:
+            return
+        try:
+            logits = self.runner.run([(sequence.cache, tokens) for sequence, tokens in batch])  # (B, vocab)
+        except Exception as error:
+            log.exception("forward pass failed; failing the %d sequences in it", len(batch))
+            for sequence, _ in batch:
+                self._fail(sequence, error)
+            return
+        self._steps += 1
+        decoded = 0
+        for (sequence, tokens), row in zip(batch, logits):
+            sequence.pending = sequence.pending[len(tokens):]
+            if sequence.prefilling:
+                self._prompt_tokens += len(tokens)
+                if sequence.pending:
+                    continue  # more prompt to run before this sequence samples
+                sequence.prefilling = False
+                self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache)
+            decoded += 1
+            self._decode(sequence, row)
+        self._recent = [*self._recent[-63:], (time.perf_counter(), decoded)]
+
+    def _start(self, request: GenerationRequest) -> None:
+        reserved = self.scheduler.reservation(request)
+        try:
+            cache = self.model.new_cache(reserved)
+            self.prefix_cache.load(request.prompt_ids, cache)
+            decoder = SequenceDecoder(self.model.tokenizer, request.prompt_ids, request.params,
+                                      max_tokens=request.max_tokens, stop=request.stop,
+                                      constraint=request.constraint() if request.constraint else None,
+                                      top_logprobs=request.top_logprobs)
+        except Exception as error:
+            with self._lock:
+                self.scheduler.release(reserved)
+            request.on_event(error)
+            return
+        with self._lock:
+            self.scheduler.start(Sequence(request, cache, decoder))
+
+    def _plan(self) -> list[tuple[Sequence, list[int]]]:
+        """Each running sequence's tokens for this step: its last sample, or its prompt up to the next block edge."""
+        block = self.config.prefix_block
+        batch = []
+        for sequence in self.scheduler.running:
+            if sequence.prefilling:
+                batch.append((sequence, sequence.pending[:block - sequence.cache.offset % block]))
+            else:
+                batch.append((sequence, sequence.pending))
+        return batch
+
+    def _decode(self, sequence: Sequence, logits) -> None:
+        try:
+            step = sequence.decoder.step(logits, sequence.cache.room())
+        except Exception as error:
+            self._fail(sequence, error)
+            return
+        self._generated_tokens += 1
+        sequence.request.on_event(step)
+        if step.finish_reason is not None:
+            self._retire(sequence)
+        else:
+            sequence.pending = [step.token_id]
+
+    def _fail(self, sequence: Sequence, error: Exception) -> None:
+        sequence.request.on_event(error)
+        self._retire(sequence)
+
+    def _retire(self, sequence: Sequence) -> None:
+        with self._lock:
+            self.scheduler.retire(sequence)  # the sequence's KV cache goes with it

@@ -1,0 +1,66 @@
+"""Prefix caching: keys/values of prompt prefixes already computed, reused by later prompts.
+
+Prompts are cut into blocks of `block_size` tokens. Block i is keyed by a SHA-256 chained over the
+exact tokens of blocks 0..i, so a hit means the whole prefix up to that block is identical. A new
+sequence copies the cached blocks of its longest cached prefix into its own KV cache and only runs
+the rest. Least recently used blocks are evicted beyond `capacity_tokens`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..cache.kv import KVCache
+
+
+class PrefixCache:
+    def __init__(self, *, block_size: int = 32, capacity_tokens: int = 4096):
+        self.block_size = block_size
+        self.capacity_blocks = capacity_tokens // block_size
+        # key -> (keys, values), each (n_layers, n_kv_heads, block_size, head_dim)
+        self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hit_tokens = 0  # totals, for /metrics
+        self.query_tokens = 0
+
+    def _keys(self, ids: Sequence[int]) -> Iterator[bytes]:
+        """The chained hash of every full block of `ids`, in order."""
+        digest = b""
+        for start in range(0, len(ids) - self.block_size + 1, self.block_size):
+            block = np.asarray(ids[start:start + self.block_size], dtype=np.int64).tobytes()
+            digest = hashlib.sha256(digest + block).digest()
+            yield digest
+
+    def load(self, ids: Sequence[int], cache: KVCache) -> int:
+        """Fill the empty `cache` with the longest cached prefix of `ids` that leaves at least one token to
+        run (its logits are needed); returns how many tokens it holds now."""
+        found: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for index, key in enumerate(self._keys(ids)):
+            if (index + 1) * self.block_size >= len(ids) or key not in self.blocks:
+                break
+            self.blocks.move_to_end(key)
+            found.append(self.blocks[key])
+        if found:
+            keys = torch.cat([k for k, _ in found], dim=2)  # (n_layers, n_kv_heads, n_cached, head_dim)
+            values = torch.cat([v for _, v in found], dim=2)
+            for layer in range(keys.shape[0]):
+                cache.update(layer, keys[layer], values[layer])
+            cache.advance(keys.shape[2])
+        self.query_tokens += len(ids)
+        self.hit_tokens += cache.offset
+        return cache.offset
+
+    def store(self, ids: Sequence[int], cache: KVCache) -> None:
+        """Remember the full blocks of `ids`, whose keys/values `cache` holds from position 0."""
+        for index, key in enumerate(self._keys(ids[:cache.offset])):
+            if key in self.blocks:
+                self.blocks.move_to_end(key)
+                continue
+            span = slice(index * self.block_size, (index + 1) * self.block_size)
+            self.blocks[key] = (cache.keys[:, :, span].clone(), cache.values[:, :, span].clone())
+            while len(self.blocks) > self.capacity_blocks:
+                self.blocks.popitem(last=False)

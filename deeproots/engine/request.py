@@ -1,0 +1,62 @@
+"""What the engine is asked to do (a GenerationRequest) and what it tracks per running sequence."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from ..cache.kv import KVCache
+from ..errors import DeeprootsError
+from ..generate import GenerationStep, SequenceDecoder, TokenConstraint
+from ..sampling import SamplingParams
+
+
+class QueueFullError(DeeprootsError):
+    """The engine's waiting queue is full: retry later (HTTP 429)."""
+
+
+class EngineStoppedError(DeeprootsError):
+    """The engine is shutting down or its loop died: no new work is accepted (HTTP 503)."""
+
+
+# The engine reports every step, or the error that ended the sequence, through the request's callback.
+SequenceEvent = Union[GenerationStep, Exception]
+
+_ids = itertools.count()
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate; `on_event` is called from the engine thread (it must not block)."""
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    on_event: Callable[[SequenceEvent], None]
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+    constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
+    id: int = field(default_factory=lambda: next(_ids))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """Safe from any thread: the engine drops the sequence (queued or running) at its next step."""
+        self.cancelled.set()
+
+
+class Sequence:
+    """A request the scheduler admitted: its KV cache, its decoder, and the tokens still to feed."""
+
+    def __init__(self, request: GenerationRequest, cache: KVCache, decoder: SequenceDecoder):
+        self.request = request
+        self.cache = cache
+        self.decoder = decoder
+        self.pending = list(request.prompt_ids[cache.offset:])  # tokens to run: the uncached prompt, then the last sample
+        self.prefilling = True  # until the prompt's last token has run and produced logits
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.cache.max_tokens

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server over the engine (see openai.py for the routes)."""

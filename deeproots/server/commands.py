@@ -1,0 +1,108 @@
+"""`deeproots serve` and `deeproots bench-serve`: add_server_commands(subparsers) wires them into the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from ..store import CATALOG, DEFAULT_MODEL
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def add_server_commands(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
+    serve.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                       help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file")
+    serve.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    serve.add_argument("--parallel", type=int, default=8, help="sequences decoded together (default: 8)")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429 (default: 64)")
+    serve.add_argument("--kv-budget", type=int, default=None,
+                       help="KV cache tokens for all running sequences (default: parallel x ctx)")
+    serve.add_argument("--cors-origin", nargs="+", default=[], help="allow browsers from these origins (default: none)")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    serve.add_argument("--shutdown-deadline", type=float, default=30.0,
+                       help="seconds SIGTERM waits for in-flight requests (default: 30)")
+    serve.add_argument("--log-prompts", action="store_true", help="include the prompt text in request logs")
+    serve.set_defaults(handler=cmd_serve)
+
+    bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
+    bench.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+    bench.add_argument("--api-key", default=None)
+    bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default: 1,4,8,16)")
+    bench.add_argument("--requests", type=int, default=None, help="requests per level (default: 2 x concurrency)")
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.set_defaults(handler=cmd_bench_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ..engine import Engine, EngineConfig
+    from ..model import load
+    from ..store import ModelStore
+    from .app import build_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    started = time.perf_counter()
+    model = load(args.model, context=args.ctx)
+    engine = Engine(model, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
+                                        kv_budget_tokens=args.kv_budget)).start()
+    served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
+    app, gate = build_app(model, engine, served_name, api_key=args.api_key, cors_origins=args.cors_origin,
+                          max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    logging.getLogger("deeproots.server").info("serving %s on http://%s:%d (loaded in %.1f s)", served_name,
+                                               args.host, args.port, time.perf_counter() - started)
+
+    async def drain_then_exit() -> None:
+        """SIGTERM: refuse new requests (503), let in-flight ones finish up to the deadline, then exit."""
+        gate.draining = True
+        deadline = time.monotonic() + args.shutdown_deadline
+        while (gate.in_flight or not engine.idle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        server.should_exit = True
+
+    async def main() -> None:
+        config_server = server.serve()
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(config_server)
+        await asyncio.sleep(0)  # let uvicorn install its own handlers first, then take SIGTERM over
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(drain_then_exit()))
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from .bench import run_levels
+
+    levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
+    for row in run_levels(args.url, args.api_key, levels, args.requests, args.max_tokens):
+        print(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (python -m deeproots.server serve ...)."""
+    from ..errors import DeeprootsError
+
+    parser = argparse.ArgumentParser(prog="deeproots")
+    add_server_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except DeeprootsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,95 @@
+"""From a validated request body to engine work and back: prompt ids, per-choice sampling, the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from ..engine import Engine, GenerationRequest
+from ..generate import GenerationStep, TokenConstraint
+from ..sampling import SamplingParams
+from .errors import APIError, as_api_error
+from .schemas import SamplingFields
+
+
+@dataclass
+class GenerationJob:
+    """Everything the engine needs for the n choices of one API request."""
+    prompt_ids: list[int]
+    params: list[SamplingParams]  # one per choice (seeds differ)
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+    constraint: Callable[[], TokenConstraint] | None = None
+
+
+@dataclass
+class Choice:
+    """What one choice produced so far."""
+    index: int
+    steps: list[GenerationStep] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(step.text for step in self.steps)
+
+
+def sampling_params(body: SamplingFields, vocab_size: int) -> list[SamplingParams]:
+    """One SamplingParams per choice: choice i draws from seed + i, so each is reproducible on its own."""
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise APIError(400, f"logit_bias keys must be token ids below {vocab_size}, got {key!r}", param="logit_bias")
+        bias[int(key)] = value
+    return [SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
+                           repeat_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
+                           frequency_penalty=body.frequency_penalty, logit_bias=bias,
+                           seed=None if body.seed is None else body.seed + index)
+            for index in range(body.n)]
+
+
+def stop_strings(body: SamplingFields) -> tuple[str, ...]:
+    if body.stop is None:
+        return ()
+    return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop)
+
+
+def resolve_max_tokens(requested: int | None, prompt_length: int, context: int) -> int:
+    """What the client asked for, capped to the room left in the context (the answer then ends with 'length')."""
+    room = context - prompt_length
+    if room < 1:
+        raise APIError(400, f"the prompt has {prompt_length} tokens but the context holds {context}; "
+                            "shorten the prompt", param="messages", code="context_length_exceeded")
+    return min(requested or room, room)
+
+
+async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple[int, GenerationStep]]:
+    """Submit every choice and yield (choice index, step) as the engine produces them.
+
+    Leaving the iteration early (client gone, error) cancels every choice: the engine frees their KV
+    at its next step, whether they were queued or running.
+    """
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    requests = [
+        GenerationRequest(job.prompt_ids, params, job.max_tokens, stop=job.stop, top_logprobs=job.top_logprobs,
+                          constraint=job.constraint,
+                          on_event=lambda event, index=index: loop.call_soon_threadsafe(events.put_nowait,
+                                                                                        (index, event)))
+        for index, params in enumerate(job.params)]
+    try:
+        for request in requests:
+            engine.submit(request)
+        remaining = len(requests)
+        while remaining:
+            index, event = await events.get()
+            if isinstance(event, Exception):
+                raise as_api_error(event)
+            if event.finish_reason is not None:
+                remaining -= 1
+            yield index, event
+    finally:
+        for request in requests:
+            request.cancel()

@@ -1,0 +1,112 @@
+"""Response bodies and stream chunks in the OpenAI shapes (chat.completion, text_completion, SSE)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from ..generate import GenerationStep
+from ..tokenizer import Tokenizer
+from .generation import Choice
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def reported_steps(steps: list[GenerationStep], tokenizer: Tokenizer) -> list[GenerationStep]:
+    """Steps whose token belongs to the answer: an end token is not part of it (as OpenAI reports)."""
+    return [step for step in steps if step.logprob is not None and step.token_id not in tokenizer.stop_ids]
+
+
+def _token_entry(tokenizer: Tokenizer, token_id: int, logprob: float) -> dict:
+    data = tokenizer.token_bytes(token_id)
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+
+def chat_logprobs(steps: list[GenerationStep], tokenizer: Tokenizer) -> dict:
+    """{"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}"""
+    return {"content": [
+        {**_token_entry(tokenizer, step.token_id, step.logprob.logprob),
+         "top_logprobs": [_token_entry(tokenizer, token, value) for token, value in step.logprob.top]}
+        for step in reported_steps(steps, tokenizer)]}
+
+
+def completion_logprobs(steps: list[GenerationStep], tokenizer: Tokenizer, text_offset: int = 0) -> dict:
+    """The legacy shape: parallel lists tokens, token_logprobs, top_logprobs ({token: logprob}), text_offset."""
+    tokens, values, tops, offsets = [], [], [], []
+    for step in reported_steps(steps, tokenizer):
+        entry = _token_entry(tokenizer, step.token_id, step.logprob.logprob)
+        tokens.append(entry["token"])
+        values.append(entry["logprob"])
+        tops.append({_token_entry(tokenizer, token, value)["token"]: value for token, value in step.logprob.top})
+        offsets.append(text_offset)
+        text_offset += len(entry["token"])
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+class ChatShapes:
+    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    def __init__(self, model: str, tokenizer: Tokenizer, with_logprobs: bool):
+        self.id, self.created, self.model = new_id(self.id_prefix), int(time.time()), model
+        self.tokenizer, self.with_logprobs = tokenizer, with_logprobs
+
+    def _envelope(self, object_name: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
+                "system_fingerprint": "deeproots", "choices": choices}
+
+    def final(self, choices: list[Choice], prompt_tokens: int) -> dict:
+        return {**self._envelope(self.object, [self.final_choice(choice) for choice in choices]),
+                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices))}
+
+    def final_choice(self, choice: Choice) -> dict:
+        return {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
+                "logprobs": chat_logprobs(choice.steps, self.tokenizer) if self.with_logprobs else None,
+                "finish_reason": choice.finish_reason}
+
+    def first_chunk(self, index: int) -> dict:
+        return self._envelope(self.chunk_object, [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                   "logprobs": None, "finish_reason": None}])
+
+    def chunk(self, index: int, step: GenerationStep) -> dict:
+        delta = {"content": step.text} if step.text else {}
+        return self._envelope(self.chunk_object, [{
+            "index": index, "delta": delta, "finish_reason": step.finish_reason,
+            "logprobs": chat_logprobs([step], self.tokenizer) if self.with_logprobs else None}])
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        return {**self._envelope(self.chunk_object, []), "usage": usage(prompt_tokens, completion_tokens)}
+
+
+class CompletionShapes(ChatShapes):
+    object, chunk_object, id_prefix = "text_completion", "text_completion", "cmpl"
+
+    def __init__(self, model: str, tokenizer: Tokenizer, with_logprobs: bool):
+        super().__init__(model, tokenizer, with_logprobs)
+        self.text_offsets: dict[int, int] = {}  # per choice: text streamed so far, for logprobs.text_offset
+
+    def final_choice(self, choice: Choice) -> dict:
+        return {"index": choice.index, "text": choice.text, "finish_reason": choice.finish_reason,
+                "logprobs": completion_logprobs(choice.steps, self.tokenizer) if self.with_logprobs else None}
+
+    def first_chunk(self, index: int) -> None:
+        return None  # completions streams have no role chunk
+
+    def chunk(self, index: int, step: GenerationStep) -> dict:
+        logprobs = None
+        if self.with_logprobs:  # text_offset counts from the start of this choice's text, across chunks
+            logprobs = completion_logprobs([step], self.tokenizer, self.text_offsets.get(index, 0))
+            self.text_offsets[index] = self.text_offsets.get(index, 0) + sum(map(len, logprobs["tokens"]))
+        return self._envelope(self.chunk_object, [{
+            "index": index, "text": step.text, "finish_reason": step.finish_reason, "logprobs": logprobs}])

@@ -1,0 +1,127 @@
+"""The engine on the real default model: batched answers equal solo answers, seeds, cancellation, queue, KV budget."""
+
+import threading
+import time
+
+import pytest
+
+from deeproots.engine import Engine, EngineConfig, GenerationRequest, QueueFullError
+from deeproots.engine.scheduler import Scheduler
+from deeproots.errors import RequestError
+from deeproots.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+QUESTIONS = ["What is the capital of France?", "Write a haiku about roots.", "Name three rivers.",
+             "What is 2+2?", "Tell me a joke.", "Who wrote Hamlet?", "Explain gravity briefly.", "List four colors."]
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    engine = Engine(smollm2, EngineConfig(max_running=8, max_queue=16)).start()
+    yield engine
+    engine.stop()
+
+
+def chat_ids(model, question: str) -> list[int]:
+    return model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
+                          add_bos=False, parse_special=True)
+
+
+class Collector:
+    """Gathers one request's events; wait() returns its text and finish reason."""
+
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, event):
+        self.events.append(event)
+        if isinstance(event, Exception) or event.finish_reason is not None:
+            self.done.set()
+
+    def wait(self, timeout: float = 120.0) -> tuple[str, str]:
+        assert self.done.wait(timeout), "the engine did not finish the request in time"
+        if isinstance(self.events[-1], Exception):
+            raise self.events[-1]
+        return "".join(step.text for step in self.events), self.events[-1].finish_reason
+
+
+def submit(engine, ids, params=GREEDY, max_tokens=24) -> Collector:
+    collector = Collector()
+    engine.submit(GenerationRequest(ids, params, max_tokens, collector))
+    return collector
+
+
+def test_greedy_answer_is_identical_alone_and_among_seven_others(engine, smollm2):
+    target = chat_ids(smollm2, QUESTIONS[0])
+    alone = submit(engine, target).wait()
+    others = [submit(engine, chat_ids(smollm2, question)) for question in QUESTIONS[1:4]]
+    mid_flight = submit(engine, target)  # joins while the others decode
+    others += [submit(engine, chat_ids(smollm2, question)) for question in QUESTIONS[4:]]
+    assert mid_flight.wait() == alone
+    answers = [collector.wait() for collector in others]
+    assert all(text for text, _ in answers) and len({text for text, _ in answers}) == len(answers)
+    assert alone[1] in ("stop", "length") and len(alone[0]) > 10
+
+
+def test_seeded_sampling_is_reproducible_under_load(engine, smollm2):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    ids = chat_ids(smollm2, "Invent a name for a cat.")
+    first = submit(engine, ids, params).wait()
+    crowd = [submit(engine, chat_ids(smollm2, question), SamplingParams(temperature=1.0)) for question in QUESTIONS]
+    second = submit(engine, ids, params).wait()
+    for collector in crowd:
+        collector.wait()
+    assert first == second
+
+
+def test_prefix_cache_reuses_a_shared_prompt(engine, smollm2):
+    system = "You are a careful assistant who answers in one short sentence. " * 4
+    messages = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]
+    ids_a = smollm2.tokenize(smollm2.apply_chat_template(messages("Name a fruit.")), add_bos=False, parse_special=True)
+    ids_b = smollm2.tokenize(smollm2.apply_chat_template(messages("Name a tree.")), add_bos=False, parse_special=True)
+    before = engine.stats().cached_prompt_tokens
+    submit(engine, ids_a, max_tokens=2).wait()
+    submit(engine, ids_b, max_tokens=2).wait()
+    shared = next(i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b)
+    reused = engine.stats().cached_prompt_tokens - before
+    assert shared - 32 < reused <= shared  # whole blocks of the shared prefix
+
+
+def test_cancelled_sequences_free_their_slot_and_kv(engine, smollm2):
+    collectors = [Collector() for _ in range(4)]
+    requests = [GenerationRequest(chat_ids(smollm2, question), GREEDY, 500, collector)
+                for question, collector in zip(QUESTIONS, collectors)]
+    for request in requests:
+        engine.submit(request)
+    while len(collectors[0].events) < 3:
+        time.sleep(0.01)
+    assert engine.stats().running == 4 and engine.stats().kv_usage > 0
+    for request in requests:
+        request.cancel()
+    deadline = time.time() + 2
+    while engine.stats().running and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats().running == 0 and engine.stats().kv_usage == 0.0
+    assert all(len(collector.events) < 100 for collector in collectors)
+
+
+def test_a_prompt_longer_than_the_context_is_refused(engine, smollm2):
+    with pytest.raises(RequestError, match="context"):
+        engine.submit(GenerationRequest([1] * smollm2.context, GREEDY, 4, Collector()))
+
+
+def test_scheduler_queue_bound_and_kv_budget():
+    scheduler = Scheduler(max_running=4, max_queue=2, kv_budget_tokens=100, context=100)
+    make = lambda prompt, max_tokens: GenerationRequest([1] * prompt, GREEDY, max_tokens, lambda event: None)
+    big, small = make(50, 30), make(10, 10)
+    scheduler.submit(big)
+    scheduler.submit(small)
+    with pytest.raises(QueueFullError):
+        scheduler.submit(make(1, 1))
+    assert scheduler.admit() == [big, small] and scheduler.reserved_tokens == 100
+    scheduler.submit(make(10, 10))
+    assert scheduler.admit() == []  # waits: the budget is spent
+    scheduler.release(20)
+    assert len(scheduler.admit()) == 1
+    with pytest.raises(RequestError):
+        Scheduler(max_running=1, max_queue=1, kv_budget_tokens=10, context=100)

@@ -1,0 +1,59 @@
+"""A real `deeproots serve` process on 127.0.0.1 (a free port) with the default model, for the server tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+API_KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, model_path: Path, *extra: str, api_key: str | None = API_KEY):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
+        command = [sys.executable, "-m", "deeproots.server", "serve", "-m", str(model_path), "--port", str(self.port),
+                   "--ctx", "1024", *extra] + (["--api-key", api_key] if api_key else [])
+        self.log = open(os.devnull, "w") if not os.environ.get("DEEPROOTS_TEST_SERVER_LOG") else None
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not become ready")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics", headers=self.headers).text
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.log:
+            self.log.close()
