@@ -1,7 +1,8 @@
-"""Fast CPU primitives: products over packed weights (packed.py, with their error bounds) and attention over a KV
-cache (attention.py)."""
+"""Fast CPU primitives: products over packed weights (packed.py, with their error bounds), attention over a KV
+cache (attention.py), and RMSNorm, RoPE and SiLU gating (elementwise.py)."""
 
 from .attention import cached_attention
+from .elementwise import rms_norm, rotary_embedding_, silu_mul
 from .packed import (
     PackedWeight,
     get_num_threads,
@@ -18,5 +19,8 @@ __all__ = [
     "kernel_types",
     "pack_weight",
     "quantized_linear",
+    "rms_norm",
+    "rotary_embedding_",
     "set_num_threads",
+    "silu_mul",
 ]

@@ -1,6 +1,7 @@
 """Building blocks shared by every architecture: norms, rotary embeddings, attention, MLPs.
 
 Activations of one sequence are (T, d_model); attention works per head as (n_heads, T, head_dim).
+These are the reference forms (plain PyTorch); primitives.py pairs each with its compiled kernel.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ class RotaryEmbedding:
         self.cos = angles.cos().float()
         self.sin = angles.sin().float()
 
-    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate x (n_heads, T, head_dim) holding positions start .. start+T-1."""
-        T = x.shape[1]
-        cos = self.cos[start:start + T]  # (T, rope_dim/2)
-        sin = self.sin[start:start + T]
-        rotated, passthrough = x[..., :self.rope_dim], x[..., self.rope_dim:]
+    def rotate_(self, x: torch.Tensor, start: int) -> None:
+        """Rotate x (T, n_heads, head_dim) in place; row t holds position start + t."""
+        T = x.shape[0]
+        cos = self.cos[start:start + T, None]  # (T, 1, rope_dim/2)
+        sin = self.sin[start:start + T, None]
+        rotated = x[..., :self.rope_dim]
         if self.style == "interleaved":
             first, second = rotated[..., 0::2], rotated[..., 1::2]
         else:
@@ -49,10 +50,9 @@ class RotaryEmbedding:
         out_first = first * cos - second * sin
         out_second = first * sin + second * cos
         if self.style == "interleaved":
-            rotated = torch.stack((out_first, out_second), dim=-1).flatten(-2)
+            rotated.copy_(torch.stack((out_first, out_second), dim=-1).flatten(-2))
         else:
-            rotated = torch.cat((out_first, out_second), dim=-1)
-        return torch.cat((rotated, passthrough), dim=-1) if passthrough.shape[-1] else rotated
+            rotated.copy_(torch.cat((out_first, out_second), dim=-1))
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -73,8 +73,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return attended.transpose(0, 1).reshape(T, -1)  # (T, n_heads * D)
 
 
-def gated_mlp(x: torch.Tensor, gate_up: Linear, down: Linear,
-              activation: Callable[[torch.Tensor], torch.Tensor] = F.silu) -> torch.Tensor:
-    """down(activation(gate(x)) * up(x)) for x (T, d_model); gate_up computes gate and up side by side."""
-    gate, up = gate_up(x).chunk(2, dim=-1)  # (T, ffn_dim) each
-    return down(activation(gate) * up)
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up (T, 2 * ffn_dim) holding [gate | up] side by side -> (T, ffn_dim)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

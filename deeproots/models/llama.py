@@ -15,8 +15,7 @@ import torch
 
 from ..cache.kv import KVCache
 from ..config import ModelConfig
-from ..kernels import cached_attention
-from .layers import RotaryEmbedding, causal_attention, gated_mlp, rms_norm
+from .layers import RotaryEmbedding
 from .weights import GGUFWeights
 
 
@@ -24,15 +23,12 @@ class LlamaBlock:
     def __init__(self, config: ModelConfig, weights: GGUFWeights, index: int, rope: RotaryEmbedding):
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope = config, index, rope
-        # The kernel computes each query row the same way whatever else is in the call, which the
-        # fast path needs: its int8 activations would magnify the tiny differences SDPA has.
-        self.attend = cached_attention if weights.packed else causal_attention
+        self.ops = weights.primitives
         self.attn_norm = weights.tensor(prefix + "attn_norm.weight", (c.d_model,))
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
-        self.q_size, self.kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         self.attn_qkv = weights.stacked_linear([prefix + "attn_q.weight", prefix + "attn_k.weight",
-                                                prefix + "attn_v.weight"], c.d_model,
-                                               [self.q_size, self.kv_size, self.kv_size])
+                                                prefix + "attn_v.weight"], c.d_model, [q_size, kv_size, kv_size])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
         self.ffn_norm = weights.tensor(prefix + "ffn_norm.weight", (c.d_model,))
         # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
@@ -42,25 +38,24 @@ class LlamaBlock:
 
     def attention(self, h: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
         """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
-        c = self.config
-        q_all, k_all, v_all = self.attn_qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        c, ops = self.config, self.ops
+        qkv = self.attn_qkv(h).view(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
         outputs, start = [], 0
         for cache, T in zip(caches, lengths):
-            rows = slice(start, start + T)
-            q = q_all[rows].view(T, c.n_heads, c.head_dim).transpose(0, 1)  # (n_heads, T, head_dim)
-            k = k_all[rows].view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)  # (n_kv_heads, T, head_dim)
-            v = v_all[rows].view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
-            q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
-            keys, values = cache.update(self.index, k, v)  # (n_kv_heads, offset + T, head_dim)
-            outputs.append(self.attend(q, keys, values, 1.0 / math.sqrt(c.head_dim)))  # (T, n_heads * head_dim)
+            rows = qkv[start:start + T]
+            ops.rotate_(self.rope, rows[:, :c.n_heads + c.n_kv_heads], cache.offset)  # q and k, in place
+            q = rows[:, :c.n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
+            keys, values = cache.update(self.index, rows[:, c.n_heads:c.n_heads + c.n_kv_heads].transpose(0, 1),
+                                        rows[:, c.n_heads + c.n_kv_heads:].transpose(0, 1))  # (n_kv_heads, L, head_dim)
+            outputs.append(ops.attention(q, keys, values, 1.0 / math.sqrt(c.head_dim)))  # (T, n_heads * head_dim)
             start += T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
-        c = self.config
-        x = x + self.attn_output(self.attention(rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
-        h = rms_norm(x, self.ffn_norm, c.norm_eps)  # (N, d_model)
-        return x + gated_mlp(h, self.ffn_gate_up, self.ffn_down)
+        c, ops = self.config, self.ops
+        x = x + self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
+        h = ops.rms_norm(x, self.ffn_norm, c.norm_eps)  # (N, d_model)
+        return x + self.ffn_down(ops.silu_mul(self.ffn_gate_up(h)))
 
 
 class Llama:
@@ -69,6 +64,7 @@ class Llama:
     def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
         c = config
         self.config = config
+        self.ops = weights.primitives
         self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
         rope = RotaryEmbedding(c.rope_dim, c.rope_theta, max_tokens, scale=c.rope_scale, style=self.rope_style)
         self.blocks = [LlamaBlock(c, weights, i, rope) for i in range(c.n_layers)]
@@ -92,7 +88,7 @@ class Llama:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):
             cache.advance(T)
-        return rms_norm(x, self.output_norm, self.config.norm_eps)
+        return self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
 
     @torch.inference_mode()
     def forward_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int], *,

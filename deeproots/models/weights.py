@@ -14,6 +14,7 @@ from ..errors import ModelFormatError
 from ..formats.gguf import GGUFFile, TensorInfo
 from ..kernels import PackedWeight, kernel_types, pack_weight, quantized_linear
 from ..quant import dequantize
+from .primitives import FAST, REFERENCE
 
 
 class DenseLinear:
@@ -64,6 +65,7 @@ class GGUFWeights:
     def __init__(self, gguf: GGUFFile, *, packed: bool = True):
         self.gguf = gguf
         self.packed = packed
+        self.primitives = FAST if packed else REFERENCE  # norms, RoPE, attention, gating to go with the weights
         self._dense: dict[str, torch.Tensor] = {}  # a tied table is dequantized once, not twice
 
     def has(self, name: str) -> bool:

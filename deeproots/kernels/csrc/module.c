@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "attention.h"
+#include "elementwise.h"
 #include "pool.h"
 #include "qgemm.h"
 
@@ -139,19 +140,27 @@ static int as_int64(PyObject *o, int64_t *v)
     return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* v[0 .. n) = args[0 .. n) as ints, or -1 with TypeError naming `usage` unless exactly `wanted` arguments came. */
+static int int_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t wanted, int64_t *v, int n, const char *usage)
+{
+    if (nargs != wanted) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (as_int64(args[i], &v[i]))
+            return -1;
+    return 0;
+}
+
 /* linear(type, w_ptr, N, K, x_ptr, T, out_ptr): out (T, N) = x (T, K) @ W.T for W packed as described in qgemm.h.
  * The caller (deeproots/kernels/packed.py) has validated every pointer, shape and dtype. */
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[7];
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "linear(type, w_ptr, N, K, x_ptr, T, out_ptr) takes 7 ints");
+    if (int_args(args, nargs, 7, v, 7, "linear(type, w_ptr, N, K, x_ptr, T, out_ptr) takes 7 ints"))
         return NULL;
-    }
-    for (int i = 0; i < 7; i++)
-        if (as_int64(args[i], &v[i]))
-            return NULL;
     const int type = (int)v[0];
     const int64_t N = v[2], K = v[3], T = v[5];
     if (N <= 0 || K <= 0 || T < 0 || !(is_float_type(type) || qgemm_group_bytes(type, K) > 0)) {
@@ -225,6 +234,65 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* rms_norm(x_ptr, w_ptr, out_ptr, T, d, eps): see elementwise.h. The caller (deeproots/kernels/elementwise.py) has
+ * validated every pointer and shape; likewise for rope and silu_mul. */
+static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[5];
+    if (int_args(args, nargs, 6, v, 5, "rms_norm(x_ptr, w_ptr, out_ptr, T, d, eps) takes 5 ints and a float"))
+        return NULL;
+    const double eps = PyFloat_AsDouble(args[5]);
+    if (eps == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (v[3] < 0 || v[4] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "rms_norm: bad sizes");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rms_norm_run((const float *)(intptr_t)v[0], (const float *)(intptr_t)v[1], (float *)(intptr_t)v[2], v[3], v[4],
+                 eps, n_threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* rope(x_ptr, row_stride, T, n_heads, D, cos_ptr, sin_ptr, start, rope_dim, interleaved): see elementwise.h. */
+static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[10];
+    if (int_args(args, nargs, 10, v, 10, "rope(x_ptr, row_stride, T, n_heads, D, cos_ptr, sin_ptr, start, rope_dim, "
+                                         "interleaved) takes 10 ints"))
+        return NULL;
+    const int64_t T = v[2], n_heads = v[3], D = v[4], start = v[7], rope_dim = v[8];
+    if (T < 0 || n_heads < 0 || start < 0 || rope_dim <= 0 || rope_dim % 2 || rope_dim > D) {
+        PyErr_SetString(PyExc_ValueError, "rope: bad sizes");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rope_run((float *)(intptr_t)v[0], v[1], T, n_heads, D, (const float *)(intptr_t)v[5], (const float *)(intptr_t)v[6],
+             start, rope_dim, v[9] != 0, n_threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* silu_mul(gate_up_ptr, out_ptr, T, F): see elementwise.h. */
+static PyObject *py_silu_mul(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[4];
+    if (int_args(args, nargs, 4, v, 4, "silu_mul(gate_up_ptr, out_ptr, T, F) takes 4 ints"))
+        return NULL;
+    if (v[2] < 0 || v[3] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "silu_mul: bad sizes");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    silu_mul_run((const float *)(intptr_t)v[0], (float *)(intptr_t)v[1], v[2], v[3], n_threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -250,6 +318,9 @@ static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},
+    {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL, "RMSNorm of rows"},
+    {"rope", (PyCFunction)(void (*)(void))py_rope, METH_FASTCALL, "rotary embeddings in place"},
+    {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_FASTCALL, "silu(gate) * up"},
     {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
     {NULL, NULL, 0, NULL},

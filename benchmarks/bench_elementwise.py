@@ -1,0 +1,89 @@
+"""Side-by-side timings of deeproots' rms_norm, rotary_embedding_ and silu_mul vs the torch formulas of
+models/layers.py.
+
+    python benchmarks/bench_elementwise.py [--repeats 2000] [--threads 2]
+
+Shapes are the default model's (SmolLM2-135M: d_model 576, 9 query heads and 3 kv heads of head_dim 64, FFN 1536),
+at decode (T=1) and prefill (T=512). RoPE rotates the q and k heads of a fused qkv product's output in place (the
+kernel takes the (T, 12, 64) view in one call; the torch formula rotates q and k separately, as two calls, in place
+through copy_). rms_norm and silu_mul write into preallocated outputs; the torch formulas allocate theirs.
+Medians in microseconds, each side in one process with the same threads.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from deeproots.kernels import rms_norm, rotary_embedding_, set_num_threads, silu_mul
+
+D_MODEL, N_HEADS, N_KV_HEADS, HEAD_DIM, FFN, POSITIONS, EPS = 576, 9, 3, 64, 1536, 8192, 1e-5
+
+
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * weight
+
+
+def torch_rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int) -> None:
+    """layers.RotaryEmbedding's interleaved formula on x (T, n_heads, D), in place."""
+    T = x.shape[0]
+    c, s = cos[start:start + T, None], sin[start:start + T, None]
+    first, second = x[..., 0::2], x[..., 1::2]
+    x.copy_(torch.stack((first * c - second * s, first * s + second * c), dim=-1).flatten(-2))
+
+
+def torch_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def median_us(fn, repeats: int) -> float:
+    for _ in range(max(3, repeats // 10)):  # warm up caches, the thread pools, torch's dispatch
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+    angles = torch.outer(torch.arange(POSITIONS, dtype=torch.float64),
+                         1.0 / 10000.0 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM))
+    cos, sin = angles.cos().float(), angles.sin().float()  # (POSITIONS, HEAD_DIM / 2)
+    weight = torch.randn(D_MODEL)
+    print(f"d_model {D_MODEL}, {N_HEADS}/{N_KV_HEADS} heads of {HEAD_DIM}, FFN {FFN}, {args.threads} threads; "
+          "median us per call")
+    print(f"{'case':<24}{'deeproots':>12}{'torch':>12}{'speedup':>9}")
+    with torch.inference_mode():
+        for T in (1, 512):
+            repeats = args.repeats if T == 1 else max(20, args.repeats // 20)
+            x, out = torch.randn(T, D_MODEL), torch.empty(T, D_MODEL)
+            qk_heads = N_HEADS + N_KV_HEADS
+            qkv = torch.randn(T, (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM)
+            heads = qkv.view(T, N_HEADS + 2 * N_KV_HEADS, HEAD_DIM)  # (T, 15, 64)
+            qk, q, k = heads[:, :qk_heads], heads[:, :N_HEADS], heads[:, N_HEADS:qk_heads]  # views, made once
+            gate_up, hidden = torch.randn(T, 2 * FFN), torch.empty(T, FFN)
+            start = 100
+            cases = [
+                ("rms_norm", lambda: rms_norm(x, weight, EPS, out), lambda: torch_rms_norm(x, weight)),
+                ("rope q+k", lambda: rotary_embedding_(qk, cos, sin, start, HEAD_DIM, True),
+                 lambda: (torch_rotate_(q, cos, sin, start), torch_rotate_(k, cos, sin, start))),
+                ("silu_mul", lambda: silu_mul(gate_up, hidden), lambda: torch_silu_mul(gate_up)),
+            ]
+            for name, ours, theirs in cases:
+                a, b = median_us(ours, repeats), median_us(theirs, repeats)
+                print(f"{f'{name} T={T}':<24}{a:>12.2f}{b:>12.2f}{b / a:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Row-wise primitives of every block, one compiled call each: RMSNorm, rotary embeddings, SiLU gating.
+
+    y = rms_norm(x, weight, eps)                      # x (T, d) -> (T, d) = x * rsqrt(mean(x^2) + eps) * weight
+    rotary_embedding_(qk, cos, sin, start, rope_dim, interleaved)   # in place on qk (T, n_heads, D)
+    h = silu_mul(gate_up)                             # gate_up (T, 2F) = [gate | up] -> (T, F) = silu(gate) * up
+
+They compute the formulas of models/layers.py (rms_norm, RotaryEmbedding, gated_mlp with F.silu) without PyTorch's
+per-op dispatch (~1-15 us per op; each of these was 6-15 ops), so a decode-sized call costs about a microsecond.
+Every row is computed by the same code whatever T, its place in the call or the thread (csrc/elementwise.c), so a
+row's bits do not depend on how the rows were batched. Rows are split over the kernels' thread pool only when a
+call is large (prefill); the GIL is released while the kernels run.
+
+Error bounds against exact arithmetic on the same float32 inputs, u = 2^-24 (tests/kernels/test_elementwise.py):
+  rms_norm     |out - exact| <= 3u |exact| + 1e-12 |exact|: the sum of squares, the mean, + eps and 1/sqrt are in
+               float64 (rounding 1e-13 at most for d < 10^6); then one rounding to float32 and two products x*r*w.
+  rotary       |out - exact| <= 2u (|first * cos| + |second * sin|) per output (a product each, then the sum);
+               with the same tables the result is also the same bits as layers.RotaryEmbedding in float32 (the
+               same three roundings, no fused multiply-add).
+  silu_mul     |out - exact| <= 6u |exact| (exp within 2u, then 1 + e, the division and the product by up),
+               for gate >= -88; below that silu(gate) < 88 e^-88 in magnitude and is returned within |gate| e^-88.
+Results that fall in float32's subnormal range (|value| < 2^-126) carry an absolute error of up to 2^-149 more.
+"""
+
+import torch
+
+from ..errors import RequestError
+from . import _cpu
+
+_F32 = torch.float32
+_rms_norm, _rope, _silu_mul = _cpu.rms_norm, _cpu.rope, _cpu.silu_mul  # looked up once: decode calls them per layer
+
+
+def _check_tensor(name: str, t: object, dim: int) -> RequestError | None:
+    if not isinstance(t, torch.Tensor):
+        return RequestError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != _F32 or t.device.type != "cpu":
+        return RequestError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
+    if t.dim() != dim:
+        return RequestError(f"{name} must be {dim}-d, got shape {tuple(t.shape)}")
+    return None
+
+
+def _first_error(*checks: RequestError | None) -> RequestError | None:
+    return next((c for c in checks if c is not None), None)
+
+
+def _bad_contiguous(name: str, t: torch.Tensor, shape: tuple) -> RequestError | None:
+    if tuple(t.shape) != shape:
+        return RequestError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if not t.is_contiguous():
+        return RequestError(f"{name} must be contiguous; call .contiguous() first")
+    return None
+
+
+def _bad_norm(x: object, weight: object, eps: object, out: object) -> RequestError:
+    """The first thing wrong with rms_norm's arguments (only built on the failure path)."""
+    error = _first_error(_check_tensor("x", x, 2), _check_tensor("weight", weight, 1))
+    if error is None:
+        t, d = x.shape
+        error = _first_error(
+            RequestError(f"x must have at least one column, got shape {(t, d)}") if d == 0 else None,
+            _bad_contiguous("x", x, (t, d)),
+            _bad_contiguous("weight", weight, (d,)),
+            None if isinstance(eps, (float, int)) else RequestError(f"eps must be a float, got {type(eps).__name__}"),
+            None if out is None else _check_tensor("out", out, 2) or _bad_contiguous("out", out, (t, d)),
+        )
+    return error or RequestError("bad arguments to rms_norm")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out (T, d) = x (T, d) * rsqrt(mean(x^2, row) + eps) * weight (d,); float32, CPU, contiguous.
+
+    `out`, when given, is written and returned; it may be x itself (in place), else it must not overlap x.
+    """
+    # One fused check (torch attribute reads cost ~100 ns each; decode makes 2 calls per layer per token).
+    try:
+        t, d = x.shape
+        ok = (
+            d > 0
+            and x.dtype == _F32
+            and weight.dtype == _F32
+            and weight.shape == (d,)
+            and x.is_cpu and weight.is_cpu
+            and x.is_contiguous() and weight.is_contiguous()
+            and isinstance(eps, (float, int))
+        )
+        if out is None:
+            if ok:
+                out = torch.empty(t, d, dtype=_F32)
+        else:
+            ok = ok and out.shape == (t, d) and out.dtype == _F32 and out.is_cpu and out.is_contiguous()
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _bad_norm(x, weight, eps, out)
+    if t:
+        _rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), t, d, float(eps))
+    return out
+
+
+def _bad_rope(x: object, cos: object, sin: object, start: object, rope_dim: object, interleaved: object) -> RequestError:
+    """The first thing wrong with rotary_embedding_'s arguments (only built on the failure path)."""
+    error = _first_error(_check_tensor("x", x, 3), _check_tensor("cos", cos, 2), _check_tensor("sin", sin, 2))
+    if error is not None:
+        return error
+    (t, h, d), (positions, half) = x.shape, cos.shape
+    if x.stride(2) != 1 or (h > 1 and x.stride(1) != d) or (t > 1 and x.stride(0) < h * d):
+        return RequestError(f"x (T, n_heads, D) must have strides (>= n_heads * D, D, 1), got {x.stride()}: "
+                            "heads side by side in each row")
+    if type(rope_dim) is not int or not 0 < rope_dim <= d or rope_dim % 2:
+        return RequestError(f"rope_dim must be an even int in [2, D={d}], got {rope_dim!r}")
+    error = _first_error(_bad_contiguous("cos", cos, (positions, rope_dim // 2)),
+                         _bad_contiguous("sin", sin, (positions, rope_dim // 2)))
+    if error is not None:
+        return error
+    if type(start) is not int or start < 0:
+        return RequestError(f"start must be an int >= 0, got {start!r}")
+    if start + t > positions:
+        return RequestError(f"positions {start} .. {start + t - 1} are beyond the rotary tables ({positions} "
+                            "positions); build them for a longer context")
+    if not isinstance(interleaved, bool):
+        return RequestError(f"interleaved must be a bool, got {type(interleaved).__name__}")
+    return RequestError("bad arguments to rotary_embedding_")
+
+
+def rotary_embedding_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, rope_dim: int,
+                      interleaved: bool) -> None:
+    """Rotate x (T, n_heads, D) in place; row t holds position start + t.
+
+    x: float32 CPU, heads side by side (strides (row, D, 1), any row stride): e.g. the q or k columns of a fused
+    (T, (n_heads + 2 n_kv) * D) qkv product viewed as (T, heads, D). cos, sin: (max_positions, rope_dim // 2)
+    contiguous float32 tables (layers.RotaryEmbedding's). The first rope_dim dims of each head rotate, pairing
+    (2i, 2i + 1) when interleaved (GGUF llama) else (i, i + rope_dim / 2) (neox): first' = first cos - second sin,
+    second' = first sin + second cos. Dims from rope_dim on are untouched.
+    """
+    # One fused check (RoPE runs twice per layer per token).
+    try:
+        t, h, d = x.shape
+        row, head, col = x.stride()
+        positions, half = cos.shape
+        ok = (
+            x.dtype == _F32 and cos.dtype == _F32 and sin.dtype == _F32
+            and col == 1 and (head == d or h <= 1) and (row >= h * d or t <= 1)
+            and type(rope_dim) is int and 0 < rope_dim <= d and rope_dim == 2 * half
+            and sin.shape == (positions, half)
+            and type(start) is int and 0 <= start and start + t <= positions
+            and isinstance(interleaved, bool)
+            and x.is_cpu and cos.is_cpu and sin.is_cpu
+            and cos.is_contiguous() and sin.is_contiguous()
+        )
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _bad_rope(x, cos, sin, start, rope_dim, interleaved)
+    if t and h:
+        _rope(x.data_ptr(), row, t, h, d, cos.data_ptr(), sin.data_ptr(), start, rope_dim, interleaved)
+
+
+def _bad_silu(gate_up: object, out: object) -> RequestError:
+    """The first thing wrong with silu_mul's arguments (only built on the failure path)."""
+    error = _check_tensor("gate_up", gate_up, 2)
+    if error is None:
+        t, cols = gate_up.shape
+        error = _first_error(
+            RequestError(f"gate_up must have an even, nonzero number of columns, got {cols}") if cols % 2 or not cols
+            else None,
+            _bad_contiguous("gate_up", gate_up, (t, cols)),
+            None if out is None else _check_tensor("out", out, 2) or _bad_contiguous("out", out, (t, cols // 2)),
+        )
+    return error or RequestError("bad arguments to silu_mul")
+
+
+def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out (T, F) = silu(gate) * up for gate_up (T, 2F) = [gate | up] side by side; float32, CPU, contiguous.
+
+    `out`, when given, is written and returned; it must not overlap gate_up.
+    """
+    try:
+        t, cols = gate_up.shape
+        f = cols // 2
+        ok = cols > 0 and cols % 2 == 0 and gate_up.dtype == _F32 and gate_up.is_cpu and gate_up.is_contiguous()
+        if out is None:
+            if ok:
+                out = torch.empty(t, f, dtype=_F32)
+        else:
+            ok = ok and out.shape == (t, f) and out.dtype == _F32 and out.is_cpu and out.is_contiguous()
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _bad_silu(gate_up, out)
+    if t:
+        _silu_mul(gate_up.data_ptr(), out.data_ptr(), t, f)
+    return out

@@ -1,0 +1,35 @@
+"""The primitives a model's forward pass is made of, in two interchangeable sets.
+
+REFERENCE is plain PyTorch (layers.py): slow, obviously correct, compared against transformers.
+FAST is the compiled core (kernels/): each call computes a row the same way whatever else is in
+the call, and costs about a microsecond at decode sizes instead of one PyTorch dispatch per op.
+The model code is written once against this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import kernels
+from .layers import RotaryEmbedding, causal_attention, rms_norm, silu_mul
+
+
+@dataclass(frozen=True)
+class Primitives:
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (T, d), weight (d,), eps) -> (T, d)
+    rotate_: Callable[[RotaryEmbedding, torch.Tensor, int], None]  # (rope, x (T, heads, D), start), in place
+    attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # -> (T, n_heads * D)
+    silu_mul: Callable[[torch.Tensor], torch.Tensor]  # (T, 2F) [gate | up] -> (T, F)
+
+
+def _rotate_fast(rope: RotaryEmbedding, x: torch.Tensor, start: int) -> None:
+    kernels.rotary_embedding_(x, rope.cos, rope.sin, start, rope.rope_dim, rope.style == "interleaved")
+
+
+REFERENCE = Primitives(rms_norm=rms_norm, rotate_=RotaryEmbedding.rotate_, attention=causal_attention,
+                       silu_mul=silu_mul)
+FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=kernels.cached_attention,
+                  silu_mul=kernels.silu_mul)
