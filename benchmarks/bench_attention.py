@@ -11,11 +11,11 @@ models/llama.py does. Medians in microseconds, each side in one process with the
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from timing import median_us
 
 from deeproots.kernels import cached_attention, set_num_threads
 
@@ -28,17 +28,6 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tor
     mask = None if T == 1 else torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     return out.transpose(0, 1).reshape(T, -1)
-
-
-def median_us(fn, repeats: int) -> float:
-    for _ in range(max(3, repeats // 10)):  # warm up caches, the thread pools, torch's dispatch
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ Medians in microseconds, each side in one process with the same threads.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from timing import median_us
 
 from deeproots.kernels import rms_norm, rotary_embedding_, set_num_threads, silu_mul
 
@@ -37,17 +37,6 @@ def torch_rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: 
 def torch_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def median_us(fn, repeats: int) -> float:
-    for _ in range(max(3, repeats // 10)):  # warm up caches, the thread pools, torch's dispatch
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .errors import DeeprootsError
 from .store import CATALOG, DEFAULT_MODEL, ModelStore

@@ -103,7 +103,7 @@ def _bad_rope(x: object, cos: object, sin: object, start: object, rope_dim: obje
     error = _first_error(_check_tensor("x", x, 3), _check_tensor("cos", cos, 2), _check_tensor("sin", sin, 2))
     if error is not None:
         return error
-    (t, h, d), (positions, half) = x.shape, cos.shape
+    (t, h, d), positions = x.shape, cos.shape[0]
     if x.stride(2) != 1 or (h > 1 and x.stride(1) != d) or (t > 1 and x.stride(0) < h * d):
         return RequestError(f"x (T, n_heads, D) must have strides (>= n_heads * D, D, 1), got {x.stride()}: "
                             "heads side by side in each row")

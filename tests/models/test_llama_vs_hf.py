@@ -73,7 +73,6 @@ def test_incremental_decoding_matches_one_pass(smollm2_reference, hf_smollm2):
     model = smollm2_reference
     ids = hf_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"][:48]
     full = model.logits(ids)
-    c = model.config
     cache = model.new_cache(64)
     steps = [model.net.forward(torch.tensor(ids[:37]), cache, all_logits=True)]
     steps += [model.net.forward(torch.tensor([token]), cache, all_logits=True) for token in ids[37:]]
