@@ -72,9 +72,10 @@ def error_bound(x: torch.Tensor, raw: np.ndarray, ggml_type: GGMLType, k: int, n
         blocks = raw.reshape(n, -1, BLOCK_GEOMETRY[ggml_type].type_size).copy()
         blocks[..., MIN_FORMAT_QUANTS[ggml_type]] = 0
         minimum = torch.from_numpy(dequantize(blocks.reshape(-1), ggml_type, (k, n))).double()
-    c = (w - minimum).abs()  # the part multiplied by the integer value: it meets the quantized x
+    c = (w - minimum).abs()  # the part multiplied by the integer value
     amax = xd.reshape(len(x), k // 32, 32).amax(-1)  # (T, nb)
-    rounding = (amax / 254) @ c.reshape(n, k // 32, 32).sum(-1).T * (1 + 1e-5)
+    # Minimums meet the quantized block sum too, so the whole weight meets the rounding of x.
+    rounding = (amax / 254) @ w.abs().reshape(n, k // 32, 32).sum(-1).T * (1 + 1e-5)
     magnitude = amax.repeat_interleave(32, dim=1) @ (c + minimum.abs()).T + xd @ minimum.abs().T
     return rounding + gamma(k + 64) * magnitude
 

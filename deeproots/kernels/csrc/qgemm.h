@@ -69,7 +69,7 @@ enum {
 typedef struct {
     const int8_t *q;   /* (T, K) */
     const float *d;    /* (T, nb) scale */
-    const float *s;    /* (T, nb) exact float sum of the block's x (for weight minimums) */
+    const float *s;    /* (T, nb) sum of the quantized block, d * sum(q) (for weight minimums; see quantize_activations) */
     const int32_t *sq; /* (T, nb, 2) sum of q over each half block of 16 (for integer weight offsets) */
     int64_t T, K, nb;
 } act_t;

@@ -222,13 +222,6 @@ INLINE float hmax(__m256 v)
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
-INLINE float hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 INLINE int32_t hsum_i32(__m256i v)
 {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -260,9 +253,9 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K, int
             _mm256_storeu_si256((__m256i *)(q + i * QBLOCK),
                                 _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
             d[i] = m / 127.0f;
-            s[i] = hsum(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
             sq[2 * i] = hsum_i32(_mm256_add_epi32(qi[0], qi[1]));
             sq[2 * i + 1] = hsum_i32(_mm256_add_epi32(qi[2], qi[3]));
+            s[i] = d[i] * (float)(sq[2 * i] + sq[2 * i + 1]);
         }
     }
 }

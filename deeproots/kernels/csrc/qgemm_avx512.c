@@ -231,15 +231,14 @@ INLINE void quantize16(const float *x, int64_t i0, int8_t *q, float *d, float *s
                        const __m512i index[4][2])
 {
     const __m512 sign = _mm512_set1_ps(-0.0f);
-    __m512 amax[16], sum[16], sum0[16], sum1[16];
+    __m512 amax[16], sum0[16], sum1[16];
     for (int i = 0; i < 16; i++) {
         const __m512 v0 = _mm512_loadu_ps(x + (i0 + i) * QBLOCK), v1 = _mm512_loadu_ps(x + (i0 + i) * QBLOCK + 16);
         amax[i] = _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1));
-        sum[i] = _mm512_add_ps(v0, v1);
     }
     const __m512 m = reduce16(1, amax, index);
-    _mm512_storeu_ps(s + i0, reduce16(0, sum, index));
-    _mm512_storeu_ps(d + i0, _mm512_div_ps(m, _mm512_set1_ps(127.0f)));
+    const __m512 scale_x = _mm512_div_ps(m, _mm512_set1_ps(127.0f));
+    _mm512_storeu_ps(d + i0, scale_x);
     float inv[16];
     _mm512_storeu_ps(inv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ),
                                               _mm512_set1_ps(127.0f), m));
@@ -254,6 +253,7 @@ INLINE void quantize16(const float *x, int64_t i0, int8_t *q, float *d, float *s
     }
     const __m512i h0 = _mm512_cvtps_epi32(reduce16(0, sum0, index));
     const __m512i h1 = _mm512_cvtps_epi32(reduce16(0, sum1, index));
+    _mm512_storeu_ps(s + i0, _mm512_mul_ps(scale_x, _mm512_cvtepi32_ps(_mm512_add_epi32(h0, h1))));
     /* interleave to (block, half) order */
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     _mm512_storeu_si512(sq + 2 * i0, _mm512_permutex2var_epi32(h0, lo, h1));
@@ -272,9 +272,9 @@ INLINE void quantize1(const float *x, int64_t i, int8_t *q, float *d, float *s, 
     _mm_storeu_si128((__m128i *)(q + i * QBLOCK), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128((__m128i *)(q + i * QBLOCK + 16), _mm512_cvtsepi32_epi8(q1));
     d[i] = amax / 127.0f;
-    s[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
     sq[2 * i] = _mm512_reduce_add_epi32(q0);
     sq[2 * i + 1] = _mm512_reduce_add_epi32(q1);
+    s[i] = d[i] * (float)(sq[2 * i] + sq[2 * i + 1]);
 }
 
 void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K, int8_t *q, float *d, float *s,

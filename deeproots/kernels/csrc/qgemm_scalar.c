@@ -143,11 +143,9 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K, int
         for (int64_t b = 0; b < nb; b++) {
             const int64_t i = t * nb + b;
             const float *xb = x + t * K + b * QBLOCK;
-            float amax = 0.0f, sum = 0.0f;
-            for (int j = 0; j < QBLOCK; j++) {
+            float amax = 0.0f;
+            for (int j = 0; j < QBLOCK; j++)
                 amax = fmaxf(amax, fabsf(xb[j]));
-                sum += xb[j];
-            }
             const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
             int32_t sums[2] = {0, 0};
             for (int j = 0; j < QBLOCK; j++) {
@@ -155,9 +153,9 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K, int
                 sums[j / 16] += q[i * QBLOCK + j];
             }
             d[i] = amax / 127.0f;
-            s[i] = sum;
             sq[2 * i] = sums[0];
             sq[2 * i + 1] = sums[1];
+            s[i] = d[i] * (float)(sums[0] + sums[1]);
         }
     }
 }
