@@ -46,7 +46,6 @@ class Model:
             set_num_threads(threads)
         # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
         self.net = architecture(self.config, GGUFWeights(self.gguf, packed=not reference), self.context)
-        self.gguf.release_pages()  # the packed copies are what runs now
         self.cache = self.new_cache()
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
 

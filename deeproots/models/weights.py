@@ -93,7 +93,7 @@ class GGUFWeights:
     def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear | PackedLinear:
         info = self._info(name, (out_features, in_features))
         if self.packed and info.ggml_type in kernel_types():
-            return PackedLinear(pack_weight(self.gguf.tensor_data(name), info.ggml_type, info.shape))
+            return self._packed(self.gguf.tensor_data(name), info.ggml_type, info.shape)
         return DenseLinear(self.tensor(name, (out_features, in_features)))
 
     def stacked_linear(self, names: list[str], in_features: int,
@@ -110,8 +110,14 @@ class GGUFWeights:
         if ggml_type in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
             # GGUF stores a matrix row after row, so stacking matrices is concatenating their bytes.
             raw = np.concatenate([self.gguf.tensor_data(name).reshape(-1) for name in names])
-            return PackedLinear(pack_weight(raw, ggml_type, (in_features, sum(out_features))))
+            return self._packed(raw, ggml_type, (in_features, sum(out_features)))
         return ConcatLinear([self.linear(name, in_features, rows) for name, rows in zip(names, out_features)])
+
+    def _packed(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+        linear = PackedLinear(pack_weight(raw, ggml_type, shape))
+        # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
+        self.gguf.release_pages()
+        return linear
 
     def embedding(self, name: str, vocab_size: int, width: int) -> torch.Tensor | QuantizedEmbedding:
         """A table indexed by token ids: dequantized whole on the reference path, row by row on the fast one."""
