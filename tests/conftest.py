@@ -13,6 +13,15 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_metadata(smollm2_path) -> dict:
+    """The default model's GGUF metadata, read with our reader."""
+    from deeproots.formats.gguf import GGUFFile
+
+    with GGUFFile.open(smollm2_path) as gguf:
+        return gguf.metadata
+
+
+@pytest.fixture(scope="session")
 def hf_smollm2(smollm2_path):
     """HF transformers' own llama on the same GGUF (dequantized to float32): the independent reference."""
     transformers = pytest.importorskip("transformers")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from deeproots.errors import DeeprootsError, ModelFormatError, RequestError
-from deeproots.formats.gguf import GGUFFile
 from deeproots.tokenizer import ChatTemplate, Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -60,23 +59,17 @@ def hf_render(source: str, messages: list[dict], *, bos_token: str, eos_token: s
 
 
 @pytest.fixture(scope="module")
-def metadata(smollm2_path):
-    with GGUFFile.open(smollm2_path) as gguf:
-        return gguf.metadata
-
-
-@pytest.fixture(scope="module")
-def smol_template(metadata) -> ChatTemplate:
-    template = ChatTemplate.from_gguf_metadata(metadata, Tokenizer.from_gguf_metadata(metadata))
+def smol_template(smollm2_metadata) -> ChatTemplate:
+    template = ChatTemplate.from_gguf_metadata(smollm2_metadata, Tokenizer.from_gguf_metadata(smollm2_metadata))
     assert template is not None
     return template
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
-def test_smollm2_template_matches_hf(metadata, smol_template, name, add_generation_prompt):
+def test_smollm2_template_matches_hf(smollm2_metadata, smol_template, name, add_generation_prompt):
     messages = CONVERSATIONS[name]
-    expected = hf_render(metadata["tokenizer.chat_template"], messages, bos_token="<|im_start|>",
+    expected = hf_render(smollm2_metadata["tokenizer.chat_template"], messages, bos_token="<|im_start|>",
                          eos_token="<|im_end|>", add_generation_prompt=add_generation_prompt)
     assert smol_template.render(messages, add_generation_prompt=add_generation_prompt) == expected
 
@@ -128,9 +121,9 @@ def test_failures_inside_the_template_are_typed():
         ChatTemplate("{{ messages }}").render("not a list")  # type: ignore[arg-type]
 
 
-def test_file_without_template(metadata):
-    trimmed = {key: value for key, value in metadata.items() if key != "tokenizer.chat_template"}
+def test_file_without_template(smollm2_metadata):
+    trimmed = {key: value for key, value in smollm2_metadata.items() if key != "tokenizer.chat_template"}
     assert ChatTemplate.from_gguf_metadata(trimmed, Tokenizer.from_gguf_metadata(trimmed)) is None
     with pytest.raises(ModelFormatError):
-        ChatTemplate.from_gguf_metadata({**metadata, "tokenizer.chat_template": ["x"]},
-                                        Tokenizer.from_gguf_metadata(metadata))
+        ChatTemplate.from_gguf_metadata({**smollm2_metadata, "tokenizer.chat_template": ["x"]},
+                                        Tokenizer.from_gguf_metadata(smollm2_metadata))

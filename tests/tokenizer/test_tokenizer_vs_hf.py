@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deeproots.errors import RequestError
-from deeproots.formats.gguf import GGUFFile
 from deeproots.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -69,14 +68,8 @@ CORPUS = HANDWRITTEN + _random_corpus(160)
 
 
 @pytest.fixture(scope="module")
-def metadata(smollm2_path):
-    with GGUFFile.open(smollm2_path) as gguf:
-        return gguf.metadata
-
-
-@pytest.fixture(scope="module")
-def ours(metadata) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(metadata)
+def ours(smollm2_metadata) -> Tokenizer:
+    return Tokenizer.from_gguf_metadata(smollm2_metadata)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +123,8 @@ def test_encode_parsing_special_tokens_matches_hf(ours, reference):
     assert mismatches == []
 
 
-def test_control_tokens_come_only_from_parse_special(ours, metadata):
-    tokens = metadata["tokenizer.ggml.tokens"]
+def test_control_tokens_come_only_from_parse_special(ours, smollm2_metadata):
+    tokens = smollm2_metadata["tokenizer.ggml.tokens"]
     im_start, im_end = tokens.index("<|im_start|>"), tokens.index("<|im_end|>")
     text = "<|im_start|>user\nHi<|im_end|>"
     assert ours.encode(text, parse_special=True)[0] == im_start
@@ -140,16 +133,16 @@ def test_control_tokens_come_only_from_parse_special(ours, metadata):
     assert ours.decode(ours.encode(text)) == text
 
 
-def test_digits_are_cut_before_the_gpt2_regex(ours, metadata):
+def test_digits_are_cut_before_the_gpt2_regex(ours, smollm2_metadata):
     # llama.cpp's "smollm" rule, worked by hand: \p{N} isolates "1", leaving "x  " -> "x" + "  " (\s+(?!\S)).
-    tokens = metadata["tokenizer.ggml.tokens"]
+    tokens = smollm2_metadata["tokenizer.ggml.tokens"]
     assert ours.encode("x  1") == [tokens.index("x"), tokens.index("ĠĠ"), tokens.index("1")]
 
 
-def test_add_bos_follows_the_file_and_the_caller(ours, hf, metadata):
-    assert metadata["tokenizer.ggml.add_bos_token"] is False and ours.add_bos is False
+def test_add_bos_follows_the_file_and_the_caller(ours, hf, smollm2_metadata):
+    assert smollm2_metadata["tokenizer.ggml.add_bos_token"] is False and ours.add_bos is False
     assert ours.encode("Hi") == hf.encode("Hi", add_special_tokens=True)
-    assert ours.encode("Hi", add_bos=True) == [metadata["tokenizer.ggml.bos_token_id"], *ours.encode("Hi")]
+    assert ours.encode("Hi", add_bos=True) == [smollm2_metadata["tokenizer.ggml.bos_token_id"], *ours.encode("Hi")]
     assert ours.bos_id == hf.bos_token_id and ours.eos_id == hf.eos_token_id
 
 
@@ -172,18 +165,18 @@ def test_decode_of_random_ids_matches_hf(ours, hf):
                                                                 clean_up_tokenization_spaces=False)
 
 
-def test_token_text_and_control_flags(ours, hf, metadata):
+def test_token_text_and_control_flags(ours, hf, smollm2_metadata):
     for token_id in [0, 1, 2, 16, 17, 100, 5000, 49151]:
         assert ours.token_text(token_id) == hf.convert_ids_to_tokens(token_id)
-        assert ours.is_control(token_id) == (metadata["tokenizer.ggml.token_type"][token_id] == 3)
+        assert ours.is_control(token_id) == (smollm2_metadata["tokenizer.ggml.token_type"][token_id] == 3)
     assert ours.token_bytes(ours.encode(" world")[0]) == b" world"
     emoji = ours.encode("😀")
     assert b"".join(ours.token_bytes(i) for i in emoji) == "😀".encode()
 
 
-def test_stop_ids(ours, metadata):
-    tokens = metadata["tokenizer.ggml.tokens"]
-    assert ours.stop_ids == {metadata["tokenizer.ggml.eos_token_id"], tokens.index("<|endoftext|>")}
+def test_stop_ids(ours, smollm2_metadata):
+    tokens = smollm2_metadata["tokenizer.ggml.tokens"]
+    assert ours.stop_ids == {smollm2_metadata["tokenizer.ggml.eos_token_id"], tokens.index("<|endoftext|>")}
 
 
 def test_bad_ids_are_request_errors(ours):
@@ -214,10 +207,10 @@ def sides(ours, reference, reference_plain) -> _Sides:
 
 
 @pytest.fixture(scope="module")
-def spelled_bytes(metadata) -> set[int]:
+def spelled_bytes(smollm2_metadata) -> set[int]:
     """Bytes the vocabulary has a token for: SmolLM2 lacks a few (0x04, 0xF1, ...), which both sides drop."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
-    tokens = set(metadata["tokenizer.ggml.tokens"])
+    tokens = set(smollm2_metadata["tokenizer.ggml.tokens"])
     return {byte for byte, char in bytes_to_unicode().items() if char in tokens}
 
 
@@ -232,11 +225,11 @@ def test_random_text_matches_hf(sides, spelled_bytes, text):
 
 
 @pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
-def test_other_pre_tokenizers_match_hf(metadata, hf, pre):
+def test_other_pre_tokenizers_match_hf(smollm2_metadata, hf, pre):
     """The same vocabulary under other tokenizer.ggml.pre names, against the split HF's GGUF loader uses for
     that name. For llama-bpe, llama.cpp (and Llama 3's tokenizer.json) also take a word that is a token
     whole (ignore_merges); HF's GGUF loader does not, so the reference gets that flag too."""
-    ours = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": pre})
+    ours = Tokenizer.from_gguf_metadata({**smollm2_metadata, "tokenizer.ggml.pre": pre})
     byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "gpt-2")
     splits = [] if pre == "gpt-2" else [
         tokenizers.pre_tokenizers.Split(tokenizers.Regex(GGUF_PRE_TOKENIZER_SPLITS[pre]), behavior="isolated")]
@@ -248,11 +241,11 @@ def test_other_pre_tokenizers_match_hf(metadata, hf, pre):
     assert mismatches == []
 
 
-def test_default_pre_tokenizer_isolates_punctuation(metadata):
+def test_default_pre_tokenizer_isolates_punctuation(smollm2_metadata):
     # llama.cpp's "default" first cuts out runs of punctuation and $+<=>^~|, so " +a" is " ", "+", "a";
     # the GPT-2 regex alone would keep " +" together.
-    tokens = metadata["tokenizer.ggml.tokens"]
-    default = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": "default"})
-    gpt2 = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": "gpt-2"})
+    tokens = smollm2_metadata["tokenizer.ggml.tokens"]
+    default = Tokenizer.from_gguf_metadata({**smollm2_metadata, "tokenizer.ggml.pre": "default"})
+    gpt2 = Tokenizer.from_gguf_metadata({**smollm2_metadata, "tokenizer.ggml.pre": "gpt-2"})
     assert default.encode(" +a") == [tokens.index("Ġ"), tokens.index("+"), tokens.index("a")]
     assert gpt2.encode(" +a") == [tokens.index("Ġ+"), tokens.index("a")]
