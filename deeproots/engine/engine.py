@@ -4,11 +4,11 @@ Each step: drop cancelled sequences (freeing their KV), admit waiting requests, 
 pass over the packed new tokens of every running sequence: the next block of a new prompt (prefill) or
 the last sampled token (decode).
 
-Prefill runs in blocks aligned to absolute positions (multiples of the prefix-cache block size), one
-block per sequence per step. The packed kernels quantize activations to int8, which turns the tiniest
-float difference into a different token; attention over a different number of query rows differs in
-the last bits. Cutting every prompt at the same positions makes each token's computation the same
-whether or not a prefix came from the cache and whatever else runs in the step. Callers talk to it
+Prefill is chunked: at most `prefill_chunk` prompt tokens per sequence per step, so decoding sequences
+keep advancing while a long prompt runs, and chunks end on prefix-cache block edges so every full
+block can be cached. Every primitive of the fast path computes a row the same way whatever else is in
+the call, so a token's result does not depend on the chunking, on a cached prefix, or on the batch:
+a request gets the same answer alone or under load. Callers talk to it
 from any thread: submit() and GenerationRequest.cancel() are thread-safe, results come back through
 each request's on_event callback.
 """
@@ -39,8 +39,14 @@ class EngineConfig:
     max_running: int = 8  # sequences decoded together
     max_queue: int = 64  # requests waiting beyond that; more are refused
     kv_budget_tokens: int | None = None  # KV tokens for all running sequences; default max_running x context
-    prefix_block: int = 32  # also the prefill block: see the module docstring
+    prefix_block: int = 32  # tokens per prefix-cache entry
+    prefill_chunk: int = 256  # most prompt tokens a sequence runs per step (a multiple of prefix_block)
     prefix_capacity_tokens: int | None = None  # default: one context
+
+    def __post_init__(self) -> None:
+        if self.prefix_block < 1 or self.prefill_chunk < self.prefix_block or self.prefill_chunk % self.prefix_block:
+            raise RequestError(f"prefill_chunk ({self.prefill_chunk}) must be a positive multiple of "
+                               f"prefix_block ({self.prefix_block})")
 
 
 @dataclass(frozen=True)
@@ -197,12 +203,13 @@ class Engine:
             self.scheduler.start(Sequence(request, cache, decoder))
 
     def _plan(self) -> list[tuple[Sequence, list[int]]]:
-        """Each running sequence's tokens for this step: its last sample, or its prompt up to the next block edge."""
-        block = self.config.prefix_block
+        """Each running sequence's tokens for this step: its last sample, or its next prompt chunk."""
+        block, chunk = self.config.prefix_block, self.config.prefill_chunk
         batch = []
         for sequence in self.scheduler.running:
             if sequence.prefilling:
-                batch.append((sequence, sequence.pending[:block - sequence.cache.offset % block]))
+                # Up to `chunk` tokens, ending on a block edge when the prompt goes on past it.
+                batch.append((sequence, sequence.pending[:chunk - sequence.cache.offset % block]))
             else:
                 batch.append((sequence, sequence.pending))
         return batch
