@@ -233,7 +233,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     context = args.ctx or (min(c.context_length, 4096) if c else 4096)
     kv = summary.kv_cache_bytes(context)
     rows.append((f"memory at ctx {context}", f"{human_bytes(summary.weight_bytes + kv)} "
-                                             f"(weights {human_bytes(summary.weight_bytes)} + KV cache {human_bytes(kv)})"))
+                                             f"(weights {human_bytes(summary.weight_bytes)} + f16 KV cache {human_bytes(kv)})"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")

