@@ -32,3 +32,10 @@ class ModelNotFoundError(DeeprootsError):
 
 class RequestError(DeeprootsError):
     """A bad request: invalid sampling values, an empty or oversized prompt, ..."""
+
+
+class TensorNotFoundError(DeeprootsError, KeyError):
+    """A tensor name the file does not contain (a KeyError too, for dict-like lookups)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

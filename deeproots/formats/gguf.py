@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from deeproots.errors import DeeprootsError, ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from deeproots.errors import (DeeprootsError, ModelFormatError, ModelNotFoundError, TensorNotFoundError,
+                              UnsupportedModelError)
 from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType, tensor_nbytes
 
 GGUF_MAGIC = b"GGUF"
@@ -112,13 +113,6 @@ def is_power_of_two(value: int) -> bool:
 
 def align_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
-
-
-class TensorNotFoundError(DeeprootsError, KeyError):
-    """A tensor name the file does not contain (a KeyError too, for dict-like lookups)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
