@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(handler=cmd_chat)
 
     pull = commands.add_parser("pull", help="fetch a model into the store")
-    pull.add_argument("name", choices=sorted(CATALOG))
+    pull.add_argument("name", choices=sorted(CATALOG),
+                      help="; ".join(f"{name}: {entry.description}" for name, entry in sorted(CATALOG.items())))
     pull.set_defaults(handler=cmd_pull)
 
     commands.add_parser("list", help="stored models").set_defaults(handler=cmd_list)

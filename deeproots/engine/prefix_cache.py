@@ -24,8 +24,7 @@ class PrefixCache:
         self.capacity_blocks = capacity_tokens // block_size
         # key -> (keys, values), each (n_layers, n_kv_heads, block_size, head_dim)
         self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.hit_tokens = 0  # totals, for /metrics
-        self.query_tokens = 0
+        self.hit_tokens = 0  # prompt tokens served from the cache, for /metrics
 
     def _keys(self, ids: Sequence[int]) -> Iterator[bytes]:
         """The chained hash of every full block of `ids`, in order."""
@@ -50,7 +49,6 @@ class PrefixCache:
             for layer in range(keys.shape[0]):
                 cache.update(layer, keys[layer], values[layer])
             cache.advance(keys.shape[2])
-        self.query_tokens += len(ids)
         self.hit_tokens += cache.offset
         return cache.offset
 

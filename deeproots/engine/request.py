@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -40,7 +39,6 @@ class GenerationRequest:
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted_at: float = field(default_factory=time.perf_counter)
 
     def cancel(self) -> None:
         """Safe from any thread: the engine drops the sequence (queued or running) at its next step."""

@@ -6,12 +6,10 @@ These are the reference forms (plain PyTorch); primitives.py pairs each with its
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-Linear = Callable[[torch.Tensor], torch.Tensor]  # (T, in_features) -> (T, out_features)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
