@@ -30,8 +30,8 @@ import torch
 
 from ..errors import RequestError
 from . import _cpu
+from .outputs import F32 as _F32, output_buffer
 
-_F32 = torch.float32
 _KV_TYPES = {torch.float32: 0, torch.float16: 1}  # dtype -> GGML type id, as the C core names them
 _attention = _cpu.attention  # looked up once: decode calls this once per layer per token
 
@@ -93,16 +93,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
             and q.is_cpu and k.is_cpu and v.is_cpu
             and isinstance(scale, (float, int))
         )
-        if out is None:
-            if ok:
-                out = torch.empty(t, h * d, dtype=_F32)
-        else:
-            ok = ok and out.shape == (t, h * d) and out.dtype == _F32 and out.is_cpu and out.is_contiguous()
+        result = output_buffer(ok, out, t, h * d)
     except (AttributeError, TypeError, ValueError):
-        ok = False
-    if not ok:
+        result = None
+    if result is None:
         raise _bad_input(q, k, v, scale, out)
     if t:
         _attention(q.data_ptr(), qs[0], qs[1], k.data_ptr(), ks[0], ks[1], v.data_ptr(), vs[0], vs[1], kv_type,
-                   h, g, t, length, d, float(scale), out.data_ptr())
-    return out
+                   h, g, t, length, d, float(scale), result.data_ptr())
+    return result

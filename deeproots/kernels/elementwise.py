@@ -25,8 +25,8 @@ import torch
 
 from ..errors import RequestError
 from . import _cpu
+from .outputs import F32 as _F32, output_buffer
 
-_F32 = torch.float32
 _rms_norm, _rope, _silu_mul = _cpu.rms_norm, _cpu.rope, _cpu.silu_mul  # looked up once: decode calls them per layer
 
 
@@ -84,18 +84,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
             and x.is_contiguous() and weight.is_contiguous()
             and isinstance(eps, (float, int))
         )
-        if out is None:
-            if ok:
-                out = torch.empty(t, d, dtype=_F32)
-        else:
-            ok = ok and out.shape == (t, d) and out.dtype == _F32 and out.is_cpu and out.is_contiguous()
+        result = output_buffer(ok, out, t, d)
     except (AttributeError, TypeError, ValueError):
-        ok = False
-    if not ok:
+        result = None
+    if result is None:
         raise _bad_norm(x, weight, eps, out)
     if t:
-        _rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), t, d, float(eps))
-    return out
+        _rms_norm(x.data_ptr(), weight.data_ptr(), result.data_ptr(), t, d, float(eps))
+    return result
 
 
 def _bad_rope(x: object, cos: object, sin: object, start: object, rope_dim: object, interleaved: object) -> RequestError:
@@ -179,15 +175,11 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
         t, cols = gate_up.shape
         f = cols // 2
         ok = cols > 0 and cols % 2 == 0 and gate_up.dtype == _F32 and gate_up.is_cpu and gate_up.is_contiguous()
-        if out is None:
-            if ok:
-                out = torch.empty(t, f, dtype=_F32)
-        else:
-            ok = ok and out.shape == (t, f) and out.dtype == _F32 and out.is_cpu and out.is_contiguous()
+        result = output_buffer(ok, out, t, f)
     except (AttributeError, TypeError, ValueError):
-        ok = False
-    if not ok:
+        result = None
+    if result is None:
         raise _bad_silu(gate_up, out)
     if t:
-        _silu_mul(gate_up.data_ptr(), out.data_ptr(), t, f)
-    return out
+        _silu_mul(gate_up.data_ptr(), result.data_ptr(), t, f)
+    return result

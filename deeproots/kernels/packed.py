@@ -28,11 +28,11 @@ import torch
 from ..errors import DeeprootsError, ModelFormatError, RequestError, UnsupportedModelError
 from ..quant.types import BLOCK_GEOMETRY, GGMLType, tensor_nbytes
 from . import _cpu
+from .outputs import F32 as _F32, output_buffer
 from .layouts import pack_float, pack_quantized
 
 _QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 _FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
-_F32 = torch.float32
 _linear = _cpu.linear  # looked up once: the decode path calls it ~200 times per token
 
 _cpu.set_num_threads(torch.get_num_threads())  # PyTorch's default is the physical core count
@@ -144,20 +144,10 @@ def quantized_linear(x: torch.Tensor, weight: PackedWeight, out: torch.Tensor | 
     try:
         t, k = x.shape
         ok = k == weight.in_features and x.dtype == _F32 and x.is_cpu and x.is_contiguous()
-        if out is None:
-            if ok:
-                out = torch.empty(t, weight.out_features, dtype=_F32)
-        else:
-            ok = (
-                ok
-                and out.shape == (t, weight.out_features)
-                and out.dtype == _F32
-                and out.is_cpu
-                and out.is_contiguous()
-            )
+        result = output_buffer(ok, out, t, weight.out_features)
     except (AttributeError, TypeError, ValueError):
-        ok = False
-    if not ok:
+        result = None
+    if result is None:
         raise _bad_input(x, weight, out)
-    _linear(weight._type, weight._ptr, weight.out_features, k, x.data_ptr(), t, out.data_ptr())
-    return out
+    _linear(weight._type, weight._ptr, weight.out_features, k, x.data_ptr(), t, result.data_ptr())
+    return result
