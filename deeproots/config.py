@@ -27,6 +27,9 @@ class ModelConfig:
     rope_theta: float
     rope_dim: int  # leading dimensions of each head that RoPE rotates
     rope_scale: float = 1.0  # linear position scaling (positions are divided by it)
+    attention_scale: float | None = None  # multiplies q.k; None means 1/sqrt(head_dim)
+    sliding_window: int | None = None  # a query sees this many newest keys (itself included) on sliding layers
+    rope_theta_local: float | None = None  # RoPE base of sliding-window layers where it differs (Gemma 3)
 
 
 def _required(metadata: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -58,6 +61,9 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
         raise ModelFormatError(f"head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}",
                                field=key("attention.head_count_kv"))
     head_dim = int(metadata.get(key("attention.key_length"), d_model // n_heads))
+    def optional(name: str, kind: type) -> Any:
+        return _required(metadata, key(name), kind) if key(name) in metadata else None
+
     scaling_type = metadata.get(key("rope.scaling.type"), "none")
     rope_scale = float(metadata.get(key("rope.scaling.factor"), 1.0)) if scaling_type == "linear" else 1.0
     return ModelConfig(
@@ -74,4 +80,7 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
         rope_theta=float(metadata.get(key("rope.freq_base"), 10000.0)),
         rope_dim=int(metadata.get(key("rope.dimension_count"), head_dim)),
         rope_scale=rope_scale,
+        attention_scale=optional("attention.scale", float),
+        sliding_window=optional("attention.sliding_window", int),
+        rope_theta_local=optional("rope.freq_base_swa", float),
     )

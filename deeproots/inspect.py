@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, config_from_gguf
 from .errors import ModelFormatError
-from .formats.gguf import GGUFFile
+from .formats.hf_folder import open_model_file
 from .quant.types import GGMLType
 
 # llama.cpp's general.file_type values (enum llama_ftype) for the names users know.
@@ -45,9 +45,16 @@ def type_name(ggml_type: int) -> str:
     return GGMLType(ggml_type).name if ggml_type in GGMLType._value2member_map_ else f"type {ggml_type}"
 
 
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes of a model file, or of every file in a model folder."""
+    if os.path.isdir(path):
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return os.path.getsize(path)
+
+
 def summarize(path: str | os.PathLike) -> ModelSummary:
-    with GGUFFile.open(path) as gguf:
-        metadata, tensors = gguf.metadata, list(gguf.tensors.values())
+    with open_model_file(path) as model_file:  # a GGUF file or a Hugging Face folder
+        metadata, tensors = model_file.metadata, list(model_file.tensors.values())
         counts = Counter(type_name(t.ggml_type) for t in tensors)
         vocab = metadata.get("tokenizer.ggml.tokens", [])
         file_type = metadata.get("general.file_type")
@@ -58,7 +65,7 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
             config = None
         return ModelSummary(
             path=str(path),
-            file_size=os.path.getsize(path),
+            file_size=size_on_disk(path),
             architecture=str(metadata.get("general.architecture", "?")),
             name=str(metadata.get("general.name", "")),
             quantization=quantization or (counts.most_common(1)[0][0] if counts else "?"),

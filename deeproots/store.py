@@ -150,8 +150,8 @@ class ModelStore:
     def resolve(self, name_or_path: str | os.PathLike, *, pull: bool = False) -> Path:
         """A model file path from a store name or a path; pulls catalog models when `pull`."""
         candidate = Path(name_or_path).expanduser()
-        if candidate.is_file():
-            return candidate
+        if candidate.is_file() or (candidate / "config.json").is_file():
+            return candidate  # a model file, or a Hugging Face folder
         name = str(name_or_path)
         stored = self.get(name)
         if stored is not None:
@@ -163,7 +163,7 @@ class ModelStore:
         if candidate.suffix == ".gguf" or os.sep in name:
             raise ModelNotFoundError(f"no model file at {candidate}")
         raise ModelNotFoundError(
-            f"unknown model {name!r}: give a path to a .gguf file or one of: {', '.join(sorted(CATALOG))}"
+            f"unknown model {name!r}: give a path to a .gguf file or a Hugging Face folder, or one of: {', '.join(sorted(CATALOG))}"
         )
 
 

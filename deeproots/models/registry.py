@@ -9,6 +9,9 @@ from ..errors import UnsupportedModelError
 # architecture -> (module, class); a new architecture is one module and one line here.
 ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("deeproots.models.llama", "Llama"),
+    "gemma3": ("deeproots.models.gemma3", "Gemma3"),
+    "qwen2": ("deeproots.models.qwen", "Qwen"),
+    "qwen3": ("deeproots.models.qwen", "Qwen"),
 }
 # Files that name a sibling architecture with the same tensors and maths.
 ALIASES: dict[str, str] = {

@@ -13,7 +13,8 @@ import torch
 from ..errors import ModelFormatError
 from ..formats.gguf import GGUFFile, TensorInfo
 from ..kernels import PackedWeight, kernel_types, pack_weight, quantized_linear
-from ..quant import dequantize
+from ..quant import GGMLType, dequantize
+from ..quant.legacy import q5_0_as_q8_0
 from .primitives import FAST, REFERENCE
 
 
@@ -62,6 +63,8 @@ class QuantizedEmbedding:
 
 
 class GGUFWeights:
+    """Tensors by GGUF name from a GGUFFile, or an HFCheckpoint presenting a folder the same way."""
+
     def __init__(self, gguf: GGUFFile, *, packed: bool = True):
         self.gguf = gguf
         self.packed = packed
@@ -90,9 +93,19 @@ class GGUFWeights:
             self._dense[name] = torch.from_numpy(values.reshape(expected_shape))
         return self._dense[name]
 
+    def optional_stack(self, names: list[str], sizes: list[int]) -> torch.Tensor | None:
+        """1-d tensors (biases, norm weights) side by side as float32 (sum(sizes),); None when the file has none."""
+        present = [self.has(name) for name in names]
+        if not any(present):
+            return None
+        if not all(present):
+            missing = names[present.index(False)]
+            raise ModelFormatError(f"tensor {missing!r} is missing while its siblings are present", field=missing)
+        return torch.cat([self.tensor(name, (size,)) for name, size in zip(names, sizes)])
+
     def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear | PackedLinear:
         info = self._info(name, (out_features, in_features))
-        if self.packed and info.ggml_type in kernel_types():
+        if self.packed and self._kernel_type(info.ggml_type) in kernel_types():
             return self._packed(self.gguf.tensor_data(name), info.ggml_type, info.shape)
         return DenseLinear(self.tensor(name, (out_features, in_features)))
 
@@ -107,13 +120,20 @@ class GGUFWeights:
         ggml_type = infos[0].ggml_type
         if not self.packed:
             return DenseLinear(torch.cat([self.tensor(n, (rows, in_features)) for n, rows in zip(names, out_features)]))
-        if ggml_type in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
+        if self._kernel_type(ggml_type) in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
             # GGUF stores a matrix row after row, so stacking matrices is concatenating their bytes.
             raw = np.concatenate([self.gguf.tensor_data(name).reshape(-1) for name in names])
             return self._packed(raw, ggml_type, (in_features, sum(out_features)))
         return ConcatLinear([self.linear(name, in_features, rows) for name, rows in zip(names, out_features)])
 
+    @staticmethod
+    def _kernel_type(ggml_type: int) -> int:
+        """The block format a kernel runs this type as: Q5_0 widens to Q8_0 without loss."""
+        return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
+
     def _packed(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+        if ggml_type == GGMLType.Q5_0:
+            raw, ggml_type = q5_0_as_q8_0(raw), GGMLType.Q8_0
         linear = PackedLinear(pack_weight(raw, ggml_type, shape))
         # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
         self.gguf.release_pages()

@@ -17,7 +17,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 def add_server_commands(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
     serve.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                       help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file")
+                       help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder")
     serve.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)

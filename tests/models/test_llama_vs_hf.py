@@ -8,46 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-# Five texts of different kinds, each long enough for more than 200 positions.
-TEXTS = [
-    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-    "movable metal type, oil-based ink and a wooden press adapted from wine making. " * 8,
-    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
-    "class Stack:\n    def __init__(self):\n        self.items = []\n    def push(self, x):\n        self.items.append(x)\n" * 6,
-    "Photosynthesis converts light energy into chemical energy. Chlorophyll absorbs mostly blue and red light, "
-    "reflecting green, which is why leaves look green. The Calvin cycle then fixes carbon dioxide into sugars. " * 6,
-    "User: What is the capital of France?\nAssistant: The capital of France is Paris.\nUser: And of Italy?\n"
-    "Assistant: Rome.\nUser: Name three rivers in Europe.\nAssistant: The Danube, the Rhine and the Seine.\n" * 6,
-    "1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765; "
-    "café, naïve, résumé, 東京, 北京, emoji 🎉🚀, tabs\tand  spaces,   end. " * 8,
-]
-MIN_POSITIONS = 200
-
-
-def agreement(model, reference_logits, hf_tokenizer) -> tuple[float, float, float]:
-    """(top-1 agreement, max |diff|, mean |diff|) of `model`'s logits against `reference_logits(ids)` over TEXTS."""
-    agree = total = 0
-    max_diff = diff_sum = 0.0
-    for text in TEXTS:
-        ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) >= MIN_POSITIONS
-        ours, reference = model.logits(ids), reference_logits(ids)  # (T, vocab) each
-        diff = (ours - reference).abs()
-        max_diff = max(max_diff, diff.max().item())
-        diff_sum += diff.mean().item() * len(ids)
-        agree += (ours.argmax(-1) == reference.argmax(-1)).sum().item()
-        total += len(ids)
-    print(f"\n{total} positions: top-1 agreement {agree / total:.4f}, max |diff| {max_diff:.2e}, "
-          f"mean {diff_sum / total:.2e}")
-    return agree / total, max_diff, diff_sum / total
-
-
-def hf_logits(hf_model):
-    def logits(ids):
-        with torch.no_grad():
-            return hf_model(torch.tensor([ids])).logits[0]
-    return logits
+from hf_agreement import TEXTS, agreement, hf_logits
 
 
 def test_reference_path_agrees_with_transformers(smollm2_reference, hf_smollm2):
@@ -112,7 +73,7 @@ def test_float16_kv_cache_costs_under_one_percent_of_perplexity(smollm2_path, sm
 
     text = Path("/usr/share/common-licenses/GPL-3").read_text()[:20000]
     f32 = deeproots.load(smollm2_path, context=2048, kv_type="f32")
-    assert smollm2.kv_dtype == torch.float16 and f32.kv_dtype == torch.float32
+    assert smollm2.kv_type == "f16" and f32.kv_type == "f32"
     half, full = (summarize(list(chunk_nlls(model, text, 256))).perplexity for model in (smollm2, f32))
     print(f"\nperplexity with a float16 KV cache {half:.4f}, float32 {full:.4f}")
     assert half == pytest.approx(full, rel=0.01)

@@ -1,0 +1,235 @@
+"""A Hugging Face model folder seen as a GGUF file: llama.cpp's metadata keys and tensor names.
+
+config.json becomes `{arch}.*` metadata, tokenizer.json `tokenizer.ggml.*` metadata
+(tokenizer/hf_folder.py), and the safetensors tensors are renamed (formats/names.py) with the
+conversions llama.cpp's converter makes: llama q/k rows permuted for its RoPE layout, Gemma's norm
+weights stored as 1 + w. The model loader and `deeproots convert` read this exactly like a GGUFFile:
+`metadata`, `tensors` (TensorInfo in GGUF order), `tensor_data(name)` (raw little-endian bytes).
+Untouched tensors stay zero-copy views of the memory-mapped files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, UnsupportedModelError
+from ..quant.types import GGMLType, tensor_nbytes
+from .gguf import TensorInfo
+from .names import HFArchitecture, gguf_tensor_name, hf_architecture
+from .safetensors import SafetensorsFile, open_checkpoint
+
+CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 10_000_000
+GGML_TYPES = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
+_SUPPORTED_ROPE_TYPES = ("default", "linear")
+
+
+def read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """A JSON object from `path`, with typed errors naming the file."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{name} is missing from {os.path.dirname(path)!r}") from None
+    if len(raw) > max_bytes:
+        raise ModelFormatError(f"{name} exceeds {max_bytes} bytes", field=name)
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{name} is not valid JSON: {error}", field=name) from None
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{name} must hold a JSON object", field=name)
+    return value
+
+
+def _number(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = config.get(key, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelFormatError(f"config.json {key!r} must be a number, got {value!r}", field=key)
+    return value
+
+
+def _rope_parameters(config: dict[str, Any], layer_type: str) -> dict[str, Any]:
+    """RoPE settings of one layer type, from transformers 5's rope_parameters or the older top-level keys."""
+    parameters = config.get("rope_parameters")
+    if isinstance(parameters, dict) and isinstance(parameters.get(layer_type), dict):
+        return parameters[layer_type]  # Gemma 3: one entry per layer type
+    if isinstance(parameters, dict):
+        return parameters
+    legacy = dict(config.get("rope_scaling") or {})
+    legacy.setdefault("rope_type", legacy.pop("type", "default"))
+    theta_key = "rope_local_base_freq" if layer_type == "sliding_attention" else "rope_theta"
+    legacy["rope_theta"] = config.get(theta_key, 10000.0)
+    return legacy
+
+
+def _rope_metadata(config: dict[str, Any], arch: str, head_dim: int) -> dict[str, Any]:
+    rope = _rope_parameters(config, "full_attention")
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in _SUPPORTED_ROPE_TYPES:
+        raise UnsupportedModelError(f"RoPE type {rope_type!r} is not supported; supported: "
+                                    f"{', '.join(_SUPPORTED_ROPE_TYPES)}")
+    metadata = {
+        f"{arch}.rope.freq_base": float(_number(rope, "rope_theta", 10000.0)),
+        f"{arch}.rope.dimension_count": int(head_dim * _number(config, "partial_rotary_factor", 1.0)),
+    }
+    if rope_type == "linear":
+        metadata[f"{arch}.rope.scaling.type"] = "linear"
+        metadata[f"{arch}.rope.scaling.factor"] = float(_number(rope, "factor"))
+    return metadata
+
+
+def _check_layer_pattern(config: dict[str, Any]) -> None:
+    """Gemma 3's sliding/global layer order must be the one the model class builds."""
+    from ..models.gemma3 import GLOBAL_LAYER_EVERY
+
+    layer_types = config.get("layer_types")
+    if layer_types is None:
+        return
+    expected = ["full_attention" if (i + 1) % GLOBAL_LAYER_EVERY == 0 else "sliding_attention"
+                for i in range(len(layer_types))]
+    if layer_types != expected:
+        raise UnsupportedModelError(f"layer_types {layer_types} differ from Gemma 3's pattern of one global "
+                                    f"layer every {GLOBAL_LAYER_EVERY}")
+
+
+def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> dict[str, Any]:
+    """The `general.*` and `{arch}.*` keys llama.cpp's converter writes for this config."""
+    arch = spec.gguf_name
+    activation = config.get("hidden_act", config.get("hidden_activation"))
+    if activation != spec.activation:
+        raise UnsupportedModelError(f"hidden activation {activation!r} is not supported for "
+                                    f"{config['model_type']} (expected {spec.activation!r})")
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if config.get(key) is not None:
+            raise UnsupportedModelError(f"config.json {key} is not supported")
+    n_heads = int(_number(config, "num_attention_heads"))
+    head_dim = int(config.get("head_dim") or _number(config, "hidden_size") // n_heads)
+    metadata: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": name,
+        f"{arch}.context_length": int(_number(config, "max_position_embeddings")),
+        f"{arch}.embedding_length": int(_number(config, "hidden_size")),
+        f"{arch}.block_count": int(_number(config, "num_hidden_layers")),
+        f"{arch}.feed_forward_length": int(_number(config, "intermediate_size")),
+        f"{arch}.attention.head_count": n_heads,
+        f"{arch}.attention.head_count_kv": int(_number(config, "num_key_value_heads", n_heads)),
+        f"{arch}.attention.key_length": head_dim,
+        f"{arch}.attention.value_length": head_dim,
+        f"{arch}.attention.layer_norm_rms_epsilon": float(_number(config, "rms_norm_eps")),
+        f"{arch}.vocab_size": int(_number(config, "vocab_size")),
+        **_rope_metadata(config, arch, head_dim),
+    }
+    if config.get("use_sliding_window"):
+        raise UnsupportedModelError("Qwen's use_sliding_window (windows on some layers only) is not supported")
+    if spec.sliding_window and config.get("sliding_window") is not None:
+        metadata[f"{arch}.attention.sliding_window"] = int(_number(config, "sliding_window"))
+    if arch == "gemma3":
+        _check_layer_pattern(config)
+        local_rope = _rope_parameters(config, "sliding_attention")
+        metadata[f"{arch}.rope.freq_base_swa"] = float(_number(local_rope, "rope_theta", 10000.0))
+        scalar = _number(config, "query_pre_attn_scalar", head_dim)
+        if scalar != head_dim:
+            metadata[f"{arch}.attention.scale"] = float(scalar) ** -0.5
+    return metadata
+
+
+def _permute_for_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF's half-split q/k rows -> llama.cpp's interleaved order, per head: (rows, ...) -> same shape."""
+    shape = weight.shape
+    return weight.reshape(n_heads, 2, shape[0] // n_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+class HFCheckpoint:
+    """An HF folder behind the GGUFFile interface the loader and the converter use."""
+
+    def __init__(self, path: str, metadata: dict[str, Any], sources: dict[str, Callable[[], torch.Tensor]],
+                 files: list[SafetensorsFile]):
+        self.path = path
+        self.metadata = metadata
+        self._sources = sources  # GGUF name -> the tensor in its final form, computed when asked for
+        self._files = files
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, source in sources.items():
+            tensor = source()  # a view, or a small 1-d result: cheap to make once for its shape and dtype
+            ggml_type = GGML_TYPES.get(tensor.dtype)
+            if ggml_type is None:
+                raise UnsupportedModelError(f"tensor {name!r} has dtype {tensor.dtype}; supported: F32, F16, BF16")
+            shape = tuple(reversed(tensor.shape))
+            self.tensors[name] = TensorInfo(name, shape, ggml_type, 0, tensor_nbytes(ggml_type, tensor.numel()))
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> HFCheckpoint:
+        from ..tokenizer.hf_folder import tokenizer_metadata_from_hf  # only folders need it
+
+        folder = os.fspath(folder)
+        config = read_json(os.path.join(folder, CONFIG_FILE))
+        spec = hf_architecture(config.get("model_type"))
+        metadata = {**_model_metadata(config, spec, os.path.basename(os.path.abspath(folder))),
+                    **tokenizer_metadata_from_hf(folder)}
+        checkpoint = open_checkpoint(folder)
+        files = list({id(file): file for file, _ in checkpoint.values()}.values())
+        try:
+            sources = _tensor_sources(checkpoint, config, spec)
+            return cls(folder, metadata, sources, files)
+        except BaseException:
+            for file in files:
+                file.close()
+            raise
+
+    def tensor_data(self, name: str) -> np.ndarray:
+        """The tensor's bytes (uint8, little-endian, row-major) in the dtype `tensors[name]` names."""
+        if name not in self._sources:
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self.path}")
+        return self._sources[name]().contiguous().view(torch.uint8).numpy().reshape(-1)
+
+    def release_pages(self) -> None:
+        """Nothing to do: the safetensors maps are private and fault pages in as read."""
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+    def __enter__(self) -> HFCheckpoint:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, Any]], config: dict[str, Any],
+                    spec: HFArchitecture) -> dict[str, Callable[[], torch.Tensor]]:
+    """GGUF name -> a function giving the tensor as llama.cpp's converter would store it."""
+    n_heads = int(_number(config, "num_attention_heads"))
+    n_kv_heads = int(_number(config, "num_key_value_heads", n_heads))
+    tied = bool(config.get("tie_word_embeddings", False))
+    sources: dict[str, Callable[[], torch.Tensor]] = {}
+    for hf_name, (file, _) in checkpoint.items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue  # recomputed buffers; a tied head is the embedding table
+        name = gguf_tensor_name(hf_name, spec)
+
+        def load(file: SafetensorsFile = file, hf_name: str = hf_name) -> torch.Tensor:
+            return file.tensor(hf_name)
+
+        source = load
+        if spec.permute_qk and name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
+            heads = n_heads if ".attn_q." in name else n_kv_heads
+            source = lambda load=load, heads=heads: _permute_for_rope(load(), heads)  # noqa: E731
+        elif spec.norm_shift and name.endswith("norm.weight"):
+            source = lambda load=load: load().float() + spec.norm_shift  # noqa: E731
+        sources[name] = source
+    return sources
+
+
+def open_model_file(path: str | os.PathLike) -> Any:
+    """A GGUFFile for a .gguf path, an HFCheckpoint for a folder."""
+    from .gguf import GGUFFile
+
+    return HFCheckpoint.open(path) if os.path.isdir(path) else GGUFFile.open(path)

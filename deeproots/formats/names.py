@@ -1,0 +1,80 @@
+"""Hugging Face checkpoint names -> llama.cpp's GGUF names, for tensors and per-architecture facts.
+
+One table serves loading an HF folder and `deeproots convert`: both present the checkpoint exactly as
+llama.cpp's convert_hf_to_gguf.py would write it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class HFArchitecture:
+    gguf_name: str  # llama.cpp's architecture name
+    activation: str  # the hidden_act / hidden_activation the model class implements
+    permute_qk: bool = False  # llama files reorder q/k rows so RoPE pairs adjacent dimensions
+    norm_shift: float = 0.0  # Gemma's RMSNorm scales by (1 + w); GGUF stores 1 + w
+    post_attention_norm: str = "ffn_norm"  # what HF's post_attention_layernorm is called in GGUF
+    sliding_window: bool = False  # honours config.json's sliding_window
+
+
+# config.json's model_type -> how to read it.
+HF_ARCHITECTURES: dict[str, HFArchitecture] = {
+    "llama": HFArchitecture("llama", "silu", permute_qk=True),
+    "mistral": HFArchitecture("llama", "silu", permute_qk=True, sliding_window=True),
+    "qwen2": HFArchitecture("qwen2", "silu"),
+    "qwen3": HFArchitecture("qwen3", "silu"),
+    "gemma3_text": HFArchitecture("gemma3", "gelu_pytorch_tanh", norm_shift=1.0,
+                                  post_attention_norm="post_attention_norm", sliding_window=True),
+}
+
+GLOBAL_TENSORS = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+# HF name inside model.layers.N. -> GGUF name inside blk.N.
+LAYER_TENSORS = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def hf_architecture(model_type: object) -> HFArchitecture:
+    spec = HF_ARCHITECTURES.get(model_type) if isinstance(model_type, str) else None
+    if spec is None:
+        raise UnsupportedModelError(f"config.json model_type {model_type!r} is not supported; supported: "
+                                    f"{', '.join(sorted(HF_ARCHITECTURES))}")
+    return spec
+
+
+def gguf_tensor_name(hf_name: str, spec: HFArchitecture) -> str:
+    """The GGUF name of checkpoint tensor `hf_name`; an unknown tensor is an UnsupportedModelError."""
+    if hf_name in GLOBAL_TENSORS:
+        return GLOBAL_TENSORS[hf_name]
+    match = _LAYER_NAME.fullmatch(hf_name)
+    if match:
+        index, inner = match.groups()
+        if inner == "post_attention_layernorm.weight":
+            return f"blk.{index}.{spec.post_attention_norm}.weight"
+        if inner in LAYER_TENSORS:
+            return f"blk.{index}.{LAYER_TENSORS[inner]}"
+    raise UnsupportedModelError(f"checkpoint tensor {hf_name!r} has no place in a {spec.gguf_name} model")

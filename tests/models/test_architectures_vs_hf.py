@@ -1,0 +1,115 @@
+"""Every architecture against HF transformers: one runner over tiny random checkpoints.
+
+Each checkpoint is made with transformers (tests/tiny_checkpoints.py: config -> random weights ->
+save_pretrained, beside the SmolLM2 tokenizer), then run through our engine from the safetensors folder
+and, after `convert`, from GGUF; logits are compared with transformers' on the same weights and tokens. The text is longer than
+the sliding windows, so Mistral's and Gemma 3's windows are exercised.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from tiny_checkpoints import ARCHITECTURES, LONGEST_WINDOW
+
+import deeproots
+from deeproots.convert import convert_folder
+from deeproots.errors import ModelFormatError, UnsupportedModelError
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs, "
+        "then count 1, 2, 3, 5, 8 and 13 before the sun sets over the quiet harbour.")
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def checkpoint(request, tiny_checkpoint):
+    """(folder, transformers model) of a tiny random checkpoint of one architecture."""
+    return tiny_checkpoint(request.param)
+
+
+def hf_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]  # (T, vocab)
+
+
+def compare(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
+    """(max |diff|, top-1 agreement)."""
+    return (ours - theirs).abs().max().item(), (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
+
+
+def test_reference_path_from_folder_matches_transformers(checkpoint):
+    folder, hf_model = checkpoint
+    model = deeproots.load(folder, reference=True)
+    ids = model.tokenize(TEXT)
+    assert len(ids) > 2 * LONGEST_WINDOW
+    max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
+    assert max_diff < 1e-4
+    assert top1 == 1.0
+
+
+def test_fast_path_from_folder_matches_transformers(checkpoint):
+    folder, hf_model = checkpoint
+    model = deeproots.load(folder)  # float32 weights through the packed F32 kernels, f16 KV cache
+    ids = model.tokenize(TEXT)
+    max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
+    assert max_diff < 5e-3
+    assert top1 >= 0.95
+
+
+# --type -> (max |diff| bound, top-1 bound) of our reference path on the converted file against transformers.
+# float16 rounds each weight by 2^-11 relative; q8_0 by up to 1/254 of its block's largest value.
+CONVERTED_BOUNDS = {"f32": (1e-4, 1.0), "f16": (1e-2, 0.95), "q8_0": (0.2, 0.85)}
+
+
+@pytest.mark.parametrize("target", sorted(CONVERTED_BOUNDS))
+def test_converted_gguf_matches_transformers(checkpoint, target, tmp_path):
+    folder, hf_model = checkpoint
+    out = tmp_path / f"model-{target}.gguf"
+    convert_folder(folder, out, target, progress=False)
+    model = deeproots.load(out, reference=True)
+    ids = model.tokenize(TEXT)
+    max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
+    print(f"\n{target}: max |diff| {max_diff:.2e}, top-1 {top1:.3f}")
+    diff_bound, top1_bound = CONVERTED_BOUNDS[target]
+    assert max_diff < diff_bound
+    assert top1 >= top1_bound
+
+
+def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2):
+    folder, hf_model = checkpoint
+    model = deeproots.load(folder, reference=True)
+    ids = model.tokenize(TEXT)
+    with torch.no_grad():
+        expected = hf_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):]
+    hf_tokenizer = hf_smollm2[0]
+    assert ids == hf_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert model.generate(ids, max_tokens=12, temperature=0) == hf_tokenizer.decode(expected)
+    # The chat template comes from tokenizer_config.json.
+    assert model.apply_chat_template(MESSAGES) == hf_tokenizer.apply_chat_template(MESSAGES, tokenize=False,
+                                                                                  add_generation_prompt=True)
+
+
+def write_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.fixture
+def llama_copy(tmp_path, tiny_checkpoint):
+    copy = tmp_path / "llama"
+    shutil.copytree(tiny_checkpoint("llama")[0], copy)
+    return copy
+
+
+def test_unsupported_architecture_names_the_supported_ones(llama_copy):
+    write_config(llama_copy, model_type="bert")
+    with pytest.raises(UnsupportedModelError, match="gemma3_text.*llama.*qwen3"):
+        deeproots.load(llama_copy)
+
+
+def test_shape_mismatch_names_the_tensor(llama_copy):
+    write_config(llama_copy, intermediate_size=96)
+    with pytest.raises(ModelFormatError, match="blk.0.ffn_gate.weight"):
+        deeproots.load(llama_copy)

@@ -1,0 +1,51 @@
+"""Tiny random Hugging Face checkpoints of every architecture, made the way the issue asks.
+
+config -> random init -> save_pretrained, with every parameter (norms and biases too) perturbed so that a
+mistake in any of them shows, saved beside the SmolLM2 tokenizer. The sliding windows are shorter than
+the test texts, so windows are exercised.
+"""
+
+import shutil
+
+import torch
+import transformers
+
+SETTINGS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256)
+# config.json model_type -> (transformers config class, settings beyond SETTINGS)
+ARCHITECTURES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {}),  # q/k/v biases
+    "qwen3": ("Qwen3Config", {"head_dim": 32}),  # per-head q/k norms
+    "gemma3_text": ("Gemma3TextConfig", {"num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 24,
+                                         "sliding_window": 5}),  # 5 sliding layers, 1 global
+}
+LONGEST_WINDOW = 5
+
+
+class CheckpointMaker:
+    """maker(model_type) -> (folder, transformers model), each type made once."""
+
+    def __init__(self, tmp_path_factory, tokenizer):
+        self.tmp_path_factory = tmp_path_factory
+        self.tokenizer = tokenizer
+        self.tokenizer_folder = tmp_path_factory.mktemp("tokenizer")
+        tokenizer.save_pretrained(self.tokenizer_folder)
+        self.made = {}
+
+    def __call__(self, model_type: str):
+        if model_type not in self.made:
+            config_class, settings = ARCHITECTURES[model_type]
+            config = getattr(transformers, config_class)(**{**SETTINGS, **settings, "vocab_size": len(self.tokenizer)})
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                                  attn_implementation="eager").eval()
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(0.05 * torch.randn_like(parameter))
+            folder = self.tmp_path_factory.mktemp(model_type)
+            model.save_pretrained(folder)
+            shutil.copytree(self.tokenizer_folder, folder, dirs_exist_ok=True)
+            self.made[model_type] = folder, model
+        return self.made[model_type]
