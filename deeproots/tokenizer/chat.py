@@ -1,4 +1,5 @@
-"""Chat templates: the Jinja template a model file carries, rendered in a sandbox as HF transformers does.
+"""Chat templates: the Jinja template a model file carries (or a built-in one for its family, see
+builtin_templates.py), rendered in a sandbox as HF transformers does.
 
 Templates are untrusted code from the file, so they run in jinja2's ImmutableSandboxedEnvironment with
 the same options and helpers as `apply_chat_template` (trim_blocks, lstrip_blocks, loop controls,
@@ -16,6 +17,8 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from deeproots.errors import ModelFormatError, RequestError
+
+from .builtin_templates import builtin_template
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -73,8 +76,11 @@ class ChatTemplate:
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any], tokenizer: Tokenizer) -> ChatTemplate | None:
-        """The file's default template (None when it has none), with its BOS and EOS tokens' text."""
+        """The file's default template, else the built-in one for its model family (None when neither),
+        with its BOS and EOS tokens' text."""
         source = metadata.get(TEMPLATE_KEY)
+        if source is None:
+            source = builtin_template(metadata)
         if source is None:
             return None
 

@@ -122,8 +122,9 @@ def test_failures_inside_the_template_are_typed():
 
 
 def test_file_without_template(smollm2_metadata):
-    trimmed = {key: value for key, value in smollm2_metadata.items() if key != "tokenizer.chat_template"}
-    assert ChatTemplate.from_gguf_metadata(trimmed, Tokenizer.from_gguf_metadata(trimmed)) is None
+    # No template and no family to take a built-in one from (test_builtin_templates.py covers those).
+    bare = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.merges": []}
+    assert ChatTemplate.from_gguf_metadata(bare, Tokenizer.from_gguf_metadata(bare)) is None
     with pytest.raises(ModelFormatError):
         ChatTemplate.from_gguf_metadata({**smollm2_metadata, "tokenizer.chat_template": ["x"]},
                                         Tokenizer.from_gguf_metadata(smollm2_metadata))

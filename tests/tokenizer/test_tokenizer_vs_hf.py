@@ -73,8 +73,8 @@ def ours(smollm2_metadata) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def hf(smollm2_path):
-    return transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
+def hf(hf_smollm2_tokenizer):
+    return hf_smollm2_tokenizer
 
 
 def _copy_with_pre_tokenizer(hf, pre_tokenizer, *, ignore_merges: bool = False) -> tokenizers.Tokenizer:
