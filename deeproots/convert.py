@@ -1,0 +1,162 @@
+"""Writing GGUF files: `deeproots quantize` (GGUF -> GGUF) and `deeproots convert` (Hugging Face folder -> GGUF).
+
+Both commands open a source with the GGUFFile interface (`path`, `metadata`, `tensors`, `tensor_data`; an HF
+folder is presented that way by formats/hf_folder.py) and hand it to one function, `write_gguf`.
+
+Tensor types follow llama.cpp's llama-quantize:
+- Vectors (norms, biases: one dimension above 1) are stored as F32 whatever the target.
+- Every other tensor takes the target type: copied byte for byte when it already has it, otherwise dequantized to
+  float32 and quantized, one tensor at a time.
+- Fallback: a row length that is not a multiple of the target's block size takes llama.cpp's substitute, a
+  32-value format of at least the target's precision: Q4_K -> Q5_0, Q6_K -> Q8_0 (the k-quants need rows of 256;
+  SmolLM2's are 576 wide). A row that fits neither (no substitute, or not a multiple of 32) is stored as F16.
+  llama.cpp refuses such a row for the 32-value targets; F16 loses nothing and keeps the file loadable.
+  Unlike llama-quantize's q4_k_m preset, no tensor is promoted to a wider type: the output is uniform.
+
+Metadata is copied in order, each key with the value type the source stored (`metadata_types`). A source without
+stored types (an HF folder) gets llama.cpp's: the standard type of the well-known keys (KNOWN_KEY_TYPES: token
+types INT32, scores FLOAT32, tokens and merges string arrays, ids UINT32), UINT32 for other non-negative ints,
+FLOAT32 for floats, BOOL for bools. `general.file_type` becomes llama.cpp's LLAMA_FTYPE for the target and
+`general.quantization_version` 2.
+
+The module's top level imports only the standard library, so that `deeproots --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import DeeprootsError, ModelNotFoundError, RequestError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .quant.types import GGMLType
+
+# --type -> llama.cpp's LLAMA_FTYPE for a file mostly of that type; a Q4_K file is labelled MOSTLY_Q4_K_M.
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 15, "q6_k": 18}
+# llama.cpp's substitute for a target whose blocks do not fit a row (llama_tensor_get_type).
+FALLBACK_TYPES = {"q4_k": "Q5_0", "q6_k": "Q8_0"}
+QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts of the current ggml
+PARTIAL_SUFFIX = ".partial"  # the output is written here first, so a failed run leaves no truncated file
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    out_path: str
+    input_bytes: int  # the source file, or the files directly inside the source folder
+    output_bytes: int
+    tensor_types: dict[str, int]  # GGML type name -> tensors written in it
+    fallbacks: dict[str, int]  # substitute type name -> tensors whose rows did not fit the target's blocks
+    seconds: float
+
+    def describe(self) -> str:
+        types = ", ".join(f"{name} x{count}" for name, count in self.tensor_types.items())
+        size = (f"size: {self.input_bytes / 1e6:.1f} MB -> {self.output_bytes / 1e6:.1f} MB "
+                f"({self.output_bytes / self.input_bytes:.2f}x)")
+        lines = [f"wrote {self.out_path} in {self.seconds:.1f} s: {types}", size]
+        if self.fallbacks:
+            lines.append("fell back where rows do not fit the target's blocks: "
+                         + ", ".join(f"{name} x{count}" for name, count in self.fallbacks.items()))
+        return "\n".join(lines)
+
+
+def tensor_type(target: str, shape: tuple[int, ...]) -> GGMLType:
+    """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`."""
+    from .quant.types import BLOCK_GEOMETRY, GGMLType
+
+    if math.prod(shape[1:]) == 1:  # ggml counts trailing dimensions of 1 out: this is a vector
+        return GGMLType.F32
+    candidates = [GGMLType[target.upper()], GGMLType[FALLBACK_TYPES.get(target, "F16")]]
+    return next((t for t in candidates if shape[0] % BLOCK_GEOMETRY[t].block_size == 0), GGMLType.F16)
+
+
+def _value_types(key: str, value: Any) -> tuple[Any, None]:
+    """llama.cpp's type for a key the source stored no type for: counts and ids are UINT32; the writer infers the
+    rest (standard keys, floats, bools, strings, arrays) as llama.cpp writes them."""
+    from .formats.gguf import KNOWN_KEY_TYPES, GGUFValueType
+
+    if key not in KNOWN_KEY_TYPES and type(value) is int and 0 <= value < 1 << 32:
+        return GGUFValueType.UINT32, None
+    return None, None
+
+
+def _check_output(source_path: str, out_path: str) -> None:
+    """Refuse, before any slow work, an output that would overwrite the input or cannot be written."""
+    if os.path.isdir(out_path):
+        raise RequestError(f"output {out_path!r} is a folder; give a file name such as model-q8_0.gguf")
+    if os.path.exists(out_path) and os.path.samefile(out_path, source_path):
+        raise RequestError(f"output {out_path!r} is the input file; give another output path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
+        raise RequestError(f"the folder of output {out_path!r} does not exist")
+
+
+def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progress: bool = True) -> WriteSummary:
+    """Write `source` (GGUFFile interface) to `out_path` with its matrices in `target` (a FILE_TYPES key)."""
+    from tqdm import tqdm
+
+    from .formats.gguf import DEFAULT_ALIGNMENT
+    from .formats.gguf_writer import GGUFWriter
+    from .inspect import size_on_disk
+    from .quant import dequantize, quantize
+
+    if target not in FILE_TYPES:
+        raise UnsupportedModelError(f"unknown target type {target!r}; supported: {', '.join(FILE_TYPES)}")
+    out_path = os.fspath(out_path)
+    _check_output(source.path, out_path)
+    started = time.perf_counter()
+    writer = GGUFWriter(alignment=source.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    stored_types = getattr(source, "metadata_types", {})  # an HF folder has none
+    metadata = {**source.metadata, "general.file_type": FILE_TYPES[target],
+                "general.quantization_version": QUANTIZATION_VERSION}
+    for key, value in metadata.items():
+        if key != "general.alignment":  # the writer records it from its constructor
+            writer.add(key, value, *stored_types.get(key, _value_types(key, value)))
+    tensor_types: Counter[str] = Counter()
+    fallbacks: Counter[str] = Counter()
+    for name, info in tqdm(source.tensors.items(), desc="tensors", unit=" tensors", disable=not progress):
+        raw = source.tensor_data(name)
+        out_type = tensor_type(target, info.shape)
+        if out_type != info.ggml_type:  # through float32, this one tensor only
+            raw = quantize(dequantize(raw, info.ggml_type, info.shape), out_type).reshape(-1)
+        writer.add_tensor(name, raw, out_type, info.shape)
+        tensor_types[out_type.name] += 1
+        if out_type.name not in (target.upper(), "F32"):  # F32 is the rule for vectors, not a fallback
+            fallbacks[out_type.name] += 1
+    partial = out_path + PARTIAL_SUFFIX
+    try:
+        writer.write(partial)
+        os.replace(partial, out_path)
+    except OSError as error:
+        raise DeeprootsError(f"cannot write {out_path!r}: {error.strerror}") from None
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return WriteSummary(out_path, size_on_disk(source.path), os.path.getsize(out_path), dict(tensor_types),
+                        dict(fallbacks), time.perf_counter() - started)
+
+
+def quantize_file(model: str | os.PathLike, out_path: str | os.PathLike, target: str, *,
+                  progress: bool = True) -> WriteSummary:
+    """`deeproots quantize`: a GGUF file (a path or a store name) requantized to `target`."""
+    from .formats.gguf import GGUFFile
+    from .store import ModelStore
+
+    with GGUFFile.open(ModelStore().resolve(model)) as source:
+        return write_gguf(source, out_path, target, progress=progress)
+
+
+def convert_folder(folder: str | os.PathLike, out_path: str | os.PathLike, target: str, *,
+                   progress: bool = True) -> WriteSummary:
+    """`deeproots convert`: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) to GGUF."""
+    from .formats.hf_folder import HFCheckpoint
+
+    if not os.path.isdir(folder):
+        raise ModelNotFoundError(f"{os.fspath(folder)!r} is not a folder; convert reads a Hugging Face folder "
+                                 "(config.json, *.safetensors, tokenizer.json); requantize a .gguf file with "
+                                 "`deeproots quantize`")
+    with HFCheckpoint.open(folder) as source:
+        return write_gguf(source, out_path, target, progress=progress)
