@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from typing import Any, Callable
@@ -13,12 +14,12 @@ from .store import CATALOG, DEFAULT_MODEL, ModelStore
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file "
+                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder "
                              f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
-    parser.add_argument("--kv-type", choices=["f16", "f32"], default=None,
-                        help="KV cache element type (default: f16; f32 with --reference)")
+    parser.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default=None,
+                        help="KV cache element type (default: f16; f32 with --reference); q8_0 stores 8.5 bits a value")
     parser.add_argument("--reference", action="store_true",
                         help="run the float32 reference path instead of the packed kernels (slow; for checking)")
 
@@ -48,6 +49,10 @@ def load_model(args: argparse.Namespace):
 
     started = time.perf_counter()
     model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
+    # main() ran the imports and this load with the cyclic GC off. What exists now (torch's ~10^6 objects above all)
+    # lives as long as the process: frozen, no later collection walks it, nor the one at exit.
+    gc.freeze()
+    gc.enable()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model
@@ -251,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     args.ctx = args.ctx or max(args.n_prompt, args.n_gen, 1)
     model = load_model(args)
     threads = args.threads or torch.get_num_threads()
-    engines = [DeeprootsEngine(model)]
+    engines = [DeeprootsEngine(model), *(DeeprootsEngine(model, kv_type) for kv_type in args.vs_kv_type)]
     for other in args.vs:
         if other == "llama.cpp":
             engines.append(LlamaCppEngine(model.path, args.ctx, threads))
@@ -306,6 +311,18 @@ def cmd_perplexity(args: argparse.Namespace) -> None:
           f"({result.n_chunks} chunks of {args.ctx})")
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .convert import quantize_file
+
+    print(quantize_file(args.input, args.output, args.type).describe())
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import convert_folder
+
+    print(convert_folder(args.folder, args.output, args.type).describe())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeproots", description="Run open-weight LLMs from GGUF files.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -341,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: 5)")
     bench.add_argument("--vs", action="append", default=[], choices=["llama.cpp", "transformers"],
                        help="also run another engine on the same file, alternating with ours (repeatable)")
+    bench.add_argument("--vs-kv-type", action="append", default=[], choices=["f16", "f32", "q8_0"],
+                       help="also run ours with this KV cache type, alternating (repeatable)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench)
 
@@ -349,18 +368,40 @@ def build_parser() -> argparse.ArgumentParser:
     perplexity.add_argument("file", help="a UTF-8 text file")
     perplexity.set_defaults(handler=cmd_perplexity)
 
+    from .convert import FILE_TYPES
+    quantize = commands.add_parser("quantize", help="requantize a GGUF file to another type")
+    quantize.add_argument("input", help="a .gguf file or a store name")
+    quantize.add_argument("output", help="the .gguf file to write")
+    quantize.add_argument("--type", required=True, choices=list(FILE_TYPES), help="the type of the weight matrices")
+    quantize.set_defaults(handler=cmd_quantize)
+
+    convert = commands.add_parser("convert", help="convert a Hugging Face folder to a GGUF file")
+    convert.add_argument("folder", help="a folder with config.json, *.safetensors and tokenizer.json")
+    convert.add_argument("output", help="the .gguf file to write")
+    convert.add_argument("--type", default="f16", choices=list(FILE_TYPES),
+                         help="the type of the weight matrices (default: f16)")
+    convert.set_defaults(handler=cmd_convert)
+
     from .server.commands import add_server_commands
     add_server_commands(commands)  # serve, bench-serve
 
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
-    inspect.add_argument("model", help="a store name or a path to a .gguf file")
+    inspect.add_argument("model", help="a store name or a path to a .gguf file or a Hugging Face folder")
     inspect.add_argument("--ctx", type=int, default=None, help="context size for the memory estimate")
     inspect.set_defaults(handler=cmd_inspect)
     return parser
 
 
+# Commands that import torch and load a model through load_model(). Importing torch makes ~10^6 objects, and the
+# cyclic GC walked them all three times over before the model was loaded (0.2-0.3 s here), and once more at exit
+# (~0.4 s): these commands start with it off; load_model freezes what exists and turns it back on.
+_LOAD_COMMANDS = (cmd_run, cmd_chat, cmd_bench, cmd_perplexity)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.handler in _LOAD_COMMANDS:
+        gc.disable()
     try:
         args.handler(args)
     except DeeprootsError as error:
@@ -368,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        gc.enable()  # also when the load failed
     return 0
 
 

@@ -7,20 +7,21 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .cache.kv import KVCache
+from .cache.kv import KV_TYPES, KVCache
 from .config import ModelConfig, config_from_gguf
 from .errors import RequestError, UnsupportedModelError
-from .formats.gguf import GGUFFile
+from .formats.hf_folder import open_model_file
 from .generate import GenerationStep, generate
 from .kernels import set_num_threads
+from .memory import release_free_memory
 from .models.registry import model_class
 from .models.weights import GGUFWeights
 from .sampling import SamplingParams
 from .store import ModelStore
 from .tokenizer import ChatTemplate, Tokenizer
+from .tokenizer.vocab import VOCABULARY_KEYS
 
 DEFAULT_CONTEXT = 4096  # tokens; the model's own maximum when it is smaller
-KV_TYPES = {"f32": torch.float32, "f16": torch.float16}
 
 
 class Model:
@@ -28,13 +29,14 @@ class Model:
                  threads: int | None = None, kv_type: str | None = None):
         self.path = path
         self.reference = reference
-        # float16 keys/values halve the cache (attention still runs in float32); the reference stays float32.
+        # float16 keys/values halve the cache, q8_0 blocks nearly halve it again (attention still runs in float32);
+        # the reference stays float32.
         kv_type = kv_type or ("f32" if reference else "f16")
         if kv_type not in KV_TYPES:
             raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
-        self.kv_dtype = KV_TYPES[kv_type]
-        self.gguf = GGUFFile.open(path)
-        metadata = self.gguf.metadata
+        self.kv_type = kv_type
+        self.file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
+        metadata = self.file.metadata
         architecture = model_class(str(metadata.get("general.architecture")))  # unsupported: fail first
         self.tokenizer = Tokenizer.from_gguf_metadata(metadata)
         self.config: ModelConfig = config_from_gguf(metadata, self.tokenizer.vocab_size)
@@ -42,16 +44,24 @@ class Model:
         if self.context < 1:
             raise RequestError(f"the context size must be positive, got {self.context}")
         self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
+        # The tokenizer holds what it needs of the per-token arrays in its own form; as parsed (~9 MB of Python
+        # strings for a 49k vocabulary) they would stay alive with the file. `inspect`, `convert` and `quantize`
+        # open the file afresh and still see every key.
+        for key in VOCABULARY_KEYS:
+            metadata.pop(key, None)
         if threads is not None:
             set_num_threads(threads)
         # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
-        self.net = architecture(self.config, GGUFWeights(self.gguf, packed=not reference), self.context)
+        self.net = architecture(self.config, GGUFWeights(self.file, packed=not reference), self.context)
+        release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
         self.cache = self.new_cache()
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
 
-    def new_cache(self, max_tokens: int | None = None) -> KVCache:
+    def new_cache(self, max_tokens: int | None = None, kv_type: str | None = None) -> KVCache:
+        """An empty cache for this model, of its own kv_type unless another is named."""
         c = self.config
-        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_tokens or self.context, dtype=self.kv_dtype)
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_tokens or self.context,
+                       kv_type=kv_type or self.kv_type)
 
     # --- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
@@ -125,10 +135,11 @@ class Model:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None) -> Model:
-    """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file.
+    """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the float32 reference path instead of the packed kernels; `threads` sets the
-    kernels' thread count (default: the physical cores); `kv_type` is "f16" (default) or "f32".
+    kernels' thread count (default: the physical cores); `kv_type` is "f16" (default), "f32" or "q8_0"
+    (8.5 bits a value, llama.cpp's -ctk/-ctv q8_0; needs a head size that is a multiple of 32).
     """
     return Model(ModelStore().resolve(name_or_path, pull=pull), context=context, reference=reference,
                  threads=threads, kv_type=kv_type)

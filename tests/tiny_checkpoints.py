@@ -25,7 +25,7 @@ LONGEST_WINDOW = 5
 
 
 class CheckpointMaker:
-    """maker(model_type) -> (folder, transformers model), each type made once."""
+    """maker(model_type, **changes) -> (folder, transformers model), each variant made once."""
 
     def __init__(self, tmp_path_factory, tokenizer):
         self.tmp_path_factory = tmp_path_factory
@@ -34,10 +34,12 @@ class CheckpointMaker:
         tokenizer.save_pretrained(self.tokenizer_folder)
         self.made = {}
 
-    def __call__(self, model_type: str):
-        if model_type not in self.made:
+    def __call__(self, model_type: str, **changes):
+        key = model_type, tuple(sorted(changes.items()))
+        if key not in self.made:
             config_class, settings = ARCHITECTURES[model_type]
-            config = getattr(transformers, config_class)(**{**SETTINGS, **settings, "vocab_size": len(self.tokenizer)})
+            config = getattr(transformers, config_class)(**{**SETTINGS, **settings, **changes,
+                                                            "vocab_size": len(self.tokenizer)})
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32,
                                                                   attn_implementation="eager").eval()
@@ -47,5 +49,5 @@ class CheckpointMaker:
             folder = self.tmp_path_factory.mktemp(model_type)
             model.save_pretrained(folder)
             shutil.copytree(self.tokenizer_folder, folder, dirs_exist_ok=True)
-            self.made[model_type] = folder, model
-        return self.made[model_type]
+            self.made[key] = folder, model
+        return self.made[key]

@@ -1,7 +1,12 @@
 """The KV cache: keys and values of every layer for one sequence, preallocated to the context.
 
 The interface is small: `offset` (tokens stored), `update` (write this step's keys/values for a
-layer, get back everything stored so far), `advance` (after the last layer) and `truncate`.
+layer, get back everything stored so far), `advance` (after the last layer) and `truncate`;
+`extend` appends rows copied from another cache (a cached prompt prefix).
+
+Keys and values are stored as float32, float16, or q8_0 (llama.cpp's `-ctk q8_0 -ctv q8_0`): per 32
+values along head_dim one GGML Q8_0 block of 34 bytes (an f16 scale and 32 int8), kept as uint8 rows
+that the attention kernel reads directly. q8_0 is 8.5 bits a value against f16's 16.
 """
 
 from __future__ import annotations
@@ -9,14 +14,31 @@ from __future__ import annotations
 import torch
 
 from ..errors import RequestError
+from ..kernels.attention import Q8_0_BYTES, QK, quantize_q8_0_rows
+from ..quant import GGMLType, dequantize
+
+KV_TYPES = {"f32": torch.float32, "f16": torch.float16, "q8_0": torch.uint8}  # name -> the dtype rows are stored in
+
+
+def dequantize_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Rows of a q8_0 cache (..., head_dim / 32 * 34) uint8 -> (..., head_dim) float32 (deeproots.quant's Q8_0)."""
+    head_dim = rows.shape[-1] // Q8_0_BYTES * QK
+    values = dequantize(rows.contiguous().numpy().reshape(-1), GGMLType.Q8_0, (head_dim, rows[..., 0].numel()))
+    return torch.from_numpy(values).reshape(*rows.shape[:-1], head_dim)
 
 
 class KVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, kv_type: str = "f32"):
+        if kv_type not in KV_TYPES:
+            raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        if kv_type == "q8_0" and head_dim % QK:
+            raise RequestError(f"a q8_0 KV cache needs a head size that is a multiple of {QK}; this model's is "
+                               f"{head_dim}: use f16")
+        self.kv_type = kv_type
         self.max_tokens = max_tokens
-        # (n_layers, n_kv_heads, max_tokens, head_dim): heads first so a layer's prefix is what SDPA takes.
-        self.keys = torch.zeros(n_layers, n_kv_heads, max_tokens, head_dim, dtype=dtype)
+        row = head_dim // QK * Q8_0_BYTES if kv_type == "q8_0" else head_dim  # elements per stored key/value
+        # (n_layers, n_kv_heads, max_tokens, row): heads first so a layer's prefix is what attention takes.
+        self.keys = torch.zeros(n_layers, n_kv_heads, max_tokens, row, dtype=KV_TYPES[kv_type])
         self.values = torch.zeros_like(self.keys)
         self.offset = 0
 
@@ -24,16 +46,36 @@ class KVCache:
         return self.max_tokens - self.offset
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `keys`/`values` (n_kv_heads, T, head_dim) at the current offset.
+        """Store `keys`/`values` (n_kv_heads, T, head_dim) at the current offset (float32 for q8_0).
 
-        Returns all keys and values of this layer so far, (n_kv_heads, offset + T, head_dim) each.
+        Returns all keys and values of this layer so far, (n_kv_heads, offset + T, row) each, where row is
+        head_dim, or head_dim / 32 * 34 bytes of Q8_0 blocks in a q8_0 cache.
         """
         end = self.offset + keys.shape[1]
         if end > self.max_tokens:
             raise RequestError(f"the KV cache holds {self.max_tokens} tokens; this step needs {end}")
-        self.keys[layer, :, self.offset:end] = keys
-        self.values[layer, :, self.offset:end] = values
+        if self.kv_type == "q8_0":
+            quantize_q8_0_rows(keys, self.keys[layer, :, self.offset:end])
+            quantize_q8_0_rows(values, self.values[layer, :, self.offset:end])
+        else:
+            self.keys[layer, :, self.offset:end] = keys
+            self.values[layer, :, self.offset:end] = values
         return self.keys[layer, :, :end], self.values[layer, :, :end]
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append rows as this cache stores them, (n_layers, n_kv_heads, n, row) each (e.g. a slice of another
+        cache's `keys`/`values` of the same kv_type), to every layer, and advance past them."""
+        end = self.offset + keys.shape[2]
+        expected = (*self.keys.shape[:2], keys.shape[2], self.keys.shape[3])
+        if keys.dtype != self.keys.dtype or values.dtype != self.keys.dtype or keys.shape != expected or \
+                values.shape != expected:
+            raise RequestError(f"extend needs keys and values of shape {expected} and dtype {self.keys.dtype}, got "
+                               f"{tuple(keys.shape)} {keys.dtype} and {tuple(values.shape)} {values.dtype}")
+        if end > self.max_tokens:
+            raise RequestError(f"the KV cache holds {self.max_tokens} tokens; this step needs {end}")
+        self.keys[:, :, self.offset:end] = keys
+        self.values[:, :, self.offset:end] = values
+        self.offset = end
 
     def advance(self, n_tokens: int) -> None:
         self.offset += n_tokens

@@ -22,7 +22,7 @@ class PrefixCache:
     def __init__(self, *, block_size: int = 32, capacity_tokens: int = 4096):
         self.block_size = block_size
         self.capacity_blocks = capacity_tokens // block_size
-        # key -> (keys, values), each (n_layers, n_kv_heads, block_size, head_dim)
+        # key -> (keys, values), each (n_layers, n_kv_heads, block_size, row) as KVCache stores them
         self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.hit_tokens = 0  # prompt tokens served from the cache, for /metrics
 
@@ -44,11 +44,8 @@ class PrefixCache:
             self.blocks.move_to_end(key)
             found.append(self.blocks[key])
         if found:
-            keys = torch.cat([k for k, _ in found], dim=2)  # (n_layers, n_kv_heads, n_cached, head_dim)
-            values = torch.cat([v for _, v in found], dim=2)
-            for layer in range(keys.shape[0]):
-                cache.update(layer, keys[layer], values[layer])
-            cache.advance(keys.shape[2])
+            # (n_layers, n_kv_heads, n_cached, row): rows as the cache stores them (floats, or q8_0 bytes)
+            cache.extend(torch.cat([k for k, _ in found], dim=2), torch.cat([v for _, v in found], dim=2))
         self.hit_tokens += cache.offset
         return cache.offset
 

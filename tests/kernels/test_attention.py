@@ -1,5 +1,6 @@
-"""The attention kernel against torch's SDPA in float64, within its documented bound; and its invariance: a row's
-result is the same bits whatever the number of rows in the call and the number of threads.
+"""The attention kernel against torch's SDPA in float64, within its documented bound, over f32, f16 and q8_0 caches
+(q8_0 against its dequantized values), with and without a sliding window; and its invariance: a row's result is the
+same bits whatever the number of rows in the call and the number of threads.
 
 The installed extension is built for this machine's best ISA; the AVX2 and portable C paths of csrc/attention.c are
 built here too (-march=x86-64-v3 and -march=x86-64, as a plain library called through ctypes) and checked the same way.
@@ -16,73 +17,138 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deeproots.cache.kv import dequantize_rows
 from deeproots.errors import RequestError
 from deeproots.kernels import cached_attention, get_num_threads, set_num_threads
+from deeproots.models.layers import causal_attention
+from deeproots.quant import GGMLType, quantize
 
 U = 2.0**-24  # f32 unit roundoff
 CSRC = Path(__file__).resolve().parents[2] / "deeproots" / "kernels" / "csrc"
 HEADS = [(9, 3), (8, 8), (4, 1)]  # (n_heads, n_kv_heads)
 CACHE = 320  # positions the test cache holds: k and v are views with a head stride larger than L * D
+KV_TYPES = ["f32", "f16", "q8_0"]
+WINDOWS = [1, 3, 64, 65, 1000]  # one key; a few; a whole chunk; a chunk and one; more than any L here
 
 
-def make_inputs(n_heads: int, n_kv: int, T: int, L: int, D: int, dtype: torch.dtype, seed: int):
-    """q (n_heads, T, D) as the model's transposed view of (T, n_heads, D); k, v (n_kv, L, D) views into a cache."""
+def cache_rows(x: torch.Tensor, kv_type: str) -> torch.Tensor:
+    """x (n_kv, positions, D) f32 as a cache of `kv_type` stores it; q8_0 through the quant module's quantizer."""
+    if kv_type == "q8_0":
+        return torch.from_numpy(quantize(x.numpy(), GGMLType.Q8_0))  # (n_kv, positions, D / 32 * 34) uint8
+    return x.to({"f32": torch.float32, "f16": torch.float16}[kv_type])
+
+
+def values_of(rows: torch.Tensor) -> torch.Tensor:
+    """The values the kernel computes with: floats as they are, q8_0 rows dequantized (exact in f32)."""
+    return dequantize_rows(rows) if rows.dtype == torch.uint8 else rows
+
+
+def make_inputs(n_heads: int, n_kv: int, T: int, L: int, D: int, kv_type: str, seed: int):
+    """q (n_heads, T, D) as the model's transposed view of (T, n_heads, D); k, v (n_kv, L, row) views into a cache."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(T, n_heads, D, generator=g).transpose(0, 1) * 1.5
-    k = (torch.randn(n_kv, CACHE, D, generator=g) * 1.5).to(dtype)[:, :L]
-    v = torch.randn(n_kv, CACHE, D, generator=g).to(dtype)[:, :L]
+    k = cache_rows(torch.randn(n_kv, CACHE, D, generator=g) * 1.5, kv_type)[:, :L]
+    v = cache_rows(torch.randn(n_kv, CACHE, D, generator=g), kv_type)[:, :L]
     return q, k, v
 
 
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """SDPA in float64 on the same (f16-rounded, where so) values: (T, n_heads * D)."""
+def visible_keys(T: int, L: int, window: int | None) -> torch.Tensor:
+    """(T, L): query i (position L - T + i) sees key j iff j <= L - T + i and L - T + i - j < window."""
+    position = torch.arange(L - T, L)[:, None]
+    key = torch.arange(L)[None, :]
+    return (key <= position) & ((position - key < window) if window else True)
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None):
+    """SDPA in float64 on the same (f16-rounded or dequantized, where so) values: (T, n_heads * D)."""
     T, L = q.shape[1], k.shape[1]
-    mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
-    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, scale=scale,
-                                         enable_gqa=True)
+    k, v = values_of(k), values_of(v)
+    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=visible_keys(T, L, window),
+                                         scale=scale, enable_gqa=True)
     return out.transpose(0, 1).reshape(T, -1)
 
 
-def error_bound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def error_bound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                window: int | None = None) -> torch.Tensor:
     """The bound documented in deeproots/kernels/attention.py, per output (T, n_heads * D)."""
+    k, v = values_of(k), values_of(v)
     (H, T, D), (G, L, _) = q.shape, k.shape
     gamma = lambda m: m * U / (1 - m * U)  # noqa: E731
     qd = q.double()
     kd = k.double().repeat_interleave(H // G, dim=0)  # (H, L, D)
     vd = v.double().repeat_interleave(H // G, dim=0).abs()
-    n = torch.arange(L - T + 1, L + 1, dtype=torch.float64)  # keys per row
-    visible = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
+    visible = visible_keys(T, L, window)
+    n = visible.sum(1).double()  # keys per row
     scores = (qd @ kd.transpose(1, 2) * scale).masked_fill(~visible, -math.inf)  # (H, T, L)
     p = scores.softmax(-1)
     delta = (gamma(D + 2) * abs(scale) * (qd.abs() @ kd.abs().transpose(1, 2))).masked_fill(~visible, 0)
     delta = delta.amax(-1, keepdim=True)  # (H, T, 1)
-    vmax = torch.stack([vd[:, : int(m)].amax(1) for m in n], dim=1)  # (H, T, D): max |v| over each row's keys
+    spans = [(i + 1 - window if window and i + 1 > window else 0, i + 1) for i in range(L - T, L)]  # visible keys
+    vmax = torch.stack([vd[:, a:b].amax(1) for a, b in spans], dim=1)  # (H, T, D): max |v| over each row's keys
     bound = 2.02 * delta * (p @ vd) + ((3 * n + 24) * U)[None, :, None] * vmax
     return bound.transpose(0, 1).reshape(T, -1)
 
 
-def check(attend, n_heads: int, n_kv: int, T: int, L: int, D: int, dtype: torch.dtype, seed: int) -> None:
-    q, k, v = make_inputs(n_heads, n_kv, T, L, D, dtype, seed)
+def check(attend, n_heads: int, n_kv: int, T: int, L: int, D: int, kv_type: str, seed: int,
+          window: int | None = None) -> None:
+    q, k, v = make_inputs(n_heads, n_kv, T, L, D, kv_type, seed)
     scale = 1.0 / math.sqrt(D)
-    out = attend(q, k, v, scale)
+    out = attend(q, k, v, scale, window=window)
     assert out.shape == (T, n_heads * D) and out.dtype == torch.float32 and out.is_contiguous()
-    err = (out.double() - reference(q, k, v, scale)).abs()
-    worst = (err / error_bound(q, k, v, scale)).max().item()
-    assert worst <= 1.0, f"H={n_heads}/{n_kv} T={T} L={L} D={D} {dtype}: error reaches {worst:.3f} of the bound"
+    err = (out.double() - reference(q, k, v, scale, window)).abs()
+    worst = (err / error_bound(q, k, v, scale, window)).nan_to_num(0).max().item()  # 0 / 0: q8_0 values of 0
+    assert worst <= 1.0, (f"H={n_heads}/{n_kv} T={T} L={L} D={D} {kv_type} window={window}: error reaches "
+                          f"{worst:.3f} of the bound")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("D", [64, 128, 40])
+def head_sizes(kv_type: str) -> list[int]:
+    """The specialised sizes 64 and 128 and a generic one (q8_0 needs a multiple of 32)."""
+    return [64, 128, 96 if kv_type == "q8_0" else 40]
+
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+@pytest.mark.parametrize("size", [0, 1, 2], ids=["D64", "D128", "Dodd"])
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}x{h[1]}")
 @pytest.mark.parametrize("T", [1, 3, 8, 33])
-def test_matches_sdpa_within_bound(T, heads, D, dtype):
+def test_matches_sdpa_within_bound(T, heads, size, kv_type):
+    D = head_sizes(kv_type)[size]
     for i, L in enumerate(sorted({T, T + 1, T + 64, 300})):  # 64: a chunk of keys ends exactly at the last one
-        check(cached_attention, *heads, T, L, D, dtype, seed=1000 * T + 10 * D + i)
+        check(cached_attention, *heads, T, L, D, kv_type, seed=1000 * T + 10 * D + i)
+
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("T", [1, 7, 70])
+def test_sliding_window_matches_sdpa_within_bound(T, window, kv_type):
+    for i, (heads, L, D) in enumerate([((9, 3), 300, 64), ((4, 1), T + 64, head_sizes(kv_type)[2]),
+                                       ((8, 8), T, 128), ((9, 3), 129, 64)]):
+        check(cached_attention, *heads, T, L, D, kv_type, seed=100 * T + window + i, window=window)
+
+
+def test_q8_0_cache_stays_near_the_float32_one():
+    """Against the unquantized keys and values: Q8_0 rounds each value by up to 1/254 of its block's largest."""
+    for seed, D in enumerate([64, 128, 96]):
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(33, 9, D, generator=g).transpose(0, 1) * 1.5
+        k, v = torch.randn(3, 300, D, generator=g) * 1.5, torch.randn(3, 300, D, generator=g)
+        out = cached_attention(q, cache_rows(k, "q8_0"), cache_rows(v, "q8_0"), 1 / math.sqrt(D))
+        exact = reference(q, k, v, 1 / math.sqrt(D))
+        assert (out.double() - exact).abs().max() <= 0.03 * v.abs().max()  # measured: at most 0.012
+
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+@pytest.mark.parametrize("window", [None, *WINDOWS])
+def test_reference_attention_matches_sdpa(window, kv_type):
+    """layers.causal_attention, the slow path the models' reference runs, also for T = 1 with a window."""
+    for T, L in [(1, 1), (1, 200), (5, 200), (200, 200)]:
+        q, k, v = make_inputs(9, 3, T, L, 64, kv_type, seed=T + L)
+        expected = reference(q, k, v, 0.125, window)
+        assert (causal_attention(q, k, v, 0.125, window=window).double() - expected).abs().max() < 1e-5
 
 
 def test_bound_is_tight_enough_to_mean_something():
     """A few 1e-4 of max |v| at L=300, where dropping a single key moves the output past it."""
-    q, k, v = make_inputs(9, 3, 8, 300, 64, torch.float32, seed=1)
+    q, k, v = make_inputs(9, 3, 8, 300, 64, "f32", seed=1)
     bound = error_bound(q, k, v, 0.125)
     assert bound.max() < 3e-4 * v.abs().max()
     keep = torch.arange(300) != 150
@@ -90,33 +156,43 @@ def test_bound_is_tight_enough_to_mean_something():
     assert ((cached_attention(q, k, v, 0.125).double() - dropped).abs() > bound).any()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("D", [64, 40])
-def test_rows_do_not_depend_on_the_call(D, dtype):
+@pytest.mark.parametrize("window", [None, 1, 64, 65, 100])
+@pytest.mark.parametrize("kv_type,D", [("f32", 64), ("f16", 40), ("q8_0", 64), ("q8_0", 96)])
+def test_rows_do_not_depend_on_the_call(kv_type, D, window):
     """Prefill in one call == any split into calls over a growing cache (each with the right L) == one row at a time."""
     L = 300
-    q, k, v = make_inputs(9, 3, L, L, D, dtype, seed=D)
-    whole = cached_attention(q, k, v, 0.125)
+    q, k, v = make_inputs(9, 3, L, L, D, kv_type, seed=D)
+    whole = cached_attention(q, k, v, 0.125, window=window)
     for cuts in ([0, 5, 70, 71, 200, 300], [0, 1, 2, 64, 65, 129, 300], list(range(0, 301, 20)), list(range(L + 1))):
-        parts = [cached_attention(q[:, a:b], k[:, :b], v[:, :b], 0.125) for a, b in zip(cuts, cuts[1:])]
+        parts = [cached_attention(q[:, a:b], k[:, :b], v[:, :b], 0.125, window=window)
+                 for a, b in zip(cuts, cuts[1:])]
         assert torch.equal(torch.cat(parts), whole), f"cuts {cuts[:8]}..."
 
 
-def test_thread_counts_give_identical_results():
-    q, k, v = make_inputs(9, 3, 33, 300, 64, torch.float32, seed=2)
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+def test_thread_counts_give_identical_results(kv_type):
+    q, k, v = make_inputs(9, 3, 33, 300, 64, kv_type, seed=2)
     before = get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             set_num_threads(threads)
             results.append(cached_attention(q, k, v, 0.125))
+            results.append(cached_attention(q, k, v, 0.125, window=70))
     finally:
         set_num_threads(before)
-    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert all(torch.equal(results[i % 2], r) for i, r in enumerate(results))
+
+
+def test_window_zero_or_longer_than_the_cache_is_no_window():
+    q, k, v = make_inputs(9, 3, 20, 50, 64, "f16", seed=7)
+    whole = cached_attention(q, k, v, 0.125)
+    assert all(torch.equal(cached_attention(q, k, v, 0.125, window=w), whole) for w in (0, 50, 51))
+    assert not torch.equal(cached_attention(q, k, v, 0.125, window=49), whole)
 
 
 def test_writes_into_out_and_handles_zero_rows():
-    q, k, v = make_inputs(4, 1, 3, 10, 64, torch.float32, seed=3)
+    q, k, v = make_inputs(4, 1, 3, 10, 64, "f32", seed=3)
     out = torch.full((3, 256), float("nan"))
     assert cached_attention(q, k, v, 0.125, out) is out
     assert torch.equal(out, cached_attention(q, k, v, 0.125))
@@ -124,13 +200,15 @@ def test_writes_into_out_and_handles_zero_rows():
 
 
 def test_contiguous_inputs_give_the_same_bits_as_views():
-    q, k, v = make_inputs(8, 8, 5, 40, 128, torch.float16, seed=4)
-    assert torch.equal(cached_attention(q, k, v, 0.1), cached_attention(q.contiguous(), k.contiguous(), v.contiguous(), 0.1))
+    for kv_type in ("f16", "q8_0"):
+        q, k, v = make_inputs(8, 8, 5, 40, 128, kv_type, seed=4)
+        contiguous = q.contiguous(), k.contiguous(), v.contiguous()
+        assert torch.equal(cached_attention(q, k, v, 0.1), cached_attention(*contiguous, 0.1))
 
 
 def _args(**changes):
-    q, k, v = make_inputs(4, 2, 3, 10, 16, torch.float32, seed=5)
-    args = {"q": q, "k": k, "v": v, "scale": 0.25, "out": None}
+    q, k, v = make_inputs(4, 2, 3, 10, 16, "f32", seed=5)
+    args = {"q": q, "k": k, "v": v, "scale": 0.25, "out": None, "window": None}
     args.update({name: change(args) for name, change in changes.items()})
     return args
 
@@ -154,14 +232,33 @@ def _args(**changes):
         {"out": lambda a: torch.empty(3, 63)},
         {"out": lambda a: torch.empty(64, 3).T},
         {"out": lambda a: torch.empty(3, 64, dtype=torch.float64)},
+        {"window": lambda a: -1},
+        {"window": lambda a: 2.0},
+        {"window": lambda a: "8"},
+        {"window": lambda a: True},
+        # uint8 rows are q8_0 blocks: D = 16 is no multiple of 32, and D = 32 needs 34 bytes a row, not 32
+        {"k": lambda a: a["k"].to(torch.uint8), "v": lambda a: a["v"].to(torch.uint8)},
+        {"q": lambda a: torch.randn(4, 3, 32), "k": lambda a: torch.zeros(2, 10, 32, dtype=torch.uint8),
+         "v": lambda a: torch.zeros(2, 10, 32, dtype=torch.uint8)},
+        {"q": lambda a: torch.randn(4, 3, 34), "k": lambda a: torch.zeros(2, 10, 34, dtype=torch.uint8),
+         "v": lambda a: torch.zeros(2, 10, 34, dtype=torch.uint8)},
+        {"q": lambda a: torch.randn(4, 3, 32), "k": lambda a: torch.zeros(2, 10, 34, dtype=torch.uint8)},
     ],
     ids=["q-float64", "q-2d", "q-strided-last", "q-D-mismatch", "heads-not-multiple", "T-over-L", "q-list",
          "kv-dtypes-differ", "kv-bf16", "kv-shapes-differ", "D-zero", "no-kv-heads", "scale-str", "out-shape",
-         "out-strided", "out-dtype"],
+         "out-strided", "out-dtype", "window-negative", "window-float", "window-str", "window-bool",
+         "q8_0-D-16", "q8_0-row-too-short", "q8_0-D-34", "q8_0-k-only"],
 )
 def test_bad_arguments_raise_request_error(changes):
     with pytest.raises(RequestError):
         cached_attention(**_args(**changes))
+
+
+@pytest.mark.parametrize("window", [-1, 2.0, "8", True])
+def test_reference_rejects_bad_windows(window):
+    q, k, v = make_inputs(4, 2, 3, 10, 16, "f32", seed=5)
+    with pytest.raises(RequestError):
+        causal_attention(q, k, v, 0.25, window=window)
 
 
 class _Attn(ctypes.Structure):  # attn_t in csrc/attention.h
@@ -170,7 +267,35 @@ class _Attn(ctypes.Structure):  # attn_t in csrc/attention.h
                 ("k_row", ctypes.c_int64), ("v_head", ctypes.c_int64), ("v_row", ctypes.c_int64),
                 ("kv_type", ctypes.c_int), ("n_heads", ctypes.c_int64), ("n_kv_heads", ctypes.c_int64),
                 ("T", ctypes.c_int64), ("L", ctypes.c_int64), ("D", ctypes.c_int64), ("scale", ctypes.c_float),
-                ("out", ctypes.c_void_p)]
+                ("out", ctypes.c_void_p), ("window", ctypes.c_int64)]
+
+
+class _FallbackBuild:
+    """csrc/attention.c built for an older ISA: attention, and the q8_0 quantizer, called through ctypes."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        lib.attention_run.argtypes = [ctypes.POINTER(_Attn), ctypes.c_int]
+        lib.kv_quantize_q8_0.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 2, ctypes.c_void_p,
+                                         *[ctypes.c_int64] * 5]
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, threads: int = 2,
+                 window: int | None = None) -> torch.Tensor:
+        (H, T, D), (G, L, _) = q.shape, k.shape
+        out = torch.empty(T, H * D)
+        kv_type = {torch.float32: 0, torch.float16: 1, torch.uint8: 8}[k.dtype]
+        args = _Attn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                     v.stride(0), v.stride(1), kv_type, H, G, T, L, D, scale, out.data_ptr(), window or 0)
+        self.lib.attention_run(ctypes.byref(args), threads)
+        return out
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """x (heads, rows, D) f32 -> (heads, rows, D / 32 * 34) q8_0 bytes."""
+        heads, rows, D = x.shape
+        out = torch.empty(heads, rows, D // 32 * 34, dtype=torch.uint8)
+        self.lib.kv_quantize_q8_0(x.data_ptr(), x.stride(0), x.stride(1), out.data_ptr(), out.stride(0),
+                                  out.stride(1), heads, rows, D)
+        return out
 
 
 @pytest.fixture(scope="module", params=["x86-64-v3", "x86-64"], ids=["avx2", "portable-c"])
@@ -183,26 +308,30 @@ def fallback_attention(request, tmp_path_factory):
     sources = [str(CSRC / "attention.c"), str(CSRC / "pool.c")]
     cmd = [compiler, "-O2", f"-march={request.param}", "-std=c11", "-shared", "-fPIC", "-pthread"]
     subprocess.run([*cmd, *sources, "-o", str(lib_path), "-lm"], check=True)
-    lib = ctypes.CDLL(str(lib_path))
-    lib.attention_run.argtypes = [ctypes.POINTER(_Attn), ctypes.c_int]
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, threads: int = 2) -> torch.Tensor:
-        (H, T, D), (G, L, _) = q.shape, k.shape
-        out = torch.empty(T, H * D)
-        args = _Attn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
-                     v.stride(0), v.stride(1), 0 if k.dtype == torch.float32 else 1, H, G, T, L, D, scale,
-                     out.data_ptr())
-        lib.attention_run(ctypes.byref(args), threads)
-        return out
-
-    return attend
+    return _FallbackBuild(ctypes.CDLL(str(lib_path)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-def test_fallback_isas_match_sdpa_and_stay_invariant(fallback_attention, dtype):
-    for heads, T, L, D in [((9, 3), 1, 17, 64), ((8, 8), 8, 100, 128), ((4, 1), 33, 300, 40)]:
-        check(fallback_attention, *heads, T, L, D, dtype, seed=T + D)
-    q, k, v = make_inputs(9, 3, 130, 130, 40, dtype, seed=6)
-    whole = fallback_attention(q, k, v, 0.125, threads=1)
-    parts = [fallback_attention(q[:, a:b], k[:, :b], v[:, :b], 0.125) for a, b in [(0, 1), (1, 65), (65, 130)]]
-    assert torch.equal(torch.cat(parts), whole)
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+def test_fallback_isas_match_sdpa_and_stay_invariant(fallback_attention, kv_type):
+    odd = head_sizes(kv_type)[2]
+    for heads, T, L, D, window in [((9, 3), 1, 17, 64, None), ((8, 8), 8, 100, 128, None), ((4, 1), 33, 300, odd, None),
+                                   ((9, 3), 1, 200, 64, 65), ((4, 1), 33, 300, odd, 3)]:
+        check(fallback_attention, *heads, T, L, D, kv_type, seed=T + D, window=window)
+    q, k, v = make_inputs(9, 3, 130, 130, odd, kv_type, seed=6)
+    for window in (None, 70):
+        whole = fallback_attention(q, k, v, 0.125, threads=1, window=window)
+        parts = [fallback_attention(q[:, a:b], k[:, :b], v[:, :b], 0.125, window=window)
+                 for a, b in [(0, 1), (1, 65), (65, 130)]]
+        assert torch.equal(torch.cat(parts), whole)
+
+
+def test_fallback_isas_quantize_like_the_quant_module(fallback_attention):
+    """Every f16 scale range (subnormal to near overflow), all-zero blocks, exact halves; strided views."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 300, 96, generator=g) * torch.logspace(-8, 6, 300)[None, :, None]
+    x[0, 0] = 0
+    x[1, 1, :32] = torch.arange(-16, 16) + 0.5  # amax 127 would make d = 1: take 127 in, so every value is a half
+    x[1, 1, 0] = 127
+    assert torch.equal(fallback_attention.quantize(x), cache_rows(x, "q8_0"))
+    view = x.transpose(0, 1)[:, ::2]  # (300, 1, 96): strided heads and rows
+    assert torch.equal(fallback_attention.quantize(view), cache_rows(view.contiguous(), "q8_0"))

@@ -76,6 +76,27 @@ def test_converted_gguf_matches_transformers(checkpoint, target, tmp_path):
     assert top1 >= top1_bound
 
 
+# What llama.cpp cannot express, changed so that its output can be compared: it fixes Gemma 3's attention
+# scale at 1/sqrt(head_dim) (ignoring the file's attention.scale), and its llama architecture has no window.
+LLAMA_CPP_CHANGES = {"gemma3_text": {"query_pre_attn_scalar": 32}, "mistral": {"sliding_window": None}}
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_llama_cpp_runs_the_converted_file(model_type, tiny_checkpoint, tmp_path):
+    """llama.cpp (where the optional bench extra is installed) reads our GGUF and computes transformers' logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    folder, hf_model = tiny_checkpoint(model_type, **LLAMA_CPP_CHANGES.get(model_type, {}))
+    out = tmp_path / "model-f32.gguf"
+    convert_folder(folder, out, "f32", progress=False)
+    ids = deeproots.load(out, reference=True).tokenize(TEXT)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[:len(ids)])  # (T, vocab)
+    max_diff, top1 = compare(theirs, hf_logits(hf_model, ids))
+    assert max_diff < 1e-2  # llama.cpp's own arithmetic (f16 K/V cache) against transformers' float32
+    assert top1 >= 0.95
+
+
 def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2):
     folder, hf_model = checkpoint
     model = deeproots.load(folder, reference=True)

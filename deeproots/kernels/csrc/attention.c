@@ -1,12 +1,13 @@
-/* Causal grouped-query attention over a KV cache; the contract and the error bound are in
- * deeproots/kernels/attention.py.
+/* Causal grouped-query attention over a KV cache, and the q8_0 rows it reads; the contract and the error bound are
+ * in deeproots/kernels/attention.py.
  *
  * Every (head, query row) pair is computed start to finish by one thread, by the same code, in an order that depends
- * only on the row's own key count n (its absolute position + 1): keys are taken in chunks of KC at fixed absolute
- * offsets 0, KC, 2 KC, ...; per chunk come the scores (one dot product per key, lanes summed in a fixed order),
- * their max, exp(score - running max) and its sum, then the value rows in key order, with the running sum and the
- * output rescaled when the max grows (online softmax). So a row's result is the same bits whatever T, the row's
- * place in the call, or the thread that ran it.
+ * only on the row's absolute position: its keys run from `first` (0, or the oldest key inside a sliding window) to
+ * n - 1 (the row itself), taken in chunks of KC at fixed absolute offsets (the first chunk is the one holding
+ * `first`, its keys below `first` masked); per chunk come the scores (one dot product per key, lanes summed in a
+ * fixed order), their max, exp(score - running max) and its sum, then the value rows in key order, with the running
+ * sum and the output rescaled when the max grows (online softmax). So a row's result is the same bits whatever T,
+ * the row's place in the call, or the thread that ran it.
  */
 #include "attention.h"
 
@@ -18,33 +19,84 @@
 #define KC 64 /* keys per chunk: their scores live on the stack */
 #define SLAB 8 /* output vectors held in registers while a chunk's value rows stream past */
 #define MIN_WORK_PER_THREAD 32768 /* key x dim products (~3 us) below which another thread is not worth waking */
+#define Q8_0_BYTES (2 + QBLOCK) /* a q8_0 block: f16 scale d, then 32 int8 q; value = d * q */
 
-/* out (D) = sum_j softmax_j(scale * q . k_j) v_j over keys j in [0, n); k and v point at key 0, rows `k_row` and
+/* VW int8 values at p as f32, and an f16 scale, for the ISA simd.h selected. */
+#if defined(ISA_AVX512)
+INLINE vf load_i8(const uint8_t *p)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+INLINE float load_f16(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
+#elif defined(ISA_AVX2)
+INLINE vf load_i8(const uint8_t *p)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+INLINE float load_f16(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
+#else
+INLINE vf load_i8(const uint8_t *p) { return (float)(int8_t)*p; }
+INLINE float load_f16(const uint8_t *p) { return f16_to_f32(load_u16(p)); }
+#endif
+
+/* Values [d, d + min(n, VW)) of a key or value row, as f32. d is a multiple of VW, so in a q8_0 row (D a multiple of
+ * 32) they lie in one block; d * q is exact in f32, so q8_0 rows read as exactly their dequantized values. */
+INLINE vf load_row(const int type, const uint8_t *row, int64_t d, int64_t n)
+{
+    if (type != T_Q8_0)
+        return load_kv(type, row + d * (type == T_F32 ? 4 : 2), n);
+    const uint8_t *block = row + d / QBLOCK * Q8_0_BYTES;
+    return vmul(load_i8(block + 2 + d % QBLOCK), vset1(load_f16(block)));
+}
+
+/* q . key for a key row of D values. A q8_0 row's blocks are summed as d_b * (q . q_b): the block's int8 products,
+ * then one fma with its scale (d_b * q_bi is exact), so a term is rounded at most 32 / VW + D / 32 times before the
+ * lane sum: within the D + 2 roundings the error bound allows, as for the float rows' single chain. */
+INLINE float dot_row(const int type, const int64_t D, const float *q, const uint8_t *key)
+{
+    vf dot = vset1(0.0f);
+    if (type != T_Q8_0) {
+        for (int64_t d = 0; d < D; d += VW)
+            dot = vfma(load_f32(q + d, D - d), load_row(type, key, d, D - d), dot);
+        return vsum(dot);
+    }
+    for (int64_t b = 0; b < D; b += QBLOCK) {
+        const uint8_t *block = key + b / QBLOCK * Q8_0_BYTES;
+        vf part = vset1(0.0f);
+        for (int64_t d = 0; d < QBLOCK; d += VW)
+            part = vfma(load_f32(q + b + d, VW), load_i8(block + 2 + d), part);
+        dot = vfma(part, vset1(load_f16(block)), dot);
+    }
+    return vsum(dot);
+}
+
+/* out (D) = sum_j softmax_j(scale * q . k_j) v_j over keys j in [first, n); k and v point at key 0, rows `k_row` and
  * `v_row` bytes apart. out doubles as the running accumulator. */
 INLINE void attend_row(const int type, const int64_t D, const float *q, const uint8_t *k, int64_t k_row,
-                       const uint8_t *v, int64_t v_row, int64_t n, float scale, float *out)
+                       const uint8_t *v, int64_t v_row, int64_t first, int64_t n, float scale, float *out)
 {
-    const int64_t es = type == T_F32 ? 4 : 2;
     float m = -INFINITY, l = 0.0f; /* running max of the scores, running sum of exp(score - m) */
     for (int64_t d = 0; d < D; d++)
         out[d] = 0.0f;
-    for (int64_t j0 = 0; j0 < n; j0 += KC) {
+    for (int64_t j0 = first - first % KC; j0 < n; j0 += KC) {
         const int64_t kc = n - j0 < KC ? n - j0 : KC;
+        const int64_t js = first > j0 ? first - j0 : 0; /* this chunk's first visible key */
         _Alignas(64) float s[KC]; /* scores, then their weights exp(score - m) */
         float chunk_max = -INFINITY;
-        for (int64_t j = 0; j < kc; j++) {
+        for (int64_t j = 0; j < js; j++)
+            s[j] = -INFINITY; /* keys below the window: defined inputs for exp, weights zeroed below */
+        for (int64_t j = js; j < kc; j++) {
             const uint8_t *key = k + (j0 + j) * k_row;
-            vf dot = vset1(0.0f);
-            for (int64_t d = 0; d < D; d += VW)
-                dot = vfma(load_f32(q + d, D - d), load_kv(type, key + d * es, D - d), dot);
-            s[j] = vsum(dot) * scale;
+            s[j] = dot_row(type, D, q, key) * scale;
             chunk_max = s[j] > chunk_max ? s[j] : chunk_max;
         }
         const float m_new = chunk_max > m ? chunk_max : m;
         const float alpha = expf(m - m_new); /* rescales what the earlier chunks summed (0 before the first) */
         vf sum = vset1(0.0f);
         for (int64_t j = 0; j < kc; j += VW) {
-            const vf w = keep(kc - j, vexp(vadd(load_f32(s + j, kc - j), vset1(-m_new))));
+            vf w = keep(kc - j, vexp(vadd(load_f32(s + j, kc - j), vset1(-m_new))));
+            if (j < js)
+                w = vsub(w, keep(js - j, w)); /* w - w = 0 in the lanes of keys below the window */
             store_f32(s + j, VW, w);
             sum = vadd(sum, w);
         }
@@ -54,11 +106,11 @@ INLINE void attend_row(const int type, const int64_t D, const float *q, const ui
             vf acc[SLAB];
             for (int i = 0; i * VW < nd; i++)
                 acc[i] = vmul(load_f32(out + d0 + i * VW, nd - i * VW), vset1(alpha));
-            for (int64_t j = 0; j < kc; j++) {
-                const uint8_t *value = v + (j0 + j) * v_row + d0 * es;
+            for (int64_t j = js; j < kc; j++) {
+                const uint8_t *value = v + (j0 + j) * v_row;
                 const vf w = vset1(s[j]);
                 for (int i = 0; i * VW < nd; i++)
-                    acc[i] = vfma(w, load_kv(type, value + i * VW * es, nd - i * VW), acc[i]);
+                    acc[i] = vfma(w, load_row(type, value, d0 + i * VW, nd - i * VW), acc[i]);
             }
             for (int i = 0; i * VW < nd; i++)
                 store_f32(out + d0 + i * VW, nd - i * VW, acc[i]);
@@ -72,40 +124,116 @@ INLINE void attend_row(const int type, const int64_t D, const float *q, const ui
 /* Units u = part, part + parts, ...: interleaved, so every part gets a fair share of the long (late) rows. */
 INLINE void attend_units(const attn_t *a, const int type, const int64_t D, int part, int parts)
 {
-    const int64_t es = type == T_F32 ? 4 : 2, group = a->n_heads / a->n_kv_heads;
+    /* Strides count elements: 4- or 2-byte floats, or the bytes of a q8_0 cache's uint8 rows. */
+    const int64_t es = type == T_F32 ? 4 : type == T_F16 ? 2 : 1, group = a->n_heads / a->n_kv_heads;
     for (int64_t u = part; u < a->n_heads * a->T; u += parts) {
         const int64_t i = u / a->n_heads, h = u % a->n_heads, g = h / group;
+        const int64_t n = a->L - a->T + i + 1, first = a->window && n > a->window ? n - a->window : 0;
         attend_row(type, D, a->q + h * a->q_head + i * a->q_row, a->k + g * a->k_head * es, a->k_row * es,
-                   a->v + g * a->v_head * es, a->v_row * es, a->L - a->T + i + 1, a->scale,
-                   a->out + (i * a->n_heads + h) * D);
+                   a->v + g * a->v_head * es, a->v_row * es, first, n, a->scale, a->out + (i * a->n_heads + h) * D);
     }
 }
 
 /* The common head sizes get code with D known at compile time (loops unrolled, no tail masks). */
+INLINE void attend_sizes(const attn_t *a, const int type, int part, int parts)
+{
+    if (a->D == 64)
+        attend_units(a, type, 64, part, parts);
+    else if (a->D == 128)
+        attend_units(a, type, 128, part, parts);
+    else
+        attend_units(a, type, a->D, part, parts);
+}
+
 static void attention_part(void *ctx, int part, int parts)
 {
     const attn_t *a = ctx;
-    if (a->kv_type == T_F32) {
-        if (a->D == 64)
-            attend_units(a, T_F32, 64, part, parts);
-        else if (a->D == 128)
-            attend_units(a, T_F32, 128, part, parts);
-        else
-            attend_units(a, T_F32, a->D, part, parts);
-    } else {
-        if (a->D == 64)
-            attend_units(a, T_F16, 64, part, parts);
-        else if (a->D == 128)
-            attend_units(a, T_F16, 128, part, parts);
-        else
-            attend_units(a, T_F16, a->D, part, parts);
-    }
+    if (a->kv_type == T_F32)
+        attend_sizes(a, T_F32, part, parts);
+    else if (a->kv_type == T_F16)
+        attend_sizes(a, T_F16, part, parts);
+    else
+        attend_sizes(a, T_Q8_0, part, parts);
 }
 
 void attention_run(const attn_t *a, int threads)
 {
-    const int64_t units = a->n_heads * a->T, work = units * a->L * a->D;
+    const int64_t keys = a->window && a->window + KC < a->L ? a->window + KC : a->L; /* most keys a row visits */
+    const int64_t units = a->n_heads * a->T, work = units * keys * a->D;
     int64_t parts = 1 + work / MIN_WORK_PER_THREAD;
     parts = parts < units ? parts : units;
     pool_run(attention_part, (void *)a, parts < threads ? (int)parts : threads);
+}
+
+/* f32 -> f16 bits, rounded to nearest even (as numpy's astype(float16) and ggml's scale conversion). */
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    x &= 0x7FFFFFFFu;
+    if (x > 0x7F800000u) /* nan */
+        return sign | 0x7E00;
+    if (x >= 0x477FF000u) /* inf, or rounds past 65504 */
+        return sign | 0x7C00;
+    if (x < 0x38800000u) /* below 2^-14: an f16 subnormal, in units of 2^-24 (exact scaling, then round) */
+        return sign | (uint16_t)nearbyintf(fabsf(f) * 16777216.0f);
+    x += 0xFFFu + ((x >> 13) & 1); /* round the 13 dropped mantissa bits to nearest even; a carry bumps the exponent */
+    return sign | (uint16_t)((x - 0x38000000u) >> 13); /* exponent bias 127 -> 15 */
+}
+
+/* One Q8_0 block of x (32 values), as ggml's quantize_row_q8_0_ref computes it operation for operation: d = amax / 127
+ * in f32, stored as f16; q = roundf(x * (1 / d)), 0 where 1 / d is 0 or overflows. */
+INLINE void quantize_block(const float *x, uint8_t *block)
+{
+#if defined(ISA_AVX512) || defined(ISA_AVX2)
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], big = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        big = _mm256_max_ps(big, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(big), _mm256_extractf128_ps(big, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+#else
+    float amax = 0.0f;
+    for (int i = 0; i < QBLOCK; i++)
+        amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+#endif
+    const float d = amax / 127.0f, id = d != 0.0f && isfinite(1.0f / d) ? 1.0f / d : 0.0f;
+    const uint16_t d16 = f32_to_f16(d);
+    memcpy(block, &d16, sizeof d16);
+    /* roundf as floor(|x| * id) + (fraction >= 0.5), with x's sign; the min with 127 only changes a nan */
+#if defined(ISA_AVX512) || defined(ISA_AVX2)
+    __m256i q[4];
+    for (int i = 0; i < 4; i++) {
+        const __m256 a = _mm256_mul_ps(_mm256_andnot_ps(sign, v[i]), _mm256_set1_ps(id)), whole = _mm256_floor_ps(a);
+        const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, whole), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                        _mm256_set1_ps(1.0f));
+        const __m256 r = _mm256_min_ps(_mm256_add_ps(whole, up), _mm256_set1_ps(127.0f));
+        q[i] = _mm256_cvttps_epi32(_mm256_or_ps(r, _mm256_and_ps(sign, v[i])));
+    }
+    /* 32 int32 -> 32 int8: the packs interleave 128-bit lanes, the permutation puts the values back in order */
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)(block + 2),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+    for (int i = 0; i < QBLOCK; i++) {
+        const float a = fabsf(x[i]) * id, whole = floorf(a);
+        float r = whole + (a - whole >= 0.5f ? 1.0f : 0.0f);
+        r = r < 127.0f ? r : 127.0f;
+        block[2 + i] = (uint8_t)(int8_t)(x[i] < 0.0f ? -r : r);
+    }
+#endif
+}
+
+void kv_quantize_q8_0(const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
+                      int64_t out_row, int64_t heads, int64_t rows, int64_t D)
+{
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < D / QBLOCK; b++)
+                quantize_block(x + h * x_head + r * x_row + b * QBLOCK,
+                               out + h * out_head + r * out_row + b * Q8_0_BYTES);
 }

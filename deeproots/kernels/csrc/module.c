@@ -195,16 +195,16 @@ static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 /* attention(q_ptr, q_head, q_row, k_ptr, k_head, k_row, v_ptr, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L,
- * D, scale, out_ptr): the fields of attn_t (attention.h), strides in elements. The caller
+ * D, scale, out_ptr, window): the fields of attn_t (attention.h), strides in elements. The caller
  * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    enum { SCALE = 15, NARGS = 17 };
+    enum { SCALE = 15, NARGS = 18 };
     int64_t v[NARGS];
     double scale = 0.0;
     if (nargs != NARGS) {
-        PyErr_SetString(PyExc_TypeError, "attention takes 17 arguments: 16 ints and the float scale at index 15");
+        PyErr_SetString(PyExc_TypeError, "attention takes 18 arguments: 17 ints and the float scale at index 15");
         return NULL;
     }
     for (int i = 0; i < NARGS; i++) {
@@ -220,9 +220,10 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
                       .k = (const uint8_t *)(intptr_t)v[3], .k_head = v[4], .k_row = v[5],
                       .v = (const uint8_t *)(intptr_t)v[6], .v_head = v[7], .v_row = v[8], .kv_type = (int)v[9],
                       .n_heads = v[10], .n_kv_heads = v[11], .T = v[12], .L = v[13], .D = v[14],
-                      .scale = (float)scale, .out = (float *)(intptr_t)v[16]};
-    if ((a.kv_type != T_F32 && a.kv_type != T_F16) || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads ||
-        a.n_heads <= 0 || a.T < 0 || a.T > a.L || a.D <= 0) {
+                      .scale = (float)scale, .out = (float *)(intptr_t)v[16], .window = v[17]};
+    const int type_ok = a.kv_type == T_F32 || a.kv_type == T_F16 || (a.kv_type == T_Q8_0 && a.D % QBLOCK == 0);
+    if (!type_ok || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads || a.n_heads <= 0 || a.T < 0 || a.T > a.L ||
+        a.D <= 0 || a.window < 0) {
         PyErr_SetString(PyExc_ValueError, "attention: unsupported kv type or bad sizes");
         return NULL;
     }
@@ -231,6 +232,24 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
         attention_run(&a, n_threads);
         Py_END_ALLOW_THREADS
     }
+    Py_RETURN_NONE;
+}
+
+/* kv_quantize_q8_0(x_ptr, x_head, x_row, out_ptr, out_head, out_row, heads, rows, D): see attention.h. The caller
+ * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
+static PyObject *py_kv_quantize_q8_0(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[9];
+    if (int_args(args, nargs, 9, v, 9, "kv_quantize_q8_0(x_ptr, x_head, x_row, out_ptr, out_head, out_row, heads, "
+                                       "rows, D) takes 9 ints"))
+        return NULL;
+    if (v[6] < 0 || v[7] < 0 || v[8] <= 0 || v[8] % QBLOCK) {
+        PyErr_SetString(PyExc_ValueError, "kv_quantize_q8_0: bad sizes");
+        return NULL;
+    }
+    kv_quantize_q8_0((const float *)(intptr_t)v[0], v[1], v[2], (uint8_t *)(intptr_t)v[3], v[4], v[5], v[6], v[7],
+                     v[8]);
     Py_RETURN_NONE;
 }
 
@@ -318,6 +337,7 @@ static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},
+    {"kv_quantize_q8_0", (PyCFunction)(void (*)(void))py_kv_quantize_q8_0, METH_FASTCALL, "KV rows to Q8_0 blocks"},
     {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL, "RMSNorm of rows"},
     {"rope", (PyCFunction)(void (*)(void))py_rope, METH_FASTCALL, "rotary embeddings in place"},
     {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_FASTCALL, "silu(gate) * up"},
