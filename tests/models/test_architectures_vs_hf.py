@@ -8,6 +8,8 @@ the sliding windows, so Mistral's and Gemma 3's windows are exercised.
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -110,6 +112,27 @@ def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2):
     # The chat template comes from tokenizer_config.json.
     assert model.apply_chat_template(MESSAGES) == hf_tokenizer.apply_chat_template(MESSAGES, tokenize=False,
                                                                                   add_generation_prompt=True)
+
+
+def test_cli_runs_a_folder(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("qwen3")
+    expected = deeproots.load(folder).generate(TEXT, max_tokens=8, temperature=0)
+    result = subprocess.run([sys.executable, "-m", "deeproots.cli", "run", "--raw", "-m", str(folder),
+                             "--temperature", "0", "--max-tokens", "8", TEXT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+
+
+def test_sharded_folder_loads_through_its_index(tmp_path, tiny_checkpoint):
+    folder, hf_model = tiny_checkpoint("llama")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(folder, sharded, ignore=shutil.ignore_patterns("*.safetensors"))
+    hf_model.save_pretrained(sharded, max_shard_size="1MB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    model = deeproots.load(sharded, reference=True)
+    ids = model.tokenize(TEXT)
+    max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
+    assert max_diff < 1e-4 and top1 == 1.0
 
 
 def write_config(folder, **changes):
