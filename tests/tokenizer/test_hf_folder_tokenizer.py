@@ -147,14 +147,18 @@ def test_chat_template_survives(smol_folder):
         assert template.render(messages) == expected
 
 
-def test_metadata_survives_a_gguf_file(byte_level, tmp_path):
+def written_and_read_back(metadata: dict, path) -> dict:
     """What `deeproots convert` does with the dict: every value must be storable, and read back the same."""
     writer = GGUFWriter()
-    for key, value in byte_level.metadata.items():
+    for key, value in metadata.items():
         writer.add(key, value)
-    writer.write(tmp_path / "vocab.gguf")
-    with GGUFFile.open(tmp_path / "vocab.gguf") as gguf:
-        ours = Tokenizer.from_gguf_metadata(gguf.metadata)
+    writer.write(path)
+    with GGUFFile.open(path) as gguf:
+        return gguf.metadata
+
+
+def test_metadata_survives_a_gguf_file(byte_level, tmp_path):
+    ours = Tokenizer.from_gguf_metadata(written_and_read_back(byte_level.metadata, tmp_path / "vocab.gguf"))
     assert [ours.encode(text, parse_special=True) for text in CORPUS[:80]] == \
            [byte_level.ours.encode(text, parse_special=True) for text in CORPUS[:80]]
 
@@ -256,13 +260,9 @@ def test_metaspace_folder_follows_sentencepiece_where_hf_differs(tiny_metaspace)
 
 
 def test_sentencepiece_metadata_survives_a_gguf_file(tiny_legacy, tmp_path):
-    writer = GGUFWriter()
-    for key, value in tiny_legacy.metadata.items():
-        writer.add(key, value)
-    writer.write(tmp_path / "vocab.gguf")
-    with GGUFFile.open(tmp_path / "vocab.gguf") as gguf:
-        assert np.array_equal(gguf.metadata["tokenizer.ggml.scores"], tiny_legacy.metadata["tokenizer.ggml.scores"])
-        ours = Tokenizer.from_gguf_metadata(gguf.metadata)
+    metadata = written_and_read_back(tiny_legacy.metadata, tmp_path / "vocab.gguf")
+    assert np.array_equal(metadata["tokenizer.ggml.scores"], tiny_legacy.metadata["tokenizer.ggml.scores"])
+    ours = Tokenizer.from_gguf_metadata(metadata)
     assert [ours.encode(text) for text in SPM_CORPUS] == [tiny_legacy.ours.encode(text) for text in SPM_CORPUS]
 
 
