@@ -44,6 +44,7 @@ class Model:
         if self.context < 1:
             raise RequestError(f"the context size must be positive, got {self.context}")
         self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
+        self.tokenizer.build()
         # The tokenizer holds what it needs of the per-token arrays in its own form; as parsed (~9 MB of Python
         # strings for a 49k vocabulary) they would stay alive with the file. `inspect`, `convert` and `quantize`
         # open the file afresh and still see every key.

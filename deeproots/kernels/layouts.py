@@ -67,16 +67,43 @@ def _super(header: list[np.ndarray], sub_blocks: list[np.ndarray], ns: int) -> n
     return np.concatenate([*header, subs], axis=-1)
 
 
+# The 32-value formats: each block's fields in record order, as (first byte, end byte, item type). A packed record
+# holds field by field the 16 rows' items side by side (scales as f16, values in 4-byte units), so every field is
+# one strided copy straight into the output.
+_BLOCK_FIELDS = {
+    GGMLType.Q4_0: ((0, 2, np.uint16), (2, 18, np.uint32)),
+    GGMLType.Q4_1: ((0, 2, np.uint16), (2, 4, np.uint16), (4, 20, np.uint32)),
+    GGMLType.Q8_0: ((0, 2, np.uint16), (2, 34, np.uint32)),  # values stored + 128 (uint8), see _pack_blocks
+}
+
+
+def _pack_blocks(blocks: np.ndarray, ggml_type: GGMLType, out: np.ndarray) -> None:
+    """File blocks (n, nblocks, type_size) of a 32-value format, n % 16 == 0 -> `out` (G, bytes per group).
+
+    Written field by field with no temporaries but an aligned copy of the values where the file leaves them
+    unaligned: numpy's unaligned strided loops are several times slower than a copy and an aligned pass.
+    """
+    n, nb, _ = blocks.shape
+    records = out.reshape(n // ROWS, nb, -1)  # (G, nb, 16 * type_size)
+    at = 0
+    for start, end, item in _BLOCK_FIELDS[ggml_type]:
+        items = blocks[..., start:end].view(item)  # (n, nb, V)
+        if ggml_type == GGMLType.Q8_0 and start == 2:
+            items = np.array(items, order="C")
+            items ^= np.uint32(0x80808080)  # int8 -> uint8, four at a time
+        elif not items.flags.aligned:
+            items = np.array(items, order="C")
+        v = items.shape[-1]
+        target = records[..., at:at + (end - start) * ROWS].view(item)
+        target.shape = (n // ROWS, nb, v, ROWS)  # a view: raises rather than copy
+        np.copyto(target, items.reshape(n // ROWS, ROWS, nb, v).transpose(0, 2, 3, 1))
+        at += (end - start) * ROWS
+
+
 def _pack_rows(blocks: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """One chunk of file blocks (n, nblocks, type_size) with n % 16 == 0 -> packed groups (G, bytes per group)."""
+    """One chunk of k-quant file blocks (n, nblocks, type_size), n % 16 == 0 -> packed groups (G, bytes per group)."""
     n, ns = blocks.shape[:2]
-    if ggml_type == GGMLType.Q4_0:
-        records = [_f16_rows(blocks[..., 0:2]), _interleave(blocks[..., 2:18], 4)]
-    elif ggml_type == GGMLType.Q4_1:
-        records = [_f16_rows(blocks[..., 0:2]), _f16_rows(blocks[..., 2:4]), _interleave(blocks[..., 4:20], 4)]
-    elif ggml_type == GGMLType.Q8_0:
-        records = [_f16_rows(blocks[..., 0:2]), _interleave(blocks[..., 2:34] ^ np.uint8(0x80), 4)]
-    elif ggml_type in (GGMLType.Q4_K, GGMLType.Q5_K):
+    if ggml_type in (GGMLType.Q4_K, GGMLType.Q5_K):
         sc, mn = _k_scales(blocks[..., 4:16])
         header = [_f16_rows(blocks[..., 0:2]), _f16_rows(blocks[..., 2:4]), _interleave(sc, 1), _interleave(mn, 1)]
         subs = [_nibble_tile(_k_low_nibbles(blocks[..., -128:]))]
@@ -114,7 +141,10 @@ def pack_quantized(rows: np.ndarray, ggml_type: GGMLType, n: int, k: int, group_
             chunk = np.concatenate([chunk, np.zeros((ROWS - chunk.shape[0] % ROWS, chunk.shape[1]), np.uint8)])
         blocks = chunk.reshape(chunk.shape[0], k // geometry.block_size, geometry.type_size)
         g0 = start // ROWS
-        out[g0 : g0 + chunk.shape[0] // ROWS] = _pack_rows(blocks, ggml_type)
+        if ggml_type in _BLOCK_FIELDS:
+            _pack_blocks(blocks, ggml_type, out[g0 : g0 + chunk.shape[0] // ROWS])
+        else:
+            out[g0 : g0 + chunk.shape[0] // ROWS] = _pack_rows(blocks, ggml_type)
     return out.reshape(-1)
 
 

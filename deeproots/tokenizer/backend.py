@@ -1,8 +1,11 @@
 """The Rust tokenizer (HF `tokenizers`) that encodes, assembled from what a vocabulary scheme provides.
 
-Building it for a 262k-token SentencePiece vocabulary takes over a second here (deriving half a million
-merges in Python, then the Rust build), so it is built on a thread of its own while the caller goes on,
-typically to load the weights; the first encode or decode waits for it.
+It is built on first use (Tokenizer.build(), which a loading Model calls), on the caller's thread. It used to be
+built on a thread of its own while the weights loaded, but nearly all of the build holds the GIL (Python loops, and
+PyO3 reading the vocabulary and merges into Rust in one call), so the thread only took turns with the load and
+added switching: on this 2-core machine a load of the default model took 360-390 ms with the thread and 320-330 ms
+without, Gemma 3 270M's (262k tokens, half a million merges derived in Python) 3.7 s against 3.4 s
+(docs/benchmarks.md, "Start-up and memory").
 
 Known differences from llama.cpp, all on corners real chat prompts do not reach: special tokens are
 found leftmost-longest (llama.cpp tries the longest token text first over the whole text, which differs
@@ -12,10 +15,9 @@ not applied.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future
+from array import array
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Protocol
+from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol
 
 import tokenizers
 from tokenizers import AddedToken, models, normalizers, pre_tokenizers
@@ -46,27 +48,44 @@ class Scheme(Protocol):
     def normal_token_bytes(self, text: str) -> bytes: ...
 
 
+class TokenPieces:
+    """token id -> the bytes it stands for, kept as one buffer and the offsets into it.
+
+    A list of one bytes object a token costs ~45 bytes a token more (2.3 MB against 0.5 MB for a 49k vocabulary).
+    Ids are not checked here: the Tokenizer checks them first.
+    """
+
+    __slots__ = ("_data", "_starts")
+
+    def __init__(self, pieces: Iterable[bytes]):
+        data, starts = bytearray(), array("Q", [0])  # (n + 1,): piece i is data[starts[i]:starts[i + 1]]
+        for piece in pieces:  # one at a time: no list of them all alive at once
+            data += piece
+            starts.append(len(data))
+        self._data, self._starts = bytes(data), starts
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, token_id: int) -> bytes:
+        return self._data[self._starts[token_id]:self._starts[token_id + 1]]
+
+
 @dataclass(frozen=True)
 class Backend:
     plain: tokenizers.Tokenizer    # control tokens written in the text are ordinary characters
     special: tokenizers.Tokenizer  # control tokens written in the text become their ids
-    pieces: list[bytes]            # token id -> the bytes it stands for
-
-
-def build_in_background(vocab: Vocab, scheme: Scheme) -> Future[Backend]:
-    future: Future[Backend] = Future()
-
-    def build() -> None:
-        try:
-            future.set_result(build_backend(vocab, scheme))
-        except Exception as exc:  # reported to whoever first needs the tokenizer
-            future.set_exception(ModelFormatError(f"the tokenizer could not be built from the file: {exc}"))
-
-    threading.Thread(target=build, name="deeproots-tokenizer-build").start()
-    return future
+    pieces: TokenPieces            # token id -> the bytes it stands for
 
 
 def build_backend(vocab: Vocab, scheme: Scheme) -> Backend:
+    try:
+        return _build(vocab, scheme)
+    except Exception as exc:  # what the Rust build refused: the file's vocabulary is at fault
+        raise ModelFormatError(f"the tokenizer could not be built from the file: {exc}") from exc
+
+
+def _build(vocab: Vocab, scheme: Scheme) -> Backend:
     parts = scheme.backend_parts(vocab)
     # As in llama.cpp: user-defined tokens are always matched whole, control tokens only when asked to.
     user_defined = _added_tokens(vocab, {TokenType.USER_DEFINED}, special=False)
@@ -76,16 +95,19 @@ def build_backend(vocab: Vocab, scheme: Scheme) -> Backend:
     return Backend(plain, special, token_pieces(vocab, scheme))
 
 
-def token_pieces(vocab: Vocab, scheme: Scheme) -> list[bytes]:
-    pieces = []
+def token_pieces(vocab: Vocab, scheme: Scheme) -> TokenPieces:
+    return TokenPieces(_token_bytes(vocab, scheme))
+
+
+def _token_bytes(vocab: Vocab, scheme: Scheme) -> Iterator[bytes]:
+    normal_token_bytes = scheme.normal_token_bytes
     for token_id, (text, kind) in enumerate(zip(vocab.tokens, vocab.types.tolist())):
         if kind == TokenType.NORMAL:
-            pieces.append(scheme.normal_token_bytes(text))
+            yield normal_token_bytes(text)
         elif kind == TokenType.BYTE:
-            pieces.append(bytes([vocab.byte_values[token_id]]))
+            yield bytes([vocab.byte_values[token_id]])
         else:
-            pieces.append(text.encode() if kind in _VERBATIM_TYPES else b"")
-    return pieces
+            yield text.encode() if kind in _VERBATIM_TYPES else b""
 
 
 def _added_tokens(vocab: Vocab, kinds: set[TokenType], *, special: bool) -> list[AddedToken]:

@@ -55,6 +55,11 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 _BYTE_OF_CHAR = _byte_alphabet()
+# str.translate table from GPT-2's spelling to latin-1 (one char per byte). A byte < 256 that is no letter of the
+# alphabet becomes U+FFFF, which latin-1 cannot encode, as any char above U+00FF outside it stays: both mean the
+# token is spelled outside the alphabet.
+_TO_LATIN1 = {**{ord(char): chr(byte) for char, byte in _BYTE_OF_CHAR.items()},
+              **{byte: "\uffff" for byte in range(256) if chr(byte) not in _BYTE_OF_CHAR}}
 
 
 class ByteLevelBPE:
@@ -73,7 +78,7 @@ class ByteLevelBPE:
         if pre is None:
             raise UnsupportedModelError(
                 f"pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported; supported: {', '.join(PRE_TOKENIZERS)}")
-        return cls(pre, _parse_merges(metadata.get("tokenizer.ggml.merges"), vocab.ids))
+        return cls(pre, _parse_merges(metadata.get("tokenizer.ggml.merges"), vocab))
 
     def backend_parts(self, vocab: Vocab) -> BackendParts:
         model = models.BPE(vocab.ids, self.merges, ignore_merges=self.pre.ignore_merges)
@@ -84,25 +89,31 @@ class ByteLevelBPE:
     @staticmethod
     def normal_token_bytes(text: str) -> bytes:
         try:
-            return bytes(map(_BYTE_OF_CHAR.__getitem__, text))
-        except KeyError:  # spelled outside the byte alphabet: the token stands for its own UTF-8
+            return text.translate(_TO_LATIN1).encode("latin-1")
+        except UnicodeEncodeError:  # spelled outside the byte alphabet: the token stands for its own UTF-8
             return text.encode()
 
 
-def _parse_merges(merges: Any, ids: Mapping[str, int]) -> list[tuple[str, str]]:
+def _parse_merges(merges: Any, vocab: Vocab) -> list[tuple[str, str]]:
     field = "tokenizer.ggml.merges"
     if merges is None:
         raise ModelFormatError("a gpt2 (byte-level BPE) vocabulary needs its merges", field=field)
     if not isinstance(merges, list):
         raise ModelFormatError("the merges must be an array of strings", field=field)
-    pairs: dict[tuple[str, str], None] = {}
+    ids, tokens = vocab.ids, vocab.tokens
+    pairs: list[tuple[str, str]] = []
+    append = pairs.append
     for rank, merge in enumerate(merges):
         cut = merge.find(" ", 1) if isinstance(merge, str) else -1  # as llama.cpp: the first part is never empty
         if cut < 0:
             raise ModelFormatError(f"merge {rank} is {merge!r}, not two tokens separated by a space", field=field)
         left, right = merge[:cut], merge[cut + 1:]
-        if left not in ids or right not in ids or left + right not in ids:
+        left_id, right_id = ids.get(left), ids.get(right)
+        if left_id is None or right_id is None or left + right not in ids:
             raise ModelFormatError(f"merge {rank} ({merge!r}) joins or makes a token the vocabulary lacks",
                                    field=field)
-        pairs.setdefault((left, right), None)  # a repeated merge keeps its first rank, as in llama.cpp
-    return list(pairs)
+        # The vocabulary's own strings, not the slices: ~10^5 fewer objects alive until the backend is built.
+        append((tokens[left_id], tokens[right_id]))
+    if len(set(merges)) < len(merges):  # a repeated merge keeps its first rank, as in llama.cpp
+        pairs = list(dict.fromkeys(pairs))
+    return pairs

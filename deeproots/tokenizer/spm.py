@@ -53,14 +53,15 @@ class SentencePieceBPE:
 
 def merges_by_score(vocab: Vocab) -> list[tuple[str, str]]:
     """Every (left, right) split of a token into two tokens, best-scoring made token first."""
-    ids = vocab.ids
+    ids, tokens = vocab.ids, vocab.tokens
     pairs = []
     for token_id in np.argsort(-vocab.scores, kind="stable").tolist():  # ties keep id order
-        text = vocab.tokens[token_id]
+        text = tokens[token_id]
         for cut in range(1, len(text)):
-            left = text[:cut]
-            if left in ids:
-                right = text[cut:]
-                if right in ids:
-                    pairs.append((left, right))
+            left_id = ids.get(text[:cut])
+            if left_id is not None:
+                right_id = ids.get(text[cut:])
+                if right_id is not None:
+                    # The vocabulary's own strings, not the slices: fewer objects alive until the backend is built.
+                    pairs.append((tokens[left_id], tokens[right_id]))
     return pairs

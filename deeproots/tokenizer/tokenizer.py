@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from deeproots.errors import ModelFormatError, RequestError, UnsupportedModelError
 
-from .backend import Backend, Scheme, build_in_background
+from .backend import Backend, Scheme, build_backend
 from .bpe import ByteLevelBPE
 from .spm import SentencePieceBPE
 from .stream import StreamDecoder
@@ -31,10 +32,15 @@ class Tokenizer:
         self.add_bos = add_bos
         self.add_space_prefix = scheme.add_space_prefix  # encode prepends a space, decode removes it
         self.stop_ids = vocab.stop_ids
-        self._tokens = vocab.tokens
         hidden = np.isin(vocab.types, (TokenType.CONTROL, TokenType.UNKNOWN))
         self._hidden_ids = frozenset(np.flatnonzero(hidden).tolist())  # what skip_special leaves out
-        self._backend_future = build_in_background(vocab, scheme)
+        # Chat templates ask for these at load; every other token's text comes from the backend.
+        self._special_texts = {token_id: vocab.tokens[token_id] for token_id in set(vocab.special_ids.values())}
+        # The backend is built by build(), or at the first encode or decode (backend.py says why not on a thread).
+        # Once it is, the Vocab goes: the backend holds every token's text and bytes in its own compact form.
+        self._pending: tuple[Vocab, Scheme] | None = (vocab, scheme)
+        self._built: Backend | None = None
+        self._build_lock = threading.Lock()
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
@@ -90,7 +96,8 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         """The token as the vocabulary spells it (a control token's own text, GPT-2 bytes as letters, "▁")."""
         self._check_id(token_id)
-        return self._tokens[token_id]
+        text = self._special_texts.get(token_id)
+        return self._backend().plain.id_to_token(token_id) if text is None else text
 
     def is_control(self, token_id: int) -> bool:
         """A control (or unknown-type) token: never made from plain text, left out by skip_special."""
@@ -100,8 +107,20 @@ class Tokenizer:
     def stream_decoder(self, *, skip_special: bool = False) -> StreamDecoder:
         return StreamDecoder(self, skip_special=skip_special)
 
+    def build(self) -> None:
+        """Build the Rust tokenizer now rather than at the first encode or decode (a loaded Model has built it).
+
+        Raises ModelFormatError when the file's vocabulary is one the backend refuses."""
+        with self._build_lock:
+            if self._built is None:
+                vocab, scheme = self._pending
+                self._built = build_backend(vocab, scheme)
+                self._pending = None
+
     def _backend(self) -> Backend:
-        return self._backend_future.result()
+        if self._built is None:
+            self.build()
+        return self._built
 
     def _check_id(self, token_id: Any) -> None:
         if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)) \

@@ -32,7 +32,10 @@ END_OF_GENERATION_TEXTS = frozenset({
     "<EOT>", "<|return|>", "<|call|>", "<end_of_utterance>",
 })
 
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+# The per-token arrays: read once to build the tokenizer, which keeps what it needs in its own form.
+VOCABULARY_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores",
+                   "tokenizer.ggml.token_type")
 _ID_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
             "unk": "tokenizer.ggml.unknown_token_id", "eot": "tokenizer.ggml.eot_token_id",
             "eom": "tokenizer.ggml.eom_token_id"}
@@ -108,7 +111,7 @@ def _stop_ids(ids: Mapping[str, int], special_ids: Mapping[str, int]) -> frozens
 def _byte_values(tokens: list[str], types: np.ndarray) -> dict[int, int]:
     values = {}
     for token_id in np.flatnonzero(types == TokenType.BYTE).tolist():
-        match = _BYTE_TOKEN.fullmatch(tokens[token_id])
+        match = BYTE_TOKEN.fullmatch(tokens[token_id])
         if match is None:
             raise ModelFormatError(f"byte token {token_id} is {tokens[token_id]!r}, not <0xNN>",
                                    field="tokenizer.ggml.tokens")

@@ -96,6 +96,13 @@ CASES = [
      gguf([kv("a.b", ARRAY, array(STRING, 1, string("a", length=2**28 + 1)))]), FORMAT_ERROR, "a.b[0]"),
     ("array_string_item_invalid_utf8",
      gguf([kv("a.b", ARRAY, array(STRING, 2, string(b"\x80") + string("b")))]), FORMAT_ERROR, "a.b[0]"),
+    # Arrays as long as a vocabulary are decoded after the tensor infos (formats/gguf.py): the same checks apply.
+    ("long_array_string_item_invalid_utf8",
+     gguf([kv("a.b", ARRAY, array(STRING, 3000, string("x") * 2000 + string(b"\xc3\x28") + string("y") * 999)),
+           kv_u32("a.c", 1)]), FORMAT_ERROR, "a.b[2000]"),
+    ("long_array_string_item_past_end",
+     gguf([kv("a.b", ARRAY, array(STRING, 3000, string("x") * 2999 + string("yz", length=50)))], alignment=1),
+     FORMAT_ERROR, "a.b[2999]"),
     ("array_bool_item_7", gguf([kv("a.b", ARRAY, array(BOOL, 3, b"\x01\x00\x07"))]), FORMAT_ERROR, "a.b[2]"),
     ("array_nested_too_deep", gguf([kv("a.b", ARRAY, nested(5))]), FORMAT_ERROR, "a.b[0][0][0][0]"),
     ("array_nested_inner_truncated",

@@ -15,7 +15,7 @@ def gemma3_metadata(gemma3_path) -> dict:
 
 @pytest.fixture(scope="session")
 def gemma3_tokenizer(gemma3_metadata):
-    """Our tokenizer on the Gemma 3 file (built in the background while HF's loads)."""
+    """Our tokenizer on the Gemma 3 file (its Rust backend is built at the first encode or decode)."""
     from deeproots.tokenizer import Tokenizer
 
     return Tokenizer.from_gguf_metadata(gemma3_metadata)

@@ -1,0 +1,25 @@
+"""Handing freed heap memory back to the operating system after a load.
+
+Loading a model frees more than it keeps: the vocabulary's Python strings, the merges, the tokenizer's build
+(on a thread of its own, so in a malloc arena of its own), the temporaries of repacking each weight. glibc keeps
+freed memory inside its arenas for reuse unless it sits at the very top of the heap, so without a trim a process
+holds ~14 MB more after load than it uses. malloc_trim(0) releases the free pages of every arena (a few ms).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_trim = None
+if sys.platform.startswith("linux"):
+    try:
+        _trim = ctypes.CDLL(None).malloc_trim  # the C library the process already runs on
+        _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        _trim = None
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the OS where the C library can; True when some were released."""
+    return bool(_trim(0)) if _trim is not None else False
