@@ -14,7 +14,7 @@ import torch
 
 from .cache.kv import KVCache
 from .errors import RequestError
-from .sampling import SamplingParams, make_sampler, token_logprobs
+from .sampling import SamplingParams, draw_batch, logprobs_batch, make_sampler, one_torch_thread, prepare_logits
 from .tokenizer import Tokenizer
 
 
@@ -80,7 +80,8 @@ class SequenceDecoder:
     """Everything after the logits for one sequence: sampling, end tokens, stop strings, limits, text.
 
     The single-sequence loop below and a batched engine share it: they only differ in how logits
-    are produced.
+    are produced. `step` is `decode_batch` on a batch of one, so a sequence decoded alongside others
+    gets exactly the tokens it gets alone.
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams, *,
@@ -91,7 +92,7 @@ class SequenceDecoder:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.sample = make_sampler(params)
+        self.sampler = make_sampler(params)
         self.matcher = StopStringMatcher(stop)
         self.text_decoder = tokenizer.stream_decoder()
         self.history = list(prompt_ids)  # prompt and generated tokens, for the penalties
@@ -101,12 +102,19 @@ class SequenceDecoder:
 
     def step(self, logits: torch.Tensor, room: int) -> GenerationStep:
         """Sample from logits (vocab,); `room` is how many more tokens the KV cache can take."""
-        token = self.sample(logits, self.history, self.constraint.allowed() if self.constraint else None)
+        result = decode_batch([self], logits[None], [room])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def prepare(self, logits: torch.Tensor) -> torch.Tensor:
+        """This sequence's penalties, logit bias and constraint mask on its logits (vocab,)."""
+        allowed = self.constraint.allowed() if self.constraint else None
+        return prepare_logits(logits, self.history, self.sampler.params, allowed)
+
+    def advance(self, token: int, logprob: TokenLogprob | None, room: int) -> GenerationStep:
+        """Take the sampled token: constraint state, end tokens, stop strings, limits and text."""
         self.produced += 1
-        logprob = None
-        if self.top_logprobs is not None:
-            value, top = token_logprobs(logits, token, self.top_logprobs)
-            logprob = TokenLogprob(value, tuple(top))
         if self.constraint:
             self.constraint.accept(token)
         if token in self.tokenizer.stop_ids:
@@ -120,6 +128,60 @@ class SequenceDecoder:
             return GenerationStep(token, text + tail + ("" if stopped else self.matcher.flush()),
                                   "stop" if stopped else "length", logprob)
         return GenerationStep(token, text, logprob=logprob)
+
+
+def decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
+                 rooms: Sequence[int]) -> list[GenerationStep | Exception]:
+    """One step of several sequences: row i of logits (B, vocab) is decoders[i]'s, rooms[i] its KV room.
+
+    Per-row work (penalties, bias, masks, text) runs per sequence; the sampling itself is one batched draw
+    (sampling.draw_batch) and the logprobs one log-softmax, and every row's result is what that decoder's
+    `step` gives alone. A sequence that fails gets its exception in the list; the others go on.
+    """
+    with one_torch_thread():  # vocabulary-sized ops: see sampling.one_torch_thread
+        return _decode_batch(decoders, logits, rooms)
+
+
+def _decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
+                  rooms: Sequence[int]) -> list[GenerationStep | Exception]:
+    logits = logits.float()
+    results: list[GenerationStep | Exception | None] = [None] * len(decoders)
+    live: list[int] = []  # rows that sample
+    rows: list[torch.Tensor] = []
+    changed = False
+    for i, decoder in enumerate(decoders):
+        row = logits[i]
+        try:
+            prepared = decoder.prepare(row)
+        except Exception as error:
+            results[i] = error
+            continue
+        changed = changed or prepared is not row
+        live.append(i)
+        rows.append(prepared)
+    if not live:
+        return results  # type: ignore[return-value]
+    batch = logits if len(live) == len(decoders) and not changed else torch.stack(rows)
+    try:
+        tokens = draw_batch(batch, [decoders[i].sampler for i in live])
+    except Exception as error:
+        for i in live:
+            results[i] = error
+        return results  # type: ignore[return-value]
+    logprobs: dict[int, TokenLogprob] = {}
+    wanted = [j for j, i in enumerate(live) if decoders[i].top_logprobs is not None]
+    if wanted:
+        indices = [live[j] for j in wanted]
+        raw = logits if len(indices) == len(decoders) else logits[indices]
+        values = logprobs_batch(raw, [tokens[j] for j in wanted], [decoders[i].top_logprobs for i in indices])
+        for j, (value, top) in zip(wanted, values):
+            logprobs[j] = TokenLogprob(value, tuple(top))
+    for j, (i, token) in enumerate(zip(live, tokens)):
+        try:
+            results[i] = decoders[i].advance(token, logprobs.get(j), rooms[i])
+        except Exception as error:
+            results[i] = error
+    return results  # type: ignore[return-value]
 
 
 def check_prompt(prompt_ids: Sequence[int], cache: KVCache) -> list[int]:

@@ -10,7 +10,11 @@ block can be cached. Every primitive of the fast path computes a row the same wa
 the call, so a token's result does not depend on the chunking, on a cached prefix, or on the batch:
 a request gets the same answer alone or under load. Callers talk to it
 from any thread: submit() and GenerationRequest.cancel() are thread-safe, results come back through
-each request's on_event callback.
+each request's on_event callback (all of a step's events for one dispatcher in one call, see request.py).
+
+After the forward pass, a step samples every decoding sequence in one batched draw
+(generate.decode_batch): the per-step work outside the network does not grow with the vocabulary
+per sequence. The engine thread runs torch's own operations single-threaded (see _limit_torch_threads).
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+import torch
+
 from ..errors import RequestError
-from ..generate import SequenceDecoder
+from ..generate import SequenceDecoder, decode_batch
 from .prefix_cache import PrefixCache
-from .request import EngineStoppedError, GenerationRequest, Sequence
+from .request import EngineStoppedError, GenerationRequest, Sequence, SequenceEvent
 from .runner import BatchRunner
 from .scheduler import Scheduler
 
@@ -42,6 +49,9 @@ class EngineConfig:
     prefix_block: int = 32  # tokens per prefix-cache entry
     prefill_chunk: int = 256  # most prompt tokens a sequence runs per step (a multiple of prefix_block)
     prefix_capacity_tokens: int | None = None  # default: one context
+    # torch's intra-op threads on the engine thread (None: leave torch's setting). The compiled kernels have their
+    # own pool; torch's OpenMP team only runs the small ops around them, sampling among them (see _loop).
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.prefix_block < 1 or self.prefill_chunk < self.prefix_block or self.prefill_chunk % self.prefix_block:
@@ -77,7 +87,7 @@ class Engine:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], object], concurrent.futures.Future]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="deeproots-engine", daemon=True)
         self._prompt_tokens = self._generated_tokens = self._steps = 0
-        self._recent: list[tuple[float, int]] = []  # (time, tokens decoded) of recent steps
+        self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens decoded) of recent steps
 
     # --- called from any thread ----------------------------------------------------------------
     def start(self) -> Engine:
@@ -115,7 +125,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         now = time.perf_counter()
-        recent = [(t, n) for t, n in self._recent if now - t < 5.0]
+        recent = [(t, n) for t, n in list(self._recent) if now - t < 5.0]
         span = now - recent[0][0] if recent else 0.0
         with self._lock:
             return EngineStats(
@@ -131,6 +141,8 @@ class Engine:
 
     # --- the engine thread ---------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.config.torch_threads is not None:
+            _limit_torch_threads(self.config.torch_threads)
         while not self._stopping.is_set():
             self._run_jobs()
             if self.idle:
@@ -140,8 +152,7 @@ class Engine:
             self.step()
         with self._lock:
             leftovers = [*self.scheduler.waiting, *(s.request for s in self.scheduler.running)]
-        for request in leftovers:
-            request.on_event(EngineStoppedError("the server is shutting down"))
+        self._deliver([(request, EngineStoppedError("the server is shutting down")) for request in leftovers])
 
     def _run_jobs(self) -> None:
         while not self._jobs.empty():
@@ -169,11 +180,12 @@ class Engine:
         except Exception as error:
             log.exception("forward pass failed; failing the %d sequences in it", len(batch))
             for sequence, _ in batch:
-                self._fail(sequence, error)
+                self._retire(sequence)
+            self._deliver([(sequence.request, error) for sequence, _ in batch])
             return
         self._steps += 1
-        decoded = 0
-        for (sequence, tokens), row in zip(batch, logits):
+        rows = []  # batch rows whose logits are sampled: decoding sequences and prompts that just finished
+        for index, (sequence, tokens) in enumerate(batch):
             sequence.pending = sequence.pending[len(tokens):]
             if sequence.prefilling:
                 self._prompt_tokens += len(tokens)
@@ -181,9 +193,10 @@ class Engine:
                     continue  # more prompt to run before this sequence samples
                 sequence.prefilling = False
                 self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache)
-            decoded += 1
-            self._decode(sequence, row)
-        self._recent = [*self._recent[-63:], (time.perf_counter(), decoded)]
+            rows.append(index)
+        if rows:
+            self._decode([batch[index][0] for index in rows], logits if len(rows) == len(batch) else logits[rows])
+        self._recent.append((time.perf_counter(), len(rows)))
 
     def _start(self, request: GenerationRequest) -> None:
         reserved = self.scheduler.reservation(request)
@@ -197,7 +210,7 @@ class Engine:
         except Exception as error:
             with self._lock:
                 self.scheduler.release(reserved)
-            request.on_event(error)
+            self._deliver([(request, error)])
             return
         with self._lock:
             self.scheduler.start(Sequence(request, cache, decoder))
@@ -214,23 +227,67 @@ class Engine:
                 batch.append((sequence, sequence.pending))
         return batch
 
-    def _decode(self, sequence: Sequence, logits) -> None:
-        try:
-            step = sequence.decoder.step(logits, sequence.cache.room())
-        except Exception as error:
-            self._fail(sequence, error)
-            return
-        self._generated_tokens += 1
-        sequence.request.on_event(step)
-        if step.finish_reason is not None:
-            self._retire(sequence)
-        else:
-            sequence.pending = [step.token_id]
+    def _decode(self, sequences: list[Sequence], logits) -> None:
+        """Sample the next token of every sequence from its row of logits (B, vocab), all in one batched draw."""
+        results = decode_batch([sequence.decoder for sequence in sequences], logits,
+                               [sequence.cache.room() for sequence in sequences])
+        events: list[tuple[GenerationRequest, SequenceEvent]] = []
+        for sequence, result in zip(sequences, results):
+            events.append((sequence.request, result))
+            if isinstance(result, Exception):
+                self._retire(sequence)
+                continue
+            self._generated_tokens += 1
+            if result.finish_reason is not None:
+                self._retire(sequence)
+            else:
+                sequence.pending = [result.token_id]
+        self._deliver(events)
 
-    def _fail(self, sequence: Sequence, error: Exception) -> None:
-        sequence.request.on_event(error)
-        self._retire(sequence)
+    def _deliver(self, events: list[tuple[GenerationRequest, SequenceEvent]]) -> None:
+        """Report events: one dispatch() per dispatcher for all its events, else each request's on_event here."""
+        batches: dict[int, tuple[object, list]] = {}
+        for request, event in events:
+            if request.dispatcher is None:
+                self._call(request.on_event, event)
+            else:
+                _, deliveries = batches.setdefault(id(request.dispatcher), (request.dispatcher, []))
+                deliveries.append((request.on_event, event))
+        for dispatcher, deliveries in batches.values():
+            try:
+                dispatcher.dispatch(deliveries)
+            except Exception:  # e.g. the receiving loop closed: its requests are cancelled by their owner
+                log.exception("an event dispatcher failed")
+
+    @staticmethod
+    def _call(on_event: Callable[[SequenceEvent], None], event: SequenceEvent) -> None:
+        try:
+            on_event(event)
+        except Exception:  # a caller's bug must not stop the engine for everyone
+            log.exception("a request's on_event callback failed")
 
     def _retire(self, sequence: Sequence) -> None:
         with self._lock:
             self.scheduler.retire(sequence)  # the sequence's KV cache goes with it
+
+
+def _limit_torch_threads(n: int) -> None:
+    """Run torch's own operations on `n` threads on this (the engine's) thread.
+
+    Why: between the compiled kernels (which have their own pool, kernels/csrc/pool.c) the engine runs small torch
+    operations, sampling among them, and those over a vocabulary (> 32k values) fork torch's OpenMP team, whose
+    join waits for EVERY thread. On a loaded machine the second thread often is not running: a divide over 49k
+    logits measured 8 ms median with 2 threads against 10 us with 1, multinomial 24 ms against 1.3 ms.
+
+    torch.set_num_threads is per thread for OpenMP, but it also sets the default of threads that first use torch
+    later; a short helper thread puts that default back, so only this thread changes.
+    """
+    default = torch.get_num_threads()
+    torch.set_num_threads(n)
+    torch.get_num_threads()  # torch settles this thread's count on first use: with n, now
+    if default != n:
+        helper = threading.Thread(target=torch.set_num_threads, args=(default,), name="deeproots-torch-threads")
+        helper.start()
+        helper.join()
+        if torch.get_num_threads() != n:  # a torch whose setting is process-wide: keep n here (and everywhere)
+            torch.set_num_threads(n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable, Protocol, Union
 
 from ..cache.kv import KVCache
 from ..errors import DeeprootsError
@@ -24,12 +24,20 @@ class EngineStoppedError(DeeprootsError):
 # The engine reports every step, or the error that ended the sequence, through the request's callback.
 SequenceEvent = Union[GenerationStep, Exception]
 
+
+class EventDispatcher(Protocol):
+    """Carries a step's events to their callbacks, e.g. onto an asyncio loop: the engine hands each dispatcher all
+    the (on_event, event) pairs of one step in ONE call, so a server wakes its loop once per step, not per token."""
+
+    def dispatch(self, deliveries: list[tuple[Callable[[SequenceEvent], None], SequenceEvent]]) -> None: ...
+
 _ids = itertools.count()
 
 
 @dataclass
 class GenerationRequest:
-    """One sequence to generate; `on_event` is called from the engine thread (it must not block)."""
+    """One sequence to generate. `on_event` is called from the engine thread (it must not block), or, with a
+    `dispatcher`, wherever the dispatcher calls it (the engine passes it each step's events in one batch)."""
     prompt_ids: list[int]
     params: SamplingParams
     max_tokens: int
@@ -37,6 +45,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
+    dispatcher: EventDispatcher | None = None
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
 

@@ -17,9 +17,10 @@ Threads: a call splits its output rows over up to `set_num_threads` threads (def
 count, i.e. the physical cores), the calling thread included, from the extension's own small pool (csrc/pool.c):
 a fork-join there costs a few hundred nanoseconds, where OpenMP's cost ~2 us against the ~5-30 us of one decode-step
 product. Parts of a call are claimed by whichever thread is running, so a worker preempted by another process
-costs its share of the work, not a scheduler time slice. Workers spin for 0.2 ms after a call, then sleep: they
-do not hold a core away from PyTorch's own threads for long. Small products run on fewer threads (one below
-~64 blocks of 16 rows x 32 values). The GIL is released while a product runs.
+costs its share of the work, not a scheduler time slice. Workers spin for 0.2 ms after a call, yielding the core to
+any other runnable thread every few microseconds, then sleep: they do not hold a core away from other threads.
+Small products run on fewer threads (one below ~64 blocks of 16 rows x 32 values). The GIL is released while a
+product runs.
 """
 
 import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
@@ -65,19 +66,45 @@ def resolve_max_tokens(requested: int | None, prompt_length: int, context: int) 
     return min(requested or room, room)
 
 
+class LoopDispatcher:
+    """Delivers engine events on an asyncio loop: ONE call_soon_threadsafe per engine step for all the loop's
+    requests (each call writes to the loop's wake-up pipe), and their callbacks then run on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def dispatch(self, deliveries: list) -> None:
+        self.loop.call_soon_threadsafe(_deliver, deliveries)
+
+
+def _deliver(deliveries: list) -> None:
+    for on_event, event in deliveries:
+        on_event(event)
+
+
+_dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopDispatcher] = weakref.WeakKeyDictionary()
+
+
+def loop_dispatcher(loop: asyncio.AbstractEventLoop) -> LoopDispatcher:
+    """The one dispatcher of `loop`, shared by all its requests so that a step's events travel together."""
+    dispatcher = _dispatchers.get(loop)
+    if dispatcher is None:
+        dispatcher = _dispatchers[loop] = LoopDispatcher(loop)
+    return dispatcher
+
+
 async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple[int, GenerationStep]]:
     """Submit every choice and yield (choice index, step) as the engine produces them.
 
     Leaving the iteration early (client gone, error) cancels every choice: the engine frees their KV
     at its next step, whether they were queued or running.
     """
-    loop = asyncio.get_running_loop()
+    dispatcher = loop_dispatcher(asyncio.get_running_loop())
     events: asyncio.Queue = asyncio.Queue()
     requests = [
         GenerationRequest(job.prompt_ids, params, job.max_tokens, stop=job.stop, top_logprobs=job.top_logprobs,
-                          constraint=job.constraint,
-                          on_event=lambda event, index=index: loop.call_soon_threadsafe(events.put_nowait,
-                                                                                        (index, event)))
+                          constraint=job.constraint, dispatcher=dispatcher,
+                          on_event=lambda event, index=index: events.put_nowait((index, event)))  # on the loop
         for index, params in enumerate(job.params)]
     try:
         for request in requests:
