@@ -235,11 +235,11 @@ class _HeaderParser:
 
     def string_array(self, count: int, field: str) -> list[str]:
         strings = [""] * count
+        start, self.pos = self.pos, self._skip_strings(count, field)  # every length checked here, once
         if count < DEFER_STRING_ARRAYS_FROM:
-            self.pos = self._decode_strings(strings, self.pos, field)
+            self._decode_strings(strings, start, field)
         else:
-            self.deferred.append((strings, self.pos, field))
-            self.pos = self._skip_strings(count, field)
+            self.deferred.append((strings, start, field))
         return strings
 
     def decode_deferred(self) -> None:
@@ -249,7 +249,7 @@ class _HeaderParser:
         self.deferred.clear()
 
     def _skip_strings(self, count: int, field: str) -> int:
-        """Where `count` strings starting at self.pos end, each length checked as _decode_strings checks it."""
+        """Where `count` strings starting at self.pos end, each length checked against the limit and the file."""
         buf, end, pos = self.buf, self.size, self.pos
         unpack_length = _U64.unpack_from
         for index in range(count):
@@ -262,28 +262,21 @@ class _HeaderParser:
             pos += 8 + length
         return pos
 
-    def _decode_strings(self, strings: list[str], pos: int, field: str) -> int:
-        """Decode len(strings) strings starting at `pos` into `strings`; returns where they end."""
-        # The hot loop of a header read (vocabularies, merges): locals only, one bounds check each.
-        buf, end = self.buf, self.size
+    def _decode_strings(self, strings: list[str], pos: int, field: str) -> None:
+        """Decode len(strings) strings starting at `pos` into `strings`; _skip_strings checked their lengths."""
+        # The hot loop of a header read (vocabularies, merges): locals only.
+        buf = self.buf
         unpack_length = _U64.unpack_from
-        count = len(strings)
         index = 0
         try:
-            for index in range(count):
-                if end - pos < 8:
-                    raise self.fail("file is truncated inside a string length", f"{field}[{index}]", pos)
+            for index in range(len(strings)):
                 (length,) = unpack_length(buf, pos)
-                if length > MAX_STRING_BYTES or length > end - pos - 8:
-                    raise self.fail(f"string length {length} exceeds the limit or the bytes left",
-                                    f"{field}[{index}]", pos)
                 pos += 8
                 strings[index] = buf[pos:pos + length].decode("utf-8")
                 pos += length
         except UnicodeDecodeError as error:
             raise self.fail(f"string is not valid UTF-8 ({error.reason})", f"{field}[{index}]",
                             pos + error.start) from None
-        return pos
 
 
 def _parse_prologue(parser: _HeaderParser) -> tuple[int, int, int]:
