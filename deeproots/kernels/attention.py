@@ -2,6 +2,8 @@
 
     out = cached_attention(q, k, v, scale)   # q (n_heads, T, D) f32; k, v (n_kv_heads, L, D) f32 or f16 -> out (T, n_heads*D)
     out = cached_attention(q, k, v, scale, window=4096)   # sliding-window attention (Gemma 3, Mistral)
+    out = batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, cos, sin, rope_dim, interleaved)
+        # several sequences' RoPE, KV cache update and cached_attention in one call: the same bits as one by one
 
 Query row i is the absolute position p = L - T + i and attends keys max(0, p - window + 1) .. p (all of 0 .. p when
 `window` is None or 0): `window` keys counting its own, as in HF transformers (key j visible iff p - j < window) and
@@ -34,6 +36,8 @@ weights and of weighted values (the masked keys' zero weights add nothing), and 
 Threads: (head, row) pairs are dealt round-robin to up to `set_num_threads` threads of the kernels' pool (small calls
 stay on the calling thread). The GIL is released while the kernel runs.
 """
+
+import weakref
 
 import torch
 
@@ -151,3 +155,75 @@ def quantize_q8_0_rows(x: torch.Tensor, out: torch.Tensor) -> None:
                            f"{getattr(out, 'dtype', type(out))} {tuple(getattr(out, 'shape', ()))}")
     if heads and rows:
         _quantize_q8_0(x.data_ptr(), xs[0], xs[1], out.data_ptr(), os[0], os[1], heads, rows, d)
+
+
+_attention_batch = _cpu.attention_batch
+_BATCH_FIELDS = 8  # per sequence: first row, T, offset, key and value base pointers, layer, head and row strides
+_plan: list = [None]  # the last step's plan: see _batch_plan
+
+
+def _batch_plan(caches, lengths) -> tuple:
+    """Descriptors of the caches of one forward step: built by the first layer, reused by the others (the caches'
+    offsets only move after the last layer): (cache refs, offsets, lengths, desc, kv_type, n_layers, n_kv_heads,
+    row, N, longest offset + T). Weak references: a plan keeps no cache alive."""
+    plan = _plan[0]
+    if plan is not None and plan[2] == lengths and plan[1] == tuple([cache.offset for cache in caches]) and \
+            tuple([ref() for ref in plan[0]]) == caches:
+        return plan
+    first = caches[0]
+    keys0 = first.keys
+    n_layers, g, _, row = keys0.shape
+    kv_type = _KV_TYPES.get(keys0.dtype)
+    desc, start = [], 0
+    for cache, t in zip(caches, lengths):
+        keys, values = cache.keys, cache.values
+        if type(t) is not int or t < 0 or keys.dtype != keys0.dtype or values.dtype != keys0.dtype or \
+                keys.shape[:2] != (n_layers, g) or keys.shape[3] != row or values.shape != keys.shape or \
+                not keys.is_contiguous() or not values.is_contiguous() or not keys.is_cpu:
+            raise RequestError("attention_batch needs caches of one kv type and shape, and row counts >= 0")
+        end = cache.offset + t
+        if end > cache.max_tokens or end > keys.shape[2]:
+            raise RequestError(f"the KV cache holds {cache.max_tokens} tokens; this step needs {end}")
+        desc.append((start, t, cache.offset, keys.data_ptr(), values.data_ptr(), *keys.stride()[:3]))
+        start += t
+    plan = (tuple([weakref.ref(cache) for cache in caches]), tuple([cache.offset for cache in caches]), tuple(lengths),
+            torch.tensor(desc, dtype=torch.int64), kv_type, n_layers, g, row, start,
+            max(cache.offset + t for cache, t in zip(caches, lengths)))
+    _plan[0] = plan
+    return plan
+
+
+def batched_attention(qkv: torch.Tensor, n_heads: int, caches, lengths, layer: int, scale: float,
+                      window: int | None, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int,
+                      interleaved: bool) -> torch.Tensor:
+    """One layer's attention for several sequences packed in qkv (N, n_heads + 2 n_kv_heads, D) float32 (rows of
+    any stride, heads side by side): sequence b owns the next lengths[b] rows and caches[b] (KVCache-like: keys,
+    values, offset, max_tokens). Per sequence, exactly as its own calls would do: RoPE of its q and k heads in place
+    (rotary_embedding_ from position offset), its keys and values stored at the cache offset (KVCache.update), then
+    cached_attention of its q over the layer's keys 0 .. offset + T. Returns (N, n_heads * D); offsets do not move.
+    Every row and every stored byte is the same as those calls give; the attention of all sequences runs as one
+    dispatch over the kernels' threads."""
+    caches, lengths = tuple(caches), tuple(lengths)
+    desc, kv_type, n_layers, g, row, n, longest = _batch_plan(caches, lengths)[3:]
+    try:
+        t, heads, d = qkv.shape
+        rs, hs, cs = qkv.stride()
+        positions, half = cos.shape
+        ok = (
+            kv_type is not None and qkv.dtype == _F32 and qkv.is_cpu and cs == 1 and hs == d and rs >= heads * d
+            and t == n and heads == n_heads + 2 * g and 0 < g <= n_heads and n_heads % g == 0
+            and row == _row_size(kv_type, d) and type(layer) is int and 0 <= layer < n_layers
+            and isinstance(scale, (float, int)) and (window is None or (type(window) is int and window >= 0))
+            and cos.dtype == _F32 and sin.dtype == _F32 and cos.is_contiguous() and sin.is_contiguous()
+            and sin.shape == (positions, half) and type(rope_dim) is int and 0 < rope_dim <= d
+            and rope_dim == 2 * half and longest <= positions and isinstance(interleaved, bool)
+        )
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise RequestError("batched_attention: qkv must be float32 (N, n_heads + 2 n_kv_heads, D) matching the "
+                           "caches, with rope tables covering every position")
+    out = torch.empty(n, n_heads * d, dtype=_F32)
+    _attention_batch(desc.data_ptr(), len(caches), layer, qkv.data_ptr(), rs, n_heads, g, d, kv_type, float(scale),
+                     window or 0, out.data_ptr(), cos.data_ptr(), sin.data_ptr(), rope_dim, interleaved)
+    return out

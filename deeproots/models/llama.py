@@ -64,16 +64,8 @@ class LlamaBlock:
             self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
         if self.attn_k_norm is not None:
             self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
-        outputs, start = [], 0
-        for cache, T in zip(caches, lengths):
-            rows = qkv[start:start + T]
-            ops.rotate_(self.rope, rows[:, :c.n_heads + c.n_kv_heads], cache.offset)  # q and k, in place
-            q = rows[:, :c.n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
-            keys, values = cache.update(self.index, rows[:, c.n_heads:c.n_heads + c.n_kv_heads].transpose(0, 1),
-                                        rows[:, c.n_heads + c.n_kv_heads:].transpose(0, 1))  # (n_kv_heads, L, head_dim)
-            outputs.append(ops.attention(q, keys, values, self.attention_scale, window=self.window))  # (T, n_heads * D)
-            start += T
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.index, self.attention_scale,
+                                    self.window)  # RoPE, cache update and attention, sequence by sequence
 
     def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
         c, ops = self.config, self.ops

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .. import kernels
+from ..kernels.attention import batched_attention
 from .layers import RotaryEmbedding, causal_attention, gelu_mul, rms_norm, silu_mul
 
 
@@ -26,13 +27,48 @@ class Primitives:
     attention: Callable[..., torch.Tensor]
     silu_mul: Callable[[torch.Tensor], torch.Tensor]  # (T, 2F) [gate | up] -> (T, F)
     gelu_mul: Callable[[torch.Tensor], torch.Tensor]  # (T, 2F) [gate | up] -> (T, F)
+    # One layer's RoPE, cache update and attention for sequences packed in qkv (N, n_heads + 2 n_kv_heads, D):
+    # (rope, qkv, n_heads, caches, lengths, layer, scale, window) -> (N, n_heads * D); caches' offsets do not move
+    attend_sequences: Callable[..., torch.Tensor]
+
+
+def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., torch.Tensor]:
+    """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another."""
+    def attend_sequences(rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths, layer: int,
+                         scale: float, window: int | None) -> torch.Tensor:
+        n_kv = (qkv.shape[1] - n_heads) // 2
+        outputs, start = [], 0
+        for cache, T in zip(caches, lengths):
+            rows = qkv[start:start + T]
+            rotate_(rope, rows[:, :n_heads + n_kv], cache.offset)  # q and k, in place
+            q = rows[:, :n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
+            keys, values = cache.update(layer, rows[:, n_heads:n_heads + n_kv].transpose(0, 1),
+                                        rows[:, n_heads + n_kv:].transpose(0, 1))  # (n_kv_heads, L, head_dim)
+            outputs.append(attention(q, keys, values, scale, window=window))  # (T, n_heads * D)
+            start += T
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    return attend_sequences
 
 
 def _rotate_fast(rope: RotaryEmbedding, x: torch.Tensor, start: int) -> None:
     kernels.rotary_embedding_(x, rope.cos, rope.sin, start, rope.rope_dim, rope.style == "interleaved")
 
 
+_attend_each_fast = per_sequence(_rotate_fast, kernels.cached_attention)
+
+
+def _attend_sequences_fast(rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths, layer: int,
+                           scale: float, window: int | None) -> torch.Tensor:
+    """One sequence: the loop. Several: one compiled call doing what the loop does, the same bits
+    (kernels.attention.batched_attention), without a dozen Python-level calls per sequence and layer."""
+    if len(caches) == 1:
+        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window)
+    return batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, rope.cos, rope.sin, rope.rope_dim,
+                             rope.style == "interleaved")
+
+
 REFERENCE = Primitives(rms_norm=rms_norm, rotate_=RotaryEmbedding.rotate_, attention=causal_attention,
-                       silu_mul=silu_mul, gelu_mul=gelu_mul)
+                       silu_mul=silu_mul, gelu_mul=gelu_mul,
+                       attend_sequences=per_sequence(RotaryEmbedding.rotate_, causal_attention))
 FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=kernels.cached_attention,
-                  silu_mul=kernels.silu_mul, gelu_mul=gelu_mul)
+                  silu_mul=kernels.silu_mul, gelu_mul=gelu_mul, attend_sequences=_attend_sequences_fast)

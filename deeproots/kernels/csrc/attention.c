@@ -121,49 +121,76 @@ INLINE void attend_row(const int type, const int64_t D, const float *q, const ui
         out[d] /= l;
 }
 
-/* Units u = part, part + parts, ...: interleaved, so every part gets a fair share of the long (late) rows. */
-INLINE void attend_units(const attn_t *a, const int type, const int64_t D, int part, int parts)
+/* Unit u (query row u / n_heads, head u % n_heads) of one call. */
+INLINE void attend_unit(const attn_t *a, const int type, const int64_t D, int64_t u)
 {
     /* Strides count elements: 4- or 2-byte floats, or the bytes of a q8_0 cache's uint8 rows. */
     const int64_t es = type == T_F32 ? 4 : type == T_F16 ? 2 : 1, group = a->n_heads / a->n_kv_heads;
-    for (int64_t u = part; u < a->n_heads * a->T; u += parts) {
-        const int64_t i = u / a->n_heads, h = u % a->n_heads, g = h / group;
-        const int64_t n = a->L - a->T + i + 1, first = a->window && n > a->window ? n - a->window : 0;
-        attend_row(type, D, a->q + h * a->q_head + i * a->q_row, a->k + g * a->k_head * es, a->k_row * es,
-                   a->v + g * a->v_head * es, a->v_row * es, first, n, a->scale, a->out + (i * a->n_heads + h) * D);
+    const int64_t i = u / a->n_heads, h = u % a->n_heads, g = h / group;
+    const int64_t n = a->L - a->T + i + 1, first = a->window && n > a->window ? n - a->window : 0;
+    attend_row(type, D, a->q + h * a->q_head + i * a->q_row, a->k + g * a->k_head * es, a->k_row * es,
+               a->v + g * a->v_head * es, a->v_row * es, first, n, a->scale, a->out + (i * a->n_heads + h) * D);
+}
+
+/* Units u = part, part + parts, ... of the B calls a[0 .. B) taken as one list of units, call after call:
+ * interleaved, so every part gets a fair share of the long (late) rows. */
+INLINE void attend_units(const attn_t *a, int64_t B, const int type, const int64_t D, int part, int parts)
+{
+    int64_t base = 0; /* units of the calls before a[b] */
+    for (int64_t b = 0, u = part; b < B; b++) {
+        const int64_t units = a[b].n_heads * a[b].T;
+        for (; u < base + units; u += parts)
+            attend_unit(&a[b], type, D, u - base);
+        base += units;
     }
 }
 
 /* The common head sizes get code with D known at compile time (loops unrolled, no tail masks). */
-INLINE void attend_sizes(const attn_t *a, const int type, int part, int parts)
+INLINE void attend_sizes(const attn_t *a, int64_t B, const int type, int part, int parts)
 {
     if (a->D == 64)
-        attend_units(a, type, 64, part, parts);
+        attend_units(a, B, type, 64, part, parts);
     else if (a->D == 128)
-        attend_units(a, type, 128, part, parts);
+        attend_units(a, B, type, 128, part, parts);
     else
-        attend_units(a, type, a->D, part, parts);
+        attend_units(a, B, type, a->D, part, parts);
 }
+
+typedef struct {
+    const attn_t *a;
+    int64_t B;
+} attn_batch_t;
 
 static void attention_part(void *ctx, int part, int parts)
 {
-    const attn_t *a = ctx;
+    const attn_batch_t *batch = ctx;
+    const attn_t *a = batch->a;
     if (a->kv_type == T_F32)
-        attend_sizes(a, T_F32, part, parts);
+        attend_sizes(a, batch->B, T_F32, part, parts);
     else if (a->kv_type == T_F16)
-        attend_sizes(a, T_F16, part, parts);
+        attend_sizes(a, batch->B, T_F16, part, parts);
     else
-        attend_sizes(a, T_Q8_0, part, parts);
+        attend_sizes(a, batch->B, T_Q8_0, part, parts);
 }
 
-void attention_run(const attn_t *a, int threads)
+void attention_batch_run(const attn_t *a, int64_t B, int threads)
 {
-    const int64_t keys = a->window && a->window + KC < a->L ? a->window + KC : a->L; /* most keys a row visits */
-    const int64_t units = a->n_heads * a->T, work = units * keys * a->D;
+    int64_t units = 0, work = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t L = a[b].L, w = a[b].window;
+        const int64_t keys = w && w + KC < L ? w + KC : L; /* most keys a row visits */
+        units += a[b].n_heads * a[b].T;
+        work += a[b].n_heads * a[b].T * keys * a[b].D;
+    }
+    if (units == 0)
+        return;
     int64_t parts = 1 + work / MIN_WORK_PER_THREAD;
     parts = parts < units ? parts : units;
-    pool_run(attention_part, (void *)a, parts < threads ? (int)parts : threads);
+    attn_batch_t batch = {a, B};
+    pool_run(attention_part, &batch, parts < threads ? (int)parts : threads);
 }
+
+void attention_run(const attn_t *a, int threads) { attention_batch_run(a, 1, threads); }
 
 /* f32 -> f16 bits, rounded to nearest even (as numpy's astype(float16) and ggml's scale conversion). */
 static uint16_t f32_to_f16(float f)
@@ -236,4 +263,24 @@ void kv_quantize_q8_0(const float *x, int64_t x_head, int64_t x_row, uint8_t *ou
             for (int64_t b = 0; b < D / QBLOCK; b++)
                 quantize_block(x + h * x_head + r * x_row + b * QBLOCK,
                                out + h * out_head + r * out_row + b * Q8_0_BYTES);
+}
+
+void kv_store(int type, const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
+              int64_t out_row, int64_t heads, int64_t rows, int64_t D)
+{
+    if (type == T_Q8_0) {
+        kv_quantize_q8_0(x, x_head, x_row, out, out_head, out_row, heads, rows, D);
+        return;
+    }
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *src = x + h * x_head + r * x_row;
+            if (type == T_F32) {
+                memcpy((float *)out + h * out_head + r * out_row, src, (size_t)D * sizeof(float));
+            } else {
+                uint16_t *dst = (uint16_t *)out + h * out_head + r * out_row;
+                for (int64_t d = 0; d < D; d++)
+                    dst[d] = f32_to_f16(src[d]);
+            }
+        }
 }

@@ -24,9 +24,18 @@ typedef struct {
  * and threads. */
 void attention_run(const attn_t *a, int threads);
 
+/* attention_run of the B calls a[0 .. B) (all of one kv_type and D) at once: their (call, head, row) units go to the
+ * threads in one dispatch; every row is computed exactly as attention_run computes it. */
+void attention_batch_run(const attn_t *a, int64_t B, int threads);
+
 /* Quantize x (heads, rows, D) f32, D a multiple of 32, into Q8_0 blocks out (heads, rows, D / 32 * 34) bytes, the
  * same bytes as ggml's quantize_row_q8_0_ref. Strides in elements of each. */
 void kv_quantize_q8_0(const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
                       int64_t out_row, int64_t heads, int64_t rows, int64_t D);
+
+/* Store x (heads, rows, D) f32 into cache rows out of kv type T_F32, T_F16 (rounded to nearest even, as torch's
+ * conversion) or T_Q8_0 (as kv_quantize_q8_0). Strides in elements of each (bytes for q8_0). */
+void kv_store(int type, const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
+              int64_t out_row, int64_t heads, int64_t rows, int64_t D);
 
 #endif

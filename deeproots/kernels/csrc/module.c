@@ -235,6 +235,71 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* attention_batch(desc_ptr, B, layer, qkv_ptr, qkv_row, n_heads, n_kv_heads, D, kv_type, scale, window, out_ptr,
+ * cos_ptr, sin_ptr, rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2
+ * n_kv_heads, D) f32, rows qkv_row floats apart. desc is B x BATCH_FIELDS int64: each sequence's first row, row count
+ * T, cache offset, cache key and value base pointers (layer 0), and the caches' layer, head and row strides in
+ * elements (bytes for q8_0). Per sequence, as rope, the cache update and attention do one by one: RoPE on its q and k
+ * heads (positions offset ..), its k and v rows stored at the cache offset, then attention of its rows over keys
+ * 0 .. offset + T into out (N, n_heads * D) at its first row; the attention of all sequences runs as one dispatch.
+ * The caller (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
+enum { BATCH_FIELDS = 8 };
+static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    enum { SCALE = 9, NARGS = 16 };
+    int64_t v[NARGS];
+    double scale = 0.0;
+    if (nargs != NARGS) {
+        PyErr_SetString(PyExc_TypeError, "attention_batch takes 16 arguments: 15 ints and the float scale at index 9");
+        return NULL;
+    }
+    for (int i = 0; i < NARGS; i++) {
+        if (i == SCALE) {
+            scale = PyFloat_AsDouble(args[i]);
+            if (scale == -1.0 && PyErr_Occurred())
+                return NULL;
+        } else if (as_int64(args[i], &v[i])) {
+            return NULL;
+        }
+    }
+    const int64_t *desc = (const int64_t *)(intptr_t)v[0], B = v[1], layer = v[2], qkv_row = v[4], H = v[5],
+                  G = v[6], D = v[7], window = v[10], rope_dim = v[14];
+    float *qkv = (float *)(intptr_t)v[3], *out = (float *)(intptr_t)v[11];
+    const int type = (int)v[8], interleaved = v[15] != 0;
+    const float *cos = (const float *)(intptr_t)v[12], *sin = (const float *)(intptr_t)v[13];
+    const int type_ok = type == T_F32 || type == T_F16 || (type == T_Q8_0 && D % QBLOCK == 0);
+    if (!type_ok || B < 0 || layer < 0 || G <= 0 || H <= 0 || H % G || D <= 0 || window < 0 || rope_dim <= 0 ||
+        rope_dim % 2 || rope_dim > D) {
+        PyErr_SetString(PyExc_ValueError, "attention_batch: unsupported kv type or bad sizes");
+        return NULL;
+    }
+    attn_t *a = malloc((size_t)(B > 0 ? B : 1) * sizeof *a);
+    if (!a)
+        return PyErr_NoMemory();
+    const int64_t es = type == T_F32 ? 4 : type == T_F16 ? 2 : 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t *f = desc + b * BATCH_FIELDS;
+        const int64_t row0 = f[0], T = f[1], offset = f[2], layer_stride = f[5], head = f[6], row = f[7];
+        float *x = qkv + row0 * qkv_row;
+        uint8_t *k = (uint8_t *)(intptr_t)f[3] + layer * layer_stride * es;
+        uint8_t *vv = (uint8_t *)(intptr_t)f[4] + layer * layer_stride * es;
+        if (T > 0) {
+            rope_run(x, qkv_row, T, H + G, D, cos, sin, offset, rope_dim, interleaved, n_threads);
+            kv_store(type, x + H * D, D, qkv_row, k + offset * row * es, head, row, G, T, D);
+            kv_store(type, x + (H + G) * D, D, qkv_row, vv + offset * row * es, head, row, G, T, D);
+        }
+        a[b] = (attn_t){.q = x, .q_head = D, .q_row = qkv_row, .k = k, .k_head = head, .k_row = row, .v = vv,
+                        .v_head = head, .v_row = row, .kv_type = type, .n_heads = H, .n_kv_heads = G, .T = T,
+                        .L = offset + T, .D = D, .scale = (float)scale, .out = out + row0 * H * D, .window = window};
+    }
+    attention_batch_run(a, B, n_threads);
+    Py_END_ALLOW_THREADS
+    free(a);
+    Py_RETURN_NONE;
+}
+
 /* kv_quantize_q8_0(x_ptr, x_head, x_row, out_ptr, out_head, out_row, heads, rows, D): see attention.h. The caller
  * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
 static PyObject *py_kv_quantize_q8_0(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -337,6 +402,8 @@ static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},
+    {"attention_batch", (PyCFunction)(void (*)(void))py_attention_batch, METH_FASTCALL,
+     "RoPE, cache update and causal GQA of several sequences"},
     {"kv_quantize_q8_0", (PyCFunction)(void (*)(void))py_kv_quantize_q8_0, METH_FASTCALL, "KV rows to Q8_0 blocks"},
     {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL, "RMSNorm of rows"},
     {"rope", (PyCFunction)(void (*)(void))py_rope, METH_FASTCALL, "rotary embeddings in place"},

@@ -1,0 +1,100 @@
+"""The batched attention primitive (FAST.attend_sequences with several sequences: one compiled call doing RoPE, the
+cache update and attention for every sequence) against the per-sequence loop it replaces: bit-identical outputs,
+q/k rows and cache contents, over f32, f16 and q8_0 caches, rows of prefill and decode mixed in one call, with and
+without a sliding window, on one thread and on several."""
+
+import pytest
+import torch
+
+from deeproots.cache.kv import KVCache
+from deeproots.errors import RequestError
+from deeproots.kernels import cached_attention, get_num_threads, set_num_threads
+from deeproots.models.layers import RotaryEmbedding
+from deeproots.models.primitives import FAST, _rotate_fast, per_sequence
+
+LOOP = per_sequence(_rotate_fast, cached_attention)
+N_LAYERS, MAX_TOKENS = 3, 200
+
+
+def caches_at(kv_type: str, n_kv: int, D: int, offsets: list[int], seed: int) -> list[KVCache]:
+    """Caches already holding `offsets[b]` positions of random keys and values in every layer."""
+    gen = torch.Generator().manual_seed(seed)
+    caches = []
+    for offset in offsets:
+        cache = KVCache(N_LAYERS, n_kv, D, MAX_TOKENS, kv_type)
+        for layer in range(N_LAYERS):
+            cache.update(layer, torch.randn(n_kv, offset, D, generator=gen), torch.randn(n_kv, offset, D, generator=gen))
+        cache.advance(offset)
+        caches.append(cache)
+    return caches
+
+
+def clone(caches: list[KVCache]) -> list[KVCache]:
+    copies = []
+    for cache in caches:
+        copy = KVCache(N_LAYERS, cache.keys.shape[1], 1, MAX_TOKENS)  # replaced below
+        copy.kv_type, copy.keys, copy.values, copy.offset = cache.kv_type, cache.keys.clone(), cache.values.clone(), \
+            cache.offset
+        copies.append(copy)
+    return copies
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("window", [None, 5, 64])
+@pytest.mark.parametrize("style", ["interleaved", "neox"])
+@pytest.mark.parametrize("kv_type,D,heads", [("f32", 64, (9, 3)), ("f16", 40, (4, 4)), ("f16", 128, (8, 2)),
+                                             ("q8_0", 64, (6, 2)), ("q8_0", 96, (4, 1))])
+def test_batched_attention_matches_the_per_sequence_loop(kv_type, D, heads, style, window, threads):
+    n_heads, n_kv = heads
+    offsets, lengths = [0, 7, 70, 3, 130], [5, 1, 1, 40, 1]  # prefill rows, decode rows, an empty cache
+    rope = RotaryEmbedding(D if D != 96 else 64, 10000.0, MAX_TOKENS, style=style)
+    gen = torch.Generator().manual_seed(hash((kv_type, D, style, window)) % 1000)
+    old = get_num_threads()
+    set_num_threads(threads)
+    try:
+        for layer in range(N_LAYERS):
+            base = caches_at(kv_type, n_kv, D, offsets, seed=layer)
+            # qkv as the model has it: a view of a (N, heads * D) product, here with a wider row stride
+            wide = torch.randn(sum(lengths), (n_heads + 2 * n_kv) * D + 8, generator=gen) * 3
+            qkv_a = wide[:, :(n_heads + 2 * n_kv) * D].view(-1, n_heads + 2 * n_kv, D)
+            qkv_b = wide.clone()[:, :(n_heads + 2 * n_kv) * D].view(-1, n_heads + 2 * n_kv, D)
+            caches_a, caches_b = base, clone(base)
+            out_a = LOOP(rope, qkv_a, n_heads, caches_a, lengths, layer, 0.125, window)
+            out_b = FAST.attend_sequences(rope, qkv_b, n_heads, caches_b, lengths, layer, 0.125, window)
+            assert out_b.shape == out_a.shape
+            assert torch.equal(out_a, out_b)  # bit-identical (no nan here)
+            assert torch.equal(qkv_a, qkv_b)  # the same RoPE in place
+            for a, b in zip(caches_a, caches_b):
+                assert a.offset == b.offset  # neither advances
+                assert torch.equal(a.keys.view(torch.uint8), b.keys.view(torch.uint8))
+                assert torch.equal(a.values.view(torch.uint8), b.values.view(torch.uint8))
+    finally:
+        set_num_threads(old)
+
+
+def test_batched_attention_steps_like_the_loop():
+    """Several steps with the same caches and lengths: the plan the first layer builds follows the offsets."""
+    n_heads, n_kv, D = 4, 2, 64
+    rope = RotaryEmbedding(D, 10000.0, MAX_TOKENS)
+    caches_a = caches_at("f16", n_kv, D, [3, 9], seed=1)
+    caches_b = clone(caches_a)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(4):
+        lengths = [1, 1] if step else [4, 2]
+        for layer in range(N_LAYERS):
+            qkv = torch.randn(sum(lengths), n_heads + 2 * n_kv, D, generator=gen)
+            qkv_b = qkv.clone()
+            out_a = LOOP(rope, qkv, n_heads, caches_a, lengths, layer, 0.125, None)
+            out_b = FAST.attend_sequences(rope, qkv_b, n_heads, caches_b, lengths, layer, 0.125, None)
+            assert torch.equal(out_a, out_b)
+        for a, b, t in zip(caches_a, caches_b, lengths):
+            a.advance(t)
+            b.advance(t)
+            assert torch.equal(a.keys.view(torch.uint8), b.keys.view(torch.uint8))
+
+
+def test_batched_attention_refuses_a_full_cache():
+    rope = RotaryEmbedding(64, 10000.0, MAX_TOKENS)
+    caches = caches_at("f32", 1, 64, [MAX_TOKENS - 1, 2], seed=0)
+    with pytest.raises(RequestError, match="holds"):
+        FAST.attend_sequences(rope, torch.zeros(3, 4, 64), 2, caches, [2, 1], 0, 0.125, None)
