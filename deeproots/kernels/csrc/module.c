@@ -194,6 +194,26 @@ static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(qgemm_group_bytes((int)type, K));
 }
 
+/* Parse nargs == n arguments into ints v[i], except v[float_index], which goes to *f as a double. */
+static int parse_ints_and_one_float(PyObject *const *args, Py_ssize_t nargs, int n, int float_index, int64_t *v,
+                                    double *f, const char *usage)
+{
+    if (nargs != n) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (i == float_index) {
+            *f = PyFloat_AsDouble(args[i]);
+            if (*f == -1.0 && PyErr_Occurred())
+                return -1;
+        } else if (as_int64(args[i], &v[i])) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* attention(q_ptr, q_head, q_row, k_ptr, k_head, k_row, v_ptr, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L,
  * D, scale, out_ptr, window): the fields of attn_t (attention.h), strides in elements. The caller
  * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
@@ -203,19 +223,9 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     enum { SCALE = 15, NARGS = 18 };
     int64_t v[NARGS];
     double scale = 0.0;
-    if (nargs != NARGS) {
-        PyErr_SetString(PyExc_TypeError, "attention takes 18 arguments: 17 ints and the float scale at index 15");
+    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, v, &scale,
+                                 "attention takes 18 arguments: 17 ints and the float scale at index 15"))
         return NULL;
-    }
-    for (int i = 0; i < NARGS; i++) {
-        if (i == SCALE) {
-            scale = PyFloat_AsDouble(args[i]);
-            if (scale == -1.0 && PyErr_Occurred())
-                return NULL;
-        } else if (as_int64(args[i], &v[i])) {
-            return NULL;
-        }
-    }
     const attn_t a = {.q = (const float *)(intptr_t)v[0], .q_head = v[1], .q_row = v[2],
                       .k = (const uint8_t *)(intptr_t)v[3], .k_head = v[4], .k_row = v[5],
                       .v = (const uint8_t *)(intptr_t)v[6], .v_head = v[7], .v_row = v[8], .kv_type = (int)v[9],
@@ -250,19 +260,9 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
     enum { SCALE = 9, NARGS = 16 };
     int64_t v[NARGS];
     double scale = 0.0;
-    if (nargs != NARGS) {
-        PyErr_SetString(PyExc_TypeError, "attention_batch takes 16 arguments: 15 ints and the float scale at index 9");
+    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, v, &scale,
+                                 "attention_batch takes 16 arguments: 15 ints and the float scale at index 9"))
         return NULL;
-    }
-    for (int i = 0; i < NARGS; i++) {
-        if (i == SCALE) {
-            scale = PyFloat_AsDouble(args[i]);
-            if (scale == -1.0 && PyErr_Occurred())
-                return NULL;
-        } else if (as_int64(args[i], &v[i])) {
-            return NULL;
-        }
-    }
     const int64_t *desc = (const int64_t *)(intptr_t)v[0], B = v[1], layer = v[2], qkv_row = v[4], H = v[5],
                   G = v[6], D = v[7], window = v[10], rope_dim = v[14];
     float *qkv = (float *)(intptr_t)v[3], *out = (float *)(intptr_t)v[11];
