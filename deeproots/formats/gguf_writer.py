@@ -109,6 +109,11 @@ def _encode_string(text: Any, key: str) -> bytes:
 def _encode_numbers(values: Any, value_type: GGUFValueType, key: str) -> bytes:
     """Numbers or bools (a scalar is a one-item list), checked to fit the type without loss of kind."""
     array = np.asarray(values)
+    kind = array.dtype.kind
+    if (value_type in _INTEGER_VALUE_TYPES and kind == "f" and isinstance(values, (list, tuple))
+            and all(type(value) is int for value in values)):
+        # numpy turns Python ints beyond int64 (e.g. [0, 2**63]) into float64; keep them exact for the checks.
+        array, kind = np.array(values, dtype=object), "i"
     if array.ndim != 1:
         raise ModelFormatError(f"{value_type.name} values must form a flat list, got shape {array.shape}", field=key)
     if value_type == GGUFValueType.BOOL:
@@ -117,7 +122,7 @@ def _encode_numbers(values: Any, value_type: GGUFValueType, key: str) -> bytes:
         allowed_kinds = "iu"
     else:
         allowed_kinds = "iuf"
-    if array.size and array.dtype.kind not in allowed_kinds:
+    if array.size and kind not in allowed_kinds:
         raise ModelFormatError(f"{array.dtype} values cannot be stored as {value_type.name}", field=key)
     if array.size and value_type in _INTEGER_VALUE_TYPES:
         minimum, maximum = _integer_range(value_type)
