@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, config_from_gguf
 from .errors import ModelFormatError
-from .formats.hf_folder import open_model_file
+from .formats.model_file import open_model_file
 from .quant.types import GGMLType
 
 # llama.cpp's general.file_type values (enum llama_ftype) for the names users know.

@@ -10,7 +10,7 @@ import torch
 from .cache.kv import KV_TYPES, KVCache
 from .config import ModelConfig, config_from_gguf
 from .errors import RequestError, UnsupportedModelError
-from .formats.hf_folder import open_model_file
+from .formats.model_file import open_model_file
 from .generate import GenerationStep, generate
 from .kernels import set_num_threads
 from .memory import release_free_memory

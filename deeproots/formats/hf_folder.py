@@ -11,6 +11,7 @@ Untouched tensors stay zero-copy views of the memory-mapped files.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -21,11 +22,11 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
 from .names import HFArchitecture, gguf_tensor_name, hf_architecture
-from .safetensors import SafetensorsFile, open_checkpoint
+from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 10_000_000
-GGML_TYPES = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
+GGML_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}  # safetensors dtype -> GGML
 _SUPPORTED_ROPE_TYPES = ("default", "linear")
 
 
@@ -149,20 +150,14 @@ def _permute_for_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 class HFCheckpoint:
     """An HF folder behind the GGUFFile interface the loader and the converter use."""
 
-    def __init__(self, path: str, metadata: dict[str, Any], sources: dict[str, Callable[[], torch.Tensor]],
-                 files: list[SafetensorsFile]):
+    def __init__(self, path: str, metadata: dict[str, Any],
+                 sources: dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]], files: list[SafetensorsFile]):
         self.path = path
         self.metadata = metadata
-        self._sources = sources  # GGUF name -> the tensor in its final form, computed when asked for
+        # GGUF name -> the tensor in its final form, computed only when asked for
+        self._sources = {name: source for name, (source, _) in sources.items()}
+        self.tensors = {name: info for name, (_, info) in sources.items()}
         self._files = files
-        self.tensors: dict[str, TensorInfo] = {}
-        for name, source in sources.items():
-            tensor = source()  # a view, or a small 1-d result: cheap to make once for its shape and dtype
-            ggml_type = GGML_TYPES.get(tensor.dtype)
-            if ggml_type is None:
-                raise UnsupportedModelError(f"tensor {name!r} has dtype {tensor.dtype}; supported: F32, F16, BF16")
-            shape = tuple(reversed(tensor.shape))
-            self.tensors[name] = TensorInfo(name, shape, ggml_type, 0, tensor_nbytes(ggml_type, tensor.numel()))
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> HFCheckpoint:
@@ -203,14 +198,14 @@ class HFCheckpoint:
         self.close()
 
 
-def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, Any]], config: dict[str, Any],
-                    spec: HFArchitecture) -> dict[str, Callable[[], torch.Tensor]]:
-    """GGUF name -> a function giving the tensor as llama.cpp's converter would store it."""
+def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]], config: dict[str, Any],
+                    spec: HFArchitecture) -> dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]]:
+    """GGUF name -> (a function giving the tensor as llama.cpp's converter would store it, its TensorInfo)."""
     n_heads = int(_number(config, "num_attention_heads"))
     n_kv_heads = int(_number(config, "num_key_value_heads", n_heads))
     tied = bool(config.get("tie_word_embeddings", False))
-    sources: dict[str, Callable[[], torch.Tensor]] = {}
-    for hf_name, (file, _) in checkpoint.items():
+    sources: dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]] = {}
+    for hf_name, (file, file_info) in checkpoint.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed buffers; a tied head is the embedding table
         name = gguf_tensor_name(hf_name, spec)
@@ -218,18 +213,17 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, Any]], config: 
         def load(file: SafetensorsFile = file, hf_name: str = hf_name) -> torch.Tensor:
             return file.tensor(hf_name)
 
-        source = load
+        source, dtype = load, file_info.dtype
         if spec.permute_qk and name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
             heads = n_heads if ".attn_q." in name else n_kv_heads
             source = lambda load=load, heads=heads: _permute_for_rope(load(), heads)  # noqa: E731
         elif spec.norm_shift and name.endswith("norm.weight"):
-            source = lambda load=load: load().float() + spec.norm_shift  # noqa: E731
-        sources[name] = source
+            source, dtype = (lambda load=load: load().float() + spec.norm_shift), "F32"  # noqa: E731
+        ggml_type = GGML_TYPES.get(dtype)
+        if ggml_type is None:
+            raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {dtype}; supported: {', '.join(GGML_TYPES)}")
+        n_elements = math.prod(file_info.shape)
+        info = TensorInfo(name, tuple(reversed(file_info.shape)), ggml_type, 0, tensor_nbytes(ggml_type, n_elements))
+        sources[name] = source, info
     return sources
 
-
-def open_model_file(path: str | os.PathLike) -> Any:
-    """A GGUFFile for a .gguf path, an HFCheckpoint for a folder."""
-    from .gguf import GGUFFile
-
-    return HFCheckpoint.open(path) if os.path.isdir(path) else GGUFFile.open(path)
