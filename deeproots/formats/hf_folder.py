@@ -21,7 +21,7 @@ import torch
 from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, UnsupportedModelError
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import HFArchitecture, gguf_tensor_name, hf_architecture
+from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, gguf_tensor_name, hf_architecture
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
@@ -88,16 +88,14 @@ def _rope_metadata(config: dict[str, Any], arch: str, head_dim: int) -> dict[str
 
 def _check_layer_pattern(config: dict[str, Any]) -> None:
     """Gemma 3's sliding/global layer order must be the one the model class builds."""
-    from ..models.gemma3 import GLOBAL_LAYER_EVERY
-
     layer_types = config.get("layer_types")
     if layer_types is None:
         return
-    expected = ["full_attention" if (i + 1) % GLOBAL_LAYER_EVERY == 0 else "sliding_attention"
+    expected = ["full_attention" if (i + 1) % GEMMA3_GLOBAL_LAYER_EVERY == 0 else "sliding_attention"
                 for i in range(len(layer_types))]
     if layer_types != expected:
         raise UnsupportedModelError(f"layer_types {layer_types} differ from Gemma 3's pattern of one global "
-                                    f"layer every {GLOBAL_LAYER_EVERY}")
+                                    f"layer every {GEMMA3_GLOBAL_LAYER_EVERY}")
 
 
 def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> dict[str, Any]:

@@ -55,6 +55,8 @@ LAYER_TENSORS = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# Gemma 3 attends globally on layers 5, 11, 17, ... (llama.cpp's swa pattern; GGUF files carry no key for it).
+GEMMA3_GLOBAL_LAYER_EVERY = 6
 _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 

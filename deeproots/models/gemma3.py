@@ -17,11 +17,11 @@ import torch
 
 from ..cache.kv import KVCache
 from ..config import ModelConfig
+from ..formats.names import GEMMA3_GLOBAL_LAYER_EVERY
 from .llama import Llama, LlamaBlock
 from .layers import RotaryEmbedding
 from .weights import GGUFWeights
 
-GLOBAL_LAYER_EVERY = 6  # layers 5, 11, 17, ... attend globally (llama.cpp's swa pattern for Gemma 3)
 LOCAL_ROPE_THETA = 10_000.0
 
 
@@ -50,7 +50,7 @@ class Gemma3(Llama):
 
     def layer_attention(self, index: int) -> tuple[float, float, int | None]:
         c = self.config
-        if (index + 1) % GLOBAL_LAYER_EVERY == 0 or c.sliding_window is None:
+        if (index + 1) % GEMMA3_GLOBAL_LAYER_EVERY == 0 or c.sliding_window is None:
             return c.rope_theta, c.rope_scale, None
         return c.rope_theta_local or LOCAL_ROPE_THETA, 1.0, c.sliding_window
 
