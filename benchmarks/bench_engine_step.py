@@ -53,7 +53,6 @@ def main() -> None:
     model = deeproots.load(args.model)
     timers = Timers()
     engine = Engine(model, EngineConfig(max_running=max(int(b) for b in args.batch.split(","))))
-    engine_module._limit_torch_threads(engine.config.torch_threads)  # what the engine's own thread does first
     engine.runner.run = timers.wrap(PARTS[0], engine.runner.run)
     engine_module.decode_batch = timers.wrap(PARTS[1], generate_module.decode_batch)
     generate_module.draw_batch = timers.wrap(PARTS[2], generate_module.draw_batch)

@@ -12,16 +12,16 @@ import argparse
 import statistics
 import time
 
-import torch
+import numpy as np
 
 import deeproots
 
 
 def decode_steps(model, batch: int, steps: int, context: int) -> list[float]:
     caches = [model.new_cache(context + steps + 1) for _ in range(batch)]
-    prompt = torch.arange(100, 100 + context)
-    model.net.forward_batch(prompt.repeat(batch), caches, [context] * batch)
-    tokens = torch.full((batch,), 1000, dtype=torch.long)
+    prompt = np.arange(100, 100 + context)
+    model.net.forward_batch(np.tile(prompt, batch), caches, [context] * batch)
+    tokens = np.full(batch, 1000, dtype=np.int64)
     times = []
     for _ in range(steps):
         start = time.perf_counter()

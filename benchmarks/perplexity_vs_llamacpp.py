@@ -11,10 +11,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import deeproots
-from deeproots.perplexity import chunk_nlls, summarize
+from deeproots.perplexity import chunk_nlls, summarize, token_nlls
 
 
 def llama_cpp_perplexity(path: Path, ids: list[int], context: int) -> tuple[float, int]:
@@ -26,11 +25,10 @@ def llama_cpp_perplexity(path: Path, ids: list[int], context: int) -> tuple[floa
         chunk = ids[start:start + context]
         llm.reset()
         llm.eval(chunk)
-        logits = torch.from_numpy(np.array(llm.scores[:context], dtype=np.float64))  # (context, vocab)
-        log_probs = torch.log_softmax(logits[context // 2:-1], dim=-1)
-        nlls.append(-log_probs.gather(1, torch.tensor(chunk[context // 2 + 1:])[:, None])[:, 0])
-    values = torch.cat(nlls)
-    return math.exp(values.mean().item()), len(values)
+        logits = np.array(llm.scores[:context], dtype=np.float64)  # (context, vocab)
+        nlls.append(token_nlls(logits[context // 2:-1], chunk[context // 2 + 1:]))
+    values = np.concatenate(nlls)
+    return math.exp(values.mean()), len(values)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import time
 
 
 def median_us(fn, repeats: int) -> float:
-    """Median wall time of fn() in microseconds, after a warm-up of caches, thread pools and torch's dispatch."""
+    """Median wall time of fn() in microseconds, after a warm-up of caches and thread pools."""
     for _ in range(max(3, repeats // 10)):
         fn()
     times = []

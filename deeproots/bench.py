@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-import torch
+import numpy as np
 
 from .errors import DeeprootsError
 
@@ -36,12 +36,12 @@ class DeeprootsEngine:
 
     def prefill(self, tokens: list[int]) -> None:
         self.cache.truncate(0)
-        self.net.forward(torch.tensor(tokens), self.cache)
+        self.net.forward(np.asarray(tokens, dtype=np.int64), self.cache)
 
     def decode(self, tokens: list[int]) -> None:
         self.cache.truncate(0)
         for token in tokens:
-            self.net.forward(torch.tensor([token]), self.cache)
+            self.net.forward(np.array([token], dtype=np.int64), self.cache)
 
 
 class LlamaCppEngine:
@@ -73,21 +73,23 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, path):
+        import torch  # only this comparison needs PyTorch
         import transformers
 
         path = Path(path)
+        self.torch = torch
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
-    @torch.inference_mode()
     def prefill(self, tokens: list[int]) -> None:
-        self.model(torch.tensor([tokens]), use_cache=True)
+        with self.torch.inference_mode():
+            self.model(self.torch.tensor([tokens]), use_cache=True)
 
-    @torch.inference_mode()
     def decode(self, tokens: list[int]) -> None:
         past = None
-        for token in tokens:
-            past = self.model(torch.tensor([[token]]), past_key_values=past, use_cache=True).past_key_values
+        with self.torch.inference_mode():
+            for token in tokens:
+                past = self.model(self.torch.tensor([[token]]), past_key_values=past, use_cache=True).past_key_values
 
 
 @dataclass
@@ -107,7 +109,7 @@ class Result:
 
 def benchmark_tokens(vocab_size: int, n_tokens: int) -> list[int]:
     """Random token ids (as llama-bench uses), the same for every engine and every run."""
-    return torch.randint(vocab_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    return np.random.default_rng(0).integers(vocab_size, size=n_tokens).tolist()
 
 
 def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n_gen: int, repetitions: int,

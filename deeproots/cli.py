@@ -247,15 +247,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import json
 
-    import torch
     from tqdm import tqdm
 
     from .bench import DeeprootsEngine, LlamaCppEngine, TransformersEngine, benchmark_tokens, run_benchmark
     from .inspect import human_bytes, human_count, summarize
+    from .kernels import get_num_threads
 
     args.ctx = args.ctx or max(args.n_prompt, args.n_gen, 1)
     model = load_model(args)
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or get_num_threads()
     engines = [DeeprootsEngine(model), *(DeeprootsEngine(model, kv_type) for kv_type in args.vs_kv_type)]
     for other in args.vs:
         if other == "llama.cpp":

@@ -10,22 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
-import torch
+import numpy as np
 
 from .cache.kv import KVCache
 from .errors import RequestError
-from .sampling import SamplingParams, draw_batch, logprobs_batch, make_sampler, one_torch_thread, prepare_logits
+from .sampling import SamplingParams, draw_batch, logprobs_batch, make_sampler, prepare_logits
 from .tokenizer import Tokenizer
 
 
 class CausalLM(Protocol):
-    def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor: ...
+    def forward(self, tokens: np.ndarray, cache: KVCache, *, all_logits: bool = False) -> np.ndarray:
+        """tokens int64 (N,) -> float32 logits (N, vocab) with `all_logits`, else (1, vocab) for the last token."""
 
 
 class TokenConstraint(Protocol):
     """Constrained decoding for one sequence (e.g. a JSON schema): which tokens may come next."""
 
-    def allowed(self) -> torch.Tensor: ...  # (vocab,) bool: the tokens the constraint accepts next
+    def allowed(self) -> np.ndarray: ...  # (vocab,) bool: the tokens the constraint accepts next
 
     def accept(self, token_id: int) -> None: ...  # advance past the sampled token
 
@@ -100,14 +101,14 @@ class SequenceDecoder:
         self.constraint = constraint
         self.top_logprobs = top_logprobs
 
-    def step(self, logits: torch.Tensor, room: int) -> GenerationStep:
+    def step(self, logits: np.ndarray, room: int) -> GenerationStep:
         """Sample from logits (vocab,); `room` is how many more tokens the KV cache can take."""
         result = decode_batch([self], logits[None], [room])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def prepare(self, logits: torch.Tensor) -> torch.Tensor:
+    def prepare(self, logits: np.ndarray) -> np.ndarray:
         """This sequence's penalties, logit bias and constraint mask on its logits (vocab,)."""
         allowed = self.constraint.allowed() if self.constraint else None
         return prepare_logits(logits, self.history, self.sampler.params, allowed)
@@ -130,7 +131,7 @@ class SequenceDecoder:
         return GenerationStep(token, text, logprob=logprob)
 
 
-def decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
+def decode_batch(decoders: Sequence[SequenceDecoder], logits: np.ndarray,
                  rooms: Sequence[int]) -> list[GenerationStep | Exception]:
     """One step of several sequences: row i of logits (B, vocab) is decoders[i]'s, rooms[i] its KV room.
 
@@ -138,16 +139,10 @@ def decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
     (sampling.draw_batch) and the logprobs one log-softmax, and every row's result is what that decoder's
     `step` gives alone. A sequence that fails gets its exception in the list; the others go on.
     """
-    with one_torch_thread():  # vocabulary-sized ops: see sampling.one_torch_thread
-        return _decode_batch(decoders, logits, rooms)
-
-
-def _decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
-                  rooms: Sequence[int]) -> list[GenerationStep | Exception]:
-    logits = logits.float()
+    logits = np.asarray(logits, dtype=np.float32)
     results: list[GenerationStep | Exception | None] = [None] * len(decoders)
     live: list[int] = []  # rows that sample
-    rows: list[torch.Tensor] = []
+    rows: list[np.ndarray] = []
     changed = False
     for i, decoder in enumerate(decoders):
         row = logits[i]
@@ -161,7 +156,7 @@ def _decode_batch(decoders: Sequence[SequenceDecoder], logits: torch.Tensor,
         rows.append(prepared)
     if not live:
         return results  # type: ignore[return-value]
-    batch = logits if len(live) == len(decoders) and not changed else torch.stack(rows)
+    batch = logits if len(live) == len(decoders) and not changed else np.stack(rows)
     try:
         tokens = draw_batch(batch, [decoders[i].sampler for i in live])
     except Exception as error:
@@ -200,10 +195,10 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], c
     """Continue `prompt_ids`, whose first `cache.offset` tokens the cache already holds."""
     decoder = SequenceDecoder(tokenizer, prompt_ids, params, max_tokens=max_tokens, stop=stop)
     new_tokens = check_prompt(prompt_ids, cache)
-    logits = model.forward(torch.tensor(new_tokens, dtype=torch.long), cache)[-1]  # (vocab,)
+    logits = model.forward(np.asarray(new_tokens, dtype=np.int64), cache)[-1]  # (vocab,)
     while True:
         step = decoder.step(logits, cache.room())
         yield step
         if step.finish_reason is not None:
             return
-        logits = model.forward(torch.tensor([step.token_id], dtype=torch.long), cache)[-1]
+        logits = model.forward(np.asarray([step.token_id], dtype=np.int64), cache)[-1]

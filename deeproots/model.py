@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
-import torch
+import numpy as np
 
 from .cache.kv import KV_TYPES, KVCache
 from .config import ModelConfig, config_from_gguf
@@ -77,7 +77,7 @@ class Model:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
     # --- evaluation ------------------------------------------------------------------------
-    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (T, vocab) for every position of `ids`, computed from an empty cache."""
         if not ids:
             raise RequestError("logits() needs at least one token")
@@ -85,7 +85,7 @@ class Model:
             raise RequestError(f"{len(ids)} tokens do not fit in the context of {self.context}")
         self._reset_cache()
         try:
-            return self.net.forward(torch.tensor(ids, dtype=torch.long), self.cache, all_logits=True)
+            return self.net.forward(np.asarray(ids, dtype=np.int64), self.cache, all_logits=True)
         finally:
             self._reset_cache()
 

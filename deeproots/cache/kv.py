@@ -4,27 +4,27 @@ The interface is small: `offset` (tokens stored), `update` (write this step's ke
 layer, get back everything stored so far), `advance` (after the last layer) and `truncate`;
 `extend` appends rows copied from another cache (a cached prompt prefix).
 
-Keys and values are stored as float32, float16, or q8_0 (llama.cpp's `-ctk q8_0 -ctv q8_0`): per 32
+Keys and values are numpy arrays of float32, float16, or q8_0 (llama.cpp's `-ctk q8_0 -ctv q8_0`): per 32
 values along head_dim one GGML Q8_0 block of 34 bytes (an f16 scale and 32 int8), kept as uint8 rows
 that the attention kernel reads directly. q8_0 is 8.5 bits a value against f16's 16.
 """
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from ..errors import RequestError
 from ..kernels.attention import Q8_0_BYTES, QK, quantize_q8_0_rows
 from ..quant import GGMLType, dequantize
 
-KV_TYPES = {"f32": torch.float32, "f16": torch.float16, "q8_0": torch.uint8}  # name -> the dtype rows are stored in
+KV_TYPES = {"f32": np.float32, "f16": np.float16, "q8_0": np.uint8}  # name -> the numpy dtype rows are stored in
 
 
-def dequantize_rows(rows: torch.Tensor) -> torch.Tensor:
+def dequantize_rows(rows: np.ndarray) -> np.ndarray:
     """Rows of a q8_0 cache (..., head_dim / 32 * 34) uint8 -> (..., head_dim) float32 (deeproots.quant's Q8_0)."""
     head_dim = rows.shape[-1] // Q8_0_BYTES * QK
-    values = dequantize(rows.contiguous().numpy().reshape(-1), GGMLType.Q8_0, (head_dim, rows[..., 0].numel()))
-    return torch.from_numpy(values).reshape(*rows.shape[:-1], head_dim)
+    values = dequantize(np.ascontiguousarray(rows).reshape(-1), GGMLType.Q8_0, (head_dim, rows[..., 0].size))
+    return values.reshape(*rows.shape[:-1], head_dim)
 
 
 class KVCache:
@@ -38,17 +38,18 @@ class KVCache:
         self.max_tokens = max_tokens
         row = head_dim // QK * Q8_0_BYTES if kv_type == "q8_0" else head_dim  # elements per stored key/value
         # (n_layers, n_kv_heads, max_tokens, row): heads first so a layer's prefix is what attention takes.
-        self.keys = torch.zeros(n_layers, n_kv_heads, max_tokens, row, dtype=KV_TYPES[kv_type])
-        self.values = torch.zeros_like(self.keys)
+        self.keys = np.zeros((n_layers, n_kv_heads, max_tokens, row), KV_TYPES[kv_type])
+        self.values = np.zeros_like(self.keys)
         self.offset = 0
 
     def room(self) -> int:
         return self.max_tokens - self.offset
 
-    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `keys`/`values` (n_kv_heads, T, head_dim) at the current offset (float32 for q8_0).
+    def update(self, layer: int, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store `keys`/`values` (n_kv_heads, T, head_dim) float32 arrays (strided views are fine) at the current
+        offset.
 
-        Returns all keys and values of this layer so far, (n_kv_heads, offset + T, row) each, where row is
+        Returns views of all keys and values of this layer so far, (n_kv_heads, offset + T, row) each, where row is
         head_dim, or head_dim / 32 * 34 bytes of Q8_0 blocks in a q8_0 cache.
         """
         end = self.offset + keys.shape[1]
@@ -62,7 +63,7 @@ class KVCache:
             self.values[layer, :, self.offset:end] = values
         return self.keys[layer, :, :end], self.values[layer, :, :end]
 
-    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def extend(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Append rows as this cache stores them, (n_layers, n_kv_heads, n, row) each (e.g. a slice of another
         cache's `keys`/`values` of the same kv_type), to every layer, and advance past them."""
         end = self.offset + keys.shape[2]
@@ -70,7 +71,7 @@ class KVCache:
         if keys.dtype != self.keys.dtype or values.dtype != self.keys.dtype or keys.shape != expected or \
                 values.shape != expected:
             raise RequestError(f"extend needs keys and values of shape {expected} and dtype {self.keys.dtype}, got "
-                               f"{tuple(keys.shape)} {keys.dtype} and {tuple(values.shape)} {values.dtype}")
+                               f"{keys.shape} {keys.dtype} and {values.shape} {values.dtype}")
         if end > self.max_tokens:
             raise RequestError(f"the KV cache holds {self.max_tokens} tokens; this step needs {end}")
         self.keys[:, :, self.offset:end] = keys

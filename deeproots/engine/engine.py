@@ -14,7 +14,7 @@ each request's on_event callback (all of a step's events for one dispatcher in o
 
 After the forward pass, a step samples every decoding sequence in one batched draw
 (generate.decode_batch): the per-step work outside the network does not grow with the vocabulary
-per sequence. The engine thread runs torch's own operations single-threaded (see _limit_torch_threads).
+per sequence.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, TypeVar
-
-import torch
 
 from ..errors import RequestError
 from ..generate import SequenceDecoder, decode_batch
@@ -49,9 +47,6 @@ class EngineConfig:
     prefix_block: int = 32  # tokens per prefix-cache entry
     prefill_chunk: int = 256  # most prompt tokens a sequence runs per step (a multiple of prefix_block)
     prefix_capacity_tokens: int | None = None  # default: one context
-    # torch's intra-op threads on the engine thread (None: leave torch's setting). The compiled kernels have their
-    # own pool; torch's OpenMP team only runs the small ops around them, sampling among them (see _loop).
-    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.prefix_block < 1 or self.prefill_chunk < self.prefix_block or self.prefill_chunk % self.prefix_block:
@@ -141,8 +136,6 @@ class Engine:
 
     # --- the engine thread ---------------------------------------------------------------------
     def _loop(self) -> None:
-        if self.config.torch_threads is not None:
-            _limit_torch_threads(self.config.torch_threads)
         while not self._stopping.is_set():
             self._run_jobs()
             if self.idle:
@@ -270,24 +263,3 @@ class Engine:
         with self._lock:
             self.scheduler.retire(sequence)  # the sequence's KV cache goes with it
 
-
-def _limit_torch_threads(n: int) -> None:
-    """Run torch's own operations on `n` threads on this (the engine's) thread.
-
-    Why: between the compiled kernels (which have their own pool, kernels/csrc/pool.c) the engine runs small torch
-    operations, sampling among them, and those over a vocabulary (> 32k values) fork torch's OpenMP team, whose
-    join waits for EVERY thread. On a loaded machine the second thread often is not running: a divide over 49k
-    logits measured 8 ms median with 2 threads against 10 us with 1, multinomial 24 ms against 1.3 ms.
-
-    torch.set_num_threads is per thread for OpenMP, but it also sets the default of threads that first use torch
-    later; a short helper thread puts that default back, so only this thread changes.
-    """
-    default = torch.get_num_threads()
-    torch.set_num_threads(n)
-    torch.get_num_threads()  # torch settles this thread's count on first use: with n, now
-    if default != n:
-        helper = threading.Thread(target=torch.set_num_threads, args=(default,), name="deeproots-torch-threads")
-        helper.start()
-        helper.join()
-        if torch.get_num_threads() != n:  # a torch whose setting is process-wide: keep n here (and everywhere)
-            torch.set_num_threads(n)

@@ -12,7 +12,6 @@ from typing import Any
 
 import llguidance
 import numpy as np
-import torch
 
 from ..errors import RequestError
 from ..tokenizer import Tokenizer
@@ -82,11 +81,11 @@ class GrammarConstraint:
         self.vocab_size = vocab_size
         self._check()
 
-    def allowed(self) -> torch.Tensor:
+    def allowed(self) -> np.ndarray:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)  # one bit per token, little-endian
         mask = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(bool)  # (vocab,)
         self._check()
-        return torch.from_numpy(mask)
+        return mask
 
     def accept(self, token_id: int) -> None:
         self.matcher.consume_token(token_id)

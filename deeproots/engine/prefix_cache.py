@@ -13,7 +13,6 @@ from collections import OrderedDict
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from ..cache.kv import KVCache
 
@@ -23,7 +22,7 @@ class PrefixCache:
         self.block_size = block_size
         self.capacity_blocks = capacity_tokens // block_size
         # key -> (keys, values), each (n_layers, n_kv_heads, block_size, row) as KVCache stores them
-        self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.blocks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.hit_tokens = 0  # prompt tokens served from the cache, for /metrics
 
     def _keys(self, ids: Sequence[int]) -> Iterator[bytes]:
@@ -37,7 +36,7 @@ class PrefixCache:
     def load(self, ids: Sequence[int], cache: KVCache) -> int:
         """Fill the empty `cache` with the longest cached prefix of `ids` that leaves at least one token to
         run (its logits are needed); returns how many tokens it holds now."""
-        found: list[tuple[torch.Tensor, torch.Tensor]] = []
+        found: list[tuple[np.ndarray, np.ndarray]] = []
         for index, key in enumerate(self._keys(ids)):
             if (index + 1) * self.block_size >= len(ids) or key not in self.blocks:
                 break
@@ -45,7 +44,7 @@ class PrefixCache:
             found.append(self.blocks[key])
         if found:
             # (n_layers, n_kv_heads, n_cached, row): rows as the cache stores them (floats, or q8_0 bytes)
-            cache.extend(torch.cat([k for k, _ in found], dim=2), torch.cat([v for _, v in found], dim=2))
+            cache.extend(np.concatenate([k for k, _ in found], axis=2), np.concatenate([v for _, v in found], axis=2))
         self.hit_tokens += cache.offset
         return cache.offset
 
@@ -56,6 +55,6 @@ class PrefixCache:
                 self.blocks.move_to_end(key)
                 continue
             span = slice(index * self.block_size, (index + 1) * self.block_size)
-            self.blocks[key] = (cache.keys[:, :, span].clone(), cache.values[:, :, span].clone())
+            self.blocks[key] = (cache.keys[:, :, span].copy(), cache.values[:, :, span].copy())
             while len(self.blocks) > self.capacity_blocks:
                 self.blocks.popitem(last=False)

@@ -4,8 +4,9 @@
     rotary_embedding_(qk, cos, sin, start, rope_dim, interleaved)   # in place on qk (T, n_heads, D)
     h = silu_mul(gate_up)                             # gate_up (T, 2F) = [gate | up] -> (T, F) = silu(gate) * up
 
-They compute the formulas of models/layers.py (rms_norm, RotaryEmbedding, gated_mlp with F.silu) without PyTorch's
-per-op dispatch (~1-15 us per op; each of these was 6-15 ops), so a decode-sized call costs about a microsecond.
+They compute the formulas of models/layers.py (rms_norm, RotaryEmbedding, silu_mul) in one pass over each row,
+not as 6-15 separate array operations (~1-15 us each, with a temporary per step), so a decode-sized call costs about
+a microsecond.
 Every row is computed by the same code whatever T, its place in the call or the thread (csrc/elementwise.c), so a
 row's bits do not depend on how the rows were batched. Rows are split over the kernels' thread pool only when a
 call is large (prefill); the GIL is released while the kernels run.
@@ -21,58 +22,40 @@ Error bounds against exact arithmetic on the same float32 inputs, u = 2^-24 (tes
 Results that fall in float32's subnormal range (|value| < 2^-126) carry an absolute error of up to 2^-149 more.
 """
 
-import torch
+import numpy as np
 
 from ..errors import RequestError
 from . import _cpu
-from .outputs import F32 as _F32, output_buffer
+from .outputs import F32 as _F32, bad_array, bad_contiguous, heads_side_by_side, output_buffer
 
 _rms_norm, _rope, _silu_mul = _cpu.rms_norm, _cpu.rope, _cpu.silu_mul  # looked up once: decode calls them per layer
-
-
-def _check_tensor(name: str, t: object, dim: int) -> RequestError | None:
-    if not isinstance(t, torch.Tensor):
-        return RequestError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != _F32 or t.device.type != "cpu":
-        return RequestError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
-    if t.dim() != dim:
-        return RequestError(f"{name} must be {dim}-d, got shape {tuple(t.shape)}")
-    return None
 
 
 def _first_error(*checks: RequestError | None) -> RequestError | None:
     return next((c for c in checks if c is not None), None)
 
 
-def _bad_contiguous(name: str, t: torch.Tensor, shape: tuple) -> RequestError | None:
-    if tuple(t.shape) != shape:
-        return RequestError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if not t.is_contiguous():
-        return RequestError(f"{name} must be contiguous; call .contiguous() first")
-    return None
-
-
 def _bad_norm(x: object, weight: object, eps: object, out: object) -> RequestError:
     """The first thing wrong with rms_norm's arguments (only built on the failure path)."""
-    error = _first_error(_check_tensor("x", x, 2), _check_tensor("weight", weight, 1))
+    error = _first_error(bad_array("x", x, 2), bad_array("weight", weight, 1))
     if error is None:
         t, d = x.shape
         error = _first_error(
             RequestError(f"x must have at least one column, got shape {(t, d)}") if d == 0 else None,
-            _bad_contiguous("x", x, (t, d)),
-            _bad_contiguous("weight", weight, (d,)),
+            bad_contiguous("x", x, (t, d)),
+            bad_contiguous("weight", weight, (d,)),
             None if isinstance(eps, (float, int)) else RequestError(f"eps must be a float, got {type(eps).__name__}"),
-            None if out is None else _check_tensor("out", out, 2) or _bad_contiguous("out", out, (t, d)),
+            None if out is None else bad_array("out", out, 2) or bad_contiguous("out", out, (t, d), writeable=True),
         )
     return error or RequestError("bad arguments to rms_norm")
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out (T, d) = x (T, d) * rsqrt(mean(x^2, row) + eps) * weight (d,); float32, CPU, contiguous.
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """out (T, d) = x (T, d) * rsqrt(mean(x^2, row) + eps) * weight (d,); float32 numpy arrays, C-contiguous.
 
     `out`, when given, is written and returned; it may be x itself (in place), else it must not overlap x.
     """
-    # One fused check (torch attribute reads cost ~100 ns each; decode makes 2 calls per layer per token).
+    # One fused check (numpy attribute reads cost ~50 ns each; decode makes 2 calls per layer per token).
     try:
         t, d = x.shape
         ok = (
@@ -80,8 +63,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
             and x.dtype == _F32
             and weight.dtype == _F32
             and weight.shape == (d,)
-            and x.is_cpu and weight.is_cpu
-            and x.is_contiguous() and weight.is_contiguous()
+            and x.flags.c_contiguous and weight.flags.c_contiguous
             and isinstance(eps, (float, int))
         )
         result = output_buffer(ok, out, t, d)
@@ -90,23 +72,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     if result is None:
         raise _bad_norm(x, weight, eps, out)
     if t:
-        _rms_norm(x.data_ptr(), weight.data_ptr(), result.data_ptr(), t, d, float(eps))
+        _rms_norm(x, weight, result, t, d, float(eps))
     return result
 
 
 def _bad_rope(x: object, cos: object, sin: object, start: object, rope_dim: object, interleaved: object) -> RequestError:
     """The first thing wrong with rotary_embedding_'s arguments (only built on the failure path)."""
-    error = _first_error(_check_tensor("x", x, 3), _check_tensor("cos", cos, 2), _check_tensor("sin", sin, 2))
+    error = _first_error(bad_array("x", x, 3), bad_array("cos", cos, 2), bad_array("sin", sin, 2))
     if error is not None:
         return error
     (t, h, d), positions = x.shape, cos.shape[0]
-    if x.stride(2) != 1 or (h > 1 and x.stride(1) != d) or (t > 1 and x.stride(0) < h * d):
-        return RequestError(f"x (T, n_heads, D) must have strides (>= n_heads * D, D, 1), got {x.stride()}: "
+    if not heads_side_by_side(x.strides, t, h, d):
+        return RequestError(f"x (T, n_heads, D) must have strides (>= n_heads * D, D, 1) x 4 bytes, got {x.strides}: "
                             "heads side by side in each row")
+    if not x.flags.writeable:
+        return RequestError("x is read-only; it is rotated in place")
     if type(rope_dim) is not int or not 0 < rope_dim <= d or rope_dim % 2:
         return RequestError(f"rope_dim must be an even int in [2, D={d}], got {rope_dim!r}")
-    error = _first_error(_bad_contiguous("cos", cos, (positions, rope_dim // 2)),
-                         _bad_contiguous("sin", sin, (positions, rope_dim // 2)))
+    error = _first_error(bad_contiguous("cos", cos, (positions, rope_dim // 2)),
+                         bad_contiguous("sin", sin, (positions, rope_dim // 2)))
     if error is not None:
         return error
     if type(start) is not int or start < 0:
@@ -119,67 +103,67 @@ def _bad_rope(x: object, cos: object, sin: object, start: object, rope_dim: obje
     return RequestError("bad arguments to rotary_embedding_")
 
 
-def rotary_embedding_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, rope_dim: int,
+def rotary_embedding_(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start: int, rope_dim: int,
                       interleaved: bool) -> None:
     """Rotate x (T, n_heads, D) in place; row t holds position start + t.
 
-    x: float32 CPU, heads side by side (strides (row, D, 1), any row stride): e.g. the q or k columns of a fused
-    (T, (n_heads + 2 n_kv) * D) qkv product viewed as (T, heads, D). cos, sin: (max_positions, rope_dim // 2)
-    contiguous float32 tables (layers.RotaryEmbedding's). The first rope_dim dims of each head rotate, pairing
-    (2i, 2i + 1) when interleaved (GGUF llama) else (i, i + rope_dim / 2) (neox): first' = first cos - second sin,
-    second' = first sin + second cos. Dims from rope_dim on are untouched.
+    x: a writeable float32 numpy array with heads side by side (strides (row, D, 1) in floats, any row stride): e.g.
+    the q or k columns of a fused (T, (n_heads + 2 n_kv) * D) qkv product viewed as (T, heads, D). cos, sin:
+    (max_positions, rope_dim // 2) C-contiguous float32 tables (layers.RotaryEmbedding's). The first rope_dim dims of
+    each head rotate, pairing (2i, 2i + 1) when interleaved (GGUF llama) else (i, i + rope_dim / 2) (neox):
+    first' = first cos - second sin, second' = first sin + second cos. Dims from rope_dim on are untouched.
     """
     # One fused check (RoPE runs twice per layer per token).
     try:
-        t, h, d = x.shape
-        row, head, col = x.stride()
+        (t, h, d), strides = x.shape, x.strides
         positions, half = cos.shape
         ok = (
             x.dtype == _F32 and cos.dtype == _F32 and sin.dtype == _F32
-            and col == 1 and (head == d or h <= 1) and (row >= h * d or t <= 1)
+            and heads_side_by_side(strides, t, h, d)
             and type(rope_dim) is int and 0 < rope_dim <= d and rope_dim == 2 * half
             and sin.shape == (positions, half)
             and type(start) is int and 0 <= start and start + t <= positions
             and isinstance(interleaved, bool)
-            and x.is_cpu and cos.is_cpu and sin.is_cpu
-            and cos.is_contiguous() and sin.is_contiguous()
+            and x.flags.writeable and cos.flags.c_contiguous and sin.flags.c_contiguous
         )
     except (AttributeError, TypeError, ValueError):
         ok = False
     if not ok:
         raise _bad_rope(x, cos, sin, start, rope_dim, interleaved)
     if t and h:
-        _rope(x.data_ptr(), row, t, h, d, cos.data_ptr(), sin.data_ptr(), start, rope_dim, interleaved)
+        _rope(x, strides[0] // 4, t, h, d, cos, sin, start, rope_dim, interleaved)
 
 
 def _bad_silu(gate_up: object, out: object) -> RequestError:
     """The first thing wrong with silu_mul's arguments (only built on the failure path)."""
-    error = _check_tensor("gate_up", gate_up, 2)
+    error = bad_array("gate_up", gate_up, 2)
     if error is None:
         t, cols = gate_up.shape
         error = _first_error(
             RequestError(f"gate_up must have an even, nonzero number of columns, got {cols}") if cols % 2 or not cols
             else None,
-            _bad_contiguous("gate_up", gate_up, (t, cols)),
-            None if out is None else _check_tensor("out", out, 2) or _bad_contiguous("out", out, (t, cols // 2)),
+            bad_contiguous("gate_up", gate_up, (t, cols)),
+            None if out is None else bad_array("out", out, 2) or bad_contiguous("out", out, (t, cols // 2),
+                                                                                 writeable=True),
         )
     return error or RequestError("bad arguments to silu_mul")
 
 
-def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out (T, F) = silu(gate) * up for gate_up (T, 2F) = [gate | up] side by side; float32, CPU, contiguous.
+def silu_mul(gate_up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out (T, F) = silu(gate) * up for gate_up (T, 2F) = [gate | up] side by side; float32 numpy arrays,
+    C-contiguous.
 
     `out`, when given, is written and returned; it must not overlap gate_up.
     """
     try:
         t, cols = gate_up.shape
         f = cols // 2
-        ok = cols > 0 and cols % 2 == 0 and gate_up.dtype == _F32 and gate_up.is_cpu and gate_up.is_contiguous()
+        ok = cols > 0 and cols % 2 == 0 and gate_up.dtype == _F32 and gate_up.flags.c_contiguous
         result = output_buffer(ok, out, t, f)
     except (AttributeError, TypeError, ValueError):
         result = None
     if result is None:
         raise _bad_silu(gate_up, out)
     if t:
-        _silu_mul(gate_up.data_ptr(), result.data_ptr(), t, f)
+        _silu_mul(gate_up, result, t, f)
     return result

@@ -9,6 +9,7 @@ keep the file's precision: a repacked tensor is the size of the file's, plus pad
 import numpy as np
 
 from ..quant.types import BLOCK_GEOMETRY, GGMLType, QK_K
+from . import _cpu
 
 ROWS = 16  # output rows per group; must match ROWS in csrc/qgemm.h
 CHUNK_ROWS = 64 * ROWS  # rows repacked at a time: bounds the temporary memory of a large tensor
@@ -67,39 +68,6 @@ def _super(header: list[np.ndarray], sub_blocks: list[np.ndarray], ns: int) -> n
     return np.concatenate([*header, subs], axis=-1)
 
 
-# The 32-value formats: each block's fields in record order, as (first byte, end byte, item type). A packed record
-# holds field by field the 16 rows' items side by side (scales as f16, values in 4-byte units), so every field is
-# one strided copy straight into the output.
-_BLOCK_FIELDS = {
-    GGMLType.Q4_0: ((0, 2, np.uint16), (2, 18, np.uint32)),
-    GGMLType.Q4_1: ((0, 2, np.uint16), (2, 4, np.uint16), (4, 20, np.uint32)),
-    GGMLType.Q8_0: ((0, 2, np.uint16), (2, 34, np.uint32)),  # values stored + 128 (uint8), see _pack_blocks
-}
-
-
-def _pack_blocks(blocks: np.ndarray, ggml_type: GGMLType, out: np.ndarray) -> None:
-    """File blocks (n, nblocks, type_size) of a 32-value format, n % 16 == 0 -> `out` (G, bytes per group).
-
-    Written field by field with no temporaries but an aligned copy of the values where the file leaves them
-    unaligned: numpy's unaligned strided loops are several times slower than a copy and an aligned pass.
-    """
-    n, nb, _ = blocks.shape
-    records = out.reshape(n // ROWS, nb, -1)  # (G, nb, 16 * type_size)
-    at = 0
-    for start, end, item in _BLOCK_FIELDS[ggml_type]:
-        items = blocks[..., start:end].view(item)  # (n, nb, V)
-        if ggml_type == GGMLType.Q8_0 and start == 2:
-            items = np.array(items, order="C")
-            items ^= np.uint32(0x80808080)  # int8 -> uint8, four at a time
-        elif not items.flags.aligned:
-            items = np.array(items, order="C")
-        v = items.shape[-1]
-        target = records[..., at:at + (end - start) * ROWS].view(item)
-        target.shape = (n // ROWS, nb, v, ROWS)  # a view: raises rather than copy
-        np.copyto(target, items.reshape(n // ROWS, ROWS, nb, v).transpose(0, 2, 3, 1))
-        at += (end - start) * ROWS
-
-
 def _pack_rows(blocks: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
     """One chunk of k-quant file blocks (n, nblocks, type_size), n % 16 == 0 -> packed groups (G, bytes per group)."""
     n, ns = blocks.shape[:2]
@@ -130,26 +98,41 @@ def aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
     return base[start : start + nbytes]
 
 
-def pack_quantized(rows: np.ndarray, ggml_type: GGMLType, n: int, k: int, group_bytes: int) -> np.ndarray:
-    """File bytes (n, row_bytes) of a block-quantized type -> packed groups, 64-byte aligned, ceil(n/16) groups."""
+def pack_quantized(parts: list[np.ndarray], ggml_type: GGMLType, n: int, k: int, group_bytes: int) -> np.ndarray:
+    """File bytes of a block-quantized type, as row blocks (n_i, row_bytes) that stack into n rows -> packed
+    groups, 64-byte aligned, ceil(n/16) groups.
+
+    The 32-value formats are repacked by the C core (csrc/layout.c: a strided copy of each block field), each part
+    straight into its groups when the parts before it fill whole groups; the k-quants here, with numpy.
+    """
     geometry = BLOCK_GEOMETRY[ggml_type]
     groups = -(-n // ROWS)
     out = aligned_empty(groups * group_bytes).reshape(groups, group_bytes)
+    if ggml_type in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0):
+        if any(part.shape[0] % ROWS for part in parts[:-1]):  # a group would straddle two parts
+            parts = [np.concatenate(parts)]
+        first_group = 0
+        for part in parts:
+            _cpu.pack_blocks(int(ggml_type), part, part.shape[0], k, out[first_group:])
+            first_group += part.shape[0] // ROWS
+        return out.reshape(-1)
+    rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
     for start in range(0, n, CHUNK_ROWS):
         chunk = rows[start : start + CHUNK_ROWS]
         if chunk.shape[0] % ROWS:
             chunk = np.concatenate([chunk, np.zeros((ROWS - chunk.shape[0] % ROWS, chunk.shape[1]), np.uint8)])
         blocks = chunk.reshape(chunk.shape[0], k // geometry.block_size, geometry.type_size)
         g0 = start // ROWS
-        if ggml_type in _BLOCK_FIELDS:
-            _pack_blocks(blocks, ggml_type, out[g0 : g0 + chunk.shape[0] // ROWS])
-        else:
-            out[g0 : g0 + chunk.shape[0] // ROWS] = _pack_rows(blocks, ggml_type)
+        out[g0 : g0 + chunk.shape[0] // ROWS] = _pack_rows(blocks, ggml_type)
     return out.reshape(-1)
 
 
-def pack_float(rows: np.ndarray) -> np.ndarray:
-    """F32 / F16 / BF16 file bytes (n, row_bytes): kept row-major, copied into an aligned buffer."""
-    out = aligned_empty(rows.nbytes)
-    out[:] = rows.reshape(-1)
+def pack_float(parts: list[np.ndarray]) -> np.ndarray:
+    """F32 / F16 / BF16 file bytes as row blocks (n_i, row_bytes) that stack: kept row-major, copied one after
+    another into an aligned buffer."""
+    out = aligned_empty(sum(part.nbytes for part in parts))
+    start = 0
+    for part in parts:
+        out[start:start + part.nbytes] = part.reshape(-1)
+        start += part.nbytes
     return out

@@ -13,8 +13,8 @@ weight w = d*q + m is centred near zero while d*q alone is not, so the two round
 model's Q4_1 weights the exact sum gave 2.3x the relative error. F32 / F16 / BF16 weights are multiplied in f32
 without quantizing x.
 
-Threads: a call splits its output rows over up to `set_num_threads` threads (default: PyTorch's intra-op thread
-count, i.e. the physical cores), the calling thread included, from the extension's own small pool (csrc/pool.c):
+Threads: a call splits its output rows over up to `set_num_threads` threads (default: `physical_cores()`, the
+physical cores this process may run on), the calling thread included, from the extension's own small pool (csrc/pool.c):
 a fork-join there costs a few hundred nanoseconds, where OpenMP's cost ~2 us against the ~5-30 us of one decode-step
 product. Parts of a call are claimed by whichever thread is running, so a worker preempted by another process
 costs its share of the work, not a scheduler time slice. Workers spin for 0.2 ms after a call, yielding the core to
@@ -23,26 +23,45 @@ Small products run on fewer threads (one below ~64 blocks of 16 rows x 32 values
 product runs.
 """
 
+import os
+from typing import Sequence
+
 import numpy as np
-import torch
 
 from ..errors import DeeprootsError, ModelFormatError, RequestError, UnsupportedModelError
 from ..quant.types import BLOCK_GEOMETRY, GGMLType, tensor_nbytes
 from . import _cpu
-from .outputs import F32 as _F32, output_buffer
+from .outputs import F32 as _F32, bad_array, bad_contiguous, output_buffer
 from .layouts import pack_float, pack_quantized
 
 _QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 _FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
 _linear = _cpu.linear  # looked up once: the decode path calls it ~200 times per token
 
-_cpu.set_num_threads(torch.get_num_threads())  # PyTorch's default is the physical core count
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on: distinct (package, core) pairs in /sys's topology, so
+    hyperthread siblings count once (they share a core's SIMD units, which the kernels saturate). Where the topology
+    cannot be read, the number of CPUs the process may run on."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    try:
+        for cpu in cpus:
+            topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+            with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+    except OSError:
+        return len(cpus)
+    return len(cores) or len(cpus)
+
+
+_cpu.set_num_threads(physical_cores())
 
 
 class PackedWeight:
     """A weight matrix W (N = out_features, K = in_features) in the kernel's layout; immutable once built."""
 
-    __slots__ = ("ggml_type", "in_features", "out_features", "data", "_ptr", "_type")
+    __slots__ = ("ggml_type", "in_features", "out_features", "data", "_type")
 
     def __init__(self, ggml_type: GGMLType, in_features: int, out_features: int, data: np.ndarray):
         self.ggml_type = ggml_type
@@ -50,7 +69,6 @@ class PackedWeight:
         self.out_features = out_features
         self.data = data  # uint8, 64-byte aligned; owns the packed bytes
         self.data.flags.writeable = False
-        self._ptr = data.ctypes.data
         self._type = int(ggml_type)
 
     @property
@@ -80,11 +98,12 @@ def get_num_threads() -> int:
     return _cpu.get_num_threads()
 
 
-def pack_weight(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedWeight:
+def pack_weight(raw: np.ndarray | Sequence[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedWeight:
     """Repack a weight's GGUF bytes for the kernels.
 
-    raw: the tensor's bytes as stored in the file (any dtype view, C-contiguous; e.g. GGUFReader's `.data`).
-    shape: GGUF order (K, N): K = in_features = row length, N = out_features = rows.
+    raw: the tensor's bytes as stored in the file (any dtype view, C-contiguous; e.g. GGUFReader's `.data`), or a
+    list of such tensors whose rows stack into the weight (q, k and v; gate and up), packed with no concatenated copy.
+    shape: GGUF order (K, N): K = in_features = row length, N = out_features = rows (of all parts together).
     """
     try:
         ggml_type = GGMLType(ggml_type)
@@ -99,12 +118,14 @@ def pack_weight(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> Pack
     block = BLOCK_GEOMETRY[ggml_type].block_size
     if k % block:
         raise ModelFormatError(f"{ggml_type.name} rows must be a multiple of {block} values, got K={k}")
-    if not isinstance(raw, np.ndarray) or not raw.flags.c_contiguous:
-        raise ModelFormatError("weight bytes must be a C-contiguous numpy array")
-    expected = tensor_nbytes(ggml_type, k * n)
-    if raw.nbytes != expected:
-        raise ModelFormatError(f"{ggml_type.name} weight of shape {(k, n)} needs {expected} bytes, got {raw.nbytes}")
-    rows = raw.reshape(-1).view(np.uint8).reshape(n, expected // n)
+    parts = [raw] if isinstance(raw, np.ndarray) else list(raw)
+    if not parts or not all(isinstance(part, np.ndarray) and part.flags.c_contiguous for part in parts):
+        raise ModelFormatError("weight bytes must be C-contiguous numpy arrays")
+    expected, row_bytes = tensor_nbytes(ggml_type, k * n), tensor_nbytes(ggml_type, k)
+    if sum(part.nbytes for part in parts) != expected or any(part.nbytes % row_bytes for part in parts):
+        raise ModelFormatError(f"{ggml_type.name} weight of shape {(k, n)} needs {expected} bytes in whole rows of "
+                               f"{row_bytes}, got {[part.nbytes for part in parts]}")
+    rows = [part.reshape(-1).view(np.uint8).reshape(-1, row_bytes) for part in parts]  # (n_i, row_bytes) each
     if ggml_type in _FLOAT_TYPES:
         data = pack_float(rows)
     else:
@@ -120,35 +141,25 @@ def _bad_input(x: object, weight: PackedWeight, out: object) -> RequestError:
     if not isinstance(weight, PackedWeight):
         return RequestError(f"weight must be a PackedWeight (from pack_weight), got {type(weight).__name__}")
     k, n = weight.in_features, weight.out_features
-    for name, t, cols in (("x", x, k), ("out", out, n)):
-        if name == "out" and t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            return RequestError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            return RequestError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
-        if t.dim() != 2 or t.shape[1] != cols:
-            return RequestError(f"{name} must have shape (T, {cols}), got {tuple(t.shape)}")
-        if not t.is_contiguous():
-            return RequestError(f"{name} must be contiguous; call .contiguous() first")
-    if out is not None and out.shape[0] != x.shape[0]:
-        return RequestError(f"out must have shape ({x.shape[0]}, {n}), got {tuple(out.shape)}")
-    return RequestError("bad arguments to quantized_linear")
+    error = bad_array("x", x, 2) or bad_contiguous("x", x, (x.shape[0], k))
+    if error is None and out is not None:
+        error = bad_array("out", out, 2) or bad_contiguous("out", out, (x.shape[0], n), writeable=True)
+    return error or RequestError("bad arguments to quantized_linear")
 
 
-def quantized_linear(x: torch.Tensor, weight: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+def quantized_linear(x: np.ndarray, weight: PackedWeight, out: np.ndarray | None = None) -> np.ndarray:
     """y (T, N) = x (T, K) @ W.T in float32; written into `out` (T, N) when given, which then is returned.
 
-    x and out: float32, CPU, contiguous, not overlapping. The error bound is in this module's docstring.
+    x and out: float32 numpy arrays, C-contiguous, not overlapping. The error bound is in this module's docstring.
     """
-    # One fused check (torch attribute reads cost ~100 ns each; decode makes ~200 calls per token).
+    # One fused check (numpy attribute reads cost ~50 ns each; decode makes ~200 calls per token).
     try:
         t, k = x.shape
-        ok = k == weight.in_features and x.dtype == _F32 and x.is_cpu and x.is_contiguous()
+        ok = k == weight.in_features and x.dtype == _F32 and x.flags.c_contiguous
         result = output_buffer(ok, out, t, weight.out_features)
     except (AttributeError, TypeError, ValueError):
         result = None
     if result is None:
         raise _bad_input(x, weight, out)
-    _linear(weight._type, weight._ptr, weight.out_features, k, x.data_ptr(), t, result.data_ptr())
+    _linear(weight._type, weight.data, weight.out_features, k, x, t, result)
     return result

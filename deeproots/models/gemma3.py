@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
+import numpy as np
 
 from ..cache.kv import KVCache
 from ..config import ModelConfig
@@ -33,14 +33,14 @@ class Gemma3Block(LlamaBlock):
         self.post_attention_norm = weights.tensor(prefix + "post_attention_norm.weight", (config.d_model,))
         self.post_ffw_norm = weights.tensor(prefix + "post_ffw_norm.weight", (config.d_model,))
 
-    def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+    def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
         attended = self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
         x = x + ops.rms_norm(attended, self.post_attention_norm, c.norm_eps)
         mlp = self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
         return x + ops.rms_norm(mlp, self.post_ffw_norm, c.norm_eps)
 
-    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+    def mlp(self, h: np.ndarray) -> np.ndarray:
         return self.ffn_down(self.ops.gelu_mul(self.ffn_gate_up(h)))
 
 
@@ -54,5 +54,5 @@ class Gemma3(Llama):
             return c.rope_theta, c.rope_scale, None
         return c.rope_theta_local or LOCAL_ROPE_THETA, 1.0, c.sliding_window
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return super().embed(tokens) * math.sqrt(self.config.d_model)
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        return super().embed(tokens) * np.float32(math.sqrt(self.config.d_model))

@@ -1,23 +1,25 @@
 """Building blocks shared by every architecture: norms, rotary embeddings, attention, MLPs.
 
-Activations of one sequence are (T, d_model); attention works per head as (n_heads, T, head_dim).
-These are the reference forms (plain PyTorch); primitives.py pairs each with its compiled kernel.
+Activations of one sequence are (T, d_model) float32 numpy arrays; attention works per head as
+(n_heads, T, head_dim). These are the reference forms (plain numpy, written as the formulas read);
+primitives.py pairs each with its compiled kernel.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from ..cache.kv import dequantize_rows
 from ..errors import RequestError
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x (..., d) scaled to unit root-mean-square, then by `weight` (d,)."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x (..., d) scaled to unit root-mean-square, then by `weight` (d,). The mean of squares is in float64."""
+    scale = 1.0 / np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True) + eps)
+    return x * scale.astype(np.float32) * weight
 
 
 class RotaryEmbedding:
@@ -32,13 +34,13 @@ class RotaryEmbedding:
                  style: Literal["interleaved", "neox"] = "interleaved"):
         self.rope_dim = rope_dim
         self.style = style
-        inv_freq = 1.0 / theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim)  # (rope_dim/2,)
-        positions = torch.arange(max_positions, dtype=torch.float64) / scale
-        angles = torch.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
-        self.cos = angles.cos().float()
-        self.sin = angles.sin().float()
+        inv_freq = 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
+        positions = np.arange(max_positions, dtype=np.float64) / scale
+        angles = np.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
+        self.cos = np.cos(angles).astype(np.float32)
+        self.sin = np.sin(angles).astype(np.float32)
 
-    def rotate_(self, x: torch.Tensor, start: int) -> None:
+    def rotate_(self, x: np.ndarray, start: int) -> None:
         """Rotate x (T, n_heads, head_dim) in place; row t holds position start + t."""
         T = x.shape[0]
         cos = self.cos[start:start + T, None]  # (T, 1, rope_dim/2)
@@ -47,48 +49,55 @@ class RotaryEmbedding:
         if self.style == "interleaved":
             first, second = rotated[..., 0::2], rotated[..., 1::2]
         else:
-            first, second = rotated.chunk(2, dim=-1)
+            first, second = np.split(rotated, 2, axis=-1)
         out_first = first * cos - second * sin
         out_second = first * sin + second * cos
-        if self.style == "interleaved":
-            rotated.copy_(torch.stack((out_first, out_second), dim=-1).flatten(-2))
-        else:
-            rotated.copy_(torch.cat((out_first, out_second), dim=-1))
+        first[...] = out_first  # first and second are views of x: this writes x
+        second[...] = out_second
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     window: int | None = None) -> torch.Tensor:
-    """Grouped-query attention of the T newest positions over all L cached ones (reference: torch SDPA).
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
+                     window: int | None = None) -> np.ndarray:
+    """Grouped-query attention of the T newest positions over all L cached ones: softmax(q k^T * scale) v.
 
-    q (n_heads, T, D); k, v (n_kv_heads, L, D) with L >= T; the queries are the last T positions.
-    `window` > 0 is sliding-window attention: position p sees only keys p - window < j <= p (None or 0:
-    all keys). A q8_0 cache's uint8 rows are read dequantized. Returns (T, n_heads * D), the layout the
-    output projection takes. The fast path uses kernels.cached_attention, which has the same signature
-    and is tested against this.
+    q (n_heads, T, D) float32; k, v (n_kv_heads, L, D) with L >= T; the queries are the last T positions, and
+    query head h reads key/value head h // (n_heads / n_kv_heads). `window` > 0 is sliding-window attention:
+    position p sees only keys p - window < j <= p (None or 0: all keys). A float16 cache is read in float32, a
+    q8_0 cache's uint8 rows dequantized. Returns (T, n_heads * D), the layout the output projection takes. The
+    fast path uses kernels.cached_attention, which has the same signature and is tested against this.
     """
     if window is not None and (type(window) is not int or window < 0):
         raise RequestError(f"window must be None, 0 (no window) or a positive int of keys, got {window!r}")
-    T, L = q.shape[1], k.shape[1]
-    mask = None  # without a window, the newest token sees everything
-    if T > 1 or window:
-        # Query i sits at absolute position L - T + i and may see keys 0 .. L - T + i, the last `window` of them.
-        mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)  # (T, L)
-        if window:
-            mask = mask.triu(diagonal=L - T - window + 1)
-    if k.dtype == torch.uint8:
+    if k.dtype == np.uint8:
         k, v = dequantize_rows(k), dequantize_rows(v)
-    k, v = k.to(q.dtype), v.to(q.dtype)  # a float16 cache is read in float32
-    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-    return attended.transpose(0, 1).reshape(T, -1)  # (T, n_heads * D)
+    n_heads, T, _ = q.shape
+    L = k.shape[1]
+    group = n_heads // k.shape[0]
+    k = np.repeat(k.astype(np.float32), group, axis=0)  # (n_heads, L, D)
+    v = np.repeat(v.astype(np.float32), group, axis=0)
+    scores = (q @ k.transpose(0, 2, 1)) * np.float32(scale)  # (n_heads, T, L)
+    # Query i sits at absolute position L - T + i and may see keys 0 .. L - T + i, the last `window` of them.
+    positions = np.arange(L - T, L)[:, None]  # (T, 1)
+    keys = np.arange(L)[None, :]  # (1, L)
+    visible = keys <= positions
+    if window:
+        visible &= keys > positions - window
+    scores = np.where(visible, scores, np.float32(-np.inf))
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    attended = weights @ v  # (n_heads, T, D)
+    return np.ascontiguousarray(attended.transpose(1, 0, 2)).reshape(T, -1)  # (T, n_heads * D)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_mul(gate_up: np.ndarray) -> np.ndarray:
     """silu(gate) * up for gate_up (T, 2 * ffn_dim) holding [gate | up] side by side -> (T, ffn_dim)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    gate, up = np.split(gate_up, 2, axis=-1)
+    with np.errstate(over="ignore"):  # exp(-gate) overflows to inf for gate < -88: silu is then -0, as it should be
+        return gate / (1.0 + np.exp(-gate)) * up
 
 
-def gelu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
     """gelu(gate) * up (tanh approximation, as Gemma) for gate_up (T, 2 * ffn_dim) -> (T, ffn_dim)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.gelu(gate, approximate="tanh") * up
+    gate, up = np.split(gate_up, 2, axis=-1)
+    inner = np.float32(math.sqrt(2.0 / math.pi)) * (gate + np.float32(0.044715) * gate * gate * gate)
+    return np.float32(0.5) * gate * (1.0 + np.tanh(inner)) * up

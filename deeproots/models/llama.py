@@ -5,7 +5,7 @@ q/k/v biases (Qwen 2), per-head q/k norms (Qwen 3, Gemma 3), a sliding window (M
 an attention scale other than 1/sqrt(head_dim). qwen.py and gemma3.py build on these classes.
 
 Attribute names follow the GGUF tensor names (blk.N.attn_q, ffn_gate, ...). A forward pass takes
-the new tokens of one or more sequences packed into one (N,) tensor: the matrix products run over
+the new tokens of one or more sequences packed into one (N,) int64 array: the matrix products run over
 all N rows at once (each weight is read once per step, whatever the batch), while attention runs per
 sequence over that sequence's own KV cache.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
+import numpy as np
 
 from ..cache.kv import KVCache
 from ..config import ModelConfig
@@ -48,18 +48,19 @@ class LlamaBlock:
                                                   c.d_model, [c.ffn_dim, c.ffn_dim])
         self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
 
-    def _norm_heads(self, heads: torch.Tensor, weight: torch.Tensor) -> None:
+    def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
         """RMS-normalise each head of `heads` (N, n, head_dim) in place."""
-        normed = self.ops.rms_norm(heads.contiguous().view(-1, heads.shape[-1]), weight, self.config.norm_eps)
-        heads.copy_(normed.view(heads.shape))
+        normed = self.ops.rms_norm(np.ascontiguousarray(heads).reshape(-1, heads.shape[-1]), weight,
+                                   self.config.norm_eps)
+        heads[...] = normed.reshape(heads.shape)
 
-    def attention(self, h: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+    def attention(self, h: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
         c, ops = self.config, self.ops
         qkv = self.attn_qkv(h)  # (N, (n_heads + 2 * n_kv_heads) * head_dim)
         if self.attn_qkv_bias is not None:
             qkv += self.attn_qkv_bias
-        qkv = qkv.view(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
+        qkv = qkv.reshape(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
         if self.attn_q_norm is not None:
             self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
         if self.attn_k_norm is not None:
@@ -67,12 +68,12 @@ class LlamaBlock:
         return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.index, self.attention_scale,
                                     self.window)  # RoPE, cache update and attention, sequence by sequence
 
-    def __call__(self, x: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+    def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
         x = x + self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
         return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
 
-    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+    def mlp(self, h: np.ndarray) -> np.ndarray:
         """Gated MLP: (N, d_model) -> (N, d_model)."""
         return self.ffn_down(self.ops.silu_mul(self.ffn_gate_up(h)))
 
@@ -103,16 +104,15 @@ class Llama:
         c = self.config
         return c.rope_theta, c.rope_scale, c.sliding_window
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Token ids (N,) -> embeddings (N, d_model)."""
         return self.token_embd[tokens]
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
+    def forward(self, tokens: np.ndarray, cache: KVCache, *, all_logits: bool = False) -> np.ndarray:
         """One sequence: logits (T, vocab) with `all_logits`, else (1, vocab) for its last token."""
         return self.forward_batch(tokens, [cache], [tokens.shape[0]], all_logits=all_logits)
 
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int]) -> torch.Tensor:
+    def hidden_states(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         """Final normed hidden states (N, d_model) of tokens (N,) packed from several sequences.
 
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
@@ -124,9 +124,8 @@ class Llama:
             cache.advance(T)
         return self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
 
-    @torch.inference_mode()
-    def forward_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], lengths: Sequence[int], *,
-                      all_logits: bool = False) -> torch.Tensor:
+    def forward_batch(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int], *,
+                      all_logits: bool = False) -> np.ndarray:
         """Logits for the new tokens of several sequences, packed as in `hidden_states`.
 
         Returns (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last token,
@@ -134,5 +133,5 @@ class Llama:
         """
         hidden = self.hidden_states(tokens, caches, lengths)
         if not all_logits:
-            hidden = hidden[torch.tensor(lengths).cumsum(0) - 1]  # (B, d_model): last row of each sequence
+            hidden = hidden[np.cumsum(lengths) - 1]  # (B, d_model): last row of each sequence
         return self.output(hidden)

@@ -1,9 +1,9 @@
 """The primitives a model's forward pass is made of, in two interchangeable sets.
 
-REFERENCE is plain PyTorch (layers.py): slow, obviously correct, compared against transformers.
+REFERENCE is plain numpy (layers.py): slow, obviously correct, compared against transformers.
 FAST is the compiled core (kernels/): each call computes a row the same way whatever else is in
-the call, and costs about a microsecond at decode sizes instead of one PyTorch dispatch per op.
-GELU gating (Gemma) runs in PyTorch on both paths: three ops per layer, too few to earn a kernel yet.
+the call, and costs about a microsecond at decode sizes instead of several numpy operations.
+GELU gating (Gemma) runs in numpy on both paths: a few ops per layer, too few to earn a kernel yet.
 The model code is written once against this interface.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
+import numpy as np
 
 from .. import kernels
 from ..kernels.attention import batched_attention
@@ -21,44 +21,44 @@ from .layers import RotaryEmbedding, causal_attention, gelu_mul, rms_norm, silu_
 
 @dataclass(frozen=True)
 class Primitives:
-    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (T, d), weight (d,), eps) -> (T, d)
-    rotate_: Callable[[RotaryEmbedding, torch.Tensor, int], None]  # (rope, x (T, heads, D), start), in place
+    rms_norm: Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (x (T, d), weight (d,), eps) -> (T, d)
+    rotate_: Callable[[RotaryEmbedding, np.ndarray, int], None]  # (rope, x (T, heads, D), start), in place
     # (q (n_heads, T, D), k, v (n_kv_heads, L, D), scale, window=None) -> (T, n_heads * D)
-    attention: Callable[..., torch.Tensor]
-    silu_mul: Callable[[torch.Tensor], torch.Tensor]  # (T, 2F) [gate | up] -> (T, F)
-    gelu_mul: Callable[[torch.Tensor], torch.Tensor]  # (T, 2F) [gate | up] -> (T, F)
+    attention: Callable[..., np.ndarray]
+    silu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
+    gelu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
     # One layer's RoPE, cache update and attention for sequences packed in qkv (N, n_heads + 2 n_kv_heads, D):
     # (rope, qkv, n_heads, caches, lengths, layer, scale, window) -> (N, n_heads * D); caches' offsets do not move
-    attend_sequences: Callable[..., torch.Tensor]
+    attend_sequences: Callable[..., np.ndarray]
 
 
-def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., torch.Tensor]:
+def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.ndarray]:
     """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another."""
-    def attend_sequences(rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths, layer: int,
-                         scale: float, window: int | None) -> torch.Tensor:
+    def attend_sequences(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
+                         scale: float, window: int | None) -> np.ndarray:
         n_kv = (qkv.shape[1] - n_heads) // 2
         outputs, start = [], 0
         for cache, T in zip(caches, lengths):
             rows = qkv[start:start + T]
             rotate_(rope, rows[:, :n_heads + n_kv], cache.offset)  # q and k, in place
-            q = rows[:, :n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
-            keys, values = cache.update(layer, rows[:, n_heads:n_heads + n_kv].transpose(0, 1),
-                                        rows[:, n_heads + n_kv:].transpose(0, 1))  # (n_kv_heads, L, head_dim)
+            q = rows[:, :n_heads].swapaxes(0, 1)  # (n_heads, T, head_dim)
+            keys, values = cache.update(layer, rows[:, n_heads:n_heads + n_kv].swapaxes(0, 1),
+                                        rows[:, n_heads + n_kv:].swapaxes(0, 1))  # (n_kv_heads, L, head_dim)
             outputs.append(attention(q, keys, values, scale, window=window))  # (T, n_heads * D)
             start += T
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
     return attend_sequences
 
 
-def _rotate_fast(rope: RotaryEmbedding, x: torch.Tensor, start: int) -> None:
+def _rotate_fast(rope: RotaryEmbedding, x: np.ndarray, start: int) -> None:
     kernels.rotary_embedding_(x, rope.cos, rope.sin, start, rope.rope_dim, rope.style == "interleaved")
 
 
 _attend_each_fast = per_sequence(_rotate_fast, kernels.cached_attention)
 
 
-def _attend_sequences_fast(rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths, layer: int,
-                           scale: float, window: int | None) -> torch.Tensor:
+def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
+                           scale: float, window: int | None) -> np.ndarray:
     """One sequence: the loop. Several: one compiled call doing what the loop does, the same bits
     (kernels.attention.batched_attention), without a dozen Python-level calls per sequence and layer."""
     if len(caches) == 1:

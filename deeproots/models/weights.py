@@ -8,7 +8,6 @@ compiled kernels. Both are built from the same file, so tests can hold one again
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import ModelFormatError
 from ..formats.gguf import GGUFFile, TensorInfo
@@ -21,10 +20,10 @@ from .primitives import FAST, REFERENCE
 class DenseLinear:
     """y = x @ W.T with W dequantized to float32 once at load (the reference path)."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: np.ndarray):
         self.weight = weight  # (out_features, in_features)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         return x @ self.weight.T  # (T, in) -> (T, out)
 
 
@@ -34,8 +33,8 @@ class PackedLinear:
     def __init__(self, weight: PackedWeight):
         self.weight = weight
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return quantized_linear(x.contiguous(), self.weight)  # (T, in) -> (T, out)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return quantized_linear(np.ascontiguousarray(x), self.weight)  # (T, in) -> (T, out)
 
 
 class ConcatLinear:
@@ -44,8 +43,8 @@ class ConcatLinear:
     def __init__(self, parts: list[DenseLinear | PackedLinear]):
         self.parts = parts
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part(x) for part in self.parts], dim=-1)  # (T, sum of out_features)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([part(x) for part in self.parts], axis=-1)  # (T, sum of out_features)
 
 
 class QuantizedEmbedding:
@@ -56,10 +55,9 @@ class QuantizedEmbedding:
         self.row_length = info.shape[0]
         self.rows = raw.reshape(info.shape[1], -1)  # (vocab, bytes per row)
 
-    def __getitem__(self, tokens: torch.Tensor) -> torch.Tensor:
-        picked = self.rows[tokens.numpy()]  # (T, bytes per row)
-        values = dequantize(picked, self.ggml_type, (self.row_length, len(picked)))
-        return torch.from_numpy(values)  # (T, row_length)
+    def __getitem__(self, tokens: np.ndarray) -> np.ndarray:
+        picked = self.rows[tokens]  # (T, bytes per row)
+        return dequantize(picked, self.ggml_type, (self.row_length, len(picked)))  # (T, row_length)
 
 
 class GGUFWeights:
@@ -69,31 +67,31 @@ class GGUFWeights:
         self.gguf = gguf
         self.packed = packed
         self.primitives = FAST if packed else REFERENCE  # norms, RoPE, attention, gating to go with the weights
-        self._dense: dict[str, torch.Tensor] = {}  # a tied table is dequantized once, not twice
+        self._dense: dict[str, np.ndarray] = {}  # a tied table is dequantized once, not twice
 
     def has(self, name: str) -> bool:
         return name in self.gguf.tensors
 
     def _info(self, name: str, expected_shape: tuple[int, ...]) -> TensorInfo:
-        """The tensor's entry, checked against the shape the config implies (PyTorch order)."""
+        """The tensor's entry, checked against the shape the config implies (row-major order, rows first)."""
         info = self.gguf.tensors.get(name)
         if info is None:
             raise ModelFormatError(f"tensor {name!r} is missing from the model file", field=name)
-        torch_shape = tuple(reversed(info.shape))
-        if torch_shape != expected_shape:
+        shape = tuple(reversed(info.shape))  # GGUF lists the row length first
+        if shape != expected_shape:
             raise ModelFormatError(
-                f"tensor {name!r} has shape {torch_shape}, the metadata implies {expected_shape}", field=name)
+                f"tensor {name!r} has shape {shape}, the metadata implies {expected_shape}", field=name)
         return info
 
-    def tensor(self, name: str, expected_shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor as float32 in PyTorch order, e.g. (out_features, in_features) for a matrix."""
+    def tensor(self, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+        """The tensor as float32 in row-major order, e.g. (out_features, in_features) for a matrix."""
         if name not in self._dense:
             info = self._info(name, expected_shape)
             values = dequantize(self.gguf.tensor_data(name), info.ggml_type, info.shape)
-            self._dense[name] = torch.from_numpy(values.reshape(expected_shape))
+            self._dense[name] = values.reshape(expected_shape)
         return self._dense[name]
 
-    def optional_stack(self, names: list[str], sizes: list[int]) -> torch.Tensor | None:
+    def optional_stack(self, names: list[str], sizes: list[int]) -> np.ndarray | None:
         """1-d tensors (biases, norm weights) side by side as float32 (sum(sizes),); None when the file has none."""
         present = [self.has(name) for name in names]
         if not any(present):
@@ -101,12 +99,12 @@ class GGUFWeights:
         if not all(present):
             missing = names[present.index(False)]
             raise ModelFormatError(f"tensor {missing!r} is missing while its siblings are present", field=missing)
-        return torch.cat([self.tensor(name, (size,)) for name, size in zip(names, sizes)])
+        return np.concatenate([self.tensor(name, (size,)) for name, size in zip(names, sizes)])
 
     def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear | PackedLinear:
         info = self._info(name, (out_features, in_features))
         if self.packed and self._kernel_type(info.ggml_type) in kernel_types():
-            return self._packed(self.gguf.tensor_data(name), info.ggml_type, info.shape)
+            return self._packed([self.gguf.tensor_data(name)], info.ggml_type, info.shape)
         return DenseLinear(self.tensor(name, (out_features, in_features)))
 
     def stacked_linear(self, names: list[str], in_features: int,
@@ -119,11 +117,12 @@ class GGUFWeights:
         infos = [self._info(name, (rows, in_features)) for name, rows in zip(names, out_features)]
         ggml_type = infos[0].ggml_type
         if not self.packed:
-            return DenseLinear(torch.cat([self.tensor(n, (rows, in_features)) for n, rows in zip(names, out_features)]))
+            return DenseLinear(np.concatenate([self.tensor(n, (rows, in_features))
+                                              for n, rows in zip(names, out_features)]))
         if self._kernel_type(ggml_type) in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
-            # GGUF stores a matrix row after row, so stacking matrices is concatenating their bytes.
-            raw = np.concatenate([self.gguf.tensor_data(name).reshape(-1) for name in names])
-            return self._packed(raw, ggml_type, (in_features, sum(out_features)))
+            # GGUF stores a matrix row after row, so the matrices' rows stack into one weight.
+            return self._packed([self.gguf.tensor_data(name) for name in names], ggml_type,
+                                (in_features, sum(out_features)))
         return ConcatLinear([self.linear(name, in_features, rows) for name, rows in zip(names, out_features)])
 
     @staticmethod
@@ -131,15 +130,16 @@ class GGUFWeights:
         """The block format a kernel runs this type as: Q5_0 widens to Q8_0 without loss."""
         return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
 
-    def _packed(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+    def _packed(self, parts: list[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+        """One weight from the file bytes of the matrices whose rows it stacks."""
         if ggml_type == GGMLType.Q5_0:
-            raw, ggml_type = q5_0_as_q8_0(raw), GGMLType.Q8_0
-        linear = PackedLinear(pack_weight(raw, ggml_type, shape))
+            parts, ggml_type = [q5_0_as_q8_0(part) for part in parts], GGMLType.Q8_0
+        linear = PackedLinear(pack_weight(parts, ggml_type, shape))
         # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
         self.gguf.release_pages()
         return linear
 
-    def embedding(self, name: str, vocab_size: int, width: int) -> torch.Tensor | QuantizedEmbedding:
+    def embedding(self, name: str, vocab_size: int, width: int) -> np.ndarray | QuantizedEmbedding:
         """A table indexed by token ids: dequantized whole on the reference path, row by row on the fast one."""
         if not self.packed:
             return self.tensor(name, (vocab_size, width))

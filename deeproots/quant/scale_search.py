@@ -64,7 +64,8 @@ def scale_and_min(
 
     x ~= scale * L - min with L in 0..nmax and min >= 0, minimizing sum(weights * error**2).
     """
-    low = x.min(axis=-1)
+    # ggml's loop keeps the first of equal minima: of 0.0 and -0.0, whichever comes first (x.min() may give either)
+    low = np.take_along_axis(x, x.argmin(axis=-1)[:, np.newaxis], axis=-1)[:, 0]
     low = np.where(low > 0, np.float32(0), low)  # not np.minimum: ggml keeps a -0.0
     high = x.max(axis=-1)
     # the inverse scales tried: nmax / span first, then (rmin + rdelta * step + nmax) / span

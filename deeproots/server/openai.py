@@ -202,7 +202,7 @@ def create_app(state: ServerState) -> FastAPI:
             vector = await asyncio.wrap_future(engine.call(lambda ids=ids, cache=cache: engine.runner.embed(ids, cache)))
             vectors.append(vector[:body.dimensions] if body.dimensions else vector)
         data = [{"object": "embedding", "index": index,
-                 "embedding": base64.b64encode(v.numpy().astype(np.float32).tobytes()).decode()
+                 "embedding": base64.b64encode(v.astype(np.float32).tobytes()).decode()
                  if body.encoding_format == "base64" else v.tolist()}
                 for index, v in enumerate(vectors)]
         tokens = sum(len(ids) for ids in inputs)

@@ -23,14 +23,20 @@ from deeproots.quant import GGMLType, dequantize, quantize
 N_LAYERS, N_KV, HEAD_DIM, MAX_TOKENS = 3, 2, 96, 50
 
 
-def new_rows(T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def new_rows(T: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Keys and values (N_KV, T, HEAD_DIM) as the model hands them over: transposed views of packed qkv rows."""
-    g = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(T, 5 * N_KV, HEAD_DIM, generator=g) * torch.logspace(-3, 2, T)[:, None, None]
-    return qkv[:, 3 * N_KV:4 * N_KV].transpose(0, 1), qkv[:, 4 * N_KV:].transpose(0, 1)
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((T, 5 * N_KV, HEAD_DIM), dtype=np.float32)
+    qkv *= np.logspace(-3, 2, T, dtype=np.float32)[:, None, None]
+    return qkv[:, 3 * N_KV:4 * N_KV].swapaxes(0, 1), qkv[:, 4 * N_KV:].swapaxes(0, 1)
 
 
-def filled(kv_type: str, lengths=(7, 1, 12)) -> tuple[KVCache, list[torch.Tensor], list[torch.Tensor]]:
+def read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def filled(kv_type: str, lengths=(7, 1, 12)) -> tuple[KVCache, list[np.ndarray], list[np.ndarray]]:
     """A cache fed steps of `lengths` tokens through every layer; the float keys and values of layer 1."""
     cache, keys, values = KVCache(N_LAYERS, N_KV, HEAD_DIM, MAX_TOKENS, kv_type), [], []
     for step, T in enumerate(lengths):
@@ -46,33 +52,33 @@ def filled(kv_type: str, lengths=(7, 1, 12)) -> tuple[KVCache, list[torch.Tensor
 
 def test_update_stores_the_quant_modules_q8_0_bytes():
     cache, keys, values = filled("q8_0")
-    k, v = torch.cat(keys, dim=1), torch.cat(values, dim=1)  # (N_KV, 20, HEAD_DIM)
+    k, v = np.concatenate(keys, axis=1), np.concatenate(values, axis=1)  # (N_KV, 20, HEAD_DIM)
     stored_k, stored_v = cache.update(1, *new_rows(0, seed=0))  # no new rows: just this layer's 20 stored ones
-    assert stored_k.shape == stored_v.shape == (N_KV, 20, HEAD_DIM // 32 * 34) and stored_k.dtype == torch.uint8
-    assert np.array_equal(stored_k.numpy(), quantize(k.numpy(), GGMLType.Q8_0))
-    assert np.array_equal(stored_v.numpy(), quantize(v.numpy(), GGMLType.Q8_0))
+    assert stored_k.shape == stored_v.shape == (N_KV, 20, HEAD_DIM // 32 * 34) and stored_k.dtype == np.uint8
+    assert np.array_equal(stored_k, quantize(k, GGMLType.Q8_0))
+    assert np.array_equal(stored_v, quantize(v, GGMLType.Q8_0))
 
 
 def test_dequantized_rows_match_the_quant_module_and_the_input():
     cache, keys, _ = filled("q8_0")
-    k = torch.cat(keys, dim=1)
+    k = np.concatenate(keys, axis=1)
     stored = cache.keys[1, :, :20]
     back = dequantize_rows(stored)  # (N_KV, 20, HEAD_DIM)
-    expected = dequantize(stored.contiguous().numpy().reshape(-1), GGMLType.Q8_0, (HEAD_DIM, N_KV * 20))
-    assert torch.equal(back.reshape(-1, HEAD_DIM), torch.from_numpy(expected))
+    expected = dequantize(np.ascontiguousarray(stored).reshape(-1), GGMLType.Q8_0, (HEAD_DIM, N_KV * 20))
+    assert back.dtype == np.float32 and np.array_equal(back.reshape(-1, HEAD_DIM), expected)
     blocks = k.reshape(-1, 32)
-    d = blocks.abs().amax(1, keepdim=True) / 127  # (blocks, 1): the step, before the f16 rounding of the scale
-    bound = 0.5 * d + 127 * (d.half().float() - d).abs()  # rounding to a step, and the stored step's own error
-    assert ((back.reshape(-1, 32) - blocks).abs() <= bound * (1 + 1e-5)).all()
+    d = np.abs(blocks).max(1, keepdims=True) / np.float32(127)  # (blocks, 1): the step, before the f16 rounding
+    bound = 0.5 * d + 127 * np.abs(d.astype(np.float16).astype(np.float32) - d)  # rounding to a step, the step's error
+    assert (np.abs(back.reshape(-1, 32) - blocks) <= bound * np.float32(1 + 1e-5)).all()
 
 
 def test_quantizer_accepts_strided_views_and_rejects_bad_arguments():
-    x = torch.randn(4, 6, 64)
-    out = torch.zeros(6, 4, 68, dtype=torch.uint8).transpose(0, 1)  # strided heads and rows
-    quantize_q8_0_rows(x.transpose(0, 1).contiguous().transpose(0, 1), out)
-    assert np.array_equal(out.contiguous().numpy(), quantize(x.numpy(), GGMLType.Q8_0))
-    for bad_x, bad_out in [(x.double(), out), (x, out[:, :, :64]), (x[:, :, :48], out[:, :, :51]),
-                           (x, out.to(torch.int8)), (x[0], out[0]), ("x", out)]:
+    x = np.random.default_rng(0).standard_normal((4, 6, 64), dtype=np.float32)
+    out = np.zeros((6, 4, 68), np.uint8).swapaxes(0, 1)  # strided heads and rows
+    quantize_q8_0_rows(np.ascontiguousarray(x.swapaxes(0, 1)).swapaxes(0, 1), out)
+    assert np.array_equal(out, quantize(x, GGMLType.Q8_0))
+    for bad_x, bad_out in [(x.astype(np.float64), out), (x, out[:, :, :64]), (x[:, :, :48], out[:, :, :51]),
+                           (x, out.view(np.int8)), (x[0], out[0]), ("x", out), (x, read_only(out.copy()))]:
         with pytest.raises(RequestError):
             quantize_q8_0_rows(bad_x, bad_out)
 
@@ -83,11 +89,11 @@ def test_bookkeeping_is_the_same_for_every_kv_type(kv_type):
     assert cache.offset == 20 and cache.room() == 30
     row = {"f32": HEAD_DIM * 4, "f16": HEAD_DIM * 2, "q8_0": HEAD_DIM // 32 * 34}[kv_type]  # bytes per row
     assert cache.nbytes == 2 * N_LAYERS * N_KV * MAX_TOKENS * row
-    before = cache.keys[:, :, :8].clone()
+    before = cache.keys[:, :, :8].copy()
     cache.truncate(8)
     k, v = new_rows(3, seed=99)
     stored_k, _ = cache.update(2, k, v)
-    assert stored_k.shape[1] == 11 and torch.equal(cache.keys[:, :, :8], before)  # the kept prefix is untouched
+    assert stored_k.shape[1] == 11 and np.array_equal(cache.keys[:, :, :8], before)  # the kept prefix is untouched
     cache.advance(3)
     assert cache.offset == 11
     with pytest.raises(RequestError):
@@ -104,8 +110,8 @@ def test_extend_and_the_prefix_cache_copy_rows_as_bytes(kv_type):
     prefixes.store(ids, source)
     target = KVCache(N_LAYERS, N_KV, HEAD_DIM, MAX_TOKENS, kv_type)
     assert prefixes.load(ids, target) == 32  # two whole blocks; the third would leave no token to run
-    assert torch.equal(target.keys[:, :, :32], source.keys[:, :, :32])
-    assert torch.equal(target.values[:, :, :32], source.values[:, :, :32])
+    assert np.array_equal(target.keys[:, :, :32], source.keys[:, :, :32])
+    assert np.array_equal(target.values[:, :, :32], source.values[:, :, :32])
     other = KVCache(N_LAYERS, N_KV, HEAD_DIM, MAX_TOKENS, "f32" if kv_type == "q8_0" else "q8_0")
     with pytest.raises(RequestError):
         other.extend(source.keys[:, :, :4], source.values[:, :, :4])
@@ -119,7 +125,7 @@ def test_bad_kv_types_and_head_sizes_raise_request_errors():
     with pytest.raises(RequestError, match="kv_type"):
         KVCache(2, 2, 64, 10, "q4_0")
     with pytest.raises(RequestError):  # q8_0 quantizes float32 rows
-        KVCache(2, 2, 64, 10, "q8_0").update(0, torch.zeros(2, 1, 64, dtype=torch.float64), torch.zeros(2, 1, 64))
+        KVCache(2, 2, 64, 10, "q8_0").update(0, np.zeros((2, 1, 64)), np.zeros((2, 1, 64), np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +142,11 @@ def test_real_model_predicts_like_the_f16_cache(smollm2, smollm2_q8_0):
     text = codecs.decode(this.s, "rot13") + "\n\n" + json.__doc__
     ids = smollm2.tokenize(text)[:512]
     f16, q8_0 = smollm2.logits(ids), smollm2_q8_0.logits(ids)  # (512, vocab)
-    assert smollm2_q8_0.cache.keys.dtype == torch.uint8
-    assert (f16.argmax(-1) == q8_0.argmax(-1)).float().mean() >= 0.9
-    targets = torch.tensor(ids[1:])
-    nll = [torch.nn.functional.cross_entropy(logits[:-1].double(), targets).item() for logits in (f16, q8_0)]
+    assert smollm2_q8_0.cache.keys.dtype == np.uint8
+    assert (f16.argmax(-1) == q8_0.argmax(-1)).mean() >= 0.9
+    targets = torch.tensor(ids[1:])  # PyTorch's cross entropy: an independent reference
+    nll = [torch.nn.functional.cross_entropy(torch.from_numpy(logits[:-1].astype(np.float64)), targets).item()
+           for logits in (f16, q8_0)]
     assert abs(nll[0] - nll[1]) < 0.03
 
 

@@ -66,6 +66,18 @@ def test_inspect_describes_the_default_model(smollm2_path):
         assert expected in out, expected
 
 
+def test_run_on_a_gguf_file_never_imports_torch(smollm2_path):
+    """Importing PyTorch alone takes over a second; `run` reaches its first token without it (docs/benchmarks.md)."""
+    code = ("import sys; from deeproots.cli import main; "
+            f"main(['run', '--raw', '--temperature', '0', '--max-tokens', '4', '-m', {str(smollm2_path)!r}, "
+            "'The three primary colors are']); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    *text, torch_imported = result.stdout.strip().splitlines()
+    assert torch_imported == "False", result.stdout
+    assert "".join(text).strip(), "no text was generated"
+
+
 def test_chat_answers_and_obeys_commands(smollm2_path):
     session = "/set temperature 0\n/set bogus 1\nWhat is 2+2? Answer with one number.\n/clear\n/bye\n"
     result = deeproots("chat", "-m", str(smollm2_path), "--max-tokens", "16", stdin=session)

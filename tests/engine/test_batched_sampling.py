@@ -1,7 +1,7 @@
 """The engine's batched sampling against sampling each sequence alone: the same tokens for the same seeds/params."""
 
+import numpy as np
 import pytest
-import torch
 
 from deeproots.errors import RequestError
 from deeproots.generate import SequenceDecoder, decode_batch
@@ -27,16 +27,16 @@ PARAMS = [
 
 @pytest.mark.parametrize("vocab", [49152, 1001])
 def test_batched_draws_equal_per_sequence_draws(vocab):
-    generator = torch.Generator().manual_seed(vocab)
+    generator = np.random.default_rng(vocab)
     batched = [make_sampler(params) for params in PARAMS]
     alone = [make_sampler(params) for params in PARAMS]
     histories = [[1, 2, 3, 3, 9] for _ in PARAMS]
     masked = 4  # this row is constrained to the even tokens
     allowed = [None] * len(PARAMS)
-    allowed[masked] = torch.arange(vocab) % 2 == 0
+    allowed[masked] = np.arange(vocab) % 2 == 0
     seen = [set() for _ in PARAMS]
     for _ in range(25):
-        logits = torch.randn(len(PARAMS), vocab, generator=generator) * 4
+        logits = generator.standard_normal((len(PARAMS), vocab), dtype=np.float32) * 4
         tokens = sample_batch(logits, batched, histories, allowed)
         assert tokens == [sampler(row, history, mask) for sampler, row, history, mask
                           in zip(alone, logits, histories, allowed)]
@@ -49,16 +49,16 @@ def test_batched_draws_equal_per_sequence_draws(vocab):
 
 def test_a_row_gets_the_same_tokens_in_any_batch():
     """The same sequence alone, first, in the middle or last, among different neighbours: the same draws."""
-    generator = torch.Generator().manual_seed(0)
+    generator = np.random.default_rng(0)
     params = SamplingParams(temperature=0.8, top_k=0, top_p=0.9, min_p=0.0, seed=42)
-    own = [torch.randn(3000, generator=generator) * 3 for _ in range(20)]  # the sequence's logits, step by step
+    own = [generator.standard_normal(3000, dtype=np.float32) * 3 for _ in range(20)]  # the sequence's logits, step by step
     runs = []
     for row in (0, 2, 5):
         samplers = [make_sampler(SamplingParams(temperature=0.5 + 0.1 * i, top_k=10 * i, seed=i)) for i in range(6)]
         samplers[row] = make_sampler(params)
         run = []
         for logits in own:
-            batch = torch.randn(6, 3000, generator=generator) * 3
+            batch = generator.standard_normal((6, 3000), dtype=np.float32) * 3
             batch[row] = logits
             run.append(sample_batch(batch, samplers, [[]] * 6, [None] * 6)[row])
         runs.append(run)
@@ -68,19 +68,41 @@ def test_a_row_gets_the_same_tokens_in_any_batch():
     assert len(set(runs[0])) > 3
 
 
-def sort_filter(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+@pytest.mark.parametrize("top_k, top_p, min_p", [(40, 0.95, 0.05), (0, 0.9, 0.0), (5, 1.0, 0.0), (0, 1.0, 0.1)])
+def test_a_draw_is_the_inverse_cdf_over_the_whole_filtered_row(top_k, top_p, min_p):
+    """draw_batch draws among the filters' few candidates; the token must be the one the float64 cumulative sum
+    over the whole vocabulary picks for the same uniform (a twin generator with the same seed)."""
+    logits_rng = np.random.default_rng(5)
+    params = SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p, min_p=min_p, seed=11)
+    sampler, twin = make_sampler(params), np.random.Generator(np.random.PCG64(11))
+    for _ in range(100):
+        logits = logits_rng.standard_normal(5000, dtype=np.float32) * 3
+        filtered = filter_logits(logits / np.float32(0.8), top_k, top_p, min_p)
+        cdf = np.cumsum(np.exp(filtered - filtered.max()), dtype=np.float64)
+        assert sampler(logits, []) == int(np.searchsorted(cdf, twin.random() * cdf[-1], side="right"))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+def sort_filter(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
     """The previous implementation: a full sort of the vocabulary, one row (the reference here)."""
-    sorted_logits, order = logits.sort(descending=True, stable=True)
+    order = np.argsort(-logits, kind="stable")
+    sorted_logits = logits[order]
     if top_k > 0:
-        sorted_logits[top_k:] = float("-inf")
+        sorted_logits[top_k:] = -np.inf
     if top_p < 1.0:
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs
-        sorted_logits[1:][mass_before[1:] >= top_p] = float("-inf")
+        probs = softmax(sorted_logits)
+        mass_before = probs.cumsum() - probs
+        sorted_logits[1:][mass_before[1:] >= top_p] = -np.inf
     if min_p > 0.0:
-        probs = sorted_logits.softmax(-1)
-        sorted_logits[probs < min_p * probs[0]] = float("-inf")
-    return torch.empty_like(logits).scatter_(0, order, sorted_logits)
+        probs = softmax(sorted_logits)
+        sorted_logits[probs < min_p * probs[0]] = -np.inf
+    out = np.empty_like(logits)
+    out[order] = sorted_logits
+    return out
 
 
 @pytest.mark.parametrize("top_k, top_p, min_p", [(40, 1.0, 0.0), (0, 0.9, 0.0), (0, 0.999, 0.0), (0, 1.0, 0.05),
@@ -88,16 +110,16 @@ def sort_filter(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) ->
 def test_batched_filters_keep_what_the_sorting_filter_kept(top_k, top_p, min_p):
     # scale 0.5: flat distributions whose nucleus needs thousands of candidates (the top-k that grows)
     for scale in (0.5, 3.0):
-        logits = torch.randn(4, 49152, generator=torch.Generator().manual_seed(top_k)) * scale
+        logits = np.random.default_rng(top_k).standard_normal((4, 49152), dtype=np.float32) * scale
         batch = filter_logits(logits, top_k, top_p, min_p)
         for row in range(4):
             # In float64: in float32 the cumulative mass at the nucleus' edge of a long tail (top_p = 0.999, tokens
             # of ~1e-7 each) is off by ~1e-6, a dozen tokens either way; filter_logits computes it in float64.
-            reference = sort_filter(logits[row].double(), top_k, top_p, min_p)
-            differ = torch.isfinite(batch[row]) != torch.isfinite(reference)
-            assert float(logits[row].softmax(-1)[differ].sum()) < 1e-6
-            assert torch.equal(batch[row], filter_logits(logits[row], top_k, top_p, min_p))
-        assert torch.equal(batch[torch.isfinite(batch)], logits[torch.isfinite(batch)])
+            reference = sort_filter(logits[row].astype(np.float64), top_k, top_p, min_p)
+            differ = np.isfinite(batch[row]) != np.isfinite(reference)
+            assert float(softmax(logits[row])[differ].sum()) < 1e-6
+            assert np.array_equal(batch[row], filter_logits(logits[row], top_k, top_p, min_p))
+        assert np.array_equal(batch[np.isfinite(batch)], logits[np.isfinite(batch)])
 
 
 def test_decode_batch_equals_each_decoder_alone(smollm2):
@@ -108,9 +130,9 @@ def test_decode_batch_equals_each_decoder_alone(smollm2):
     specs.append((SamplingParams(temperature=0, logit_bias={vocab + 5: 1.0}), {}))  # fails: outside the vocabulary
     batched = [make(params, **options) for params, options in specs]
     alone = [make(params, **options) for params, options in specs]
-    generator = torch.Generator().manual_seed(3)
+    generator = np.random.default_rng(3)
     for _ in range(12):
-        logits = torch.randn(len(specs), vocab, generator=generator) * 4
+        logits = generator.standard_normal((len(specs), vocab), dtype=np.float32) * 4
         results = decode_batch(batched, logits, [100] * len(specs))
         assert isinstance(results[-1], RequestError)
         with pytest.raises(RequestError, match="outside the vocabulary"):

@@ -3,8 +3,8 @@
 import json
 
 import jsonschema
+import numpy as np
 import pytest
-import torch
 
 from deeproots.cache.kv import KVCache
 from deeproots.engine.grammar import GrammarCompiler
@@ -30,14 +30,14 @@ def constrained_text(model, constraint, params, prompt="Describe a person as JSO
     c = model.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, len(ids) + 120)
     decoder = SequenceDecoder(model.tokenizer, ids, params, max_tokens=120, constraint=constraint)
-    logits = model.net.forward(torch.tensor(ids), cache)[-1]
+    logits = model.net.forward(np.array(ids, dtype=np.int64), cache)[-1]
     pieces = []
     while True:
         step = decoder.step(logits, cache.room())
         pieces.append(step.text)
         if step.finish_reason:
             return "".join(pieces), step.finish_reason
-        logits = model.net.forward(torch.tensor([step.token_id]), cache)[-1]
+        logits = model.net.forward(np.array([step.token_id], dtype=np.int64), cache)[-1]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

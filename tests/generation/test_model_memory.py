@@ -5,7 +5,6 @@ import gc
 import types
 
 import numpy as np
-import torch
 
 from deeproots.formats.gguf import GGUFFile
 from deeproots.tokenizer.vocab import VOCABULARY_KEYS
@@ -41,7 +40,6 @@ def test_no_token_strings_nor_dense_tables_are_reachable_from_the_model(smollm2)
         if isinstance(obj, (list, tuple, dict, set, frozenset)) and len(obj) >= vocab_size // 2:
             sample = next(iter(obj))
             assert not isinstance(sample, (str, bytes)), f"a {type(obj).__name__} of {len(obj)} token strings"
-        dense = (isinstance(obj, np.ndarray) and obj.dtype.kind == "f"
-                 or isinstance(obj, torch.Tensor) and obj.dtype.is_floating_point)
+        dense = isinstance(obj, np.ndarray) and obj.dtype.kind == "f"
         assert not dense or tuple(obj.shape) not in ((vocab_size, width), (width, vocab_size)), \
             "a dense copy of the embedding / output table (the fast path keeps both packed)"

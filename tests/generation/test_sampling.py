@@ -1,5 +1,8 @@
-"""Sampling: filters against HF transformers' logits warpers; seeds; penalties; parameter validation."""
+"""Sampling: filters against HF transformers' logits warpers; seeds; penalties; parameter validation.
 
+Our code takes numpy arrays; the transformers references take torch tensors (converted at the boundary)."""
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -10,48 +13,49 @@ from deeproots.sampling import SamplingParams, apply_penalties, filter_logits, m
 transformers = pytest.importorskip("transformers")
 
 
-def hf_filter(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
-    scores = logits[None].clone()
+def hf_filter(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    scores = torch.from_numpy(logits[None].copy())
     if top_k > 0:
         scores = transformers.TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1.0:
         scores = transformers.TopPLogitsWarper(top_p)(None, scores)
     if min_p > 0.0:
         scores = transformers.MinPLogitsWarper(min_p)(None, scores)
-    return scores[0]
+    return scores[0].numpy()
 
 
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), vocab=st.integers(2, 300), top_k=st.integers(0, 50),
        top_p=st.sampled_from([1.0, 0.99, 0.9, 0.5, 0.1]), min_p=st.sampled_from([0.0, 0.01, 0.05, 0.3]))
 def test_filters_keep_the_same_tokens_as_transformers(seed, vocab, top_k, top_p, min_p):
-    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(seed)) * 3
-    ours = filter_logits(logits.clone(), top_k, top_p, min_p)
+    logits = np.random.default_rng(seed).standard_normal(vocab, dtype=np.float32) * 3
+    ours = filter_logits(logits.copy(), top_k, top_p, min_p)
     reference = hf_filter(logits, top_k, top_p, min_p)
-    assert torch.equal(torch.isfinite(ours), torch.isfinite(reference))
-    assert torch.equal(ours[torch.isfinite(ours)], logits[torch.isfinite(ours)])
+    assert np.array_equal(np.isfinite(ours), np.isfinite(reference))
+    assert np.array_equal(ours[np.isfinite(ours)], logits[np.isfinite(ours)])
 
 
 def test_repeat_penalty_matches_transformers_over_the_window():
-    logits = torch.randn(100, generator=torch.Generator().manual_seed(0)) * 4
+    logits = np.random.default_rng(0).standard_normal(100, dtype=np.float32) * 4
     history = [3, 7, 7, 50, 99]
     ours = apply_penalties(logits, history, SamplingParams(repeat_penalty=1.3))
-    reference = transformers.RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([history]), logits[None].clone())[0]
-    assert torch.allclose(ours, reference)
+    reference = transformers.RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([history]),
+                                                                   torch.from_numpy(logits[None].copy()))[0]
+    assert np.allclose(ours, reference.numpy())
 
 
 def test_presence_and_frequency_penalties_follow_openai():
-    logits = torch.zeros(10)
+    logits = np.zeros(10, dtype=np.float32)
     out = apply_penalties(logits, [1, 1, 1, 4], SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))
     # OpenAI: logit - count * frequency_penalty - (count > 0) * presence_penalty
-    expected = torch.zeros(10)
+    expected = np.zeros(10, dtype=np.float32)
     expected[1] = -(3 * 0.25) - 0.5
     expected[4] = -(1 * 0.25) - 0.5
-    assert torch.allclose(out, expected)
+    assert np.allclose(out, expected)
 
 
 def test_greedy_is_argmax_and_seed_reproduces_samples():
-    logits = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    logits = np.random.default_rng(1).standard_normal(1000, dtype=np.float32)
     assert make_sampler(SamplingParams(temperature=0))(logits, []) == int(logits.argmax())
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
     draws_a, draws_b = make_sampler(params), make_sampler(params)
@@ -62,14 +66,14 @@ def test_greedy_is_argmax_and_seed_reproduces_samples():
 
 
 def test_sampling_follows_the_distribution():
-    logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))
+    logits = np.log(np.array([0.7, 0.2, 0.1], dtype=np.float32))
     sample = make_sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7))
-    counts = torch.bincount(torch.tensor([sample(logits, []) for _ in range(4000)]), minlength=3).float() / 4000
-    assert torch.allclose(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
+    counts = np.bincount([sample(logits, []) for _ in range(4000)], minlength=3) / 4000
+    assert np.allclose(counts, [0.7, 0.2, 0.1], atol=0.03)
 
 
 def test_logit_bias_can_force_a_token():
-    logits = torch.zeros(20)
+    logits = np.zeros(20, dtype=np.float32)
     assert make_sampler(SamplingParams(temperature=0, logit_bias={13: 5.0}))(logits, []) == 13
     with pytest.raises(RequestError, match="outside the vocabulary"):
         make_sampler(SamplingParams(temperature=0, logit_bias={25: 1.0}))(logits, [])

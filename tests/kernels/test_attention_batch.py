@@ -3,8 +3,8 @@ cache update and attention for every sequence) against the per-sequence loop it 
 q/k rows and cache contents, over f32, f16 and q8_0 caches, rows of prefill and decode mixed in one call, with and
 without a sliding window, on one thread and on several."""
 
+import numpy as np
 import pytest
-import torch
 
 from deeproots.cache.kv import KVCache
 from deeproots.errors import RequestError
@@ -18,12 +18,13 @@ N_LAYERS, MAX_TOKENS = 3, 200
 
 def caches_at(kv_type: str, n_kv: int, D: int, offsets: list[int], seed: int) -> list[KVCache]:
     """Caches already holding `offsets[b]` positions of random keys and values in every layer."""
-    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     caches = []
     for offset in offsets:
         cache = KVCache(N_LAYERS, n_kv, D, MAX_TOKENS, kv_type)
         for layer in range(N_LAYERS):
-            cache.update(layer, torch.randn(n_kv, offset, D, generator=gen), torch.randn(n_kv, offset, D, generator=gen))
+            cache.update(layer, rng.standard_normal((n_kv, offset, D), dtype=np.float32),
+                         rng.standard_normal((n_kv, offset, D), dtype=np.float32))
         cache.advance(offset)
         caches.append(cache)
     return caches
@@ -33,7 +34,7 @@ def clone(caches: list[KVCache]) -> list[KVCache]:
     copies = []
     for cache in caches:
         copy = KVCache(N_LAYERS, cache.keys.shape[1], 1, MAX_TOKENS)  # replaced below
-        copy.kv_type, copy.keys, copy.values, copy.offset = cache.kv_type, cache.keys.clone(), cache.values.clone(), \
+        copy.kv_type, copy.keys, copy.values, copy.offset = cache.kv_type, cache.keys.copy(), cache.values.copy(), \
             cache.offset
         copies.append(copy)
     return copies
@@ -48,26 +49,27 @@ def test_batched_attention_matches_the_per_sequence_loop(kv_type, D, heads, styl
     n_heads, n_kv = heads
     offsets, lengths = [0, 7, 70, 3, 130], [5, 1, 1, 40, 1]  # prefill rows, decode rows, an empty cache
     rope = RotaryEmbedding(D if D != 96 else 64, 10000.0, MAX_TOKENS, style=style)
-    gen = torch.Generator().manual_seed(hash((kv_type, D, style, window)) % 1000)
+    rng = np.random.default_rng(hash((kv_type, D, style, window)) % 1000)
     old = get_num_threads()
     set_num_threads(threads)
     try:
         for layer in range(N_LAYERS):
             base = caches_at(kv_type, n_kv, D, offsets, seed=layer)
             # qkv as the model has it: a view of a (N, heads * D) product, here with a wider row stride
-            wide = torch.randn(sum(lengths), (n_heads + 2 * n_kv) * D + 8, generator=gen) * 3
-            qkv_a = wide[:, :(n_heads + 2 * n_kv) * D].view(-1, n_heads + 2 * n_kv, D)
-            qkv_b = wide.clone()[:, :(n_heads + 2 * n_kv) * D].view(-1, n_heads + 2 * n_kv, D)
+            wide = rng.standard_normal((sum(lengths), (n_heads + 2 * n_kv) * D + 8), dtype=np.float32) * 3
+            qkv_a = wide[:, :(n_heads + 2 * n_kv) * D].reshape(-1, n_heads + 2 * n_kv, D)
+            qkv_b = wide.copy()[:, :(n_heads + 2 * n_kv) * D].reshape(-1, n_heads + 2 * n_kv, D)
+            assert qkv_a.strides[0] == qkv_b.strides[0] == wide.strides[0]  # views, not copies
             caches_a, caches_b = base, clone(base)
             out_a = LOOP(rope, qkv_a, n_heads, caches_a, lengths, layer, 0.125, window)
             out_b = FAST.attend_sequences(rope, qkv_b, n_heads, caches_b, lengths, layer, 0.125, window)
             assert out_b.shape == out_a.shape
-            assert torch.equal(out_a, out_b)  # bit-identical (no nan here)
-            assert torch.equal(qkv_a, qkv_b)  # the same RoPE in place
+            assert np.array_equal(out_a, out_b)  # bit-identical (no nan here)
+            assert np.array_equal(qkv_a, qkv_b)  # the same RoPE in place
             for a, b in zip(caches_a, caches_b):
                 assert a.offset == b.offset  # neither advances
-                assert torch.equal(a.keys.view(torch.uint8), b.keys.view(torch.uint8))
-                assert torch.equal(a.values.view(torch.uint8), b.values.view(torch.uint8))
+                assert np.array_equal(a.keys.view(np.uint8), b.keys.view(np.uint8))
+                assert np.array_equal(a.values.view(np.uint8), b.values.view(np.uint8))
     finally:
         set_num_threads(old)
 
@@ -78,23 +80,33 @@ def test_batched_attention_steps_like_the_loop():
     rope = RotaryEmbedding(D, 10000.0, MAX_TOKENS)
     caches_a = caches_at("f16", n_kv, D, [3, 9], seed=1)
     caches_b = clone(caches_a)
-    gen = torch.Generator().manual_seed(5)
+    rng = np.random.default_rng(5)
     for step in range(4):
         lengths = [1, 1] if step else [4, 2]
         for layer in range(N_LAYERS):
-            qkv = torch.randn(sum(lengths), n_heads + 2 * n_kv, D, generator=gen)
-            qkv_b = qkv.clone()
+            qkv = rng.standard_normal((sum(lengths), n_heads + 2 * n_kv, D), dtype=np.float32)
+            qkv_b = qkv.copy()
             out_a = LOOP(rope, qkv, n_heads, caches_a, lengths, layer, 0.125, None)
             out_b = FAST.attend_sequences(rope, qkv_b, n_heads, caches_b, lengths, layer, 0.125, None)
-            assert torch.equal(out_a, out_b)
+            assert np.array_equal(out_a, out_b)
         for a, b, t in zip(caches_a, caches_b, lengths):
             a.advance(t)
             b.advance(t)
-            assert torch.equal(a.keys.view(torch.uint8), b.keys.view(torch.uint8))
+            assert np.array_equal(a.keys.view(np.uint8), b.keys.view(np.uint8))
 
 
 def test_batched_attention_refuses_a_full_cache():
     rope = RotaryEmbedding(64, 10000.0, MAX_TOKENS)
     caches = caches_at("f32", 1, 64, [MAX_TOKENS - 1, 2], seed=0)
     with pytest.raises(RequestError, match="holds"):
-        FAST.attend_sequences(rope, torch.zeros(3, 4, 64), 2, caches, [2, 1], 0, 0.125, None)
+        FAST.attend_sequences(rope, np.zeros((3, 4, 64), np.float32), 2, caches, [2, 1], 0, 0.125, None)
+
+
+def test_batched_attention_refuses_a_read_only_qkv():
+    """RoPE rotates qkv in place: a read-only array is refused before anything is written."""
+    rope = RotaryEmbedding(64, 10000.0, MAX_TOKENS)
+    caches = caches_at("f16", 1, 64, [3, 2], seed=0)
+    qkv = np.zeros((2, 4, 64), np.float32)
+    qkv.flags.writeable = False
+    with pytest.raises(RequestError):
+        FAST.attend_sequences(rope, qkv, 2, caches, [1, 1], 0, 0.125, None)

@@ -6,6 +6,7 @@ The installed extension is built for this machine's best ISA; the AVX2 and porta
 
 import importlib.machinery
 import importlib.util
+import os
 import platform
 import shutil
 import subprocess
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deeproots.errors import ModelFormatError, RequestError, UnsupportedModelError
 from deeproots.kernels import (
@@ -25,6 +25,7 @@ from deeproots.kernels import (
     quantized_linear,
     set_num_threads,
 )
+from deeproots.kernels.packed import physical_cores
 from deeproots.kernels.reference import reference_linear
 from deeproots.quant import dequantize
 from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType
@@ -60,40 +61,40 @@ def random_raw(ggml_type: GGMLType, k: int, n: int, rng: np.random.Generator) ->
     return raw.reshape(n, -1)
 
 
-def error_bound(x: torch.Tensor, raw: np.ndarray, ggml_type: GGMLType, k: int, n: int) -> torch.Tensor:
+def error_bound(x: np.ndarray, raw: np.ndarray, ggml_type: GGMLType, k: int, n: int) -> np.ndarray:
     """The bound documented in deeproots/kernels/packed.py, per output (T, N)."""
-    xd = x.double().abs()  # (T, K)
-    w = torch.from_numpy(dequantize(raw.reshape(-1), ggml_type, (k, n))).double()  # (N, K)
+    xd = np.abs(x.astype(np.float64))  # (T, K)
+    w = dequantize(raw.reshape(-1), ggml_type, (k, n)).astype(np.float64)  # (N, K)
     gamma = lambda m: m * U / (1 - m * U)  # noqa: E731  (f32 summation of m terms, any order)
     if ggml_type in FLOAT_TYPES:
-        return gamma(k + 1) * (xd @ w.abs().T)
-    minimum = torch.zeros_like(w)
+        return gamma(k + 1) * (xd @ np.abs(w).T)
+    minimum = np.zeros_like(w)
     if ggml_type in MIN_FORMAT_QUANTS:
         blocks = raw.reshape(n, -1, BLOCK_GEOMETRY[ggml_type].type_size).copy()
         blocks[..., MIN_FORMAT_QUANTS[ggml_type]] = 0
-        minimum = torch.from_numpy(dequantize(blocks.reshape(-1), ggml_type, (k, n))).double()
-    c = (w - minimum).abs()  # the part multiplied by the integer value
-    amax = xd.reshape(len(x), k // 32, 32).amax(-1)  # (T, nb)
+        minimum = dequantize(blocks.reshape(-1), ggml_type, (k, n)).astype(np.float64)
+    c = np.abs(w - minimum)  # the part multiplied by the integer value
+    amax = xd.reshape(len(x), k // 32, 32).max(-1)  # (T, nb)
     # Minimums meet the quantized block sum too, so the whole weight meets the rounding of x.
-    rounding = (amax / 254) @ w.abs().reshape(n, k // 32, 32).sum(-1).T * (1 + 1e-5)
-    magnitude = amax.repeat_interleave(32, dim=1) @ (c + minimum.abs()).T + xd @ minimum.abs().T
+    rounding = (amax / 254) @ np.abs(w).reshape(n, k // 32, 32).sum(-1).T * (1 + 1e-5)
+    magnitude = np.repeat(amax, 32, axis=1) @ (c + np.abs(minimum)).T + xd @ np.abs(minimum).T
     return rounding + gamma(k + 64) * magnitude
 
 
 def check(ggml_type: GGMLType, t: int, k: int, n: int, seed: int, linear=quantized_linear) -> None:
     rng = np.random.default_rng(seed)
     raw = random_raw(ggml_type, k, n, rng)
-    x = torch.from_numpy(rng.standard_normal((t, k)).astype(np.float32))
+    x = rng.standard_normal((t, k)).astype(np.float32)
     check_raw(ggml_type, raw, x, linear)
 
 
-def check_raw(ggml_type: GGMLType, raw: np.ndarray, x: torch.Tensor, linear=quantized_linear) -> None:
+def check_raw(ggml_type: GGMLType, raw: np.ndarray, x: np.ndarray, linear=quantized_linear) -> None:
     (t, k), n = x.shape, raw.shape[0]
     y = linear(x, pack_weight(raw, ggml_type, (k, n)))
-    assert y.shape == (t, n) and y.dtype == torch.float32
-    err = (y.double() - reference_linear(x, raw, ggml_type, (k, n))).abs()
+    assert y.shape == (t, n) and y.dtype == np.float32
+    err = np.abs(y.astype(np.float64) - reference_linear(x, raw, ggml_type, (k, n)))
     bound = error_bound(x, raw, ggml_type, k, n)
-    worst = (err / bound).max().item()
+    worst = (err / bound).max()
     assert worst <= 1.0, f"{ggml_type.name} T={t} K={k} N={n}: error reaches {worst:.3f} of the bound"
 
 
@@ -122,10 +123,9 @@ def fallback_linear(request, tmp_path_factory):
     assert module.ISA == {"x86-64-v3": "avx2", "x86-64": "portable-c"}[request.param]
     module.set_num_threads(2)
 
-    def linear(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
-        out = torch.empty(x.shape[0], weight.out_features)
-        module.linear(int(weight.ggml_type), weight.data.ctypes.data, weight.out_features, weight.in_features,
-                      x.data_ptr(), x.shape[0], out.data_ptr())
+    def linear(x: np.ndarray, weight: PackedWeight) -> np.ndarray:
+        out = np.empty((x.shape[0], weight.out_features), np.float32)
+        module.linear(int(weight.ggml_type), weight.data, weight.out_features, weight.in_features, x, x.shape[0], out)
         return out
 
     return linear
@@ -146,7 +146,7 @@ def test_real_weights_of_the_default_model():
     for name, rows in [("blk.0.attn_q.weight", None), ("blk.0.ffn_down.weight", None), ("token_embd.weight", 1000)]:
         tensor = tensors[name]
         raw = np.ascontiguousarray(tensor.data[:rows])
-        x = torch.from_numpy(rng.standard_normal((3, int(tensor.shape[0]))).astype(np.float32))
+        x = rng.standard_normal((3, int(tensor.shape[0]))).astype(np.float32)
         check_raw(GGMLType(int(tensor.tensor_type)), raw, x)
 
 
@@ -154,17 +154,17 @@ def test_bound_is_tight_enough_to_mean_something():
     """About 1% of |x| @ |W|.T for Gaussian activations: int8 rounding of max|x| / 127 steps."""
     rng = np.random.default_rng(1)
     raw = random_raw(Q.Q4_1, 576, 64, rng)
-    x = torch.from_numpy(rng.standard_normal((4, 576)).astype(np.float32))
-    w = torch.from_numpy(dequantize(raw.reshape(-1), Q.Q4_1, (576, 64))).double()
+    x = rng.standard_normal((4, 576)).astype(np.float32)
+    w = dequantize(raw.reshape(-1), Q.Q4_1, (576, 64)).astype(np.float64)
     bound = error_bound(x, raw, Q.Q4_1, 576, 64)
-    assert (bound / (x.double().abs() @ w.abs().T)).median() < 0.02
+    assert np.median(bound / (np.abs(x.astype(np.float64)) @ np.abs(w).T)) < 0.02
 
 
 def test_thread_counts_give_identical_results():
     rng = np.random.default_rng(2)
     raw = random_raw(Q.Q4_1, 576, 1536, rng)
     weight = pack_weight(raw, Q.Q4_1, (576, 1536))
-    x = torch.randn(9, 576)
+    x = rng.standard_normal((9, 576)).astype(np.float32)
     before = get_num_threads()
     try:
         results = []
@@ -173,41 +173,58 @@ def test_thread_counts_give_identical_results():
             results.append(quantized_linear(x, weight))
     finally:
         set_num_threads(before)
-    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
 def test_writes_into_out_and_handles_zero_tokens():
     rng = np.random.default_rng(3)
     weight = pack_weight(random_raw(Q.Q8_0, 64, 5, rng), Q.Q8_0, (64, 5))
-    x = torch.randn(3, 64)
-    out = torch.full((3, 5), float("nan"))
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    out = np.full((3, 5), np.nan, np.float32)
     assert quantized_linear(x, weight, out) is out
-    assert torch.equal(out, quantized_linear(x, weight))
-    assert quantized_linear(torch.empty(0, 64), weight).shape == (0, 5)
+    assert np.array_equal(out, quantized_linear(x, weight))
+    assert quantized_linear(np.empty((0, 64), np.float32), weight).shape == (0, 5)
 
 
-def test_contiguous_row_slice_of_a_larger_tensor():
+def test_contiguous_row_slice_of_a_larger_array():
     rng = np.random.default_rng(4)
     raw = random_raw(Q.Q4_0, 96, 17, rng)
     weight = pack_weight(raw, Q.Q4_0, (96, 17))
-    x = torch.randn(10, 96)
-    assert torch.equal(quantized_linear(x[3:5], weight), quantized_linear(x[3:5].clone(), weight))
+    x = rng.standard_normal((10, 96)).astype(np.float32)
+    assert np.array_equal(quantized_linear(x[3:5], weight), quantized_linear(x[3:5].copy(), weight))
+
+
+def test_read_only_input_is_accepted():
+    """Inputs are only read: a read-only x (e.g. a view of a memory-mapped file) works like a writeable one."""
+    rng = np.random.default_rng(9)
+    weight = pack_weight(random_raw(Q.Q8_0, 64, 5, rng), Q.Q8_0, (64, 5))
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert np.array_equal(quantized_linear(frozen, weight), quantized_linear(x, weight))
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 @pytest.mark.parametrize(
     "make_x, make_out",
     [
-        (lambda: torch.randn(2, 64, dtype=torch.float64), lambda: None),
-        (lambda: torch.randn(2, 32), lambda: None),
-        (lambda: torch.randn(64), lambda: None),
-        (lambda: torch.randn(64, 2).T, lambda: None),
+        (lambda: np.ones((2, 64)), lambda: None),
+        (lambda: np.ones((2, 32), np.float32), lambda: None),
+        (lambda: np.ones(64, np.float32), lambda: None),
+        (lambda: np.ones((64, 2), np.float32).T, lambda: None),
         (lambda: [[0.0] * 64], lambda: None),
-        (lambda: torch.randn(2, 64), lambda: torch.empty(2, 4)),
-        (lambda: torch.randn(2, 64), lambda: torch.empty(3, 5)),
-        (lambda: torch.randn(2, 64), lambda: torch.empty(5, 2).T),
-        (lambda: torch.randn(2, 64), lambda: torch.empty(2, 5, dtype=torch.float16)),
+        (lambda: np.ones((2, 64), np.float32), lambda: np.empty((2, 4), np.float32)),
+        (lambda: np.ones((2, 64), np.float32), lambda: np.empty((3, 5), np.float32)),
+        (lambda: np.ones((2, 64), np.float32), lambda: np.empty((5, 2), np.float32).T),
+        (lambda: np.ones((2, 64), np.float32), lambda: np.empty((2, 5), np.float16)),
+        (lambda: np.ones((2, 64), np.float32), lambda: read_only(np.empty((2, 5), np.float32))),
     ],
-    ids=["float64", "wrong-K", "1-d", "non-contiguous", "list", "out-cols", "out-rows", "out-strided", "out-dtype"],
+    ids=["float64", "wrong-K", "1-d", "non-contiguous", "list", "out-cols", "out-rows", "out-strided", "out-dtype",
+         "out-read-only"],
 )
 def test_bad_inputs_raise_request_error(make_x, make_out):
     weight = pack_weight(random_raw(Q.Q8_0, 64, 5, np.random.default_rng(5)), Q.Q8_0, (64, 5))
@@ -217,7 +234,7 @@ def test_bad_inputs_raise_request_error(make_x, make_out):
 
 def test_bad_weight_argument_raises_request_error():
     with pytest.raises(RequestError, match="PackedWeight"):
-        quantized_linear(torch.randn(1, 64), object())
+        quantized_linear(np.ones((1, 64), np.float32), object())
 
 
 def test_pack_weight_rejects_bad_weights():
@@ -239,6 +256,11 @@ def test_pack_weight_rejects_bad_weights():
 def test_set_num_threads_validates():
     with pytest.raises(RequestError):
         set_num_threads(0)
+
+
+def test_default_thread_count_is_at_most_the_usable_cpus():
+    """physical_cores (the default) counts hyperthread siblings once, among the CPUs this process may run on."""
+    assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
 
 
 def test_packed_weight_keeps_the_file_size():

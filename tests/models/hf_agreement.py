@@ -30,9 +30,9 @@ def agreements(models, reference_logits, hf_tokenizer, texts=TEXTS) -> list[tupl
     for text in texts:
         ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) >= MIN_POSITIONS
-        reference = reference_logits(ids)  # (T, vocab)
+        reference = torch.as_tensor(reference_logits(ids))  # (T, vocab); ours are numpy arrays, HF's tensors
         for i, model in enumerate(models):
-            ours = model.logits(ids)  # (T, vocab)
+            ours = torch.from_numpy(model.logits(ids))  # (T, vocab)
             diff = (ours - reference).abs()
             max_diff[i] = max(max_diff[i], diff.max().item())
             diff_sum[i] += diff.mean().item() * len(ids)

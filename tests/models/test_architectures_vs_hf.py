@@ -35,8 +35,9 @@ def hf_logits(model, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0]  # (T, vocab)
 
 
-def compare(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
-    """(max |diff|, top-1 agreement)."""
+def compare(ours, theirs: torch.Tensor) -> tuple[float, float]:
+    """(max |diff|, top-1 agreement) of our logits (a numpy array) against transformers'."""
+    ours = torch.as_tensor(ours)
     return (ours - theirs).abs().max().item(), (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
 
 

@@ -6,8 +6,8 @@ activations quantized per block to int8 as llama.cpp does) must pick the same to
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 from hf_agreement import TEXTS, agreement, hf_logits
 
 
@@ -35,9 +35,9 @@ def test_incremental_decoding_matches_one_pass(smollm2_reference, hf_smollm2):
     ids = hf_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"][:48]
     full = model.logits(ids)
     cache = model.new_cache(64)
-    steps = [model.net.forward(torch.tensor(ids[:37]), cache, all_logits=True)]
-    steps += [model.net.forward(torch.tensor([token]), cache, all_logits=True) for token in ids[37:]]
-    assert torch.allclose(torch.cat(steps), full, atol=1e-3)
+    steps = [model.net.forward(np.array(ids[:37]), cache, all_logits=True)]
+    steps += [model.net.forward(np.array([token]), cache, all_logits=True) for token in ids[37:]]
+    np.testing.assert_allclose(np.concatenate(steps), full, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
@@ -48,22 +48,22 @@ def test_batched_sequences_match_one_at_a_time(path, request, hf_smollm2):
     answer does not depend on what else is in the batch.
     """
     model = request.getfixturevalue("smollm2" if path == "fast" else "smollm2_reference")
-    same = torch.equal if path == "fast" else lambda a, b: torch.allclose(a, b, atol=1e-3)
+    same = np.array_equal if path == "fast" else lambda a, b: np.allclose(a, b, atol=1e-3, rtol=0)
     hf_tokenizer, _ = hf_smollm2
     c = model.config
     prompts = [hf_tokenizer(text, add_special_tokens=False)["input_ids"][:n] for text, n in zip(TEXTS, (9, 30, 17))]
     alone = [model.logits(ids)[-1] for ids in prompts]
     caches = [model.new_cache(64) for _ in prompts]
-    packed = model.net.forward_batch(torch.tensor(sum(prompts, [])), caches, [len(p) for p in prompts])
+    packed = model.net.forward_batch(np.array(sum(prompts, [])), caches, [len(p) for p in prompts])
     assert packed.shape == (3, c.vocab_size)
     for row, reference in zip(packed, alone):
         assert same(row, reference)
     # A decode step for all three at their different positions, against each one's own decode step.
-    step = model.net.forward_batch(torch.tensor([5, 6, 7]), caches, [1, 1, 1])
+    step = model.net.forward_batch(np.array([5, 6, 7]), caches, [1, 1, 1])
     for row, ids, token in zip(step, prompts, (5, 6, 7)):
         own = model.new_cache(64)
-        model.net.forward(torch.tensor(ids), own)
-        assert same(row, model.net.forward(torch.tensor([token]), own)[0])
+        model.net.forward(np.array(ids), own)
+        assert same(row, model.net.forward(np.array([token]), own)[0])
 
 
 def test_float16_kv_cache_costs_under_one_percent_of_perplexity(smollm2_path, smollm2):

@@ -1,7 +1,9 @@
 /* The Python extension deeproots.kernels._cpu: thin entry points over the kernels, threading and scratch.
  *
- * Calls take plain ints (pointers from tensor.data_ptr()) through METH_FASTCALL, so a call costs well under a
- * microsecond before the kernel runs. Threads come from pool.c; the GIL is released while the kernels run.
+ * Calls go through METH_FASTCALL, so a call costs well under a microsecond before the kernel runs. A pointer argument
+ * is a numpy array (any object exporting the buffer protocol, read-only and strided views included: the address of
+ * its first element is taken) or a plain int address. Threads come from pool.c; the GIL is released while the
+ * kernels run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -140,26 +142,59 @@ static int as_int64(PyObject *o, int64_t *v)
     return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* v[0 .. n) = args[0 .. n) as ints, or -1 with TypeError naming `usage` unless exactly `wanted` arguments came. */
-static int int_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t wanted, int64_t *v, int n, const char *usage)
+/* *v = the address of o's first element: o is an int, or exports the buffer protocol (a numpy array). PyBUF_STRIDES
+ * without PyBUF_WRITABLE accepts read-only and non-contiguous views, whose buf is still their first element. The
+ * view is released at once: the caller keeps o alive for the call. 0-d buffers are refused: a numpy integer scalar
+ * (an address read out of an array) exports one, and its own address is not the one meant. */
+static int as_pointer(PyObject *o, int64_t *v)
+{
+    if (PyLong_Check(o))
+        return as_int64(o, v);
+    Py_buffer view;
+    if (PyObject_GetBuffer(o, &view, PyBUF_STRIDES))
+        return -1;
+    const int ndim = view.ndim;
+    *v = (int64_t)(intptr_t)view.buf;
+    PyBuffer_Release(&view);
+    if (ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "a pointer argument must be an array of at least one dimension or an int");
+        return -1;
+    }
+    return 0;
+}
+
+#define PTR(i) (1u << (i)) /* marks argument i as a pointer in an argument mask */
+
+/* v[i] = args[i] as an int, or as a pointer (as_pointer) where `pointers` has PTR(i). */
+static int arg_int64(PyObject *const *args, int i, unsigned pointers, int64_t *v)
+{
+    return pointers & PTR(i) ? as_pointer(args[i], &v[i]) : as_int64(args[i], &v[i]);
+}
+
+/* v[0 .. n) = args[0 .. n) as ints or pointers (see arg_int64), or -1 with TypeError naming `usage` unless exactly
+ * `wanted` arguments came. */
+static int int_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t wanted, int64_t *v, int n, unsigned pointers,
+                    const char *usage)
 {
     if (nargs != wanted) {
         PyErr_SetString(PyExc_TypeError, usage);
         return -1;
     }
     for (int i = 0; i < n; i++)
-        if (as_int64(args[i], &v[i]))
+        if (arg_int64(args, i, pointers, v))
             return -1;
     return 0;
 }
 
-/* linear(type, w_ptr, N, K, x_ptr, T, out_ptr): out (T, N) = x (T, K) @ W.T for W packed as described in qgemm.h.
- * The caller (deeproots/kernels/packed.py) has validated every pointer, shape and dtype. */
+/* linear(type, w, N, K, x, T, out): out (T, N) = x (T, K) @ W.T for W packed as described in qgemm.h; w, x and out
+ * are pointers (arrays or int addresses), as in every entry point below. The caller (deeproots/kernels/packed.py)
+ * has validated every pointer, shape and dtype. */
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[7];
-    if (int_args(args, nargs, 7, v, 7, "linear(type, w_ptr, N, K, x_ptr, T, out_ptr) takes 7 ints"))
+    if (int_args(args, nargs, 7, v, 7, PTR(1) | PTR(4) | PTR(6),
+                 "linear(type, w, N, K, x, T, out) takes 7 arguments: arrays (or int addresses) w, x, out; ints"))
         return NULL;
     const int type = (int)v[0];
     const int64_t N = v[2], K = v[3], T = v[5];
@@ -194,9 +229,47 @@ static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(qgemm_group_bytes((int)type, K));
 }
 
-/* Parse nargs == n arguments into ints v[i], except v[float_index], which goes to *f as a double. */
-static int parse_ints_and_one_float(PyObject *const *args, Py_ssize_t nargs, int n, int float_index, int64_t *v,
-                                    double *f, const char *usage)
+typedef struct {
+    int type;
+    const uint8_t *src;
+    int64_t n, K;
+    uint8_t *dst;
+} pack_job_t;
+
+static void pack_part(void *ctx, int i, int n)
+{
+    const pack_job_t *job = ctx;
+    const int64_t groups = (job->n + ROWS - 1) / ROWS;
+    pack_blocks(job->type, job->src, job->n, job->K, groups * i / n, groups * (i + 1) / n, job->dst);
+}
+
+/* pack_blocks(type, src, n, K, dst): repack a Q4_0 / Q4_1 / Q8_0 weight's file rows src (n, K / 32 blocks) into
+ * dst (ceil(n / 16) groups of group_bytes(type, K)), groups split over the threads. The caller
+ * (deeproots/kernels/layouts.py) has checked the sizes. */
+static PyObject *py_pack_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    int64_t v[5];
+    if (int_args(args, nargs, 5, v, 5, PTR(1) | PTR(4),
+                 "pack_blocks(type, src, n, K, dst) takes 5 arguments: arrays (or int addresses) src, dst; ints"))
+        return NULL;
+    pack_job_t job = {(int)v[0], (const uint8_t *)(intptr_t)v[1], v[2], v[3], (uint8_t *)(intptr_t)v[4]};
+    if (job.n <= 0 || job.type == T_Q4_K || job.type == T_Q5_K || job.type == T_Q6_K ||
+        qgemm_group_bytes(job.type, job.K) <= 0) {
+        PyErr_SetString(PyExc_ValueError, "pack_blocks: the type must be Q4_0, Q4_1 or Q8_0, with n > 0 and K % 32 == 0");
+        return NULL;
+    }
+    const int64_t groups = (job.n + ROWS - 1) / ROWS;
+    Py_BEGIN_ALLOW_THREADS
+    pool_run(pack_part, &job, threads_for(groups * (job.K / QBLOCK), groups));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* Parse nargs == n arguments into ints or pointers v[i] (see arg_int64), except v[float_index], which goes to *f as
+ * a double. */
+static int parse_ints_and_one_float(PyObject *const *args, Py_ssize_t nargs, int n, int float_index, unsigned pointers,
+                                    int64_t *v, double *f, const char *usage)
 {
     if (nargs != n) {
         PyErr_SetString(PyExc_TypeError, usage);
@@ -207,15 +280,15 @@ static int parse_ints_and_one_float(PyObject *const *args, Py_ssize_t nargs, int
             *f = PyFloat_AsDouble(args[i]);
             if (*f == -1.0 && PyErr_Occurred())
                 return -1;
-        } else if (as_int64(args[i], &v[i])) {
+        } else if (arg_int64(args, i, pointers, v)) {
             return -1;
         }
     }
     return 0;
 }
 
-/* attention(q_ptr, q_head, q_row, k_ptr, k_head, k_row, v_ptr, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L,
- * D, scale, out_ptr, window): the fields of attn_t (attention.h), strides in elements. The caller
+/* attention(q, q_head, q_row, k, k_head, k_row, v, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L, D, scale, out,
+ * window): the fields of attn_t (attention.h), strides in elements. The caller
  * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -223,8 +296,9 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     enum { SCALE = 15, NARGS = 18 };
     int64_t v[NARGS];
     double scale = 0.0;
-    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, v, &scale,
-                                 "attention takes 18 arguments: 17 ints and the float scale at index 15"))
+    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, PTR(0) | PTR(3) | PTR(6) | PTR(16), v, &scale,
+                                 "attention takes 18 arguments: arrays (or int addresses) q, k, v, out at 0, 3, 6, "
+                                 "16, the float scale at 15, ints"))
         return NULL;
     const attn_t a = {.q = (const float *)(intptr_t)v[0], .q_head = v[1], .q_row = v[2],
                       .k = (const uint8_t *)(intptr_t)v[3], .k_head = v[4], .k_row = v[5],
@@ -245,8 +319,8 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
-/* attention_batch(desc_ptr, B, layer, qkv_ptr, qkv_row, n_heads, n_kv_heads, D, kv_type, scale, window, out_ptr,
- * cos_ptr, sin_ptr, rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2
+/* attention_batch(desc, B, layer, qkv, qkv_row, n_heads, n_kv_heads, D, kv_type, scale, window, out, cos, sin,
+ * rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2
  * n_kv_heads, D) f32, rows qkv_row floats apart. desc is B x BATCH_FIELDS int64: each sequence's first row, row count
  * T, cache offset, cache key and value base pointers (layer 0), and the caches' layer, head and row strides in
  * elements (bytes for q8_0). Per sequence, as rope, the cache update and attention do one by one: RoPE on its q and k
@@ -260,8 +334,9 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
     enum { SCALE = 9, NARGS = 16 };
     int64_t v[NARGS];
     double scale = 0.0;
-    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, v, &scale,
-                                 "attention_batch takes 16 arguments: 15 ints and the float scale at index 9"))
+    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, PTR(0) | PTR(3) | PTR(11) | PTR(12) | PTR(13), v, &scale,
+                                 "attention_batch takes 16 arguments: arrays (or int addresses) desc, qkv, out, cos, "
+                                 "sin at 0, 3, 11, 12, 13, the float scale at 9, ints"))
         return NULL;
     const int64_t *desc = (const int64_t *)(intptr_t)v[0], B = v[1], layer = v[2], qkv_row = v[4], H = v[5],
                   G = v[6], D = v[7], window = v[10], rope_dim = v[14];
@@ -300,14 +375,15 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-/* kv_quantize_q8_0(x_ptr, x_head, x_row, out_ptr, out_head, out_row, heads, rows, D): see attention.h. The caller
+/* kv_quantize_q8_0(x, x_head, x_row, out, out_head, out_row, heads, rows, D): see attention.h. The caller
  * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
 static PyObject *py_kv_quantize_q8_0(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[9];
-    if (int_args(args, nargs, 9, v, 9, "kv_quantize_q8_0(x_ptr, x_head, x_row, out_ptr, out_head, out_row, heads, "
-                                       "rows, D) takes 9 ints"))
+    if (int_args(args, nargs, 9, v, 9, PTR(0) | PTR(3),
+                 "kv_quantize_q8_0(x, x_head, x_row, out, out_head, out_row, heads, rows, D) takes 9 arguments: "
+                 "arrays (or int addresses) x, out; ints"))
         return NULL;
     if (v[6] < 0 || v[7] < 0 || v[8] <= 0 || v[8] % QBLOCK) {
         PyErr_SetString(PyExc_ValueError, "kv_quantize_q8_0: bad sizes");
@@ -318,13 +394,14 @@ static PyObject *py_kv_quantize_q8_0(PyObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
-/* rms_norm(x_ptr, w_ptr, out_ptr, T, d, eps): see elementwise.h. The caller (deeproots/kernels/elementwise.py) has
+/* rms_norm(x, w, out, T, d, eps): see elementwise.h. The caller (deeproots/kernels/elementwise.py) has
  * validated every pointer and shape; likewise for rope and silu_mul. */
 static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[5];
-    if (int_args(args, nargs, 6, v, 5, "rms_norm(x_ptr, w_ptr, out_ptr, T, d, eps) takes 5 ints and a float"))
+    if (int_args(args, nargs, 6, v, 5, PTR(0) | PTR(1) | PTR(2),
+                 "rms_norm(x, w, out, T, d, eps) takes arrays (or int addresses) x, w, out, ints T, d and a float"))
         return NULL;
     const double eps = PyFloat_AsDouble(args[5]);
     if (eps == -1.0 && PyErr_Occurred())
@@ -340,13 +417,14 @@ static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
-/* rope(x_ptr, row_stride, T, n_heads, D, cos_ptr, sin_ptr, start, rope_dim, interleaved): see elementwise.h. */
+/* rope(x, row_stride, T, n_heads, D, cos, sin, start, rope_dim, interleaved): see elementwise.h. */
 static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[10];
-    if (int_args(args, nargs, 10, v, 10, "rope(x_ptr, row_stride, T, n_heads, D, cos_ptr, sin_ptr, start, rope_dim, "
-                                         "interleaved) takes 10 ints"))
+    if (int_args(args, nargs, 10, v, 10, PTR(0) | PTR(5) | PTR(6),
+                 "rope(x, row_stride, T, n_heads, D, cos, sin, start, rope_dim, interleaved) takes 10 arguments: "
+                 "arrays (or int addresses) x, cos, sin; ints"))
         return NULL;
     const int64_t T = v[2], n_heads = v[3], D = v[4], start = v[7], rope_dim = v[8];
     if (T < 0 || n_heads < 0 || start < 0 || rope_dim <= 0 || rope_dim % 2 || rope_dim > D) {
@@ -360,12 +438,13 @@ static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* silu_mul(gate_up_ptr, out_ptr, T, F): see elementwise.h. */
+/* silu_mul(gate_up, out, T, F): see elementwise.h. */
 static PyObject *py_silu_mul(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     int64_t v[4];
-    if (int_args(args, nargs, 4, v, 4, "silu_mul(gate_up_ptr, out_ptr, T, F) takes 4 ints"))
+    if (int_args(args, nargs, 4, v, 4, PTR(0) | PTR(1),
+                 "silu_mul(gate_up, out, T, F) takes 4 arguments: arrays (or int addresses) gate_up, out; ints"))
         return NULL;
     if (v[2] < 0 || v[3] <= 0) {
         PyErr_SetString(PyExc_ValueError, "silu_mul: bad sizes");
@@ -401,6 +480,7 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
+    {"pack_blocks", (PyCFunction)(void (*)(void))py_pack_blocks, METH_FASTCALL, "repack Q4_0/Q4_1/Q8_0 file rows"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},
     {"attention_batch", (PyCFunction)(void (*)(void))py_attention_batch, METH_FASTCALL,
      "RoPE, cache update and causal GQA of several sequences"},

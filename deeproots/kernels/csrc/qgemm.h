@@ -77,6 +77,10 @@ typedef struct {
 /* Bytes of one packed group of ROWS rows with row length K, or -1 for a type without a kernel or a bad K. */
 int64_t qgemm_group_bytes(int type, int64_t K);
 
+/* Repack groups [g0, g1) of a Q4_0 / Q4_1 / Q8_0 weight: src is the file's n rows of K values (n x K / 32 blocks),
+ * dst the whole packed weight (ceil(n / 16) groups). Returns 0, or -1 for another type or a bad K. */
+int64_t pack_blocks(int type, const uint8_t *src, int64_t n, int64_t K, int64_t g0, int64_t g1, uint8_t *dst);
+
 /* Quantize rows [t0, t1) of x (T, K) into a; a's arrays are writable scratch. */
 void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K,
                           int8_t *q, float *d, float *s, int32_t *sq);
