@@ -3,15 +3,17 @@
     python benchmarks/bench_attention.py [--repeats 200] [--threads 2] [--dtype float32|float16]
 
 Shapes are the default model's (SmolLM2-135M: 9 query heads, 3 kv heads, head_dim 64). Decode (T=1) at L = 16,
-256, 2048 and prefill (T=512, L=512). K and V are views into a cache preallocated for 4096 positions, as in
-deeproots/cache/kv.py. Both sides produce what the output projection takes, (T, n_heads * head_dim): the kernel
-writes it into a preallocated `out`; SDPA's (n_heads, T, D) result is transposed and made contiguous, as
-models/llama.py does. Medians in microseconds, each side in one process with the same threads.
+256, 2048 and prefill (T=512, L=512). K and V are views into a numpy cache preallocated for 4096 positions, as in
+deeproots/cache/kv.py; q is the transposed (n_heads, T, D) view of a numpy (T, n_heads, D) array; SDPA gets the same
+arrays through torch.from_numpy. Both sides produce what the output projection takes, (T, n_heads * head_dim): the
+kernel writes it into a preallocated numpy `out`; SDPA's (n_heads, T, D) result is transposed and made contiguous,
+as models/layers.py's causal_attention does. Medians in microseconds, each side in one process with the same threads.
 """
 
 import argparse
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,21 +40,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
     scale = 1.0 / math.sqrt(HEAD_DIM)
-    torch.manual_seed(0)
-    keys = torch.randn(N_KV_HEADS, CACHE, HEAD_DIM).to(dtype)
-    values = torch.randn(N_KV_HEADS, CACHE, HEAD_DIM).to(dtype)
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((N_KV_HEADS, CACHE, HEAD_DIM), dtype=np.float32).astype(args.dtype)
+    values = rng.standard_normal((N_KV_HEADS, CACHE, HEAD_DIM), dtype=np.float32).astype(args.dtype)
     print(f"{N_HEADS} heads / {N_KV_HEADS} kv heads, head_dim {HEAD_DIM}, {args.dtype} KV, {args.threads} threads; "
           "median us per call")
     print(f"{'case':<22}{'deeproots':>12}{'torch SDPA':>12}{'speedup':>9}")
     for T, L in CASES:
-        q = torch.randn(T, N_HEADS, HEAD_DIM).transpose(0, 1)  # (n_heads, T, D), as the model's view of q
+        q = rng.standard_normal((T, N_HEADS, HEAD_DIM), dtype=np.float32).transpose(1, 0, 2)  # the model's view
         k, v = keys[:, :L], values[:, :L]
-        out = torch.empty(T, N_HEADS * HEAD_DIM)
+        out = np.empty((T, N_HEADS * HEAD_DIM), np.float32)
+        q_t, k_t, v_t = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)  # the same memory, for torch
         ours = median_us(lambda: cached_attention(q, k, v, scale, out), args.repeats)
         # SDPA needs one dtype throughout: an f16 cache is converted per call, as a caller would have to.
-        theirs = median_us(lambda: sdpa(q, k.float(), v.float(), scale), args.repeats)
+        theirs = median_us(lambda: sdpa(q_t, k_t.float(), v_t.float(), scale), args.repeats)
         name = "decode" if T == 1 else "prefill"
         print(f"{f'{name} T={T} L={L}':<22}{ours:>12.1f}{theirs:>12.1f}{theirs / ours:>8.1f}x")
 

@@ -2,11 +2,12 @@
 
     python benchmarks/bench_kernels.py [--repeats 50] [--threads 2] [--model PATH]
 
-For each shape: decode (T=1) and prefill (T=512) medians of quantized_linear (writing into a preallocated `out`)
-and of torch.matmul on the dequantized fp32 weight, in one process. Decode cycles through enough copies of each
-weight (packed and fp32 alike) to overflow the 32 MB L3 cache, as a real decode step sweeping the whole model does;
-GB/s counts the packed weight bytes read per call; "of BW" compares it with the memory read bandwidth measured
-at the start (torch.sum over 512 MB on the same threads; DESIGN.md quotes ~17 GB/s for two threads here).
+For each shape: decode (T=1) and prefill (T=512) medians of quantized_linear (numpy float32 x, writing into a
+preallocated numpy `out`) and of torch.matmul on the dequantized fp32 weight (the same x and out, shared through
+torch.from_numpy), in one process. Decode cycles through enough copies of each weight (packed and fp32 alike) to
+overflow the 32 MB L3 cache, as a real decode step sweeping the whole model does; GB/s counts the packed weight
+bytes read per call; "of BW" compares it with the memory read bandwidth measured at the start (torch.sum over
+512 MB on the same threads; DESIGN.md quotes ~17 GB/s for two threads here).
 Weights are the real ones from the default model file when it is present, random blocks of the same type otherwise.
 """
 
@@ -108,13 +109,14 @@ def main() -> None:
         weight = pack_weight(raw, ggml_type, (k, n))
         dense = torch.from_numpy(dequantize(raw.reshape(-1).view(np.uint8), ggml_type, (k, n)))  # (N, K)
         for tokens in (1, 512):
-            x = torch.randn(tokens, k)
-            out = torch.empty(tokens, n)
+            x = rng.standard_normal((tokens, k), dtype=np.float32)
+            out = np.empty((tokens, n), np.float32)
+            x_t, out_t = torch.from_numpy(x), torch.from_numpy(out)  # the same buffers, for torch
             reps = args.repeats if tokens == 1 else max(3, args.repeats // 10)
             packed = copies(lambda: pack_weight(raw, ggml_type, (k, n)), weight.nbytes, tokens)
             denses = copies(dense.clone, dense.numel() * 4, tokens)
             ours = median_seconds(lambda w: quantized_linear(x, w, out), packed, reps)
-            theirs = median_seconds(lambda d: torch.matmul(x, d.T, out=out), denses, reps)
+            theirs = median_seconds(lambda d: torch.matmul(x_t, d.T, out=out_t), denses, reps)
             del packed, denses
             medians[name, tokens] = ours, theirs
             gbs = weight.nbytes / ours / 1e9
