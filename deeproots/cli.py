@@ -49,8 +49,8 @@ def load_model(args: argparse.Namespace):
 
     started = time.perf_counter()
     model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
-    # main() ran the imports and this load with the cyclic GC off. What exists now (torch's ~10^6 objects above all)
-    # lives as long as the process: frozen, no later collection walks it, nor the one at exit.
+    # main() ran the imports and this load with the cyclic GC off. What exists now (the modules, the tokenizer's
+    # ~10^5 objects) lives as long as the process: frozen, no later collection walks it, nor the one at exit.
     gc.freeze()
     gc.enable()
     if getattr(args, "verbose", False):
@@ -392,9 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that import torch and load a model through load_model(). Importing torch makes ~10^6 objects, and the
-# cyclic GC walked them all three times over before the model was loaded (0.2-0.3 s here), and once more at exit
-# (~0.4 s): these commands start with it off; load_model freezes what exists and turns it back on.
+# Commands that load a model through load_model(). Parsing the vocabulary and merges makes ~10^5 Python objects,
+# which the cyclic GC walked over and over while the model loaded (~30 ms for the default model) and once more at
+# exit (~20 ms): these commands start with it off; load_model freezes what exists and turns it back on.
 _LOAD_COMMANDS = (cmd_run, cmd_chat, cmd_bench, cmd_perplexity)
 
 

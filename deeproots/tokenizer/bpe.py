@@ -8,8 +8,10 @@ The regexes per pre-tokenizer name are llama.cpp's (llm_tokenizer_bpe in src/lla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Mapping
 
+import numpy as np
 from tokenizers import Regex, models, pre_tokenizers
 
 from deeproots.errors import ModelFormatError, UnsupportedModelError
@@ -55,20 +57,19 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 _BYTE_OF_CHAR = _byte_alphabet()
-# str.translate table from GPT-2's spelling to latin-1 (one char per byte). A byte < 256 that is no letter of the
-# alphabet becomes U+FFFF, which latin-1 cannot encode, as any char above U+00FF outside it stays: both mean the
-# token is spelled outside the alphabet.
-_TO_LATIN1 = {**{ord(char): chr(byte) for char, byte in _BYTE_OF_CHAR.items()},
-              **{byte: "\uffff" for byte in range(256) if chr(byte) not in _BYTE_OF_CHAR}}
+_OUTSIDE = 256  # the "byte" of a char that is no letter of the alphabet
+# Code point -> the byte it spells, for every code point up to the alphabet's last letter; above: _OUTSIDE.
+_BYTE_OF_CODE = np.full(max(map(ord, _BYTE_OF_CHAR)) + 1, _OUTSIDE, dtype=np.uint16)
+_BYTE_OF_CODE[[ord(char) for char in _BYTE_OF_CHAR]] = list(_BYTE_OF_CHAR.values())
 
 
 class ByteLevelBPE:
     default_ids: dict[str, int] = {}
     add_space_prefix = False
 
-    def __init__(self, pre: PreTokenizer, merges: list[tuple[str, str]]):
+    def __init__(self, pre: PreTokenizer, model: models.BPE):
         self.pre = pre
-        self.merges = merges
+        self.model = model  # the Rust BPE model, built (and its merges checked) while the metadata is read
         self.add_bos_default = pre.add_bos
 
     @classmethod
@@ -78,42 +79,52 @@ class ByteLevelBPE:
         if pre is None:
             raise UnsupportedModelError(
                 f"pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported; supported: {', '.join(PRE_TOKENIZERS)}")
-        return cls(pre, _parse_merges(metadata.get("tokenizer.ggml.merges"), vocab))
+        return cls(pre, _bpe_model(vocab, _parse_merges(metadata.get("tokenizer.ggml.merges")), pre))
 
     def backend_parts(self, vocab: Vocab) -> BackendParts:
-        model = models.BPE(vocab.ids, self.merges, ignore_merges=self.pre.ignore_merges)
         splits = [pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in self.pre.splits]
         spell_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        return BackendParts(model, None, pre_tokenizers.Sequence([*splits, spell_bytes]))
+        return BackendParts(self.model, None, pre_tokenizers.Sequence([*splits, spell_bytes]))
 
     @staticmethod
-    def normal_token_bytes(text: str) -> bytes:
-        try:
-            return text.translate(_TO_LATIN1).encode("latin-1")
-        except UnicodeEncodeError:  # spelled outside the byte alphabet: the token stands for its own UTF-8
-            return text.encode()
+    def normal_token_bytes(texts: list[str]) -> list[bytes]:
+        """Each token's bytes: its spelling read back through the byte alphabet, or, for a token spelled outside
+        the alphabet, its own UTF-8. One table lookup over the whole vocabulary's code points, then slices."""
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)  # token i keeps its offsets
+        spelled = _BYTE_OF_CODE[np.minimum(codes, len(_BYTE_OF_CODE) - 1)]
+        spelled[codes >= len(_BYTE_OF_CODE)] = _OUTSIDE
+        data = spelled.astype(np.uint8).tobytes()  # one byte per char
+        ends = list(accumulate(map(len, texts)))
+        pieces = [data[start:end] for start, end in zip([0, *ends], ends)]
+        for token in np.unique(np.searchsorted(ends, np.flatnonzero(spelled == _OUTSIDE), side="right")).tolist():
+            pieces[token] = texts[token].encode()
+        return pieces
 
 
-def _parse_merges(merges: Any, vocab: Vocab) -> list[tuple[str, str]]:
+def _parse_merges(merges: Any) -> list[tuple[str, str]]:
+    """The file's merges "left right", highest priority first, as (left, right) pairs."""
     field = "tokenizer.ggml.merges"
     if merges is None:
         raise ModelFormatError("a gpt2 (byte-level BPE) vocabulary needs its merges", field=field)
-    if not isinstance(merges, list):
+    if not isinstance(merges, list) or not all(isinstance(merge, str) for merge in merges):
         raise ModelFormatError("the merges must be an array of strings", field=field)
-    ids, tokens = vocab.ids, vocab.tokens
-    pairs: list[tuple[str, str]] = []
-    append = pairs.append
-    for rank, merge in enumerate(merges):
-        cut = merge.find(" ", 1) if isinstance(merge, str) else -1  # as llama.cpp: the first part is never empty
-        if cut < 0:
-            raise ModelFormatError(f"merge {rank} is {merge!r}, not two tokens separated by a space", field=field)
-        left, right = merge[:cut], merge[cut + 1:]
-        left_id, right_id = ids.get(left), ids.get(right)
-        if left_id is None or right_id is None or left + right not in ids:
-            raise ModelFormatError(f"merge {rank} ({merge!r}) joins or makes a token the vocabulary lacks",
-                                   field=field)
-        # The vocabulary's own strings, not the slices: ~10^5 fewer objects alive until the backend is built.
-        append((tokens[left_id], tokens[right_id]))
     if len(set(merges)) < len(merges):  # a repeated merge keeps its first rank, as in llama.cpp
-        pairs = list(dict.fromkeys(pairs))
+        merges = list(dict.fromkeys(merges))
+    pairs = [tuple(merge.split(" ", 1)) for merge in merges]  # one C-level split each: 5x a find and two slices
+    # As llama.cpp, the first part is never empty: a merge starting with a space splits at its next space.
+    for rank in [rank for rank, pair in enumerate(pairs) if len(pair) != 2 or not pair[0]]:
+        cut = merges[rank].find(" ", 1)
+        if cut < 0:
+            raise ModelFormatError(f"merge {rank} is {merges[rank]!r}, not two tokens separated by a space",
+                                   field=field)
+        pairs[rank] = (merges[rank][:cut], merges[rank][cut + 1:])
     return pairs
+
+
+def _bpe_model(vocab: Vocab, merges: list[tuple[str, str]], pre: PreTokenizer) -> models.BPE:
+    """The Rust BPE model; it refuses a merge whose parts, or whose joined token, the vocabulary lacks."""
+    try:
+        return models.BPE(vocab.ids, merges, ignore_merges=pre.ignore_merges)
+    except Exception as exc:  # the Rust builder's error names the token
+        raise ModelFormatError(f"a merge joins or makes a token the vocabulary lacks: {exc}",
+                               field="tokenizer.ggml.merges") from exc

@@ -47,8 +47,9 @@ class SentencePieceBPE:
         return BackendParts(model, normalizers.Sequence(escape), None)
 
     @staticmethod
-    def normal_token_bytes(text: str) -> bytes:
-        return text.replace(SPACE, " ").encode()
+    def normal_token_bytes(texts: list[str]) -> list[bytes]:
+        """Each token's bytes: its text with SentencePiece's space mark turned back into a space, in UTF-8."""
+        return [text.replace(SPACE, " ").encode() for text in texts]
 
 
 def merges_by_score(vocab: Vocab) -> list[tuple[str, str]]:
