@@ -8,8 +8,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .cache.kv import KV_TYPES, KVCache
+from .cache.packed import PackedCache
 from .config import ModelConfig, config_from_gguf
 from .errors import RequestError, UnsupportedModelError
+from .formats.gguf import GGUFFile
 from .formats.model_file import open_model_file
 from .generate import GenerationStep, generate
 from .kernels import set_num_threads
@@ -53,7 +55,11 @@ class Model:
         if threads is not None:
             set_num_threads(threads)
         # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
-        self.net = architecture(self.config, GGUFWeights(self.file, packed=not reference), self.context)
+        # The fast path maps a GGUF file's weights from their packed cache once a load has written it.
+        cache = PackedCache.for_file(self.file.path) if not reference and isinstance(self.file, GGUFFile) else None
+        weights = GGUFWeights(self.file, packed=not reference, cache=cache)
+        self.net = architecture(self.config, weights, self.context)
+        weights.finish()
         release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
         self.cache = self.new_cache()
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds

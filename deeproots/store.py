@@ -113,6 +113,9 @@ class ModelStore:
         folder = self._folder(name)
         if not (folder / MANIFEST).is_file():
             raise ModelNotFoundError(f"model {name!r} is not in the store ({self.home}); `deeproots list` shows what is")
+        from .cache.packed import forget_caches_of  # its packed weights go with it
+
+        forget_caches_of(folder)
         shutil.rmtree(folder)
 
     def pull(self, name: str, *, quiet: bool = False) -> StoredModel:

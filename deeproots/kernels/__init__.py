@@ -8,6 +8,7 @@ from .packed import (
     get_num_threads,
     kernel_types,
     pack_weight,
+    packed_nbytes,
     quantized_linear,
     set_num_threads,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "get_num_threads",
     "kernel_types",
     "pack_weight",
+    "packed_nbytes",
     "quantized_linear",
     "rms_norm",
     "rotary_embedding_",

@@ -129,11 +129,19 @@ def pack_weight(raw: np.ndarray | Sequence[np.ndarray], ggml_type: int, shape: t
     if ggml_type in _FLOAT_TYPES:
         data = pack_float(rows)
     else:
-        group_bytes = _cpu.group_bytes(int(ggml_type), k)
-        data = pack_quantized(rows, ggml_type, n, k, group_bytes)
-        if data.nbytes != -(-n // _cpu.ROWS) * group_bytes:
-            raise DeeprootsError(f"internal error: packed {ggml_type.name} size disagrees with the kernel's layout")
+        data = pack_quantized(rows, ggml_type, n, k, _cpu.group_bytes(int(ggml_type), k))
+    if data.nbytes != packed_nbytes(ggml_type, k, n):
+        raise DeeprootsError(f"internal error: packed {ggml_type.name} size disagrees with the kernel's layout")
     return PackedWeight(ggml_type, k, n, data)
+
+
+def packed_nbytes(ggml_type: int, in_features: int, out_features: int) -> int:
+    """Bytes of a packed weight: the file's for float types, whole 16-row groups for block formats (-1: no kernel
+    for this type and row length)."""
+    if ggml_type in _FLOAT_TYPES:
+        return tensor_nbytes(GGMLType(ggml_type), in_features * out_features)
+    group_bytes = _cpu.group_bytes(int(ggml_type), in_features) if ggml_type in _QUANT_TYPES else -1
+    return -(-out_features // _cpu.ROWS) * group_bytes if group_bytes > 0 else -1
 
 
 def _bad_input(x: object, weight: PackedWeight, out: object) -> RequestError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cache.packed import PackedCache
 from ..errors import ModelFormatError
 from ..formats.gguf import GGUFFile, TensorInfo
 from ..kernels import PackedWeight, kernel_types, pack_weight, quantized_linear
@@ -63,9 +64,11 @@ class QuantizedEmbedding:
 class GGUFWeights:
     """Tensors by GGUF name from a GGUFFile, or an HFCheckpoint presenting a folder the same way."""
 
-    def __init__(self, gguf: GGUFFile, *, packed: bool = True):
+    def __init__(self, gguf: GGUFFile, *, packed: bool = True, cache: PackedCache | None = None):
+        """`cache`: the file's packed weights on disk (fast path): maps those it has, keeps those packed anew."""
         self.gguf = gguf
         self.packed = packed
+        self.cache = cache
         self.primitives = FAST if packed else REFERENCE  # norms, RoPE, attention, gating to go with the weights
         self._dense: dict[str, np.ndarray] = {}  # a tied table is dequantized once, not twice
 
@@ -104,7 +107,7 @@ class GGUFWeights:
     def linear(self, name: str, in_features: int, out_features: int) -> DenseLinear | PackedLinear:
         info = self._info(name, (out_features, in_features))
         if self.packed and self._kernel_type(info.ggml_type) in kernel_types():
-            return self._packed([self.gguf.tensor_data(name)], info.ggml_type, info.shape)
+            return self._packed([name], info.ggml_type, info.shape)
         return DenseLinear(self.tensor(name, (out_features, in_features)))
 
     def stacked_linear(self, names: list[str], in_features: int,
@@ -121,8 +124,7 @@ class GGUFWeights:
                                               for n, rows in zip(names, out_features)]))
         if self._kernel_type(ggml_type) in kernel_types() and all(info.ggml_type == ggml_type for info in infos):
             # GGUF stores a matrix row after row, so the matrices' rows stack into one weight.
-            return self._packed([self.gguf.tensor_data(name) for name in names], ggml_type,
-                                (in_features, sum(out_features)))
+            return self._packed(names, ggml_type, (in_features, sum(out_features)))
         return ConcatLinear([self.linear(name, in_features, rows) for name, rows in zip(names, out_features)])
 
     @staticmethod
@@ -130,14 +132,26 @@ class GGUFWeights:
         """The block format a kernel runs this type as: Q5_0 widens to Q8_0 without loss."""
         return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
 
-    def _packed(self, parts: list[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
-        """One weight from the file bytes of the matrices whose rows it stacks."""
+    def _packed(self, names: list[str], ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+        """One weight stacking the rows of the named matrices: from the cache on disk, else packed from the file."""
+        key, kernel_type = "+".join(names), self._kernel_type(ggml_type)
+        cached = self.cache.get(key, kernel_type, *shape) if self.cache is not None else None
+        if cached is not None:
+            return PackedLinear(cached)
+        parts = [self.gguf.tensor_data(name) for name in names]
         if ggml_type == GGMLType.Q5_0:
-            parts, ggml_type = [q5_0_as_q8_0(part) for part in parts], GGMLType.Q8_0
-        linear = PackedLinear(pack_weight(parts, ggml_type, shape))
+            parts = [q5_0_as_q8_0(part) for part in parts]
+        weight = pack_weight(parts, kernel_type, shape)
+        if self.cache is not None:
+            self.cache.add(key, weight)
         # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
         self.gguf.release_pages()
-        return linear
+        return PackedLinear(weight)
+
+    def finish(self) -> None:
+        """After the model took its weights: write the packed cache if this load had to pack any."""
+        if self.cache is not None:
+            self.cache.save()
 
     def embedding(self, name: str, vocab_size: int, width: int) -> np.ndarray | QuantizedEmbedding:
         """A table indexed by token ids: dequantized whole on the reference path, row by row on the fast one."""

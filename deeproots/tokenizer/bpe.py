@@ -96,7 +96,7 @@ class ByteLevelBPE:
         data = spelled.astype(np.uint8).tobytes()  # one byte per char
         ends = list(accumulate(map(len, texts)))
         pieces = [data[start:end] for start, end in zip([0, *ends], ends)]
-        for token in np.unique(np.searchsorted(ends, np.flatnonzero(spelled == _OUTSIDE), side="right")).tolist():
+        for token in set(np.searchsorted(ends, np.flatnonzero(spelled == _OUTSIDE), side="right").tolist()):
             pieces[token] = texts[token].encode()
         return pieces
 

@@ -1,0 +1,115 @@
+"""The packed-weight cache on disk: a second load maps the weights the first one packed, and gets the same logits.
+
+Every test points the store (and so the cache) at its own folder, and copies the model file there: the cache's key
+is the file's identity, and a test may change the file.
+"""
+
+import json
+import mmap
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import deeproots
+from deeproots.cache.packed import CACHE_ENV, PackedCache, packed_cache_dir
+from deeproots.store import ModelStore
+
+PROMPT_IDS = [504, 1343, 3186, 3451, 359, 28, 253, 1345]
+
+
+@pytest.fixture
+def model_copy(smollm2_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPROOTS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    path = tmp_path / "model.gguf"
+    shutil.copyfile(smollm2_path, path)
+    return path
+
+
+def cache_files() -> list[str]:
+    folder = packed_cache_dir()
+    return sorted(path.suffix for path in folder.iterdir()) if folder.is_dir() else []
+
+
+def packed_weights(model) -> list:
+    return [weight.weight for block in model.net.blocks for weight in (block.attn_qkv, block.ffn_down)]
+
+
+def test_second_load_maps_what_the_first_packed(model_copy):
+    first = deeproots.load(model_copy, context=64)
+    assert cache_files() == [".json", ".packed"]
+    second = deeproots.load(model_copy, context=64)
+    # The first load's weights live in memory it packed into; the second's are views of the cache file's map.
+    assert all(isinstance(weight.data.base, np.ndarray) for weight in packed_weights(first))
+    assert all(isinstance(getattr(weight.data.base, "obj", None), mmap.mmap) for weight in packed_weights(second))
+    for a, b in zip(packed_weights(first), packed_weights(second)):
+        assert (a.ggml_type, a.in_features, a.out_features) == (b.ggml_type, b.in_features, b.out_features)
+        assert np.array_equal(a.data, b.data)
+    np.testing.assert_array_equal(first.logits(PROMPT_IDS), second.logits(PROMPT_IDS))
+
+
+def test_a_damaged_cache_is_repacked_and_rewritten(model_copy):
+    reference = deeproots.load(model_copy, context=64).logits(PROMPT_IDS)
+    index_path = next(packed_cache_dir().glob("*.json"))
+    data_path = index_path.with_suffix(".packed")
+    index = json.loads(index_path.read_text())
+    name = next(iter(index["weights"]))
+    index["weights"][name][3] += 1  # an offset the kernels could not use (not 64-byte aligned)
+    index_path.write_text(json.dumps(index))
+    with open(data_path, "r+b") as file:  # and bytes that are not what the weights were
+        file.write(b"\xff" * 4096)
+    np.testing.assert_array_equal(deeproots.load(model_copy, context=64).logits(PROMPT_IDS), reference)
+    data_path.write_bytes(data_path.read_bytes()[:1000])  # truncated: the index's size no longer fits
+    np.testing.assert_array_equal(deeproots.load(model_copy, context=64).logits(PROMPT_IDS), reference)
+    index_path.write_text("{not json")
+    np.testing.assert_array_equal(deeproots.load(model_copy, context=64).logits(PROMPT_IDS), reference)
+    assert json.loads(index_path.read_text())["weights"][name][3] % 64 == 0  # rewritten whole
+
+
+def test_the_bytes_of_the_first_load_decide_the_second(model_copy):
+    """Bytes that fit the index are used as they are: the damage shows, so the cache really is what runs."""
+    reference = deeproots.load(model_copy, context=64).logits(PROMPT_IDS)
+    data_path = next(packed_cache_dir().glob("*.packed"))
+    with open(data_path, "r+b") as file:
+        file.write(b"\x00" * 1_000_000)  # the first weights' scales and values, zeroed
+    assert not np.array_equal(deeproots.load(model_copy, context=64).logits(PROMPT_IDS), reference)
+
+
+def test_a_changed_model_file_gets_a_new_cache_which_replaces_the_old(model_copy, tmp_path):
+    deeproots.load(model_copy, context=64)
+    old = PackedCache.for_file(model_copy).data_path
+    stat = os.stat(model_copy)
+    os.utime(model_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert PackedCache.for_file(model_copy).data_path != old
+    gone = tmp_path / "gone.gguf"  # a cached file deleted since: its cache goes too
+    shutil.copyfile(model_copy, gone)
+    deeproots.load(gone, context=64)
+    gone.unlink()
+    deeproots.load(model_copy, context=64)
+    assert [path.name for path in packed_cache_dir().glob("*.packed")] == \
+        [PackedCache.for_file(model_copy).data_path.name]
+
+
+def test_the_cache_can_be_switched_off(model_copy, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, "0")
+    deeproots.load(model_copy, context=64)
+    assert cache_files() == []
+    assert PackedCache.for_file(model_copy) is None
+
+
+def test_the_reference_path_writes_no_cache(model_copy):
+    deeproots.load(model_copy, context=64, reference=True)
+    assert cache_files() == []
+
+
+def test_removing_a_model_removes_its_caches(tmp_path, monkeypatch, smollm2_path):
+    monkeypatch.setenv("DEEPROOTS_HOME", str(tmp_path / "home"))
+    store = ModelStore()
+    folder = store.home / "smollm2-135m"
+    shutil.copytree(smollm2_path.parent, folder)  # the store's own layout: the file and its manifest
+    deeproots.load(folder / smollm2_path.name, context=64)
+    assert cache_files() == [".json", ".packed"]
+    store.remove("smollm2-135m")
+    assert cache_files() == []
