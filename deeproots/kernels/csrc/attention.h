@@ -33,7 +33,7 @@ void attention_batch_run(const attn_t *a, int64_t B, int threads);
 void kv_quantize_q8_0(const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
                       int64_t out_row, int64_t heads, int64_t rows, int64_t D);
 
-/* Store x (heads, rows, D) f32 into cache rows out of kv type T_F32, T_F16 (rounded to nearest even, as torch's
+/* Store x (heads, rows, D) f32 into cache rows out of kv type T_F32, T_F16 (rounded to nearest even, as numpy's
  * conversion) or T_Q8_0 (as kv_quantize_q8_0). Strides in elements of each (bytes for q8_0). */
 void kv_store(int type, const float *x, int64_t x_head, int64_t x_row, uint8_t *out, int64_t out_head,
               int64_t out_row, int64_t heads, int64_t rows, int64_t D);

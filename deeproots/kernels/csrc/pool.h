@@ -4,7 +4,7 @@
  * decode-step product, and a team waits for every thread, so a worker preempted by another process stalls the call
  * for a whole time slice. Here parts are claimed from a shared counter: whoever is running takes the next part,
  * the caller included, so a missing worker costs its share of the work, never a time slice. Workers spin for
- * POOL_SPIN_NS after a job, then sleep, so they do not hold a core away from PyTorch's threads for long; while
+ * POOL_SPIN_NS after a job, then sleep, so they do not hold a core away from other threads for long; while
  * they spin they yield the core every few microseconds to any other runnable thread (see wait_for_job).
  */
 #ifndef DEEPROOTS_POOL_H
