@@ -236,9 +236,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         ("chat template", "yes" if summary.has_chat_template else "no (use --raw)"),
     ]
     context = args.ctx or (min(c.context_length, 4096) if c else 4096)
-    kv = summary.kv_cache_bytes(context)
-    rows.append((f"memory at ctx {context}", f"{human_bytes(summary.weight_bytes + kv)} "
-                                             f"(weights {human_bytes(summary.weight_bytes)} + f16 KV cache {human_bytes(kv)})"))
+    kv = summary.kv_cache_bytes(context, args.kv_type)
+    if kv is None:
+        memory = f"weights {human_bytes(summary.weight_bytes)}; no {args.kv_type} KV cache for this model"
+    else:
+        memory = (f"{human_bytes(summary.weight_bytes + kv)} (weights {human_bytes(summary.weight_bytes)} + "
+                  f"{args.kv_type} KV cache {human_bytes(kv)})")
+    rows.append((f"memory at ctx {context}", memory))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -388,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file or a Hugging Face folder")
     inspect.add_argument("--ctx", type=int, default=None, help="context size for the memory estimate")
+    inspect.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16",
+                         help="KV cache type for the memory estimate (default f16, as run's)")
     inspect.set_defaults(handler=cmd_inspect)
     return parser
 

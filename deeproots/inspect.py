@@ -6,9 +6,11 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
+from .cache.kv import kv_cache_nbytes
 from .config import ModelConfig, config_from_gguf
 from .errors import ModelFormatError
 from .formats.model_file import open_model_file
+from .kernels.attention import QK
 from .quant.types import GGMLType
 
 # llama.cpp's general.file_type values (enum llama_ftype) for the names users know.
@@ -19,7 +21,6 @@ FILE_TYPES = {
     25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
     32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
 }
-KV_BYTES_PER_VALUE = 2  # the default KV cache holds float16 keys and values (--kv-type f16)
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class ModelSummary:
     vocab_size: int
     has_chat_template: bool
 
-    def kv_cache_bytes(self, context: int) -> int:
+    def kv_cache_bytes(self, context: int, kv_type: str = "f16") -> int | None:
+        """Bytes of a `kv_type` KV cache for `context` tokens; None when unknown or when this model cannot have one
+        (q8_0 needs a head size that is a multiple of 32)."""
         c = self.config
-        return 0 if c is None else 2 * c.n_layers * c.n_kv_heads * c.head_dim * context * KV_BYTES_PER_VALUE
+        if c is None or (kv_type == "q8_0" and c.head_dim % QK):
+            return None
+        return kv_cache_nbytes(c.n_layers, c.n_kv_heads, c.head_dim, context, kv_type)
 
 
 def type_name(ggml_type: int) -> str:

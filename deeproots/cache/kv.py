@@ -27,6 +27,16 @@ def dequantize_rows(rows: np.ndarray) -> np.ndarray:
     return values.reshape(*rows.shape[:-1], head_dim)
 
 
+def kv_row_size(head_dim: int, kv_type: str) -> int:
+    """Elements of one stored key or value: head_dim values, or for q8_0 head_dim / 32 blocks of 34 bytes."""
+    return head_dim // QK * Q8_0_BYTES if kv_type == "q8_0" else head_dim
+
+
+def kv_cache_nbytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, kv_type: str) -> int:
+    """Bytes of a cache holding `tokens` positions: the keys and values of every layer and KV head."""
+    return 2 * n_layers * n_kv_heads * tokens * kv_row_size(head_dim, kv_type) * np.dtype(KV_TYPES[kv_type]).itemsize
+
+
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, kv_type: str = "f32"):
         if kv_type not in KV_TYPES:
@@ -36,9 +46,8 @@ class KVCache:
                                f"{head_dim}: use f16")
         self.kv_type = kv_type
         self.max_tokens = max_tokens
-        row = head_dim // QK * Q8_0_BYTES if kv_type == "q8_0" else head_dim  # elements per stored key/value
         # (n_layers, n_kv_heads, max_tokens, row): heads first so a layer's prefix is what attention takes.
-        self.keys = np.zeros((n_layers, n_kv_heads, max_tokens, row), KV_TYPES[kv_type])
+        self.keys = np.zeros((n_layers, n_kv_heads, max_tokens, kv_row_size(head_dim, kv_type)), KV_TYPES[kv_type])
         self.values = np.zeros_like(self.keys)
         self.offset = 0
 

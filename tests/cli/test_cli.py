@@ -66,6 +66,14 @@ def test_inspect_describes_the_default_model(smollm2_path):
         assert expected in out, expected
 
 
+def test_inspect_sizes_the_kv_cache_of_the_chosen_type(smollm2_path):
+    # 30 layers x 3 KV heads x 2048 positions x keys and values: 64 values of 2 or 4 bytes, or 2 Q8_0 blocks of 34.
+    for kv_type, size in (("f16", "47.2 MB"), ("f32", "94.4 MB"), ("q8_0", "25.1 MB")):
+        result = deeproots("inspect", str(smollm2_path), "--ctx", "2048", "--kv-type", kv_type)
+        assert result.returncode == 0, result.stderr
+        assert f"{kv_type} KV cache {size}" in result.stdout, result.stdout
+
+
 def test_run_on_a_gguf_file_never_imports_torch(smollm2_path):
     """Importing PyTorch alone takes over a second; `run` reaches its first token without it (docs/benchmarks.md)."""
     code = ("import sys; from deeproots.cli import main; "
