@@ -318,13 +318,16 @@ def cmd_perplexity(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     from .convert import quantize_file
 
-    print(quantize_file(args.input, args.output, args.type).describe())
+    print(quantize_file(args.input, args.output, args.type, pure=args.pure).describe())
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from .convert import convert_folder
 
-    print(convert_folder(args.folder, args.output, args.type).describe())
+    print(convert_folder(args.folder, args.output, args.type, pure=args.pure).describe())
+
+
+PURE_HELP = "store the output projection in the target type too (default: Q6_K or Q8_0, as llama.cpp)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("input", help="a .gguf file or a store name")
     quantize.add_argument("output", help="the .gguf file to write")
     quantize.add_argument("--type", required=True, choices=list(FILE_TYPES), help="the type of the weight matrices")
+    quantize.add_argument("--pure", action="store_true", help=PURE_HELP)
     quantize.set_defaults(handler=cmd_quantize)
 
     convert = commands.add_parser("convert", help="convert a Hugging Face folder to a GGUF file")
@@ -384,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", help="the .gguf file to write")
     convert.add_argument("--type", default="f16", choices=list(FILE_TYPES),
                          help="the type of the weight matrices (default: f16)")
+    convert.add_argument("--pure", action="store_true", help=PURE_HELP)
     convert.set_defaults(handler=cmd_convert)
 
     from .server.commands import add_server_commands

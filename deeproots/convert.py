@@ -11,7 +11,12 @@ Tensor types follow llama.cpp's llama-quantize:
   32-value format of at least the target's precision: Q4_K -> Q5_0, Q6_K -> Q8_0 (the k-quants need rows of 256;
   SmolLM2's are 576 wide). A row that fits neither (no substitute, or not a multiple of 32) is stored as F16.
   llama.cpp refuses such a row for the 32-value targets; F16 loses nothing and keeps the file loadable.
-  Unlike llama-quantize's q4_k_m preset, no tensor is promoted to a wider type: the output is uniform.
+- The output projection (`output.weight`, or `token_embd.weight` when the model ties it to the embeddings) of a
+  quantized target is stored as Q6_K, or as Q8_0 when its rows do not fit Q6_K's 256-value blocks or the target
+  is Q8_0: llama.cpp's rule (llama_tensor_get_type), because the logits are where a coarse grid costs most
+  (docs/benchmarks.md: q4_0 of the default model: +36% perplexity uniform, +25% with the rule). `--pure` (as
+  llama-quantize's) writes it in the target type like every other matrix. The rest of llama.cpp's per-preset
+  promotions (attn_v, ffn_down in q4_k_m) are not applied.
 
 Metadata is copied in order, each key with the value type the source stored (`metadata_types`). A source without
 stored types (an HF folder) gets llama.cpp's: the standard type of the well-known keys (KNOWN_KEY_TYPES: token
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 15, "q6_k": 18}
 # llama.cpp's substitute for a target whose blocks do not fit a row (llama_tensor_get_type).
 FALLBACK_TYPES = {"q4_k": "Q5_0", "q6_k": "Q8_0"}
+QUANTIZED_TARGETS = frozenset({"q8_0", "q4_0", "q4_1", "q4_k", "q6_k"})
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts of the current ggml
 PARTIAL_SUFFIX = ".partial"  # the output is written here first, so a failed run leaves no truncated file
 
@@ -52,6 +58,7 @@ class WriteSummary:
     tensor_types: dict[str, int]  # GGML type name -> tensors written in it
     fallbacks: dict[str, int]  # substitute type name -> tensors whose rows did not fit the target's blocks
     seconds: float
+    output_tensor: tuple[str, str] | None = None  # (name, type) of an output projection stored wider than the rest
 
     def describe(self) -> str:
         types = ", ".join(f"{name} x{count}" for name, count in self.tensor_types.items())
@@ -61,16 +68,23 @@ class WriteSummary:
         if self.fallbacks:
             lines.append("fell back where rows do not fit the target's blocks: "
                          + ", ".join(f"{name} x{count}" for name, count in self.fallbacks.items()))
+        if self.output_tensor:
+            name, type_name = self.output_tensor
+            lines.append(f"output projection {name} stored as {type_name}, as llama.cpp does (--pure: as the rest)")
         return "\n".join(lines)
 
 
-def tensor_type(target: str, shape: tuple[int, ...]) -> GGMLType:
-    """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`."""
+def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False) -> GGMLType:
+    """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`; `output`:
+    it is the model's output projection (see the module's docstring)."""
     from .quant.types import BLOCK_GEOMETRY, GGMLType
 
     if math.prod(shape[1:]) == 1:  # ggml counts trailing dimensions of 1 out: this is a vector
         return GGMLType.F32
-    candidates = [GGMLType[target.upper()], GGMLType[FALLBACK_TYPES.get(target, "F16")]]
+    if output and target in QUANTIZED_TARGETS:
+        candidates = [GGMLType.Q8_0] if target == "q8_0" else [GGMLType.Q6_K, GGMLType.Q8_0]
+    else:
+        candidates = [GGMLType[target.upper()], GGMLType[FALLBACK_TYPES.get(target, "F16")]]
     return next((t for t in candidates if shape[0] % BLOCK_GEOMETRY[t].block_size == 0), GGMLType.F16)
 
 
@@ -94,8 +108,10 @@ def _check_output(source_path: str, out_path: str) -> None:
         raise RequestError(f"the folder of output {out_path!r} does not exist")
 
 
-def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progress: bool = True) -> WriteSummary:
-    """Write `source` (GGUFFile interface) to `out_path` with its matrices in `target` (a FILE_TYPES key)."""
+def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progress: bool = True,
+               pure: bool = False) -> WriteSummary:
+    """Write `source` (GGUFFile interface) to `out_path` with its matrices in `target` (a FILE_TYPES key); `pure`:
+    the output projection too."""
     from tqdm import tqdm
 
     from .formats.gguf import DEFAULT_ALIGNMENT
@@ -117,14 +133,18 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
             writer.add(key, value, *stored_types.get(key, _value_types(key, value)))
     tensor_types: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
+    output_name = None if pure else "output.weight" if "output.weight" in source.tensors else "token_embd.weight"
+    output_tensor = None
     for name, info in tqdm(source.tensors.items(), desc="tensors", unit=" tensors", disable=not progress):
         raw = source.tensor_data(name)
-        out_type = tensor_type(target, info.shape)
+        out_type = tensor_type(target, info.shape, output=name == output_name)
         if out_type != info.ggml_type:  # through float32, this one tensor only
             raw = quantize(dequantize(raw, info.ggml_type, info.shape), out_type).reshape(-1)
         writer.add_tensor(name, raw, out_type, info.shape)
         tensor_types[out_type.name] += 1
-        if out_type.name not in (target.upper(), "F32"):  # F32 is the rule for vectors, not a fallback
+        if name == output_name and out_type.name != target.upper():
+            output_tensor = (name, out_type.name)
+        elif out_type.name not in (target.upper(), "F32"):  # F32 is the rule for vectors, not a fallback
             fallbacks[out_type.name] += 1
     partial = out_path + PARTIAL_SUFFIX
     try:
@@ -136,21 +156,21 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
         if os.path.exists(partial):
             os.remove(partial)
     return WriteSummary(out_path, size_on_disk(source.path), os.path.getsize(out_path), dict(tensor_types),
-                        dict(fallbacks), time.perf_counter() - started)
+                        dict(fallbacks), time.perf_counter() - started, output_tensor)
 
 
 def quantize_file(model: str | os.PathLike, out_path: str | os.PathLike, target: str, *,
-                  progress: bool = True) -> WriteSummary:
+                  progress: bool = True, pure: bool = False) -> WriteSummary:
     """`deeproots quantize`: a GGUF file (a path or a store name) requantized to `target`."""
     from .formats.gguf import GGUFFile
     from .store import ModelStore
 
     with GGUFFile.open(ModelStore().resolve(model)) as source:
-        return write_gguf(source, out_path, target, progress=progress)
+        return write_gguf(source, out_path, target, progress=progress, pure=pure)
 
 
 def convert_folder(folder: str | os.PathLike, out_path: str | os.PathLike, target: str, *,
-                   progress: bool = True) -> WriteSummary:
+                   progress: bool = True, pure: bool = False) -> WriteSummary:
     """`deeproots convert`: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) to GGUF."""
     from .formats.hf_folder import HFCheckpoint
 
@@ -159,4 +179,4 @@ def convert_folder(folder: str | os.PathLike, out_path: str | os.PathLike, targe
                                  "(config.json, *.safetensors, tokenizer.json); requantize a .gguf file with "
                                  "`deeproots quantize`")
     with HFCheckpoint.open(folder) as source:
-        return write_gguf(source, out_path, target, progress=progress)
+        return write_gguf(source, out_path, target, progress=progress, pure=pure)

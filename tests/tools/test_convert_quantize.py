@@ -60,8 +60,16 @@ def test_quantized_file_keeps_metadata_and_layout(quantized, smollm2_path):
         assert [(i.name, i.shape) for i in result.tensors.values()] == \
                [(i.name, i.shape) for i in source.tensors.values()]
         for info in result.tensors.values():
-            assert info.ggml_type == (GGMLType.F32 if len(info.shape) == 1 else GGMLType[target.upper()]), info.name
-    assert summary.tensor_types == {target.upper(): 211, "F32": 61} and summary.fallbacks == {}
+            # The tied output projection (token_embd, rows of 576: too narrow for Q6_K) stays Q8_0, as llama.cpp.
+            expected = GGMLType.F32 if len(info.shape) == 1 else \
+                GGMLType.Q8_0 if info.name == "token_embd.weight" else GGMLType[target.upper()]
+            assert info.ggml_type == expected, info.name
+    if target == "q8_0":
+        assert summary.tensor_types == {"Q8_0": 211, "F32": 61} and summary.output_tensor is None
+    else:
+        assert summary.tensor_types == {target.upper(): 210, "Q8_0": 1, "F32": 61}
+        assert summary.output_tensor == ("token_embd.weight", "Q8_0")
+    assert summary.fallbacks == {}
     assert summary.output_bytes == os.path.getsize(out) and summary.input_bytes == os.path.getsize(smollm2_path)
 
 
@@ -113,6 +121,23 @@ def test_quantized_model_generates_with_the_same_tokenizer_and_template(quantize
 
 
 # ---- the type rule, and metadata types kept on a small synthetic file --------------------------------------
+
+def test_pure_quantizes_the_output_projection_too(smollm2_path, tmp_path):
+    summary = quantize_file(smollm2_path, tmp_path / "pure.gguf", "q4_0", progress=False, pure=True)
+    assert summary.tensor_types == {"Q4_0": 211, "F32": 61} and summary.output_tensor is None
+    with GGUFFile.open(tmp_path / "pure.gguf") as result:
+        assert result.tensors["token_embd.weight"].ggml_type == GGMLType.Q4_0
+
+
+def test_output_projection_follows_llama_cpp():
+    assert tensor_type("q4_0", (512, 32000), output=True) == GGMLType.Q6_K
+    assert tensor_type("q4_k", (576, 49152), output=True) == GGMLType.Q8_0  # 576 is not a multiple of 256
+    assert tensor_type("q6_k", (512, 32000), output=True) == GGMLType.Q6_K
+    assert tensor_type("q8_0", (512, 32000), output=True) == GGMLType.Q8_0  # never narrower than the target
+    assert tensor_type("q4_0", (48, 4), output=True) == GGMLType.F16  # fits no block
+    assert tensor_type("f16", (512, 32000), output=True) == GGMLType.F16  # only quantized targets
+    assert tensor_type("q4_0", (576,), output=True) == GGMLType.F32
+
 
 def test_tensor_type_follows_llama_cpp_fallbacks():
     assert tensor_type("q4_k", (1536, 576)) == GGMLType.Q4_K
