@@ -73,8 +73,12 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, path):
-        import torch  # only this comparison needs PyTorch
-        import transformers
+        try:  # only this comparison needs PyTorch
+            import torch
+            import transformers
+        except ImportError:
+            raise DeeprootsError("--vs transformers needs torch and transformers: pip install 'deeproots[test]'") \
+                from None
 
         path = Path(path)
         self.torch = torch

@@ -16,7 +16,6 @@ import os
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, UnsupportedModelError
 from ..quant.types import GGMLType, tensor_nbytes
@@ -139,17 +138,24 @@ def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> 
     return metadata
 
 
-def _permute_for_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """HF's half-split q/k rows -> llama.cpp's interleaved order, per head: (rows, ...) -> same shape."""
-    shape = weight.shape
-    return weight.reshape(n_heads, 2, shape[0] // n_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+def _permute_for_rope(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF's half-split q/k rows -> llama.cpp's interleaved order, per head: (rows, bytes per row) -> same shape."""
+    shape = rows.shape
+    return rows.reshape(n_heads, 2, shape[0] // n_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored bytes of an F32, F16 or BF16 tensor -> its values as float32 (bfloat16 is float32's top half)."""
+    if dtype == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return raw.view(np.float16 if dtype == "F16" else np.float32).astype(np.float32)
 
 
 class HFCheckpoint:
     """An HF folder behind the GGUFFile interface the loader and the converter use."""
 
     def __init__(self, path: str, metadata: dict[str, Any],
-                 sources: dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]], files: list[SafetensorsFile]):
+                 sources: dict[str, tuple[Callable[[], np.ndarray], TensorInfo]], files: list[SafetensorsFile]):
         self.path = path
         self.metadata = metadata
         # GGUF name -> the tensor in its final form, computed only when asked for
@@ -180,7 +186,7 @@ class HFCheckpoint:
         """The tensor's bytes (uint8, little-endian, row-major) in the dtype `tensors[name]` names."""
         if name not in self._sources:
             raise TensorNotFoundError(f"no tensor named {name!r} in {self.path}")
-        return self._sources[name]().contiguous().view(torch.uint8).numpy().reshape(-1)
+        return np.ascontiguousarray(self._sources[name]()).view(np.uint8).reshape(-1)
 
     def release_pages(self) -> None:
         """Nothing to do: the safetensors maps are private and fault pages in as read."""
@@ -197,26 +203,30 @@ class HFCheckpoint:
 
 
 def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]], config: dict[str, Any],
-                    spec: HFArchitecture) -> dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]]:
+                    spec: HFArchitecture) -> dict[str, tuple[Callable[[], np.ndarray], TensorInfo]]:
     """GGUF name -> (a function giving the tensor as llama.cpp's converter would store it, its TensorInfo)."""
     n_heads = int(_number(config, "num_attention_heads"))
     n_kv_heads = int(_number(config, "num_key_value_heads", n_heads))
     tied = bool(config.get("tie_word_embeddings", False))
-    sources: dict[str, tuple[Callable[[], torch.Tensor], TensorInfo]] = {}
+    sources: dict[str, tuple[Callable[[], np.ndarray], TensorInfo]] = {}
     for hf_name, (file, file_info) in checkpoint.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed buffers; a tied head is the embedding table
         name = gguf_tensor_name(hf_name, spec)
 
-        def load(file: SafetensorsFile = file, hf_name: str = hf_name) -> torch.Tensor:
-            return file.tensor(hf_name)
+        rows = file_info.shape[0] if file_info.shape else 1
+
+        def load(file: SafetensorsFile = file, hf_name: str = hf_name, shape: tuple[int, int] = (
+                 rows, file_info.nbytes // rows if rows else 0)) -> np.ndarray:
+            return file.tensor_bytes(hf_name).reshape(shape)  # (rows, bytes per row)
 
         source, dtype = load, file_info.dtype
         if spec.permute_qk and name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
             heads = n_heads if ".attn_q." in name else n_kv_heads
             source = lambda load=load, heads=heads: _permute_for_rope(load(), heads)  # noqa: E731
         elif spec.norm_shift and name.endswith("norm.weight"):
-            source, dtype = (lambda load=load: load().float() + spec.norm_shift), "F32"  # noqa: E731
+            source = lambda load=load, dtype=dtype: _as_float32(load(), dtype) + np.float32(spec.norm_shift)  # noqa: E731
+            dtype = "F32"
         ggml_type = GGML_TYPES.get(dtype)
         if ggml_type is None:
             raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {dtype}; supported: {', '.join(GGML_TYPES)}")

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from deeproots.errors import (
     DeeprootsError,
@@ -45,12 +44,6 @@ DTYPE_BITS: dict[str, int] = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
     "U16": 16, "I16": 16, "F16": 16, "BF16": 16, "U32": 32, "I32": 32, "F32": 32,
     "U64": 64, "I64": 64, "F64": 64, "C64": 64,
-}
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E5M2": torch.float8_e5m2,
-    "F8_E4M3": torch.float8_e4m3fn, "U16": torch.uint16, "I16": torch.int16, "F16": torch.float16,
-    "BF16": torch.bfloat16, "U32": torch.uint32, "I32": torch.int32, "F32": torch.float32,
-    "U64": torch.uint64, "I64": torch.int64, "F64": torch.float64, "C64": torch.complex64,
 }
 _U64 = struct.Struct("<Q")
 
@@ -184,8 +177,8 @@ def _parse_header(raw_header: bytes, file_size: int) -> tuple[dict[str, str], di
 class SafetensorsFile:
     """An open .safetensors file: parsed header over a memory map. Use as a context manager, or close().
 
-    The map is private copy-on-write: torch has no read-only tensors, so an accidental in-place write
-    copies a page instead of crashing on a read-only map; the file itself is never changed.
+    The map is private copy-on-write: an in-place write to a tensor's bytes copies a page instead of crashing on a
+    read-only map; the file itself is never changed.
     """
 
     def __init__(self, path: str, mapping: mmap.mmap | None, metadata: dict[str, str],
@@ -218,22 +211,17 @@ class SafetensorsFile:
             raise
         return cls(path, mapping, metadata, tensors)
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The tensor as a zero-copy view of the mapped bytes, with the file's dtype and shape."""
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        """The tensor's bytes (uint8, row-major, as stored) as a zero-copy view of the map; its dtype and shape are
+        in `tensors[name]`. The view keeps the map alive: close() cannot unmap bytes it still points at."""
         info = self.tensors.get(name)
         if info is None:
             raise KeyError(f"no tensor named {name!r} in {self.path}")
-        dtype = TORCH_DTYPES.get(info.dtype)
-        if dtype is None:
+        if info.dtype not in DTYPE_BITS:
             raise UnsupportedModelError(f"tensor {name!r} has dtype {info.dtype!r}, which deeproots cannot load")
         if self._mapping is None:
             raise DeeprootsError(f"{self.path} is closed")
-        if info.nbytes == 0:  # frombuffer refuses empty views
-            return torch.empty(info.shape, dtype=dtype)
-        # Through numpy, not torch.frombuffer: numpy holds a buffer export, so close() cannot unmap bytes
-        # a live tensor still points at (torch.frombuffer releases the export at once).
-        raw = np.frombuffer(self._mapping, dtype=np.uint8, count=info.nbytes, offset=info.offset)
-        return torch.from_numpy(raw).view(dtype).view(info.shape)
+        return np.frombuffer(self._mapping, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def close(self) -> None:
         if self._mapping is not None:

@@ -115,13 +115,14 @@ def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2):
                                                                                   add_generation_prompt=True)
 
 
-def test_cli_runs_a_folder(tiny_checkpoint):
+def test_cli_runs_a_folder_without_torch(tiny_checkpoint):
     folder, _ = tiny_checkpoint("qwen3")
     expected = deeproots.load(folder).generate(TEXT, max_tokens=8, temperature=0)
-    result = subprocess.run([sys.executable, "-m", "deeproots.cli", "run", "--raw", "-m", str(folder),
-                             "--temperature", "0", "--max-tokens", "8", TEXT], capture_output=True, text=True, timeout=300)
+    code = ("import sys; from deeproots.cli import main; main(sys.argv[1:]); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, "run", "--raw", "-m", str(folder), "--temperature", "0",
+                             "--max-tokens", "8", TEXT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == expected + "\n"
+    assert result.stdout == expected + "\nFalse\n"  # the answer, then: torch was never imported
 
 
 def test_sharded_folder_loads_through_its_index(tmp_path, tiny_checkpoint):
