@@ -45,14 +45,12 @@ def sampling_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_model(args: argparse.Namespace):
+    from .memory import freeze_loaded_objects
     from .model import load
 
     started = time.perf_counter()
     model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
-    # main() ran the imports and this load with the cyclic GC off. What exists now (the modules, the tokenizer's
-    # ~10^5 objects) lives as long as the process: frozen, no later collection walks it, nor the one at exit.
-    gc.freeze()
-    gc.enable()
+    freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model
@@ -340,12 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system", default=None, help="a system message for the chat template")
     add_model_option(run)
     add_sampling_options(run)
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, loads_model=True)
 
     chat = commands.add_parser("chat", help="multi-turn conversation in the terminal")
     add_model_option(chat)
     add_sampling_options(chat)
-    chat.set_defaults(handler=cmd_chat)
+    chat.set_defaults(handler=cmd_chat, loads_model=True)
 
     pull = commands.add_parser("pull", help="fetch a model into the store")
     pull.add_argument("name", choices=sorted(CATALOG),
@@ -368,12 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vs-kv-type", action="append", default=[], choices=["f16", "f32", "q8_0"],
                        help="also run ours with this KV cache type, alternating (repeatable)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.set_defaults(handler=cmd_bench)
+    bench.set_defaults(handler=cmd_bench, loads_model=True)
 
     perplexity = commands.add_parser("perplexity", help="perplexity of a model over a text file")
     add_model_option(perplexity)
     perplexity.add_argument("file", help="a UTF-8 text file")
-    perplexity.set_defaults(handler=cmd_perplexity)
+    perplexity.set_defaults(handler=cmd_perplexity, loads_model=True)
 
     from .convert import FILE_TYPES
     quantize = commands.add_parser("quantize", help="requantize a GGUF file to another type")
@@ -403,16 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that load a model through load_model(). Parsing the vocabulary and merges makes ~10^5 Python objects,
-# which the cyclic GC walked over and over while the model loaded (~30 ms for the default model) and once more at
-# exit (~20 ms): these commands start with it off; load_model freezes what exists and turns it back on.
-_LOAD_COMMANDS = (cmd_run, cmd_chat, cmd_bench, cmd_perplexity)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.handler in _LOAD_COMMANDS:
-        gc.disable()
+    if getattr(args, "loads_model", False):
+        gc.disable()  # until the model is loaded: see memory.freeze_loaded_objects
     try:
         args.handler(args)
     except DeeprootsError as error:

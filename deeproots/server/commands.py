@@ -31,7 +31,7 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--shutdown-deadline", type=float, default=30.0,
                        help="seconds SIGTERM waits for in-flight requests (default: 30)")
     serve.add_argument("--log-prompts", action="store_true", help="include the prompt text in request logs")
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, loads_model=True)
 
     bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
     bench.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ..engine import Engine, EngineConfig
+    from ..memory import freeze_loaded_objects
     from ..model import load
     from ..store import ModelStore
     from .app import build_app
@@ -53,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     started = time.perf_counter()
     model = load(args.model, context=args.ctx)
+    freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
     engine = Engine(model, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                         kv_budget_tokens=args.kv_budget)).start()
     served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
