@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, UnsupportedModelError
+from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
 from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, gguf_tensor_name, hf_architecture
@@ -144,13 +145,6 @@ def _permute_for_rope(rows: np.ndarray, n_heads: int) -> np.ndarray:
     return rows.reshape(n_heads, 2, shape[0] // n_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored bytes of an F32, F16 or BF16 tensor -> its values as float32 (bfloat16 is float32's top half)."""
-    if dtype == "BF16":
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return raw.view(np.float16 if dtype == "F16" else np.float32).astype(np.float32)
-
-
 class HFCheckpoint:
     """An HF folder behind the GGUFFile interface the loader and the converter use."""
 
@@ -214,23 +208,24 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
             continue  # recomputed buffers; a tied head is the embedding table
         name = gguf_tensor_name(hf_name, spec)
 
-        rows = file_info.shape[0] if file_info.shape else 1
 
-        def load(file: SafetensorsFile = file, hf_name: str = hf_name, shape: tuple[int, int] = (
-                 rows, file_info.nbytes // rows if rows else 0)) -> np.ndarray:
-            return file.tensor_bytes(hf_name).reshape(shape)  # (rows, bytes per row)
+        def load(file: SafetensorsFile = file, hf_name: str = hf_name) -> np.ndarray:
+            return file.tensor_bytes(hf_name)  # (nbytes,) uint8, as stored
 
-        source, dtype = load, file_info.dtype
+        ggml_type = GGML_TYPES.get(file_info.dtype)
+        if ggml_type is None:
+            raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {file_info.dtype}; supported: "
+                                        f"{', '.join(GGML_TYPES)}")
+        n_elements = math.prod(file_info.shape)
+        source = load
         if spec.permute_qk and name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
             heads = n_heads if ".attn_q." in name else n_kv_heads
-            source = lambda load=load, heads=heads: _permute_for_rope(load(), heads)  # noqa: E731
+            source = lambda load=load, heads=heads, rows=file_info.shape[0]: (  # noqa: E731
+                _permute_for_rope(load().reshape(rows, -1), heads))
         elif spec.norm_shift and name.endswith("norm.weight"):
-            source = lambda load=load, dtype=dtype: _as_float32(load(), dtype) + np.float32(spec.norm_shift)  # noqa: E731
-            dtype = "F32"
-        ggml_type = GGML_TYPES.get(dtype)
-        if ggml_type is None:
-            raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {dtype}; supported: {', '.join(GGML_TYPES)}")
-        n_elements = math.prod(file_info.shape)
+            source = lambda load=load, stored=ggml_type, n=n_elements: (  # noqa: E731
+                dequantize(load(), stored, (n,)) + np.float32(spec.norm_shift))
+            ggml_type = GGMLType.F32
         info = TensorInfo(name, tuple(reversed(file_info.shape)), ggml_type, 0, tensor_nbytes(ggml_type, n_elements))
         sources[name] = source, info
     return sources
