@@ -39,3 +39,8 @@ class TensorNotFoundError(DeeprootsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class InternalError(DeeprootsError):
+    """A mistake inside deeproots, not the caller's: e.g. a kernel handed buffers that do not match the shapes it
+    was told. The server answers it with HTTP 500 and an error id in its log, never with a 4xx."""
