@@ -7,7 +7,7 @@ Shapes are the default model's (SmolLM2-135M: 9 query heads, 3 kv heads, head_di
 deeproots/cache/kv.py; q is the transposed (n_heads, T, D) view of a numpy (T, n_heads, D) array; SDPA gets the same
 arrays through torch.from_numpy. Both sides produce what the output projection takes, (T, n_heads * head_dim): the
 kernel writes it into a preallocated numpy `out`; SDPA's (n_heads, T, D) result is transposed and made contiguous,
-as models/layers.py's causal_attention does. Medians in microseconds, each side in one process with the same threads.
+as backends/formulas.py's causal_attention does. Medians in microseconds, each side in one process with the same threads.
 """
 
 import argparse

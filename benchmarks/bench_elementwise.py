@@ -1,5 +1,5 @@
 """Side-by-side timings of deeproots' rms_norm, rotary_embedding_ and silu_mul vs the same formulas in torch (those
-of models/layers.py, written with torch operations).
+of backends/formulas.py, written with torch operations).
 
     python benchmarks/bench_elementwise.py [--repeats 2000] [--threads 2]
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timing import median_us
 
 from deeproots.kernels import rms_norm, rotary_embedding_, set_num_threads, silu_mul
-from deeproots.models.layers import RotaryEmbedding
+from deeproots.backends.formulas import RotaryEmbedding
 
 D_MODEL, N_HEADS, N_KV_HEADS, HEAD_DIM, FFN, POSITIONS, EPS = 576, 9, 3, 64, 1536, 8192, 1e-5
 

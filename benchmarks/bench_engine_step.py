@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     model = deeproots.load(args.model)
     timers = Timers()
-    engine = Engine(model, EngineConfig(max_running=max(int(b) for b in args.batch.split(","))))
+    engine = Engine(model.loaded, EngineConfig(max_running=max(int(b) for b in args.batch.split(","))))
     engine.runner.run = timers.wrap(PARTS[0], engine.runner.run)
     engine_module.decode_batch = timers.wrap(PARTS[1], generate_module.decode_batch)
     generate_module.draw_batch = timers.wrap(PARTS[2], generate_module.draw_batch)

@@ -19,7 +19,8 @@ def mark(name): marks.append((name, time.perf_counter()))
 import numpy as np
 mark("import numpy")
 import deeproots.cli, deeproots.model
-from deeproots.cache.kv import KVCache
+from deeproots.backends.cpu import CPUBackend
+from deeproots.cache.kv import KVLayout
 from deeproots.cache.packed import PackedCache
 from deeproots.config import config_from_gguf
 from deeproots.formats.model_file import open_model_file
@@ -37,11 +38,12 @@ ChatTemplate.from_gguf_metadata(file.metadata, tokenizer)
 mark("tokenizer: vocabulary, merges, template")
 tokenizer.build()
 mark("tokenizer: Rust backend, token bytes")
-weights = GGUFWeights(file, cache=PackedCache.for_file(path))
+backend = CPUBackend(PackedCache.for_file(path))
+weights = GGUFWeights(file, backend)
 net = model_class(str(file.metadata["general.architecture"]))(config, weights, 2048)
 weights.finish()
 mark("weights")
-cache = KVCache(config.n_layers, config.n_kv_heads, config.head_dim, 2048, kv_type="f16")
+cache = backend.kv_cache(KVLayout(config.n_layers, config.n_kv_heads, config.head_dim), 2048)
 net.forward(np.asarray(tokenizer.encode("The three primary colors are"), dtype=np.int64), cache)
 mark("KV cache, first token")
 print(" ".join(f"{1e3 * (t - marks[i][1]):.0f}" for i, (_, t) in enumerate(marks[1:])))

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from .config import DEFAULT_CONTEXT, default_context
 from .errors import DeeprootsError
 from .store import CATALOG, DEFAULT_MODEL, ModelStore
 
@@ -16,23 +17,40 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
                         help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder "
                              f"(default: {DEFAULT_MODEL})")
-    parser.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
+    add_context_option(parser)
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
-    parser.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default=None,
-                        help="KV cache element type (default: f16; f32 with --reference); q8_0 stores 8.5 bits a value")
+    add_kv_type_option(parser, default=None,
+                       help="KV cache element type (default: f16; f32 with --reference); q8_0 stores 8.5 bits a value")
     parser.add_argument("--reference", action="store_true",
-                        help="run the float32 reference path instead of the packed kernels (slow; for checking)")
+                        help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
+                             "(slow; for checking)")
+
+
+def add_context_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ctx", type=int, default=None,
+                        help=f"context size in tokens (default: min(model's, {DEFAULT_CONTEXT}))")
+
+
+def add_kv_type_option(parser: argparse.ArgumentParser, *, flag: str = "--kv-type", **options: Any) -> None:
+    from .cache.kv import KV_TYPES
+
+    parser.add_argument(flag, choices=list(KV_TYPES), **options)
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    from .sampling import SamplingParams
+
+    defaults = SamplingParams()  # the library's defaults (llama.cpp's), stated once
     parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate (default: 512)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=40, help="0 disables (default: 40)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="1.0 disables (default: 0.95)")
-    parser.add_argument("--min-p", type=float, default=0.05, help="0 disables (default: 0.05)")
-    parser.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 disables (default: 1.0)")
-    parser.add_argument("--presence-penalty", type=float, default=0.0)
-    parser.add_argument("--frequency-penalty", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help=f"0 is greedy (default: {defaults.temperature})")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help=f"0 disables (default: {defaults.top_k})")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"1.0 disables (default: {defaults.top_p})")
+    parser.add_argument("--min-p", type=float, default=defaults.min_p, help=f"0 disables (default: {defaults.min_p})")
+    parser.add_argument("--repeat-penalty", type=float, default=defaults.repeat_penalty,
+                        help=f"1.0 disables (default: {defaults.repeat_penalty})")
+    parser.add_argument("--presence-penalty", type=float, default=defaults.presence_penalty)
+    parser.add_argument("--frequency-penalty", type=float, default=defaults.frequency_penalty)
     parser.add_argument("--seed", type=int, default=None, help="fix the seed to reproduce a sampled answer")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="print load time and tokens/s afterwards")
@@ -233,7 +251,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         ("vocabulary", f"{summary.vocab_size} tokens"),
         ("chat template", "yes" if summary.has_chat_template else "no (use --raw)"),
     ]
-    context = args.ctx or (min(c.context_length, 4096) if c else 4096)
+    context = args.ctx or default_context(c)
     kv = summary.kv_cache_bytes(context, args.kv_type)
     if kv is None:
         memory = f"weights {human_bytes(summary.weight_bytes)}; no {args.kv_type} KV cache for this model"
@@ -363,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: 5)")
     bench.add_argument("--vs", action="append", default=[], choices=["llama.cpp", "transformers"],
                        help="also run another engine on the same file, alternating with ours (repeatable)")
-    bench.add_argument("--vs-kv-type", action="append", default=[], choices=["f16", "f32", "q8_0"],
+    add_kv_type_option(bench, flag="--vs-kv-type", action="append", default=[],
                        help="also run ours with this KV cache type, alternating (repeatable)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench, loads_model=True)
@@ -395,8 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file or a Hugging Face folder")
     inspect.add_argument("--ctx", type=int, default=None, help="context size for the memory estimate")
-    inspect.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16",
-                         help="KV cache type for the memory estimate (default f16, as run's)")
+    add_kv_type_option(inspect, default="f16", help="KV cache type for the memory estimate (default f16, as run's)")
     inspect.set_defaults(handler=cmd_inspect)
     return parser
 

@@ -32,6 +32,14 @@ class ModelConfig:
     rope_theta_local: float | None = None  # RoPE base of sliding-window layers where it differs (Gemma 3)
 
 
+DEFAULT_CONTEXT = 4096  # tokens a load gets unless told otherwise; the model's own maximum when it is smaller
+
+
+def default_context(config: ModelConfig | None) -> int:
+    """The context a load gets when none is asked for: the model's trained length, capped at DEFAULT_CONTEXT."""
+    return min(config.context_length, DEFAULT_CONTEXT) if config is not None else DEFAULT_CONTEXT
+
+
 def _required(metadata: Mapping[str, Any], key: str, kind: type) -> Any:
     if key not in metadata:
         raise ModelFormatError(f"required metadata key {key!r} is missing", field=key)

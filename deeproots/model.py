@@ -7,68 +7,33 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .cache.kv import KV_TYPES, KVCache
-from .cache.packed import PackedCache
-from .config import ModelConfig, config_from_gguf
+from .cache.kv import KVCache
 from .errors import RequestError, UnsupportedModelError
-from .formats.gguf import GGUFFile
-from .formats.model_file import open_model_file
 from .generate import GenerationStep, generate
-from .kernels import set_num_threads
-from .memory import release_free_memory
-from .models.registry import model_class
-from .models.weights import GGUFWeights
+from .loader import load_model_file
 from .sampling import SamplingParams
 from .store import ModelStore
-from .tokenizer import ChatTemplate, Tokenizer
-from .tokenizer.vocab import VOCABULARY_KEYS
-
-DEFAULT_CONTEXT = 4096  # tokens; the model's own maximum when it is smaller
 
 
 class Model:
+    """A loaded model with one KV cache of its own, kept between calls so a shared prefix is not run again."""
+
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None):
-        self.path = path
-        self.reference = reference
-        # float16 keys/values halve the cache, q8_0 blocks nearly halve it again (attention still runs in float32);
-        # the reference stays float32.
-        kv_type = kv_type or ("f32" if reference else "f16")
-        if kv_type not in KV_TYPES:
-            raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
-        self.kv_type = kv_type
-        self.file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
-        metadata = self.file.metadata
-        architecture = model_class(str(metadata.get("general.architecture")))  # unsupported: fail first
-        self.tokenizer = Tokenizer.from_gguf_metadata(metadata)
-        self.config: ModelConfig = config_from_gguf(metadata, self.tokenizer.vocab_size)
-        self.context = context or min(self.config.context_length, DEFAULT_CONTEXT)
-        if self.context < 1:
-            raise RequestError(f"the context size must be positive, got {self.context}")
-        self.template = ChatTemplate.from_gguf_metadata(metadata, self.tokenizer)
-        self.tokenizer.build()
-        # The tokenizer holds what it needs of the per-token arrays in its own form; as parsed (~9 MB of Python
-        # strings for a 49k vocabulary) they would stay alive with the file. `inspect`, `convert` and `quantize`
-        # open the file afresh and still see every key.
-        for key in VOCABULARY_KEYS:
-            metadata.pop(key, None)
-        if threads is not None:
-            set_num_threads(threads)
-        # reference=True dequantizes every matrix to float32: the slow path the fast kernels are tested against.
-        # The fast path maps a GGUF file's weights from their packed cache once a load has written it.
-        cache = PackedCache.for_file(self.file.path) if not reference and isinstance(self.file, GGUFFile) else None
-        weights = GGUFWeights(self.file, packed=not reference, cache=cache)
-        self.net = architecture(self.config, weights, self.context)
-        weights.finish()
-        release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
+        # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
+        # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
+        loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
+                                               threads=threads, kv_type=kv_type)
+        self.path, self.reference = path, reference
+        self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer
+        self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \
+            loaded.kv_type
         self.cache = self.new_cache()
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
 
     def new_cache(self, max_tokens: int | None = None, kv_type: str | None = None) -> KVCache:
         """An empty cache for this model, of its own kv_type unless another is named."""
-        c = self.config
-        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_tokens or self.context,
-                       kv_type=kv_type or self.kv_type)
+        return self.loaded.new_cache(max_tokens, kv_type)
 
     # --- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
@@ -144,7 +109,7 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
          reference: bool = False, threads: int | None = None, kv_type: str | None = None) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
-    `reference` selects the float32 reference path instead of the packed kernels; `threads` sets the
+    `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
     kernels' thread count (default: the physical cores); `kv_type` is "f16" (default), "f32" or "q8_0"
     (8.5 bits a value, llama.cpp's -ctk/-ctv q8_0; needs a head size that is a multiple of 32).
     """

@@ -11,6 +11,8 @@ that the attention kernel reads directly. q8_0 is 8.5 bits a value against f16's
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import RequestError
@@ -20,11 +22,23 @@ from ..quant import GGMLType, dequantize
 KV_TYPES = {"f32": np.float32, "f16": np.float16, "q8_0": np.uint8}  # name -> the numpy dtype rows are stored in
 
 
+def check_kv_type(kv_type: str) -> None:
+    if kv_type not in KV_TYPES:
+        raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+
+
 def dequantize_rows(rows: np.ndarray) -> np.ndarray:
     """Rows of a q8_0 cache (..., head_dim / 32 * 34) uint8 -> (..., head_dim) float32 (deeproots.quant's Q8_0)."""
     head_dim = rows.shape[-1] // Q8_0_BYTES * QK
     values = dequantize(np.ascontiguousarray(rows).reshape(-1), GGMLType.Q8_0, (head_dim, rows[..., 0].size))
     return values.reshape(*rows.shape[:-1], head_dim)
+
+
+class KVLayout(NamedTuple):
+    """The shape a model's cache has at every position: what a backend needs to allocate one."""
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
 
 
 def kv_row_size(head_dim: int, kv_type: str) -> int:
@@ -39,8 +53,7 @@ def kv_cache_nbytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, 
 
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, kv_type: str = "f32"):
-        if kv_type not in KV_TYPES:
-            raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        check_kv_type(kv_type)
         if kv_type == "q8_0" and head_dim % QK:
             raise RequestError(f"a q8_0 KV cache needs a head size that is a multiple of {QK}; this model's is "
                                f"{head_dim}: use f16")

@@ -4,7 +4,7 @@
     rotary_embedding_(qk, cos, sin, start, rope_dim, interleaved)   # in place on qk (T, n_heads, D)
     h = silu_mul(gate_up)                             # gate_up (T, 2F) = [gate | up] -> (T, F) = silu(gate) * up
 
-They compute the formulas of models/layers.py (rms_norm, RotaryEmbedding, silu_mul) in one pass over each row,
+They compute the formulas of backends/formulas.py (rms_norm, RotaryEmbedding, silu_mul) in one pass over each row,
 not as 6-15 separate array operations (~1-15 us each, with a temporary per step), so a decode-sized call costs about
 a microsecond.
 Every row is computed by the same code whatever T, its place in the call or the thread (csrc/elementwise.c), so a

@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..backends.formulas import RotaryEmbedding
 from ..cache.kv import KVCache
 from ..config import ModelConfig
 from ..formats.names import GEMMA3_GLOBAL_LAYER_EVERY
 from .llama import Llama, LlamaBlock
-from .layers import RotaryEmbedding
 from .weights import GGUFWeights
 
 LOCAL_ROPE_THETA = 10_000.0
@@ -30,8 +30,8 @@ class Gemma3Block(LlamaBlock):
                  window: int | None):
         super().__init__(config, weights, index, rope, window)
         prefix = f"blk.{index}."
-        self.post_attention_norm = weights.tensor(prefix + "post_attention_norm.weight", (config.d_model,))
-        self.post_ffw_norm = weights.tensor(prefix + "post_ffw_norm.weight", (config.d_model,))
+        self.post_attention_norm = weights.vector(prefix + "post_attention_norm.weight", config.d_model)
+        self.post_ffw_norm = weights.vector(prefix + "post_ffw_norm.weight", config.d_model)
 
     def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops

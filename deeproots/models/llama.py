@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..backends.formulas import RotaryEmbedding
 from ..cache.kv import KVCache
 from ..config import ModelConfig
-from .layers import RotaryEmbedding
 from .weights import GGUFWeights
 
 
@@ -30,7 +30,7 @@ class LlamaBlock:
         self.config, self.index, self.rope, self.window = config, index, rope, window
         self.ops = weights.primitives
         self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
-        self.attn_norm = weights.tensor(prefix + "attn_norm.weight", (c.d_model,))
+        self.attn_norm = weights.vector(prefix + "attn_norm.weight", c.d_model)
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
         q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         qkv_names = [prefix + f"attn_{part}.weight" for part in "qkv"]
@@ -42,7 +42,7 @@ class LlamaBlock:
         self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [c.head_dim])
         self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [c.head_dim])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
-        self.ffn_norm = weights.tensor(prefix + "ffn_norm.weight", (c.d_model,))
+        self.ffn_norm = weights.vector(prefix + "ffn_norm.weight", c.d_model)
         # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
         self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],
                                                   c.d_model, [c.ffn_dim, c.ffn_dim])
@@ -85,6 +85,7 @@ class Llama:
     def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
         c = config
         self.config = config
+        self.backend = weights.backend
         self.ops = weights.primitives
         self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
         ropes: dict[tuple[float, float], RotaryEmbedding] = {}  # layers of one kind share their tables
@@ -94,7 +95,7 @@ class Llama:
             if (theta, scale) not in ropes:
                 ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style)
             self.blocks.append(self.block_class(c, weights, index, ropes[theta, scale], window))
-        self.output_norm = weights.tensor("output_norm.weight", (c.d_model,))
+        self.output_norm = weights.vector("output_norm.weight", c.d_model)
         # Small models tie the output projection to the token embeddings.
         output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
         self.output = weights.linear(output_name, c.d_model, c.vocab_size)
@@ -128,10 +129,14 @@ class Llama:
                       all_logits: bool = False) -> np.ndarray:
         """Logits for the new tokens of several sequences, packed as in `hidden_states`.
 
-        Returns (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last token,
-        which spares prefill the output projection of every other position.
+        Returns host (numpy) logits (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last
+        token, which spares prefill the output projection of every other position.
         """
         hidden = self.hidden_states(tokens, caches, lengths)
         if not all_logits:
             hidden = hidden[np.cumsum(lengths) - 1]  # (B, d_model): last row of each sequence
-        return self.output(hidden)
+        return self.logits(hidden)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """Final hidden states (N, d_model) -> logits (N, vocab) on the host, where sampling reads them."""
+        return self.backend.to_host(self.output(hidden))

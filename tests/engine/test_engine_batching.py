@@ -17,7 +17,7 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about roots.", "Na
 
 @pytest.fixture(scope="module")
 def engine(smollm2):
-    engine = Engine(smollm2, EngineConfig(max_running=8, max_queue=16)).start()
+    engine = Engine(smollm2.loaded, EngineConfig(max_running=8, max_queue=16)).start()
     yield engine
     engine.stop()
 

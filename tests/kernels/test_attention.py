@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from deeproots.cache.kv import dequantize_rows
 from deeproots.errors import RequestError
 from deeproots.kernels import cached_attention, get_num_threads, set_num_threads
-from deeproots.models.layers import causal_attention
+from deeproots.backends.formulas import causal_attention
 from deeproots.quant import GGMLType, quantize
 
 U = 2.0**-24  # f32 unit roundoff

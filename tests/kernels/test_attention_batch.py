@@ -9,8 +9,9 @@ import pytest
 from deeproots.cache.kv import KVCache
 from deeproots.errors import RequestError
 from deeproots.kernels import cached_attention, get_num_threads, set_num_threads
-from deeproots.models.layers import RotaryEmbedding
-from deeproots.models.primitives import FAST, _rotate_fast, per_sequence
+from deeproots.backends.formulas import RotaryEmbedding
+from deeproots.backends.base import per_sequence
+from deeproots.backends.cpu import FAST, _rotate_fast
 
 LOOP = per_sequence(_rotate_fast, cached_attention)
 N_LAYERS, MAX_TOKENS = 3, 200

@@ -1,4 +1,4 @@
-"""rms_norm, rotary_embedding_ and silu_mul against the formulas of models/layers.py in float64, within the bounds
+"""rms_norm, rotary_embedding_ and silu_mul against the formulas of backends/formulas.py in float64, within the bounds
 documented in deeproots/kernels/elementwise.py; rows independent of the call; fused-qkv views; bad arguments.
 
 The installed extension is built for this machine's best ISA; the AVX2 and portable C paths of csrc/elementwise.c
@@ -38,7 +38,7 @@ def read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
-# --- references: the formulas of models/layers.py ---
+# --- references: the formulas of backends/formulas.py ---
 
 def ref_rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * (1 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * weight

@@ -1,8 +1,8 @@
-"""Building blocks shared by every architecture: norms, rotary embeddings, attention, MLPs.
+"""The formulas every architecture is built from: norms, rotary embeddings, attention, gated activations.
 
 Activations of one sequence are (T, d_model) float32 numpy arrays; attention works per head as
-(n_heads, T, head_dim). These are the reference forms (plain numpy, written as the formulas read);
-primitives.py pairs each with its compiled kernel.
+(n_heads, T, head_dim). These are the reference forms (plain numpy, written as the formulas read): the
+reference backend runs them, and every compiled kernel (cpu.py's primitives) is tested against them.
 """
 
 from __future__ import annotations

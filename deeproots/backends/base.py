@@ -1,0 +1,97 @@
+"""The seam between the model code and the machine it runs on.
+
+A Backend owns everything that differs between ways of executing a model:
+- where arrays live (`from_host` / `to_host`: numpy on the CPU; a device array library elsewhere),
+- how each weight is placed (`linear`, `embedding`, `vector`: dense float32, packed block formats, a device layout
+  or a rank's shard) and the `primitives` that run over what it placed (norms, RoPE, attention, gating),
+- where the KV cache is stored (`kv_cache`: f32 / f16 / q8_0 rows, on a device or split by heads).
+The model code (models/*.py) is written once against this: it asks the backend, never which backend it has.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..cache.kv import KVCache, KVLayout
+from ..formats.gguf import TensorInfo
+
+
+@dataclass(frozen=True)
+class Primitives:
+    rms_norm: Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (x (T, d), weight (d,), eps) -> (T, d)
+    rotate_: Callable[..., None]  # (rope, x (T, heads, D), start), in place
+    # (q (n_heads, T, D), k, v (n_kv_heads, L, D), scale, window=None) -> (T, n_heads * D)
+    attention: Callable[..., np.ndarray]
+    silu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
+    gelu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
+    # One layer's RoPE, cache update and attention for sequences packed in qkv (N, n_heads + 2 n_kv_heads, D):
+    # (rope, qkv, n_heads, caches, lengths, layer, scale, window) -> (N, n_heads * D); caches' offsets do not move
+    attend_sequences: Callable[..., np.ndarray]
+
+
+def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.ndarray]:
+    """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another."""
+    def attend_sequences(rope, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
+                         scale: float, window: int | None) -> np.ndarray:
+        n_kv = (qkv.shape[1] - n_heads) // 2
+        outputs, start = [], 0
+        for cache, T in zip(caches, lengths):
+            rows = qkv[start:start + T]
+            rotate_(rope, rows[:, :n_heads + n_kv], cache.offset)  # q and k, in place
+            q = rows[:, :n_heads].swapaxes(0, 1)  # (n_heads, T, head_dim)
+            keys, values = cache.update(layer, rows[:, n_heads:n_heads + n_kv].swapaxes(0, 1),
+                                        rows[:, n_heads + n_kv:].swapaxes(0, 1))  # (n_kv_heads, L, head_dim)
+            outputs.append(attention(q, keys, values, scale, window=window))  # (T, n_heads * D)
+            start += T
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+    return attend_sequences
+
+
+class WeightSource(Protocol):
+    """What a backend reads weights through (models/weights.py's GGUFWeights): names checked against shapes."""
+
+    def info(self, name: str, expected_shape: tuple[int, ...]) -> TensorInfo: ...  # type and GGUF shape, checked
+    def tensor(self, name: str, expected_shape: tuple[int, ...]) -> np.ndarray: ...  # float32, row-major
+    def raw(self, name: str) -> np.ndarray: ...  # the stored block bytes
+    def release_pages(self) -> None: ...  # what was read of the file so far is no longer needed
+
+
+Linear = Callable[[np.ndarray], np.ndarray]  # (T, in_features) -> (T, out_features)
+
+
+class Backend(ABC):
+    name: str
+    primitives: Primitives
+    default_kv_type: str  # the KV cache's element type when the user names none
+
+    def from_host(self, array: np.ndarray) -> np.ndarray:
+        """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""
+        return array
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        """A result (logits, hidden states) as a numpy array on the host."""
+        return array
+
+    def vector(self, values: np.ndarray) -> np.ndarray:
+        """A small float32 tensor (a norm weight, a bias) placed where the primitives read it."""
+        return self.from_host(values)
+
+    @abstractmethod
+    def linear(self, source: WeightSource, names: list[str], in_features: int, out_features: list[int]) -> Linear:
+        """One product computing the named matrices (out_features[i], in_features) of the same input side by side:
+        (T, in_features) -> (T, sum(out_features))."""
+
+    @abstractmethod
+    def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):
+        """A table indexed by token ids (N,) -> (N, width) float32."""
+
+    def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
+        """An empty cache for `max_tokens` positions, in host memory on the CPU backends."""
+        return KVCache(*layout, max_tokens, kv_type=kv_type or self.default_kv_type)
+
+    def finish(self, source: WeightSource) -> None:
+        """Called once the model took all its weights (e.g. to write a cache of what placing them made)."""

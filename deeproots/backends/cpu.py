@@ -1,0 +1,93 @@
+"""The CPU backend: weights kept in their block formats and multiplied by the compiled C core (kernels/).
+
+Matrices of a type the kernels run are repacked once at load into an interleaved layout of the same size (or mapped
+from the packed cache on disk, cache/packed.py); other types are dequantized to float32. Norms, RoPE, attention and
+SiLU gating run as compiled primitives that compute a row the same way whatever else is in the call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..cache.packed import PackedCache
+from ..kernels.attention import batched_attention
+from ..quant import GGMLType
+from ..quant.legacy import q5_0_as_q8_0
+from .base import Backend, Linear, Primitives, WeightSource, per_sequence
+from .formulas import RotaryEmbedding, gelu_mul
+from .linears import ConcatLinear, DenseLinear, PackedLinear, QuantizedEmbedding
+
+
+def _rotate_fast(rope: RotaryEmbedding, x: np.ndarray, start: int) -> None:
+    kernels.rotary_embedding_(x, rope.cos, rope.sin, start, rope.rope_dim, rope.style == "interleaved")
+
+
+_attend_each_fast = per_sequence(_rotate_fast, kernels.cached_attention)
+
+
+def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
+                           scale: float, window: int | None) -> np.ndarray:
+    """One sequence: the loop. Several: one compiled call doing what the loop does, the same bits
+    (kernels.attention.batched_attention), without a dozen Python-level calls per sequence and layer."""
+    if len(caches) == 1:
+        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window)
+    return batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, rope.cos, rope.sin, rope.rope_dim,
+                             rope.style == "interleaved")
+
+
+# GELU gating (Gemma) stays numpy: a few ops per layer, too few to earn a kernel yet.
+FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=kernels.cached_attention,
+                  silu_mul=kernels.silu_mul, gelu_mul=gelu_mul, attend_sequences=_attend_sequences_fast)
+
+
+def kernel_type(ggml_type: int) -> int:
+    """The block format a kernel runs this type as: Q5_0 widens to Q8_0 without loss."""
+    return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    primitives = FAST
+    default_kv_type = "f16"  # halves the cache at no measurable perplexity cost (docs/benchmarks.md)
+
+    def __init__(self, packed_cache: PackedCache | None = None):
+        """`packed_cache`: the model file's packed weights on disk: maps those it has, keeps those packed anew."""
+        self.packed_cache = packed_cache
+
+    def linear(self, source: WeightSource, names: list[str], in_features: int, out_features: list[int]) -> Linear:
+        """Matrices of one block format the kernels run are packed together: one kernel call, and the activations
+        are quantized once instead of once per matrix. Others are dense, or side by side when the types differ."""
+        infos = [source.info(name, (rows, in_features)) for name, rows in zip(names, out_features)]
+        ggml_type = infos[0].ggml_type
+        if kernel_type(ggml_type) in kernels.kernel_types() and all(info.ggml_type == ggml_type for info in infos):
+            # GGUF stores a matrix row after row, so the matrices' rows stack into one weight.
+            return self._packed(source, names, ggml_type, (in_features, sum(out_features)))
+        if len(names) == 1:
+            return DenseLinear(source.tensor(names[0], (out_features[0], in_features)))
+        return ConcatLinear([self.linear(source, [name], in_features, [rows]) for name, rows in zip(names, out_features)])
+
+    def _packed(self, source: WeightSource, names: list[str], ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
+        """One weight stacking the rows of the named matrices: from the cache on disk, else packed from the file."""
+        key, packed_type = "+".join(names), kernel_type(ggml_type)
+        cached = self.packed_cache.get(key, packed_type, *shape) if self.packed_cache is not None else None
+        if cached is not None:
+            return PackedLinear(cached)
+        parts = [source.raw(name) for name in names]
+        if ggml_type == GGMLType.Q5_0:
+            parts = [q5_0_as_q8_0(part) for part in parts]
+        weight = kernels.pack_weight(parts, packed_type, shape)
+        if self.packed_cache is not None:
+            self.packed_cache.add(key, weight)
+        # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
+        source.release_pages()
+        return PackedLinear(weight)
+
+    def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int) -> QuantizedEmbedding:
+        """Rows dequantized as tokens ask for them: the table stays in its block format."""
+        return QuantizedEmbedding(source.raw(name), source.info(name, (vocab_size, width)))
+
+    def finish(self, source: WeightSource) -> None:
+        """Write the packed cache if this load had to pack any weight."""
+        if self.packed_cache is not None:
+            self.packed_cache.save()
