@@ -30,9 +30,10 @@ from typing import Callable, TypeVar
 
 from ..errors import RequestError
 from ..generate import SequenceDecoder, decode_batch
+from ..loader import LoadedModel
 from .prefix_cache import PrefixCache
-from .request import EngineStoppedError, GenerationRequest, Sequence, SequenceEvent
-from .runner import BatchRunner
+from .request import EmbeddingRequest, EmbeddingResult, EngineStoppedError, GenerationRequest, Sequence, SequenceEvent
+from .runner import BatchRunner, pooled_embedding
 from .scheduler import Scheduler
 
 log = logging.getLogger("deeproots.engine")
@@ -67,7 +68,8 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, model, config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+        """`model`: the network on its backend, with its tokenizer and config (loader.load_model_file)."""
         self.model = model
         self.config = config
         self.runner = BatchRunner(model.net)
@@ -98,11 +100,12 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping.is_set()
 
-    def submit(self, request: GenerationRequest) -> None:
+    def submit(self, request: GenerationRequest | EmbeddingRequest) -> None:
         """Queue a request; QueueFullError when the queue is full, RequestError when it can never run."""
         if not self.alive:
             raise EngineStoppedError("the engine is not running")
-        if len(request.prompt_ids) >= self.model.context:
+        room = self.model.context - (0 if isinstance(request, EmbeddingRequest) else 1)  # generating needs one more
+        if len(request.prompt_ids) > room:
             raise RequestError(f"the prompt has {len(request.prompt_ids)} tokens but the context holds "
                                f"{self.model.context}; shorten it (or start the server with a larger --ctx)")
         with self._lock:
@@ -169,7 +172,8 @@ class Engine:
         if not batch:
             return
         try:
-            logits = self.runner.run([(sequence.cache, tokens) for sequence, tokens in batch])  # (B, vocab)
+            logits, hidden = self.runner.run([(sequence.cache, tokens) for sequence, tokens in batch],
+                                             [sequence.embedding for sequence, _ in batch])
         except Exception as error:
             log.exception("forward pass failed; failing the %d sequences in it", len(batch))
             for sequence, _ in batch:
@@ -177,29 +181,43 @@ class Engine:
             self._deliver([(sequence.request, error) for sequence, _ in batch])
             return
         self._steps += 1
-        rows = []  # batch rows whose logits are sampled: decoding sequences and prompts that just finished
+        sampling, rows = [], []  # sequences that sample now (decoding, or done with their prompt), their logits rows
+        embedded = []  # embeddings whose whole input has run
+        row = -1  # the logits row of the sequence at hand: embeddings have none
         for index, (sequence, tokens) in enumerate(batch):
             sequence.pending = sequence.pending[len(tokens):]
             if sequence.prefilling:
                 self._prompt_tokens += len(tokens)
+            if sequence.embedding:
+                sequence.hidden.append(hidden[index])
+                if not sequence.pending:
+                    embedded.append(sequence)
+                continue
+            row += 1
+            if sequence.prefilling:
                 if sequence.pending:
                     continue  # more prompt to run before this sequence samples
                 sequence.prefilling = False
                 self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache)
-            rows.append(index)
-        if rows:
-            self._decode([batch[index][0] for index in rows], logits if len(rows) == len(batch) else logits[rows])
+            sampling.append(sequence)
+            rows.append(row)
+        if sampling:
+            self._decode(sampling, logits if len(rows) == len(logits) else logits[rows])
+        self._finish_embeddings(embedded)
         self._recent.append((time.perf_counter(), len(rows)))
 
-    def _start(self, request: GenerationRequest) -> None:
+    def _finish_embeddings(self, sequences: list[Sequence]) -> None:
+        for sequence in sequences:
+            self._retire(sequence)
+        self._deliver([(sequence.request, EmbeddingResult(pooled_embedding(sequence.hidden)))
+                       for sequence in sequences])
+
+    def _start(self, request: GenerationRequest | EmbeddingRequest) -> None:
         reserved = self.scheduler.reservation(request)
         try:
             cache = self.model.new_cache(reserved)
-            self.prefix_cache.load(request.prompt_ids, cache)
-            decoder = SequenceDecoder(self.model.tokenizer, request.prompt_ids, request.params,
-                                      max_tokens=request.max_tokens, stop=request.stop,
-                                      constraint=request.constraint() if request.constraint else None,
-                                      top_logprobs=request.top_logprobs)
+            # An embedding needs the hidden state of every input token: no prefix of it may come from the cache.
+            decoder = None if isinstance(request, EmbeddingRequest) else self._decoder(request, cache)
         except Exception as error:
             with self._lock:
                 self.scheduler.release(reserved)
@@ -207,6 +225,13 @@ class Engine:
             return
         with self._lock:
             self.scheduler.start(Sequence(request, cache, decoder))
+
+    def _decoder(self, request: GenerationRequest, cache) -> SequenceDecoder:
+        """The request's sampler and detokenizer, after its cached prompt prefix was copied into `cache`."""
+        self.prefix_cache.load(request.prompt_ids, cache)
+        return SequenceDecoder(self.model.tokenizer, request.prompt_ids, request.params, max_tokens=request.max_tokens,
+                               stop=request.stop, constraint=request.constraint() if request.constraint else None,
+                               top_logprobs=request.top_logprobs)
 
     def _plan(self) -> list[tuple[Sequence, list[int]]]:
         """Each running sequence's tokens for this step: its last sample, or its next prompt chunk."""

@@ -1,11 +1,14 @@
-"""What the engine is asked to do (a GenerationRequest) and what it tracks per running sequence."""
+"""What the engine is asked to do (a GenerationRequest or an EmbeddingRequest) and what it tracks per running
+sequence."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Union
+from typing import Callable, ClassVar, Protocol, Union
+
+import numpy as np
 
 from ..cache.kv import KVCache
 from ..errors import DeeprootsError
@@ -21,8 +24,9 @@ class EngineStoppedError(DeeprootsError):
     """The engine is shutting down or its loop died: no new work is accepted (HTTP 503)."""
 
 
-# The engine reports every step, or the error that ended the sequence, through the request's callback.
-SequenceEvent = Union[GenerationStep, Exception]
+# The engine reports every step (or an embedding's result), or the error that ended the sequence, through the
+# request's callback.
+SequenceEvent = Union[GenerationStep, "EmbeddingResult", Exception]
 
 
 class EventDispatcher(Protocol):
@@ -35,9 +39,22 @@ _ids = itertools.count()
 
 
 @dataclass
-class GenerationRequest:
-    """One sequence to generate. `on_event` is called from the engine thread (it must not block), or, with a
-    `dispatcher`, wherever the dispatcher calls it (the engine passes it each step's events in one batch)."""
+class EngineRequest:
+    """What every request the engine runs has besides its own fields: where its events go, and a way to call it
+    off. `on_event` is called from the engine thread (it must not block), or, with a `dispatcher`, wherever the
+    dispatcher calls it (the engine passes it each step's events in one batch)."""
+    dispatcher: EventDispatcher | None = field(default=None, kw_only=True)
+    id: int = field(default_factory=lambda: next(_ids), kw_only=True)
+    cancelled: threading.Event = field(default_factory=threading.Event, kw_only=True)
+
+    def cancel(self) -> None:
+        """Safe from any thread: the engine drops the sequence (queued or running) at its next step."""
+        self.cancelled.set()
+
+
+@dataclass
+class GenerationRequest(EngineRequest):
+    """One sequence to generate: its prompt, then up to `max_tokens` sampled tokens, one event each."""
     prompt_ids: list[int]
     params: SamplingParams
     max_tokens: int
@@ -45,24 +62,37 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
-    dispatcher: EventDispatcher | None = None
-    id: int = field(default_factory=lambda: next(_ids))
-    cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def cancel(self) -> None:
-        """Safe from any thread: the engine drops the sequence (queued or running) at its next step."""
-        self.cancelled.set()
+
+@dataclass
+class EmbeddingRequest(EngineRequest):
+    """One input to embed: its prompt runs in chunks beside the decoding sequences, like a prefill, under the same
+    queue bound and KV budget; one EmbeddingResult event (or the error that ended it) comes back."""
+    prompt_ids: list[int]
+    on_event: Callable[[SequenceEvent], None]
+    max_tokens: ClassVar[int] = 0  # nothing is generated: the KV reservation is the prompt alone
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vector: np.ndarray  # (d_model,) float32: the final hidden states (after the output norm), mean-pooled, L2-normed
 
 
 class Sequence:
     """A request the scheduler admitted: its KV cache, its decoder, and the tokens still to feed."""
 
-    def __init__(self, request: GenerationRequest, cache: KVCache, decoder: SequenceDecoder):
+    def __init__(self, request: GenerationRequest | EmbeddingRequest, cache: KVCache,
+                 decoder: SequenceDecoder | None):
         self.request = request
         self.cache = cache
-        self.decoder = decoder
+        self.decoder = decoder  # None for an embedding
         self.pending = list(request.prompt_ids[cache.offset:])  # tokens to run: the uncached prompt, then the last sample
         self.prefilling = True  # until the prompt's last token has run and produced logits
+        self.hidden: list[np.ndarray] = []  # an embedding's final hidden states so far, one (T, d_model) per chunk
+
+    @property
+    def embedding(self) -> bool:
+        return self.decoder is None
 
     @property
     def reserved_tokens(self) -> int:

@@ -13,14 +13,26 @@ class BatchRunner:
     def __init__(self, net):
         self.net = net
 
-    def run(self, work: Sequence[tuple[KVCache, list[int]]]) -> np.ndarray:
-        """Feed each cache its new tokens, all packed in one forward pass; logits (len(work), vocab) of
-        each sequence's last new token."""
-        tokens = np.array([token for _, ids in work for token in ids], dtype=np.int64)  # (N,)
-        return self.net.forward_batch(tokens, [cache for cache, _ in work], [len(ids) for _, ids in work])
+    def run(self, work: Sequence[tuple[KVCache, list[int]]],
+            embedding: Sequence[bool]) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+        """Feed each cache its new tokens, all packed in one forward pass.
 
-    def embed(self, ids: list[int], cache: KVCache) -> np.ndarray:
-        """Mean-pooled, L2-normalized final hidden state (after the output norm) of `ids`: (d_model,)."""
-        hidden = self.net.hidden_states(np.asarray(ids, dtype=np.int64), [cache], [len(ids)])  # (T, d_model)
-        pooled = hidden.mean(axis=0, dtype=np.float64)  # (d_model,)
-        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
+        Returns the logits (G, vocab) of the last new token of each of the G sequences that are not embeddings
+        (None when there are none), in order, and, by index in `work`, the final hidden states (T, d_model) of every
+        new token of each embedding sequence.
+        """
+        tokens = np.array([token for _, ids in work for token in ids], dtype=np.int64)  # (N,)
+        lengths = [len(ids) for _, ids in work]
+        hidden = self.net.hidden_states(tokens, [cache for cache, _ in work], lengths)  # (N, d_model)
+        ends = np.cumsum(lengths)
+        generating = [index for index, embeds in enumerate(embedding) if not embeds]
+        logits = self.net.logits(hidden[ends[generating] - 1]) if generating else None  # (G, vocab)
+        states = {index: self.net.backend.to_host(hidden[ends[index] - lengths[index]:ends[index]]).copy()
+                  for index, embeds in enumerate(embedding) if embeds}  # copies: `hidden` is not kept
+        return logits, states
+
+
+def pooled_embedding(hidden: list[np.ndarray]) -> np.ndarray:
+    """Mean-pooled, L2-normalized final hidden states of a whole input, given chunk by chunk: (d_model,) float32."""
+    pooled = np.concatenate(hidden).mean(axis=0, dtype=np.float64)  # (d_model,)
+    return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)

@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model = load(args.model, context=args.ctx)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
-    engine = Engine(model, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
+    engine = Engine(model.loaded, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                         kv_budget_tokens=args.kv_budget)).start()
     served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
     app, gate = build_app(model, engine, served_name, api_key=args.api_key, cors_origins=args.cors_origin,

@@ -7,6 +7,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+import numpy as np
+
+from .. import engine as engine_requests
 from ..engine import Engine, GenerationRequest
 from ..generate import GenerationStep, TokenConstraint
 from ..sampling import SamplingParams
@@ -117,6 +120,29 @@ async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple
             if event.finish_reason is not None:
                 remaining -= 1
             yield index, event
+    finally:
+        for request in requests:
+            request.cancel()
+
+
+async def run_embeddings(engine: Engine, inputs: list[list[int]]) -> AsyncIterator[tuple[int, np.ndarray]]:
+    """Submit every input as an embedding request and yield (input index, vector (d_model,)) as each finishes.
+
+    Inputs run in chunks beside the decoding sequences, under the queue bound; leaving early cancels them all.
+    """
+    dispatcher = loop_dispatcher(asyncio.get_running_loop())
+    events: asyncio.Queue = asyncio.Queue()
+    requests = [engine_requests.EmbeddingRequest(ids, dispatcher=dispatcher,
+                                                 on_event=lambda event, index=index: events.put_nowait((index, event)))
+                for index, ids in enumerate(inputs)]
+    try:
+        for request in requests:
+            engine.submit(request)
+        for _ in requests:
+            index, event = await events.get()
+            if isinstance(event, Exception):
+                raise as_api_error(event)
+            yield index, event.vector
     finally:
         for request in requests:
             request.cancel()

@@ -16,12 +16,12 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..cache.kv import KVCache
 from ..engine import Engine
 from ..engine.grammar import GrammarCompiler
 from ..model import Model
 from .errors import APIError, error_response, install_error_handlers
-from .generation import Choice, GenerationJob, resolve_max_tokens, run_choices, sampling_params, stop_strings
+from .generation import (Choice, GenerationJob, resolve_max_tokens, run_choices, run_embeddings, sampling_params,
+                         stop_strings)
 from .metrics import ServerMetrics
 from .responses import ChatShapes, CompletionShapes, sse
 from .schemas import (MAX_INPUTS, ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
@@ -193,21 +193,26 @@ def create_app(state: ServerState) -> FastAPI:
             finished(status)
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> dict:
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         state.check_model(body.model)
         inputs = embedding_inputs(body.input)
-        vectors = []
-        for ids in inputs:
-            cache = KVCache(model.config.n_layers, model.config.n_kv_heads, model.config.head_dim, len(ids))
-            vector = await asyncio.wrap_future(engine.call(lambda ids=ids, cache=cache: engine.runner.embed(ids, cache)))
-            vectors.append(vector[:body.dimensions] if body.dimensions else vector)
+        vectors: dict[int, np.ndarray] = {}
+
+        async def collect() -> AsyncIterator[None]:
+            async for index, vector in run_embeddings(engine, inputs):
+                vectors[index] = vector[:body.dimensions] if body.dimensions else vector
+                yield
+
+        await until_done_or_disconnected(request, collect())
+        if len(vectors) < len(inputs):
+            return Response(status_code=499)  # the client left; its inputs were cancelled
         data = [{"object": "embedding", "index": index,
-                 "embedding": base64.b64encode(v.astype(np.float32).tobytes()).decode()
-                 if body.encoding_format == "base64" else v.tolist()}
-                for index, v in enumerate(vectors)]
+                 "embedding": base64.b64encode(vectors[index].astype(np.float32).tobytes()).decode()
+                 if body.encoding_format == "base64" else vectors[index].tolist()}
+                for index in range(len(inputs))]
         tokens = sum(len(ids) for ids in inputs)
-        return {"object": "list", "data": data, "model": state.served_name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": data, "model": state.served_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def embedding_inputs(raw) -> list[list[int]]:
         if isinstance(raw, str) or (raw and all(isinstance(token, int) for token in raw)):
