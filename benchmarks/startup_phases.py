@@ -23,7 +23,7 @@ from deeproots.backends.cpu import CPUBackend
 from deeproots.cache.kv import KVLayout
 from deeproots.cache.packed import PackedCache
 from deeproots.config import config_from_gguf
-from deeproots.formats.model_file import open_model_file
+from deeproots.model_file import open_model_file
 from deeproots.models.registry import model_class
 from deeproots.models.weights import GGUFWeights
 from deeproots.store import ModelStore

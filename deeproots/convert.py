@@ -172,11 +172,11 @@ def quantize_file(model: str | os.PathLike, out_path: str | os.PathLike, target:
 def convert_folder(folder: str | os.PathLike, out_path: str | os.PathLike, target: str, *,
                    progress: bool = True, pure: bool = False) -> WriteSummary:
     """`deeproots convert`: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) to GGUF."""
-    from .formats.hf_folder import HFCheckpoint
+    from .model_file import open_hf_folder
 
     if not os.path.isdir(folder):
         raise ModelNotFoundError(f"{os.fspath(folder)!r} is not a folder; convert reads a Hugging Face folder "
                                  "(config.json, *.safetensors, tokenizer.json); requantize a .gguf file with "
                                  "`deeproots quantize`")
-    with HFCheckpoint.open(folder) as source:
+    with open_hf_folder(folder) as source:
         return write_gguf(source, out_path, target, progress=progress, pure=pure)

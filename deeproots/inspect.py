@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from .cache.kv import kv_cache_nbytes
 from .config import ModelConfig, config_from_gguf
 from .errors import ModelFormatError
-from .formats.model_file import open_model_file
 from .kernels.attention import QK
+from .model_file import open_model_file
 from .quant.types import GGMLType
 
 # llama.cpp's general.file_type values (enum llama_ftype) for the names users know.

@@ -15,9 +15,9 @@ from .cache.packed import PackedCache
 from .config import ModelConfig, config_from_gguf, default_context
 from .errors import RequestError
 from .formats.gguf import GGUFFile
-from .formats.model_file import open_model_file
 from .kernels import set_num_threads
 from .memory import release_free_memory
+from .model_file import open_model_file
 from .models.registry import model_class
 from .models.weights import GGUFWeights
 from .tokenizer import ChatTemplate, Tokenizer

@@ -18,9 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
-from .errors import ModelNotFoundError, DeeprootsError
+from .errors import DeeprootsError, ModelNotFoundError
+from .home import store_home
 
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "manifest.json"
@@ -69,12 +68,6 @@ class StoredModel:
     path: Path
     sha256: str
     size: int
-
-
-def store_home() -> Path:
-    """The store folder: $DEEPROOTS_HOME, else the user's cache dir."""
-    home = os.environ.get("DEEPROOTS_HOME")
-    return Path(home) if home else Path(platformdirs.user_cache_dir("deeproots"))
 
 
 def sha256_of(path: Path) -> str:

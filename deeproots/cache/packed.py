@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..home import store_home
 from ..kernels import PackedWeight, packed_nbytes
 from ..quant import GGMLType
 
@@ -32,9 +33,7 @@ CACHE_ENV = "DEEPROOTS_PACKED_CACHE"
 
 
 def packed_cache_dir() -> Path:
-    from ..store import store_home  # the store's home, which tests point elsewhere
-
-    return store_home() / "packed"
+    return store_home() / "packed"  # read at each call: tests point the home elsewhere
 
 
 class PackedCache:

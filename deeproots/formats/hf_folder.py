@@ -158,14 +158,12 @@ class HFCheckpoint:
         self._files = files
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> HFCheckpoint:
-        from ..tokenizer.hf_folder import tokenizer_metadata_from_hf  # only folders need it
-
+    def open(cls, folder: str | os.PathLike, tokenizer_metadata: dict[str, Any]) -> HFCheckpoint:
+        """`tokenizer_metadata`: the folder's tokenizer as GGUF keys (model_file.open_hf_folder reads it)."""
         folder = os.fspath(folder)
         config = read_json(os.path.join(folder, CONFIG_FILE))
         spec = hf_architecture(config.get("model_type"))
-        metadata = {**_model_metadata(config, spec, os.path.basename(os.path.abspath(folder))),
-                    **tokenizer_metadata_from_hf(folder)}
+        metadata = {**_model_metadata(config, spec, os.path.basename(os.path.abspath(folder))), **tokenizer_metadata}
         checkpoint = open_checkpoint(folder)
         files = list({id(file): file for file, _ in checkpoint.values()}.values())
         try:
