@@ -185,7 +185,7 @@ class Engine:
                 if sequence.pending:
                     continue  # more prompt to run before this sequence samples
                 sequence.prefilling = False
-                self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache)
+                self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache, sequence.request.cache_namespace)
             rows.append(index)
         if rows:
             self._decode([batch[index][0] for index in rows], logits if len(rows) == len(batch) else logits[rows])
@@ -195,7 +195,7 @@ class Engine:
         reserved = self.scheduler.reservation(request)
         try:
             cache = self.model.new_cache(reserved)
-            self.prefix_cache.load(request.prompt_ids, cache)
+            request.cached_tokens = self.prefix_cache.load(request.prompt_ids, cache, request.cache_namespace)
             decoder = SequenceDecoder(self.model.tokenizer, request.prompt_ids, request.params,
                                       max_tokens=request.max_tokens, stop=request.stop,
                                       constraint=request.constraint() if request.constraint else None,

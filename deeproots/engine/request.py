@@ -46,6 +46,8 @@ class GenerationRequest:
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
     dispatcher: EventDispatcher | None = None
+    cache_namespace: bytes = b""  # prefix-cache entries are shared only within one namespace
+    cached_tokens: int = 0  # prompt tokens the engine took from the prefix cache (set when the sequence starts)
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
 
