@@ -57,7 +57,8 @@ def add_server_commands(subparsers) -> None:
 
     bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
     bench.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
-    bench.add_argument("--api-key", default=None)
+    bench.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                       help=f"the server's key (default: ${API_KEY_VARIABLE})")
     bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default: 1,4,8,16)")
     bench.add_argument("--requests", type=int, default=None, help="requests per level (default: 2 x concurrency)")
     bench.add_argument("--max-tokens", type=int, default=64)

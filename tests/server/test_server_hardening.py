@@ -48,7 +48,9 @@ def connect(server) -> socket.socket:
 def read_until_closed(sock: socket.socket, seconds: float = 30.0) -> bytes:
     """Everything the server sends until it closes the connection; fails if it keeps it open `seconds`."""
     data, deadline = b"", time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    for _ in range(int(seconds / 0.2) + 1000):  # 0.2 s per idle turn, and the response's own chunks
+        if time.monotonic() > deadline:
+            break
         readable, _, _ = select.select([sock], [], [], 0.2)
         if not readable:
             continue
@@ -248,26 +250,34 @@ def test_sigterm_past_the_deadline_ends_streams_and_half_sent_bodies_then_exits(
         events: list[str] = []
         first_event = threading.Event()
 
-        def stream() -> None:  # a completion far longer than the deadline: end tokens are banned
-            body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0, "stream": True,
-                    "logit_bias": {"0": -100, "1": -100, "2": -100}}
-            with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as response:
+        # completions far longer than the deadline: end tokens are banned
+        long = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0,
+                "logit_bias": {"0": -100, "1": -100, "2": -100}}
+        unstreamed: list[httpx.Response] = []
+
+        def stream() -> None:
+            with httpx.stream("POST", server.url + "/v1/completions", json={**long, "stream": True},
+                              timeout=120) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         events.append(line[len("data: "):])
                         first_event.set()
 
-        reader = threading.Thread(target=stream)
-        reader.start()
+        clients = [threading.Thread(target=stream), threading.Thread(target=lambda: unstreamed.append(
+            httpx.post(server.url + "/v1/completions", json=long, timeout=120)))]
+        for client in clients:
+            client.start()
         assert first_event.wait(60), "the stream did not start"
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(60) == 0
-        reader.join(30)
+        for client in clients:
+            client.join(30)
         status, body = parse(read_until_closed(half_sent))
         half_sent.close()
     finally:
         server.stop()
-    assert not reader.is_alive()
+    assert not any(client.is_alive() for client in clients)
     assert status == 503 and body["error"]["code"] == "shutting_down"
+    assert unstreamed[0].status_code == 503 and unstreamed[0].json()["error"]["code"] == "shutting_down"
     assert json.loads(events[-1])["error"]["code"] == "shutting_down"
     assert len(events) < 900 and "[DONE]" not in events
