@@ -77,7 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .middleware import BodyLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    api_keys = read_api_keys(args)  # before the load: a bad key file fails at once
+    # before the load, so that a bad key file or limit fails at once
+    api_keys = read_api_keys(args)
+    body = BodyLimits(args.max_body_bytes, args.body_idle_timeout, args.body_timeout)
+    protocol = limited_protocol(ConnectionLimits(args.max_connections, args.header_timeout))
     started = time.perf_counter()
     model = load(args.model, context=args.ctx)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
@@ -85,9 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                         kv_budget_tokens=args.kv_budget)).start()
     served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
     app, gate = build_app(model, engine, served_name, api_keys=api_keys, cors_origins=args.cors_origin,
-                          body=BodyLimits(args.max_body_bytes, args.body_idle_timeout, args.body_timeout),
-                          allowed_hosts=allowed_hosts(args, api_keys), log_prompts=args.log_prompts)
-    protocol = limited_protocol(ConnectionLimits(args.max_connections, args.header_timeout))
+                          body=body, allowed_hosts=allowed_hosts(args, api_keys), log_prompts=args.log_prompts)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            access_log=False, lifespan="off", http=protocol,
                                            timeout_graceful_shutdown=END_GRACE_SECONDS))
@@ -118,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def read_api_keys(args: argparse.Namespace) -> list[str]:
     """The keys the server accepts: --api-key, else those of --api-key-file, else $DEEPROOTS_API_KEY; none: open."""
-    if args.api_key is not None:
+    if args.api_key:
         return [args.api_key]
     if args.api_key_file is None:
         return [os.environ[API_KEY_VARIABLE]] if os.environ.get(API_KEY_VARIABLE) else []
@@ -136,11 +137,11 @@ def allowed_hosts(args: argparse.Namespace, api_keys: list[str]) -> frozenset[st
     """The Host names the server answers to besides loopback ones (None: any name). A loopback server without a key
     answers only loopback names, so that a web page cannot reach it by DNS rebinding (its name resolving to
     127.0.0.1); --allowed-host turns the check on whatever the bind address."""
-    from .middleware import is_loopback_address
+    from .middleware import host_name, is_loopback_address
 
     if not args.allowed_host and (api_keys or not is_loopback_address(args.host)):
         return None
-    return frozenset(name.lower() for name in args.allowed_host)
+    return frozenset(host_name(name.encode()) for name in args.allowed_host)  # 'API.internal:80' -> 'api.internal'
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float) -> None:

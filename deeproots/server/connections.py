@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import RequestError
 from .errors import error_body
 
 
@@ -18,6 +19,10 @@ from .errors import error_body
 class ConnectionLimits:
     max_connections: int  # open at once; the next one is answered 503 and closed
     header_timeout: float  # seconds from connecting (or from the previous response) to the end of the headers
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or not self.header_timeout > 0:
+            raise RequestError(f"connection limits must be positive, got {self}")
 
 
 def raw_error(status: int, reason: str, message: str, code: str) -> bytes:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
+from ..errors import RequestError
 from .errors import error_body
 
 ASGIApp = Callable[..., Awaitable[None]]
@@ -66,6 +67,10 @@ class BodyLimits:
     max_bytes: int
     idle_timeout: float  # seconds without a byte of the body
     total_timeout: float  # seconds for the whole body
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or not self.idle_timeout > 0 or not self.total_timeout > 0:
+            raise RequestError(f"body limits must be positive, got {self}")
 
 
 class Exchange:
