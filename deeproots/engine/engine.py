@@ -198,7 +198,7 @@ class Engine:
                 if sequence.pending:
                     continue  # more prompt to run before this sequence samples
                 sequence.prefilling = False
-                self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache)
+                self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache, sequence.request.cache_namespace)
             sampling.append(sequence)
             rows.append(row)
         if sampling:
@@ -228,7 +228,7 @@ class Engine:
 
     def _decoder(self, request: GenerationRequest, cache) -> SequenceDecoder:
         """The request's sampler and detokenizer, after its cached prompt prefix was copied into `cache`."""
-        self.prefix_cache.load(request.prompt_ids, cache)
+        request.cached_tokens = self.prefix_cache.load(request.prompt_ids, cache, request.cache_namespace)
         return SequenceDecoder(self.model.tokenizer, request.prompt_ids, request.params, max_tokens=request.max_tokens,
                                stop=request.stop, constraint=request.constraint() if request.constraint else None,
                                top_logprobs=request.top_logprobs)

@@ -1,7 +1,9 @@
 """Prefix caching: keys/values of prompt prefixes already computed, reused by later prompts.
 
 Prompts are cut into blocks of `block_size` tokens. Block i is keyed by a SHA-256 chained over the
-exact tokens of blocks 0..i, so a hit means the whole prefix up to that block is identical. A new
+exact tokens of blocks 0..i, so a hit means the whole prefix up to that block is identical. The chain
+starts from the request's namespace (b"": the shared one), so prefixes cached in one namespace are
+invisible to every other (the server gives each API key its own, and `cache_salt` splits further). A new
 sequence copies the cached blocks of its longest cached prefix into its own KV cache and only runs
 the rest. Least recently used blocks are evicted beyond `capacity_tokens`.
 """
@@ -25,19 +27,19 @@ class PrefixCache:
         self.blocks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.hit_tokens = 0  # prompt tokens served from the cache, for /metrics
 
-    def _keys(self, ids: Sequence[int]) -> Iterator[bytes]:
-        """The chained hash of every full block of `ids`, in order."""
-        digest = b""
+    def _keys(self, ids: Sequence[int], namespace: bytes) -> Iterator[bytes]:
+        """The chained hash of every full block of `ids` in `namespace`, in order."""
+        digest = namespace
         for start in range(0, len(ids) - self.block_size + 1, self.block_size):
             block = np.asarray(ids[start:start + self.block_size], dtype=np.int64).tobytes()
             digest = hashlib.sha256(digest + block).digest()
             yield digest
 
-    def load(self, ids: Sequence[int], cache: KVCache) -> int:
+    def load(self, ids: Sequence[int], cache: KVCache, namespace: bytes = b"") -> int:
         """Fill the empty `cache` with the longest cached prefix of `ids` that leaves at least one token to
         run (its logits are needed); returns how many tokens it holds now."""
         found: list[tuple[np.ndarray, np.ndarray]] = []
-        for index, key in enumerate(self._keys(ids)):
+        for index, key in enumerate(self._keys(ids, namespace)):
             if (index + 1) * self.block_size >= len(ids) or key not in self.blocks:
                 break
             self.blocks.move_to_end(key)
@@ -48,9 +50,9 @@ class PrefixCache:
         self.hit_tokens += cache.offset
         return cache.offset
 
-    def store(self, ids: Sequence[int], cache: KVCache) -> None:
-        """Remember the full blocks of `ids`, whose keys/values `cache` holds from position 0."""
-        for index, key in enumerate(self._keys(ids[:cache.offset])):
+    def store(self, ids: Sequence[int], cache: KVCache, namespace: bytes = b"") -> None:
+        """Remember the full blocks of `ids` in `namespace`, whose keys/values `cache` holds from position 0."""
+        for index, key in enumerate(self._keys(ids[:cache.offset], namespace)):
             if key in self.blocks:
                 self.blocks.move_to_end(key)
                 continue

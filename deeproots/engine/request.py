@@ -62,6 +62,8 @@ class GenerationRequest(EngineRequest):
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
+    cache_namespace: bytes = b""  # prefix-cache entries are shared only within one namespace
+    cached_tokens: int = 0  # prompt tokens the engine took from the prefix cache (set when the sequence starts)
 
 
 @dataclass

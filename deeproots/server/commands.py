@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
+from ..errors import RequestError
 from ..store import CATALOG, DEFAULT_MODEL
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+API_KEY_VARIABLE = "DEEPROOTS_API_KEY"
+END_GRACE_SECONDS = 2.0  # after the shutdown deadline: for the ended requests to send their last bytes
 
 
 def add_server_commands(subparsers) -> None:
@@ -21,7 +27,15 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None,
+                      help="require 'Authorization: Bearer KEY' (all routes but /health); other local users can read "
+                           f"it in the process list: prefer --api-key-file or ${API_KEY_VARIABLE}")
+    keys.add_argument("--api-key-file", type=Path, default=None,
+                      help="read the accepted keys from this file, one per line (blank lines and # comments skipped)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests whose Host header names NAME (repeatable); without it, a server "
+                            "bound to loopback without a key answers only localhost, 127.x and [::1]")
     serve.add_argument("--parallel", type=int, default=8, help="sequences decoded together (default: 8)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429 (default: 64)")
     serve.add_argument("--kv-budget", type=int, default=None,
@@ -29,13 +43,22 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--cors-origin", nargs="+", default=[], help="allow browsers from these origins (default: none)")
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     serve.add_argument("--shutdown-deadline", type=float, default=30.0,
-                       help="seconds SIGTERM waits for in-flight requests (default: 30)")
+                       help="seconds SIGTERM waits for in-flight requests before ending them (default: 30)")
+    serve.add_argument("--max-connections", type=int, default=256,
+                       help="open connections at once; more are answered 503 and closed (default: 256)")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a connection has to send a request's headers (default: 10)")
+    serve.add_argument("--body-idle-timeout", type=float, default=10.0,
+                       help="seconds a request body may pause between bytes before a 408 (default: 10)")
+    serve.add_argument("--body-timeout", type=float, default=60.0,
+                       help="seconds for a whole request body before a 408 (default: 60)")
     serve.add_argument("--log-prompts", action="store_true", help="include the prompt text in request logs")
     serve.set_defaults(handler=cmd_serve, loads_model=True)
 
     bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
     bench.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
-    bench.add_argument("--api-key", default=None)
+    bench.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                       help=f"the server's key (default: ${API_KEY_VARIABLE})")
     bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default: 1,4,8,16)")
     bench.add_argument("--requests", type=int, default=None, help="requests per level (default: 2 x concurrency)")
     bench.add_argument("--max-tokens", type=int, default=64)
@@ -50,28 +73,35 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from ..model import load
     from ..store import ModelStore
     from .app import build_app
+    from .connections import ConnectionLimits, limited_protocol
+    from .middleware import BodyLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # before the load, so that a bad key file or limit fails at once
+    api_keys = read_api_keys(args)
+    body = BodyLimits(args.max_body_bytes, args.body_idle_timeout, args.body_timeout)
+    protocol = limited_protocol(ConnectionLimits(args.max_connections, args.header_timeout))
     started = time.perf_counter()
     model = load(args.model, context=args.ctx)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
     engine = Engine(model.loaded, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                         kv_budget_tokens=args.kv_budget)).start()
     served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
-    app, gate = build_app(model, engine, served_name, api_key=args.api_key, cors_origins=args.cors_origin,
-                          max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts)
+    app, gate = build_app(model, engine, served_name, api_keys=api_keys, cors_origins=args.cors_origin,
+                          body=body, allowed_hosts=allowed_hosts(args, api_keys), log_prompts=args.log_prompts)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                           access_log=False, lifespan="off"))
+                                           access_log=False, lifespan="off", http=protocol,
+                                           timeout_graceful_shutdown=END_GRACE_SECONDS))
     logging.getLogger("deeproots.server").info("serving %s on http://%s:%d (loaded in %.1f s)", served_name,
                                                args.host, args.port, time.perf_counter() - started)
 
     async def drain_then_exit() -> None:
-        """SIGTERM: refuse new requests (503), let in-flight ones finish up to the deadline, then exit."""
+        """SIGTERM: refuse new requests (503), let in-flight ones finish up to the deadline, end the rest, exit."""
         gate.draining = True
-        deadline = time.monotonic() + args.shutdown_deadline
-        while (gate.in_flight or not engine.idle) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        server.should_exit = True
+        await wait_until(lambda: not gate.in_flight and engine.idle, args.shutdown_deadline)
+        gate.end_all()
+        await wait_until(lambda: not gate.in_flight, END_GRACE_SECONDS)
+        server.should_exit = True  # uvicorn closes the connections, cancelling what is left after END_GRACE_SECONDS
 
     async def main() -> None:
         config_server = server.serve()
@@ -85,6 +115,39 @@ def cmd_serve(args: argparse.Namespace) -> None:
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def read_api_keys(args: argparse.Namespace) -> list[str]:
+    """The keys the server accepts: --api-key, else those of --api-key-file, else $DEEPROOTS_API_KEY; none: open."""
+    if args.api_key:
+        return [args.api_key]
+    if args.api_key_file is None:
+        return [os.environ[API_KEY_VARIABLE]] if os.environ.get(API_KEY_VARIABLE) else []
+    try:
+        lines = args.api_key_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RequestError(f"cannot read --api-key-file {args.api_key_file}: {error}") from error
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise RequestError(f"--api-key-file {args.api_key_file} holds no key")
+    return keys
+
+
+def allowed_hosts(args: argparse.Namespace, api_keys: list[str]) -> frozenset[str] | None:
+    """The Host names the server answers to besides loopback ones (None: any name). A loopback server without a key
+    answers only loopback names, so that a web page cannot reach it by DNS rebinding (its name resolving to
+    127.0.0.1); --allowed-host turns the check on whatever the bind address."""
+    from .middleware import host_name, is_loopback_address
+
+    if not args.allowed_host and (api_keys or not is_loopback_address(args.host)):
+        return None
+    return frozenset(host_name(name.encode()) for name in args.allowed_host)  # 'API.internal:80' -> 'api.internal'
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:

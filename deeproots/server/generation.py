@@ -26,6 +26,8 @@ class GenerationJob:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None
+    cache_namespace: bytes = b""  # middleware.cache_namespace: the API key's, split by the request's cache_salt
+    cached_tokens: int = 0  # after run_choices: prompt tokens of choice 0 taken from the prefix cache (for usage)
 
 
 @dataclass
@@ -106,7 +108,7 @@ async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple
     events: asyncio.Queue = asyncio.Queue()
     requests = [
         GenerationRequest(job.prompt_ids, params, job.max_tokens, stop=job.stop, top_logprobs=job.top_logprobs,
-                          constraint=job.constraint, dispatcher=dispatcher,
+                          constraint=job.constraint, dispatcher=dispatcher, cache_namespace=job.cache_namespace,
                           on_event=lambda event, index=index: events.put_nowait((index, event)))  # on the loop
         for index, params in enumerate(job.params)]
     try:
@@ -120,6 +122,7 @@ async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple
             if event.finish_reason is not None:
                 remaining -= 1
             yield index, event
+        job.cached_tokens = requests[0].cached_tokens  # the engine set it before the request's first event
     finally:
         for request in requests:
             request.cancel()

@@ -21,9 +21,10 @@ class EngineCollector:
         yield GaugeMetricFamily("deeproots_kv_usage_ratio", "Share of the KV budget reserved", value=s.kv_usage)
         yield GaugeMetricFamily("deeproots_decode_tokens_per_second", "Generated tokens/s over the last 5 s",
                                 value=s.decode_tokens_per_second)
-        yield CounterMetricFamily("deeproots_prompt_tokens", "Prompt tokens run through the model", value=s.prompt_tokens)
-        yield CounterMetricFamily("deeproots_prompt_cached_tokens", "Prompt tokens reused from the prefix cache",
-                                  value=s.cached_prompt_tokens)
+        # Prompt tokens whether run or reused from the prefix cache: a per-cache-hit counter would let one client
+        # see whether another's prompt starts like its own guess (docs/server.md, "Prefix cache isolation").
+        yield CounterMetricFamily("deeproots_prompt_tokens", "Prompt tokens of the requests (run or taken from the "
+                                  "prefix cache)", value=s.prompt_tokens + s.cached_prompt_tokens)
         yield CounterMetricFamily("deeproots_generation_tokens", "Tokens generated", value=s.generated_tokens)
         yield CounterMetricFamily("deeproots_engine_steps", "Batched forward passes", value=s.steps)
 

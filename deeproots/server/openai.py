@@ -23,6 +23,7 @@ from .errors import APIError, error_response, install_error_handlers
 from .generation import (Choice, GenerationJob, resolve_max_tokens, run_choices, run_embeddings, sampling_params,
                          stop_strings)
 from .metrics import ServerMetrics
+from .middleware import cache_namespace
 from .responses import ChatShapes, CompletionShapes, sse
 from .schemas import (MAX_INPUTS, ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
                       EmbeddingRequest, TokenizeRequest)
@@ -81,7 +82,8 @@ def create_app(state: ServerState) -> FastAPI:
         job = GenerationJob(
             prompt_ids, sampling_params(body, model.config.vocab_size),
             resolve_max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids), model.context),
-            stop_strings(body), (body.top_logprobs or 0) if body.logprobs else None, constraint_for(body))
+            stop_strings(body), (body.top_logprobs or 0) if body.logprobs else None, constraint_for(body),
+            cache_namespace(request.scope, body.cache_salt))
         shapes = ChatShapes(state.served_name, model.tokenizer, body.logprobs)
         return await respond(request, body, job, shapes, describe(body.messages))
 
@@ -93,7 +95,8 @@ def create_app(state: ServerState) -> FastAPI:
         prompt_ids = completion_prompt(body.prompt)
         job = GenerationJob(prompt_ids, sampling_params(body, model.config.vocab_size),
                             resolve_max_tokens(body.max_tokens, len(prompt_ids), model.context),
-                            stop_strings(body), body.logprobs)
+                            stop_strings(body), body.logprobs,
+                            cache_namespace=cache_namespace(request.scope, body.cache_salt))
         shapes = CompletionShapes(state.served_name, model.tokenizer, body.logprobs is not None)
         return await respond(request, body, job, shapes, body.prompt if isinstance(body.prompt, str) else "")
 
@@ -169,7 +172,7 @@ def create_app(state: ServerState) -> FastAPI:
             finished(499)  # the client left; its sequences were cancelled
             return Response(status_code=499)
         finished(200)
-        return JSONResponse(shapes.final(choices, len(job.prompt_ids)))
+        return JSONResponse(shapes.final(choices, len(job.prompt_ids), job.cached_tokens))
 
     async def stream(events, shapes, body, job: GenerationJob, choices: list[Choice], finished) -> AsyncIterator[str]:
         status = 499  # unless the stream completes
@@ -181,7 +184,8 @@ def create_app(state: ServerState) -> FastAPI:
             async for index, step in events:
                 yield sse(shapes.chunk(index, step))
             if body.stream_options and body.stream_options.include_usage:
-                yield sse(shapes.usage_chunk(len(job.prompt_ids), sum(len(choice.steps) for choice in choices)))
+                yield sse(shapes.usage_chunk(len(job.prompt_ids), sum(len(choice.steps) for choice in choices),
+                                             job.cached_tokens))
             yield sse("[DONE]")
             status = 200
         except APIError as error:  # headers are sent: the error travels as an event

@@ -19,9 +19,11 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    """Token counts; cached_tokens only ever counts hits in the request's own prefix-cache namespace."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def reported_steps(steps: list[GenerationStep], tokenizer: Tokenizer) -> list[GenerationStep]:
@@ -66,9 +68,9 @@ class ChatShapes:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": "deeproots", "choices": choices}
 
-    def final(self, choices: list[Choice], prompt_tokens: int) -> dict:
+    def final(self, choices: list[Choice], prompt_tokens: int, cached_tokens: int) -> dict:
         return {**self._envelope(self.object, [self.final_choice(choice) for choice in choices]),
-                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices))}
+                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices), cached_tokens)}
 
     def final_choice(self, choice: Choice) -> dict:
         return {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
@@ -85,8 +87,9 @@ class ChatShapes:
             "index": index, "delta": delta, "finish_reason": step.finish_reason,
             "logprobs": chat_logprobs([step], self.tokenizer) if self.with_logprobs else None}])
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
-        return {**self._envelope(self.chunk_object, []), "usage": usage(prompt_tokens, completion_tokens)}
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+        return {**self._envelope(self.chunk_object, []),
+                "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 class CompletionShapes(ChatShapes):

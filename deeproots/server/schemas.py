@@ -43,6 +43,7 @@ class SamplingFields(Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)  # vLLM's: a prefix-cache namespace of its own
 
 
 class TextPart(Body):
