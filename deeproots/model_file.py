@@ -24,4 +24,4 @@ def open_hf_folder(folder: str | os.PathLike) -> Any:
     from .formats.hf_folder import HFCheckpoint
     from .tokenizer.hf_folder import tokenizer_metadata_from_hf
 
-    return HFCheckpoint.open(folder, tokenizer_metadata_from_hf(folder))
+    return HFCheckpoint.open(folder, tokenizer_metadata_from_hf)

@@ -158,12 +158,15 @@ class HFCheckpoint:
         self._files = files
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, tokenizer_metadata: dict[str, Any]) -> HFCheckpoint:
-        """`tokenizer_metadata`: the folder's tokenizer as GGUF keys (model_file.open_hf_folder reads it)."""
+    def open(cls, folder: str | os.PathLike,
+             tokenizer_metadata: Callable[[str], dict[str, Any]]) -> HFCheckpoint:
+        """`tokenizer_metadata(folder)`: the folder's tokenizer as GGUF keys (model_file.open_hf_folder passes
+        tokenizer/'s reader), read once config.json has been."""
         folder = os.fspath(folder)
         config = read_json(os.path.join(folder, CONFIG_FILE))
         spec = hf_architecture(config.get("model_type"))
-        metadata = {**_model_metadata(config, spec, os.path.basename(os.path.abspath(folder))), **tokenizer_metadata}
+        metadata = {**_model_metadata(config, spec, os.path.basename(os.path.abspath(folder))),
+                    **tokenizer_metadata(folder)}
         checkpoint = open_checkpoint(folder)
         files = list({id(file): file for file, _ in checkpoint.values()}.values())
         try:
