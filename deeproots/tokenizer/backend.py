@@ -72,11 +72,37 @@ class TokenPieces:
         return self._data[self._starts[token_id]:self._starts[token_id + 1]]
 
 
+class ControlFinder:
+    """Where the special view reads control tokens in a text, without tokenizing the rest.
+
+    It holds the same added tokens as the special view, so the Rust matcher finds them exactly as encode does
+    (leftmost-longest, a user-defined token winning where it starts first), over a model that maps whatever lies
+    between them to one placeholder id.
+    """
+
+    __slots__ = ("_matcher", "_control_ids")
+
+    def __init__(self, vocab: Vocab, user_defined: list[AddedToken], control: list[AddedToken]):
+        unmatched = len(vocab)  # no token's id: what lies between the added tokens
+        ids = {token.content: vocab.ids[token.content] for token in (*user_defined, *control)}
+        self._matcher = tokenizers.Tokenizer(models.WordLevel({**ids, "": unmatched}, unk_token=""))
+        self._matcher.add_tokens(user_defined)
+        self._matcher.add_special_tokens(control)
+        self._control_ids = frozenset(ids[token.content] for token in control)
+
+    def find(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, id) of each control token in `text`, in order; start and end index the str."""
+        found = self._matcher.encode(text, add_special_tokens=False)
+        return [(start, end, token_id) for token_id, (start, end) in zip(found.ids, found.offsets)
+                if token_id in self._control_ids]
+
+
 @dataclass(frozen=True)
 class Backend:
     plain: tokenizers.Tokenizer    # control tokens written in the text are ordinary characters
     special: tokenizers.Tokenizer  # control tokens written in the text become their ids
     pieces: TokenPieces            # token id -> the bytes it stands for
+    controls: ControlFinder        # where `special` reads control tokens in a text
 
 
 def build_backend(vocab: Vocab, scheme: Scheme) -> Backend:
@@ -93,7 +119,7 @@ def _build(vocab: Vocab, scheme: Scheme) -> Backend:
     control = _added_tokens(vocab, {TokenType.CONTROL, TokenType.UNKNOWN}, special=True)
     plain = _view(parts, user_defined, [])
     special = _view(parts, user_defined, control)
-    return Backend(plain, special, token_pieces(vocab, scheme))
+    return Backend(plain, special, token_pieces(vocab, scheme), ControlFinder(vocab, user_defined, control))
 
 
 def token_pieces(vocab: Vocab, scheme: Scheme) -> TokenPieces:
