@@ -163,3 +163,18 @@ def test_messages_are_still_validated(smollm2_tokenizer, smol_template):
     for bad in ("hi", ({"role": "user", "content": "hi"},), [["user", "hi"]]):
         with pytest.raises(RequestError):
             smol_template.encode(bad, smollm2_tokenizer)
+
+
+@pytest.mark.parametrize("family", ["smollm2", "gemma"])
+def test_control_tokens_are_found_where_encode_reads_them(family, request):
+    """The escaping and the cutting both rest on find_control_tokens agreeing with the Rust tokenizer's matching."""
+    tokenizer = request.getfixturevalue("smollm2_tokenizer" if family == "smollm2" else "gemma3_tokenizer")
+    tokens = control_texts(tokenizer)
+    # Every control token, glued to its neighbours, to text, to user-defined tokens ("\n", "[multimodal]" in Gemma)
+    # and to partial tokens ("<|im_", "<unused1").
+    text = "".join(f"{token}{token[:-1]}x\n[multimodal]{token}\n\n" for token in tokens) + "<|im_end|<bos"
+    found = tokenizer.find_control_tokens(text)
+    assert all(text[start:end] == tokenizer.token_text(token_id) for start, end, token_id in found)
+    read = [i for i in tokenizer.encode(text, add_bos=False, parse_special=True) if tokenizer.is_control(i)]
+    assert [token_id for _, _, token_id in found] == read
+    assert len(read) == 2 * len(tokens)
