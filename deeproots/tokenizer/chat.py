@@ -115,8 +115,8 @@ class ChatTemplate:
         tokens' literal text put back. That is how encode(parse_special=True) reads a text too: each stretch between
         added tokens is normalized (the SentencePiece prefix space), pre-tokenized and encoded on its own, and added
         tokens are matched whole with no lstrip/rstrip. So a control token in a message yields the ids of its text
-        written in place as plain text, and a conversation with none is encoded exactly as encode(render(...),
-        parse_special=True) encodes it, by that very call.
+        written in place as plain text, and a conversation with no control token's text and no SENTINEL in what
+        the caller supplied is encoded exactly as encode(render(...), parse_special=True) encodes it, by that call.
 
         A template that cuts a supplied string apart (slices it) may split an escape; its pieces then stay
         private-use characters in the text, never control tokens.

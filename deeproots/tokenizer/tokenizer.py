@@ -81,10 +81,7 @@ class Tokenizer:
         """(start, end, id) of each control token encode(text, parse_special=True) reads in `text`, in order."""
         if not isinstance(text, str):
             raise RequestError(f"text to search must be a str, not {type(text).__name__}")
-        try:
-            return self._backend().controls.find(text)
-        except TypeError as exc:  # as in encode: a lone surrogate
-            raise RequestError("text to search is not valid Unicode (it holds a lone surrogate)") from exc
+        return self._backend().controls.find(text)
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         """The text of `ids`; bytes that do not form UTF-8 become U+FFFD."""
