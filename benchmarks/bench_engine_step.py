@@ -62,8 +62,7 @@ def main() -> None:
     dispatcher.dispatch = timers.wrap(PARTS[3], dispatcher.dispatch)
 
     def ids(question: str) -> list[int]:
-        text = model.apply_chat_template([{"role": "user", "content": question}])
-        return model.tokenize(text, add_bos=False, parse_special=True)
+        return model.apply_chat_template([{"role": "user", "content": question}], tokenize=True)
 
     def run(batch: int, seed: int) -> list[tuple[float, dict[str, float]]]:
         events: asyncio.Queue = asyncio.Queue()

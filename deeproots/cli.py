@@ -108,8 +108,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         ids = model.tokenize(prompt)
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        text = model.apply_chat_template(messages + [{"role": "user", "content": prompt}])
-        ids = model.tokenize(text, add_bos=False, parse_special=True)
+        ids = model.apply_chat_template(messages + [{"role": "user", "content": prompt}], tokenize=True)
     stream_answer(model, ids, args, params)
 
 
@@ -171,7 +170,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         history.append({"role": "user", "content": message})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        ids = model.tokenize(model.apply_chat_template(messages), add_bos=False, parse_special=True)
+        ids = model.apply_chat_template(messages, tokenize=True)
         try:
             answer = stream_answer(model, ids, args, SamplingParams(**settings))
         except DeeprootsError as error:

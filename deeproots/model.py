@@ -42,9 +42,16 @@ class Model:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            tokenize: bool = False) -> str | list[int]:
+        """The prompt text for `messages`, or with `tokenize` its token ids, as HF's method of the same name.
+
+        The ids read only the template's own markup as control tokens: a message's "<|im_start|>" stays text
+        (ChatTemplate.encode)."""
         if self.template is None:
             raise UnsupportedModelError("this model file has no chat template; send a plain prompt instead (--raw)")
+        if tokenize:
+            return self.template.encode(messages, self.tokenizer, add_generation_prompt=add_generation_prompt)
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
     # --- evaluation ------------------------------------------------------------------------
@@ -70,9 +77,7 @@ class Model:
     def chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256, stop: Sequence[str] = (),
              stream: bool = False, **sampling: Any) -> str | Iterator[str]:
         """Answer the last message of a conversation, rendered with the model's chat template."""
-        text = self.apply_chat_template(messages)
-        # The template writes the special tokens itself, so they are parsed here.
-        ids = self.tokenize(text, add_bos=False, parse_special=True)
+        ids = self.apply_chat_template(messages, tokenize=True)
         return self._run(ids, max_tokens, stop, stream, SamplingParams(**sampling))
 
     def steps(self, ids: Sequence[int], params: SamplingParams, *, max_tokens: int,

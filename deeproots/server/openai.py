@@ -48,8 +48,9 @@ class ServerState:
                            param="model", code="model_not_found")
 
     def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
-        text = self.model.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages])
-        return self.model.tokenize(text, add_bos=False, parse_special=True)  # the template writes special tokens
+        # Only the template's markup becomes control tokens; what the client wrote stays text.
+        return self.model.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
+                                              tokenize=True)
 
 
 def create_app(state: ServerState) -> FastAPI:

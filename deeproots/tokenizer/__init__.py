@@ -1,7 +1,8 @@
 """Text <-> token ids from a model file's own vocabulary, chat templates, and streaming detokenization.
 
     tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-    ids = tokenizer.encode(template.render(messages), parse_special=True)
+    template = ChatTemplate.from_gguf_metadata(gguf.metadata, tokenizer)
+    ids = template.encode(messages, tokenizer)  # a user's "<|im_end|>" stays text
 """
 
 from .chat import ChatTemplate

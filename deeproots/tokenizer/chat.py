@@ -4,11 +4,13 @@ builtin_templates.py), rendered in a sandbox as HF transformers does.
 Templates are untrusted code from the file, so they run in jinja2's ImmutableSandboxedEnvironment with
 the same options and helpers as `apply_chat_template` (trim_blocks, lstrip_blocks, loop controls,
 raise_exception, strftime_now, a tojson that keeps non-ASCII text), so a template renders the same here.
+ChatTemplate.encode turns a conversation into prompt token ids: every caller gets them there.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -99,3 +101,72 @@ class ChatTemplate:
             return self._template.render(**variables)
         except Exception as exc:  # raise_exception(), a sandbox refusal, a type error: the template's verdict
             raise RequestError(f"the chat template rejected the conversation: {exc}") from exc
+
+    def encode(self, messages: list[dict], tokenizer: Tokenizer, *, add_generation_prompt: bool = True,
+               **extra: Any) -> list[int]:
+        """The prompt's token ids for `messages`: the template's own markup read as control tokens, every string the
+        caller supplied (contents, roles, names, tool results, `extra` such as tools) read as plain text.
+
+        Rendering first and then parsing special tokens everywhere (what llama.cpp and vLLM do) would turn a user's
+        "<|im_end|>\\n<|im_start|>system" into real role markup. So before rendering, each control token written in a
+        supplied string becomes SENTINEL + its id + SENTINEL (a SENTINEL the user wrote becomes two of them, so escaped
+        text reads back unambiguously), which no special-token match can cross. The rendered text is then cut at the
+        control tokens the template wrote, and each stretch between them is encoded as plain text with the escaped
+        tokens' literal text put back. That is how encode(parse_special=True) reads a text too: each stretch between
+        added tokens is normalized (the SentencePiece prefix space), pre-tokenized and encoded on its own, and added
+        tokens are matched whole with no lstrip/rstrip. So a control token in a message yields the ids of its text
+        written in place as plain text, and a conversation with no control token's text and no SENTINEL in what
+        the caller supplied is encoded exactly as encode(render(...), parse_special=True) encodes it, by that call.
+
+        A template that cuts a supplied string apart (slices it) may split an escape; its pieces then stay
+        private-use characters in the text, never control tokens.
+        """
+        escape = _Escaper(tokenizer)
+        text = self.render(escape(messages), add_generation_prompt=add_generation_prompt, **escape(extra))
+        if SENTINEL not in text:
+            return tokenizer.encode(text, add_bos=False, parse_special=True)
+        ids: list[int] = []
+        start = 0
+        for begin, end, token_id in tokenizer.find_control_tokens(text):
+            ids += _encode_plain(tokenizer, text[start:begin])
+            ids.append(token_id)
+            start = end
+        return ids + _encode_plain(tokenizer, text[start:])
+
+
+# Stands in for a control token's text inside a user's string while the template renders: a private-use code
+# point, which no real vocabulary's markup contains and no template prints.
+SENTINEL = "\ue000"
+_ESCAPED = re.compile(f"{SENTINEL}([0-9]*){SENTINEL}")
+
+
+class _Escaper:
+    """Rewrites every str in a structure of dicts, lists and tuples (keys too) with its control tokens escaped."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._escape(value)
+        if isinstance(value, Mapping):
+            return {self(key): self(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self(item) for item in value)
+        return value
+
+    def _escape(self, text: str) -> str:
+        text = text.replace(SENTINEL, SENTINEL * 2)  # a sentinel the user wrote: empty digits
+        pieces, start = [], 0
+        for begin, end, token_id in self._tokenizer.find_control_tokens(text):
+            pieces += [text[start:begin], f"{SENTINEL}{token_id}{SENTINEL}"]
+            start = end
+        return "".join(pieces) + text[start:]
+
+
+def _encode_plain(tokenizer: Tokenizer, stretch: str) -> list[int]:
+    """A stretch of rendered text between two template-made control tokens, escapes read back as literal text."""
+    literal = _ESCAPED.sub(lambda m: tokenizer.token_text(int(m[1])) if m[1] else SENTINEL, stretch)
+    return tokenizer.encode(literal, add_bos=False) if literal else []

@@ -77,6 +77,12 @@ class Tokenizer:
             return [self.bos_id, *ids]
         return ids
 
+    def find_control_tokens(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, id) of each control token encode(text, parse_special=True) reads in `text`, in order."""
+        if not isinstance(text, str):
+            raise RequestError(f"text to search must be a str, not {type(text).__name__}")
+        return self._backend().controls.find(text)
+
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         """The text of `ids`; bytes that do not form UTF-8 become U+FFFD."""
         pieces = self._backend().pieces

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeproots.tokenizer import Tokenizer
+from deeproots.tokenizer import ChatTemplate, Tokenizer
 
 spm = pytest.importorskip("sentencepiece")
 from sentencepiece import sentencepiece_model_pb2  # noqa: E402
@@ -78,6 +78,19 @@ def test_control_symbols_only_with_parse_special(case):
     assert case.ours.encode("x <ctl> y", add_bos=False) == case.sp.encode("x <ctl> y")
     assert ctl in case.ours.encode("x <ctl> y", parse_special=True)
     assert case.ours.is_control(ctl) and not case.ours.is_control(case.sp.piece_to_id("<ud>"))
+
+
+def test_chat_prompt_gives_each_stretch_its_own_space_prefix(case):
+    # A Llama 2 / Mistral-style template over this vocabulary: its own <ctl> markup is special, each stretch of
+    # text between markup tokens is tokenized alone (with its own space prefix, as llama.cpp does), and a
+    # message's "<ctl>" or "<s>" is text within its stretch, as sentencepiece reads it.
+    template = ChatTemplate("{{ bos_token }}{% for m in messages %}<ctl>{{ m['content'] }}{% endfor %}<ctl>",
+                            bos_token="<s>", eos_token="</s>")
+    ctl, bos = case.sp.piece_to_id("<ctl>"), case.sp.bos_id()
+    for first, second in (("the fox", " over a dog"), ("x <ctl> y", "<s> hello </s>"), ("<ctl>", "a<ctl>")):
+        messages = [{"role": "user", "content": first}, {"role": "assistant", "content": second}]
+        expected = [bos, ctl, *case.sp.encode(first), ctl, *case.sp.encode(second), ctl]
+        assert template.encode(messages, case.ours) == expected, (first, second)
 
 
 def test_decode_matches_sentencepiece(case):
