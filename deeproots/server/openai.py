@@ -201,13 +201,8 @@ async def respond(request: Request, state: ServerState, body, job: GenerationJob
     exchange = Exchange(request, state, job, shapes, prompt_text)
     try:
         run = ChoiceRun(state.engine, job)
-    except Exception as error:
-        failure = as_api_error(error)
-        exchange.finished(failure.status)
-        raise failure from error
-    if body.stream:
-        return AdmittedStream(run, exchange, stream(exchange, run, body.stream_options))
-    try:
+        if body.stream:
+            return AdmittedStream(run, exchange, stream(exchange, run, body.stream_options))
         await until_done_or_disconnected(request, exchange.steps(run))
     except Exception as error:
         failure = as_api_error(error)
