@@ -281,10 +281,17 @@ def draw_batch(logits: np.ndarray, samplers: Sequence[Sampler]) -> list[int]:
     params = [samplers[i].params for i in sampled]
     temperatures = np.asarray([p.temperature for p in params], dtype=np.float32)[:, None]  # (S, 1)
     tempered = _buffer("tempered", (len(sampled), logits.shape[-1]), np.float32)
-    np.divide(logits if len(sampled) == len(samplers) else logits[sampled], temperatures, out=tempered)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # overflowing rows are handled just below
+        np.divide(logits if len(sampled) == len(samplers) else logits[sampled], temperatures, out=tempered)
+    # A temperature so small that logits / temperature overflows float32 (1e-38, say) leaves a row without a
+    # finite maximum, so no distribution: that row is greedy, the limit its temperature tends to.
+    overflowed = ~np.isfinite(tempered.max(-1))  # (S,)
     groups: dict[tuple[int, float, float], list[int]] = {}
     for row, p in enumerate(params):
-        groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(row)
+        if overflowed[row]:
+            tokens[sampled[row]] = int(logits[sampled[row]].argmax())
+        else:
+            groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(row)
     for (top_k, top_p, min_p), rows in groups.items():
         if top_k > 0 or top_p < 1.0:
             values, ids = _filter_candidates(tempered[rows], top_k, top_p, min_p)  # (R, k) each

@@ -16,6 +16,13 @@ import numpy as np
 from ..errors import RequestError
 from ..tokenizer import Tokenizer
 
+NO_VALUE = "response_format: the JSON schema admits no value (e.g. a $ref that only refers to itself or loops)"
+
+
+class ConstraintError(RequestError):
+    """The output grammar cannot be continued: the request's schema is at fault, not the engine."""
+
+
 # Compact JSON: with flexible whitespace a small model can emit spaces forever and never close the object.
 JSON_OPTIONS = {"whitespace_flexible": False, "lenient": False}
 
@@ -58,7 +65,9 @@ class GrammarCompiler:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer)
         if is_error:
             raise RequestError(f"response_format: unsupported or invalid JSON schema: {messages[0]}")
-        return JsonGrammar(self, grammar)
+        compiled = JsonGrammar(self, grammar)
+        compiled.check_first_step()
+        return compiled
 
 
 class JsonGrammar:
@@ -71,6 +80,16 @@ class JsonGrammar:
     def constraint(self) -> GrammarConstraint:
         return GrammarConstraint(llguidance.LLMatcher(self.compiler.lltokenizer, self.grammar, log_level=0),
                                  self.compiler.vocab_size)
+
+    def check_first_step(self) -> None:
+        """Refuse, before any generation starts, a grammar whose first token mask already fails (a schema that only
+        refers to itself, {"$ref": "#"} or a $ref loop, validates yet admits no JSON text at all)."""
+        try:
+            admits_a_token = self.constraint().allowed().any()
+        except ConstraintError as error:
+            raise RequestError(NO_VALUE) from error
+        if not admits_a_token:
+            raise RequestError(NO_VALUE)
 
 
 class GrammarConstraint:
@@ -92,5 +111,5 @@ class GrammarConstraint:
         self._check()
 
     def _check(self) -> None:
-        if self.matcher.is_error():
-            raise RequestError(f"the output constraint failed: {self.matcher.get_error()}")
+        if self.matcher.is_error():  # llguidance's first line names the failure; the rest is its parser state
+            raise ConstraintError(f"the output constraint failed: {self.matcher.get_error().splitlines()[0]}")

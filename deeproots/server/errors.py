@@ -1,15 +1,25 @@
-"""OpenAI-style error bodies: {"error": {"message", "type", "param", "code"}}, and the handlers that make them."""
+"""OpenAI-style error bodies: {"error": {"message", "type", "param", "code"}}, and the handlers that make them.
+
+A client's mistake is a 4xx naming what was wrong; anything else (deeproots.errors.InternalError, an unexpected
+exception, an engine failure) is a 500 whose message names an error id, logged with the traceback.
+"""
 
 from __future__ import annotations
+
+import logging
+import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from ..engine import EngineStoppedError, QueueFullError
-from ..errors import DeeprootsError, RequestError
+from ..errors import RequestError
 
 RETRY_AFTER_SECONDS = 1
+log = logging.getLogger("deeproots.server")
 
 
 class APIError(Exception):
@@ -18,31 +28,64 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
 
+    def body(self) -> dict:
+        return error_body(self.status, self.message, param=self.param, type=self.type, code=self.code)
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, param=self.param, type=self.type, code=self.code)
+
 
 def error_body(status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code or str(status)}}
 
 
-def error_response(status: int, message: str, **fields) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else None
-    return JSONResponse(error_body(status, message, **fields), status_code=status, headers=headers)
+def error_response(status: int, message: str, *, headers: dict[str, str] | None = None, **fields) -> JSONResponse:
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
+    return JSONResponse(error_body(status, message, **fields), status_code=status, headers={**retry, **(headers or {})})
 
 
-def as_api_error(error: Exception) -> APIError:
-    """The HTTP face of an exception raised while handling a request."""
+def internal_error(error: BaseException) -> APIError:
+    """A 500 naming a fresh error id; the log line under that id holds the traceback (the client never sees it)."""
+    error_id = f"err_{secrets.token_hex(8)}"
+    log.error("internal error %s: %s: %s", error_id, type(error).__name__, error, exc_info=error)
+    return APIError(500, f"internal server error (id {error_id}); the server log has the details",
+                    type="server_error", code="internal_error")
+
+
+def as_api_error(error: BaseException) -> APIError:
+    """The HTTP face of an exception raised while handling a request: only a client's mistake is a 4xx."""
     if isinstance(error, APIError):
         return error
     if isinstance(error, QueueFullError):
         return APIError(429, str(error), type="rate_limit_error", code="queue_full")
     if isinstance(error, EngineStoppedError):
         return APIError(503, str(error), type="server_error", code="unavailable")
-    if isinstance(error, (RequestError, DeeprootsError)):
+    if isinstance(error, RequestError):
         return APIError(400, str(error))
-    return APIError(500, "internal error", type="server_error")
+    return internal_error(error)
+
+
+class ClassifiedRoute(APIRoute):
+    """A route whose exceptions all end as OpenAI-shaped responses here, classified by as_api_error (Starlette
+    would answer an unexpected one with a plain-text 500 and re-raise it into the server)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def classified(request: Request):
+            try:
+                return await handler(request)
+            except (RequestValidationError, HTTPException):  # FastAPI's own: the app's handlers shape them
+                raise
+            except Exception as error:
+                return as_api_error(error).response()
+
+        return classified
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """FastAPI's and Starlette's own errors (invalid bodies, unknown routes, wrong methods) in the OpenAI shape."""
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request body"}
@@ -50,11 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(location) or None
         return error_response(400, f"{param or 'body'}: {first.get('msg')}", param=param)
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, error: APIError) -> JSONResponse:
-        return error_response(error.status, error.message, param=error.param, type=error.type, code=error.code)
-
-    @app.exception_handler(DeeprootsError)
-    async def deeproots_error(request: Request, error: DeeprootsError) -> JSONResponse:
-        api = as_api_error(error)
-        return error_response(api.status, api.message, param=api.param, type=api.type, code=api.code)
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        kind = "server_error" if error.status_code >= 500 else "invalid_request_error"
+        return error_response(error.status_code, str(error.detail), type=kind, headers=error.headers)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from .. import engine as engine_requests
-from ..engine import Engine, GenerationRequest
+from ..engine import EmbeddingRequest, Engine, EngineStoppedError, GenerationRequest
+from ..engine.grammar import ConstraintError
+from ..errors import InternalError
 from ..generate import GenerationStep, TokenConstraint
 from ..sampling import SamplingParams
-from .errors import APIError, as_api_error
+from .errors import APIError
 from .schemas import SamplingFields
+
+ASCII_DIGITS = re.compile(r"[0-9]{1,10}")  # a token id as text; any longer key is out of every vocabulary
 
 
 @dataclass
@@ -27,7 +31,6 @@ class GenerationJob:
     top_logprobs: int | None = None
     constraint: Callable[[], TokenConstraint] | None = None
     cache_namespace: bytes = b""  # middleware.cache_namespace: the API key's, split by the request's cache_salt
-    cached_tokens: int = 0  # after run_choices: prompt tokens of choice 0 taken from the prefix cache (for usage)
 
 
 @dataclass
@@ -44,16 +47,20 @@ class Choice:
 
 def sampling_params(body: SamplingFields, vocab_size: int) -> list[SamplingParams]:
     """One SamplingParams per choice: choice i draws from seed + i, so each is reproducible on its own."""
-    bias: dict[int, float] = {}
-    for key, value in (body.logit_bias or {}).items():
-        if not key.isdigit() or int(key) >= vocab_size:
-            raise APIError(400, f"logit_bias keys must be token ids below {vocab_size}, got {key!r}", param="logit_bias")
-        bias[int(key)] = value
+    bias = {bias_token(key, vocab_size): value for key, value in (body.logit_bias or {}).items()}
     return [SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
                            repeat_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
                            frequency_penalty=body.frequency_penalty, logit_bias=bias,
                            seed=None if body.seed is None else body.seed + index)
             for index in range(body.n)]
+
+
+def bias_token(key: str, vocab_size: int) -> int:
+    """A logit_bias key as a token id: ASCII digits naming a token of the vocabulary (str.isdigit also takes "²")."""
+    if not ASCII_DIGITS.fullmatch(key) or int(key) >= vocab_size:
+        shown = key if len(key) <= 32 else key[:32] + "..."
+        raise APIError(400, f"logit_bias keys must be token ids below {vocab_size}, got {shown!r}", param="logit_bias")
+    return int(key)
 
 
 def stop_strings(body: SamplingFields) -> tuple[str, ...]:
@@ -98,34 +105,64 @@ def loop_dispatcher(loop: asyncio.AbstractEventLoop) -> LoopDispatcher:
     return dispatcher
 
 
-async def run_choices(engine: Engine, job: GenerationJob) -> AsyncIterator[tuple[int, GenerationStep]]:
-    """Submit every choice and yield (choice index, step) as the engine produces them.
+class ChoiceRun:
+    """The engine sequences of one request's n choices, submitted together when it is built, so that a full queue
+    is known before any response starts; events() then yields (choice index, step) as the engine produces them.
 
-    Leaving the iteration early (client gone, error) cancels every choice: the engine frees their KV
+    Leaving the iteration early (client gone, error) or cancel() cancels every choice: the engine frees their KV
     at its next step, whether they were queued or running.
     """
-    dispatcher = loop_dispatcher(asyncio.get_running_loop())
-    events: asyncio.Queue = asyncio.Queue()
-    requests = [
-        GenerationRequest(job.prompt_ids, params, job.max_tokens, stop=job.stop, top_logprobs=job.top_logprobs,
-                          constraint=job.constraint, dispatcher=dispatcher, cache_namespace=job.cache_namespace,
-                          on_event=lambda event, index=index: events.put_nowait((index, event)))  # on the loop
-        for index, params in enumerate(job.params)]
-    try:
-        for request in requests:
-            engine.submit(request)
-        remaining = len(requests)
-        while remaining:
-            index, event = await events.get()
-            if isinstance(event, Exception):
-                raise as_api_error(event)
-            if event.finish_reason is not None:
-                remaining -= 1
-            yield index, event
-        job.cached_tokens = requests[0].cached_tokens  # the engine set it before the request's first event
-    finally:
-        for request in requests:
+
+    def __init__(self, engine: Engine, job: GenerationJob):
+        if len(job.params) > engine.config.max_queue:  # every choice waits in the queue before it runs
+            raise APIError(400, f"n={len(job.params)} exceeds what this server queues at once "
+                                f"({engine.config.max_queue}); ask for fewer choices", param="n")
+        dispatcher = loop_dispatcher(asyncio.get_running_loop())
+        self._events: asyncio.Queue = asyncio.Queue()  # (choice index, event), put by the callbacks on the loop
+        self.requests = [
+            GenerationRequest(job.prompt_ids, params, job.max_tokens, stop=job.stop, top_logprobs=job.top_logprobs,
+                              constraint=job.constraint, dispatcher=dispatcher, cache_namespace=job.cache_namespace,
+                              on_event=lambda event, index=index: self._events.put_nowait((index, event)))
+            for index, params in enumerate(job.params)]
+        try:
+            for request in self.requests:
+                engine.submit(request)
+        except Exception:
+            self.cancel()  # the choices already queued
+            raise
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens of choice 0 taken from the prefix cache (set by the engine before the choice's first event)."""
+        return self.requests[0].cached_tokens
+
+    def cancel(self) -> None:
+        for request in self.requests:
             request.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, GenerationStep]]:
+        remaining = len(self.requests)
+        try:
+            while remaining:
+                index, event = await self._events.get()
+                if isinstance(event, Exception):
+                    raise engine_failure(event)
+                if event.finish_reason is not None:
+                    remaining -= 1
+                yield index, event
+        finally:
+            self.cancel()
+
+
+def engine_failure(error: Exception) -> Exception:
+    """What an error the engine reports for a sequence means to the client. The request was validated before it
+    was submitted, so a RequestError from inside the engine (a kernel's, the KV cache's) is our bug, a 500; only
+    a shutdown (503) and a grammar that cannot go on (the client's schema, 400) are not."""
+    if isinstance(error, (EngineStoppedError, ConstraintError)):
+        return error
+    failure = InternalError(f"the engine failed a sequence: {type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
 
 
 async def run_embeddings(engine: Engine, inputs: list[list[int]]) -> AsyncIterator[tuple[int, np.ndarray]]:
@@ -135,8 +172,8 @@ async def run_embeddings(engine: Engine, inputs: list[list[int]]) -> AsyncIterat
     """
     dispatcher = loop_dispatcher(asyncio.get_running_loop())
     events: asyncio.Queue = asyncio.Queue()
-    requests = [engine_requests.EmbeddingRequest(ids, dispatcher=dispatcher,
-                                                 on_event=lambda event, index=index: events.put_nowait((index, event)))
+    requests = [EmbeddingRequest(ids, dispatcher=dispatcher,
+                                 on_event=lambda event, index=index: events.put_nowait((index, event)))
                 for index, ids in enumerate(inputs)]
     try:
         for request in requests:
@@ -144,7 +181,7 @@ async def run_embeddings(engine: Engine, inputs: list[list[int]]) -> AsyncIterat
         for _ in requests:
             index, event = await events.get()
             if isinstance(event, Exception):
-                raise as_api_error(event)
+                raise engine_failure(event)
             yield index, event.vector
     finally:
         for request in requests:

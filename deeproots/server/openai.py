@@ -1,6 +1,9 @@
 """The OpenAI-compatible HTTP API: routes only; the engine does the work, responses.py the shapes.
 
-Nothing here is model-specific: prompts go through the model's own tokenizer and chat template.
+Nothing here is model-specific: prompts go through the model's own tokenizer and chat template. Every route is a
+module-level function of `router`; it finds the ServerState on `request.app.state` (the `State` dependency), so a
+route or helper can be imported and called alone. Tokenizing and template rendering run off the event loop: a
+huge prompt must not freeze the other requests (nor /health).
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Annotated, AsyncIterator
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import Engine
 from ..engine.grammar import GrammarCompiler
+from ..errors import RequestError
 from ..model import Model
-from .errors import APIError, error_response, install_error_handlers
-from .generation import (Choice, GenerationJob, resolve_max_tokens, run_choices, run_embeddings, sampling_params,
+from .errors import APIError, ClassifiedRoute, as_api_error, error_response, install_error_handlers
+from .generation import (Choice, ChoiceRun, GenerationJob, resolve_max_tokens, run_embeddings, sampling_params,
                          stop_strings)
 from .metrics import ServerMetrics
 from .middleware import cache_namespace
@@ -57,196 +61,200 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="deeproots", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.deeproots = state
     install_error_handlers(app)
-    model, engine, metrics = state.model, state.engine, state.metrics
-
-    @app.get("/health")
-    async def health() -> Response:
-        if not engine.alive:
-            return error_response(503, "the engine loop is not running", type="server_error", code="engine_dead")
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    @app.get("/v1/models")
-    async def list_models() -> dict:
-        return {"object": "list", "data": [{"id": state.served_name, "object": "model", "created": 0,
-                                             "owned_by": "deeproots", "max_model_len": model.context}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        state.check_model(body.model)
-        prompt_ids = state.chat_prompt(body.messages)
-        if body.top_logprobs is not None and not body.logprobs:
-            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        job = GenerationJob(
-            prompt_ids, sampling_params(body, model.config.vocab_size),
-            resolve_max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids), model.context),
-            stop_strings(body), (body.top_logprobs or 0) if body.logprobs else None, constraint_for(body),
-            cache_namespace(request.scope, body.cache_salt))
-        shapes = ChatShapes(state.served_name, model.tokenizer, body.logprobs)
-        return await respond(request, body, job, shapes, describe(body.messages))
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        state.check_model(body.model)
-        if body.echo or body.suffix or (body.best_of or body.n) != body.n:
-            raise APIError(400, "echo, suffix and best_of other than n are not supported", param="echo")
-        prompt_ids = completion_prompt(body.prompt)
-        job = GenerationJob(prompt_ids, sampling_params(body, model.config.vocab_size),
-                            resolve_max_tokens(body.max_tokens, len(prompt_ids), model.context),
-                            stop_strings(body), body.logprobs,
-                            cache_namespace=cache_namespace(request.scope, body.cache_salt))
-        shapes = CompletionShapes(state.served_name, model.tokenizer, body.logprobs is not None)
-        return await respond(request, body, job, shapes, body.prompt if isinstance(body.prompt, str) else "")
-
-    def completion_prompt(prompt) -> list[int]:
-        if isinstance(prompt, str):
-            ids = model.tokenize(prompt)
-        elif all(isinstance(token, int) for token in prompt):
-            ids = list(prompt)
-        elif len(prompt) == 1:  # a batch of one prompt
-            return completion_prompt(prompt[0])
-        else:
-            raise APIError(400, "send one prompt per request (batches of prompts are not supported)", param="prompt")
-        if not ids:
-            raise APIError(400, "the prompt is empty", param="prompt")
-        for token in ids:
-            if token >= model.config.vocab_size:
-                raise APIError(400, f"token id {token} is outside the vocabulary", param="prompt")
-        return ids
-
-    def constraint_for(body: ChatCompletionRequest):
-        form = body.response_format
-        if form is None or form.type == "text":
-            return None
-        if form.type == "json_schema":
-            if form.json_schema is None or form.json_schema.schema_ is None:
-                raise APIError(400, "response_format json_schema needs json_schema.schema",
-                               param="response_format.json_schema")
-            schema = form.json_schema.schema_
-        else:
-            schema = None  # json_object: any JSON object
-        try:
-            return state.grammars.json_schema(schema).constraint
-        except Exception as error:
-            raise APIError(400, str(error), param="response_format") from error
-
-    def describe(messages: list[ChatMessage]) -> str:
-        return messages[-1].text()
-
-    async def respond(request: Request, body, job: GenerationJob, shapes, prompt_text: str) -> Response:
-        started = time.perf_counter()
-        endpoint = request.url.path
-        choices = [Choice(index) for index in range(len(job.params))]
-        first_token: list[float] = []
-
-        def finished(status: int) -> None:
-            latency = time.perf_counter() - started
-            produced = sum(len(choice.steps) for choice in choices)
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(latency)
-            log.info("request id=%s endpoint=%s status=%d n=%d prompt_tokens=%d completion_tokens=%d "
-                     "ttft=%.3fs latency=%.3fs%s", shapes.id, endpoint, status, len(choices), len(job.prompt_ids),
-                     produced, (first_token[0] - started) if first_token else -1, latency,
-                     f" prompt={prompt_text!r}" if state.log_prompts else "")
-
-        async def events() -> AsyncIterator[tuple[int, object]]:
-            async for index, step in run_choices(engine, job):
-                if not first_token:
-                    first_token.append(time.perf_counter())
-                    metrics.time_to_first_token.observe(first_token[0] - started)
-                choices[index].steps.append(step)
-                choices[index].finish_reason = step.finish_reason
-                yield index, step
-
-        if body.stream:
-            return StreamingResponse(stream(events(), shapes, body, job, choices, finished),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            await until_done_or_disconnected(request, events())
-        except APIError as error:
-            finished(error.status)
-            raise
-        if not all(choice.finish_reason for choice in choices):
-            finished(499)  # the client left; its sequences were cancelled
-            return Response(status_code=499)
-        finished(200)
-        return JSONResponse(shapes.final(choices, len(job.prompt_ids), job.cached_tokens))
-
-    async def stream(events, shapes, body, job: GenerationJob, choices: list[Choice], finished) -> AsyncIterator[str]:
-        status = 499  # unless the stream completes
-        try:
-            for choice in choices:
-                first = shapes.first_chunk(choice.index)
-                if first is not None:
-                    yield sse(first)
-            async for index, step in events:
-                yield sse(shapes.chunk(index, step))
-            if body.stream_options and body.stream_options.include_usage:
-                yield sse(shapes.usage_chunk(len(job.prompt_ids), sum(len(choice.steps) for choice in choices),
-                                             job.cached_tokens))
-            yield sse("[DONE]")
-            status = 200
-        except APIError as error:  # headers are sent: the error travels as an event
-            status = error.status
-            yield sse({"error": {"message": error.message, "type": error.type, "param": error.param,
-                                 "code": error.code}})
-        finally:
-            await events.aclose()  # cancels the engine sequences when the client went away
-            finished(status)
-
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        state.check_model(body.model)
-        inputs = embedding_inputs(body.input)
-        vectors: dict[int, np.ndarray] = {}
-
-        async def collect() -> AsyncIterator[None]:
-            async for index, vector in run_embeddings(engine, inputs):
-                vectors[index] = vector[:body.dimensions] if body.dimensions else vector
-                yield
-
-        await until_done_or_disconnected(request, collect())
-        if len(vectors) < len(inputs):
-            return Response(status_code=499)  # the client left; its inputs were cancelled
-        data = [{"object": "embedding", "index": index,
-                 "embedding": base64.b64encode(vectors[index].astype(np.float32).tobytes()).decode()
-                 if body.encoding_format == "base64" else vectors[index].tolist()}
-                for index in range(len(inputs))]
-        tokens = sum(len(ids) for ids in inputs)
-        return JSONResponse({"object": "list", "data": data, "model": state.served_name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-
-    def embedding_inputs(raw) -> list[list[int]]:
-        if isinstance(raw, str) or (raw and all(isinstance(token, int) for token in raw)):
-            raw = [raw]
-        if not raw or len(raw) > MAX_INPUTS:
-            raise APIError(400, f"input must hold between 1 and {MAX_INPUTS} items", param="input")
-        inputs = [model.tokenize(item) if isinstance(item, str) else list(item) for item in raw]
-        for ids in inputs:
-            if not ids or len(ids) > model.context or max(ids) >= model.config.vocab_size:
-                raise APIError(400, f"each input needs 1 to {model.context} tokens from the vocabulary", param="input")
-        return inputs
-
-    @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> dict:
-        state.check_model(body.model)
-        if (body.prompt is None) == (body.messages is None):
-            raise APIError(400, "send exactly one of prompt and messages", param="prompt")
-        if body.messages is not None:
-            ids = state.chat_prompt(body.messages)
-        else:
-            ids = model.tokenize(body.prompt, add_bos=None if body.add_special_tokens else False)
-        return {"tokens": ids, "count": len(ids), "max_model_len": model.context}
-
-    @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest) -> dict:
-        state.check_model(body.model)
-        return {"prompt": model.detokenize(body.tokens)}
-
+    app.include_router(router)
     return app
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.deeproots
+
+
+State = Annotated[ServerState, Depends(server_state)]
+router = APIRouter(route_class=ClassifiedRoute)
+
+
+# --- service routes ---------------------------------------------------------------------------------------
+
+@router.get("/health")
+async def health(state: State) -> Response:
+    if not state.engine.alive:
+        return error_response(503, "the engine loop is not running", type="server_error", code="engine_dead")
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def prometheus(state: State) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/models")
+async def list_models(state: State) -> dict:
+    return {"object": "list", "data": [{"id": state.served_name, "object": "model", "created": 0,
+                                         "owned_by": "deeproots", "max_model_len": state.model.context}]}
+
+
+# --- generation -------------------------------------------------------------------------------------------
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Response:
+    state.check_model(body.model)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    constraint = constraint_for(state, body)
+    prompt_ids = await asyncio.to_thread(state.chat_prompt, body.messages)
+    model = state.model
+    job = GenerationJob(
+        prompt_ids, sampling_params(body, model.config.vocab_size),
+        resolve_max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids), model.context),
+        stop_strings(body), (body.top_logprobs or 0) if body.logprobs else None, constraint,
+        cache_namespace(request.scope, body.cache_salt))
+    shapes = ChatShapes(state.served_name, model.tokenizer, body.logprobs)
+    return await respond(request, state, body, job, shapes, body.messages[-1].text())
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, state: State) -> Response:
+    state.check_model(body.model)
+    if body.echo or body.suffix or (body.best_of or body.n) != body.n:
+        raise APIError(400, "echo, suffix and best_of other than n are not supported", param="echo")
+    model = state.model
+    prompt_ids = await asyncio.to_thread(completion_prompt, model, body.prompt)
+    job = GenerationJob(prompt_ids, sampling_params(body, model.config.vocab_size),
+                        resolve_max_tokens(body.max_tokens, len(prompt_ids), model.context),
+                        stop_strings(body), body.logprobs,
+                        cache_namespace=cache_namespace(request.scope, body.cache_salt))
+    shapes = CompletionShapes(state.served_name, model.tokenizer, body.logprobs is not None)
+    return await respond(request, state, body, job, shapes, body.prompt if isinstance(body.prompt, str) else "")
+
+
+def completion_prompt(model: Model, prompt) -> list[int]:
+    """The token ids of a completion prompt: a string, token ids, or a batch holding one of them."""
+    if isinstance(prompt, str):
+        ids = model.tokenize(prompt)
+    elif all(isinstance(token, int) for token in prompt):
+        ids = list(prompt)
+    elif len(prompt) == 1:  # a batch of one prompt
+        return completion_prompt(model, prompt[0])
+    else:
+        raise APIError(400, "send one prompt per request (batches of prompts are not supported)", param="prompt")
+    if not ids:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    for token in ids:
+        if token >= model.config.vocab_size:
+            raise APIError(400, f"token id {token} is outside the vocabulary", param="prompt")
+    return ids
+
+
+def constraint_for(state: ServerState, body: ChatCompletionRequest):
+    """The per-sequence constraint factory of the request's response_format, or None; a bad schema is a 400."""
+    form = body.response_format
+    if form is None or form.type == "text":
+        return None
+    if form.type == "json_schema":
+        if form.json_schema is None or form.json_schema.schema_ is None:
+            raise APIError(400, "response_format json_schema needs json_schema.schema",
+                           param="response_format.json_schema")
+        schema = form.json_schema.schema_
+    else:
+        schema = None  # json_object: any JSON object
+    try:
+        return state.grammars.json_schema(schema).constraint
+    except RequestError as error:  # a refused schema; anything else the compiler raises is our bug (a 500)
+        raise APIError(400, str(error), param="response_format") from error
+
+
+class Exchange:
+    """One generation request in flight: its choices as they grow, and its metrics and log line when it ends."""
+
+    def __init__(self, request: Request, state: ServerState, job: GenerationJob, shapes, prompt_text: str):
+        self.started = time.perf_counter()
+        self.endpoint = request.url.path
+        self.state, self.job, self.shapes, self.prompt_text = state, job, shapes, prompt_text
+        self.choices = [Choice(index) for index in range(len(job.params))]
+        self.first_token: float | None = None
+        self.stream_status = 499  # a stream's outcome, unless it completes or ends with an error event
+
+    async def steps(self, run: ChoiceRun) -> AsyncIterator[tuple[int, object]]:
+        """The run's (choice index, step), recorded in the choices as they pass."""
+        async for index, step in run.events():
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+                self.state.metrics.time_to_first_token.observe(self.first_token - self.started)
+            self.choices[index].steps.append(step)
+            self.choices[index].finish_reason = step.finish_reason
+            yield index, step
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(choice.steps) for choice in self.choices)
+
+    def finished(self, status: int) -> None:
+        latency = time.perf_counter() - self.started
+        metrics = self.state.metrics
+        metrics.requests.labels(self.endpoint, str(status)).inc()
+        metrics.latency.labels(self.endpoint).observe(latency)
+        log.info("request id=%s endpoint=%s status=%d n=%d prompt_tokens=%d completion_tokens=%d "
+                 "ttft=%.3fs latency=%.3fs%s", self.shapes.id, self.endpoint, status, len(self.choices),
+                 len(self.job.prompt_ids), self.completion_tokens,
+                 (self.first_token - self.started) if self.first_token is not None else -1, latency,
+                 f" prompt={self.prompt_text!r}" if self.state.log_prompts else "")
+
+
+async def respond(request: Request, state: ServerState, body, job: GenerationJob, shapes, prompt_text: str) -> Response:
+    """Submit the job's choices (a full queue is a 429 before any response starts), then answer or stream."""
+    exchange = Exchange(request, state, job, shapes, prompt_text)
+    try:
+        run = ChoiceRun(state.engine, job)
+        if body.stream:
+            return AdmittedStream(run, exchange, stream(exchange, run, body.stream_options))
+        await until_done_or_disconnected(request, exchange.steps(run))
+    except Exception as error:
+        failure = as_api_error(error)
+        exchange.finished(failure.status)
+        raise failure from error
+    if not all(choice.finish_reason for choice in exchange.choices):
+        exchange.finished(499)  # the client left; its sequences were cancelled
+        return Response(status_code=499)
+    exchange.finished(200)
+    return JSONResponse(shapes.final(exchange.choices, len(job.prompt_ids), run.cached_tokens))
+
+
+class AdmittedStream(StreamingResponse):
+    """The SSE answer of a submitted run: however the response ends (even before its first chunk, when the
+    client is already gone), the run's sequences are cancelled and the request is counted once."""
+
+    def __init__(self, run: ChoiceRun, exchange: Exchange, chunks: AsyncIterator[str]):
+        super().__init__(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.run, self.exchange = run, exchange
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            self.run.cancel()
+            self.exchange.finished(self.exchange.stream_status)
+
+
+async def stream(exchange: Exchange, run: ChoiceRun, options) -> AsyncIterator[str]:
+    """The chunks of a streamed answer; an error after the headers travels as a final event."""
+    shapes, job = exchange.shapes, exchange.job
+    for choice in exchange.choices:
+        first = shapes.first_chunk(choice.index)
+        if first is not None:
+            yield sse(first)
+    try:
+        async for index, step in exchange.steps(run):
+            yield sse(shapes.chunk(index, step))
+    except Exception as error:  # headers are sent: the error travels as an event
+        failure = as_api_error(error)
+        exchange.stream_status = failure.status
+        yield sse(failure.body())
+        return
+    if options and options.include_usage:
+        yield sse(shapes.usage_chunk(len(job.prompt_ids), exchange.completion_tokens, run.cached_tokens))
+    yield sse("[DONE]")
+    exchange.stream_status = 200
 
 
 async def until_done_or_disconnected(request: Request, events: AsyncIterator) -> None:
@@ -268,3 +276,61 @@ async def until_done_or_disconnected(request: Request, events: AsyncIterator) ->
         await asyncio.gather(work, watch, return_exceptions=True)
     if work.done() and not work.cancelled() and work.exception() is not None:
         raise work.exception()
+
+
+# --- embeddings and tokenizer routes ----------------------------------------------------------------------
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
+    """Every input is an engine request (run in chunks beside the streams, under the queue bound); a client that
+    leaves cancels them."""
+    state.check_model(body.model)
+    inputs = await asyncio.to_thread(embedding_inputs, state.model, body.input)
+    vectors: dict[int, np.ndarray] = {}
+
+    async def collect() -> AsyncIterator[None]:
+        async for index, vector in run_embeddings(state.engine, inputs):
+            vectors[index] = vector[:body.dimensions] if body.dimensions else vector
+            yield
+
+    await until_done_or_disconnected(request, collect())  # errors are classified by the route (ClassifiedRoute)
+    if len(vectors) < len(inputs):
+        return Response(status_code=499)  # the client left; its inputs were cancelled
+    data = [{"object": "embedding", "index": index,
+             "embedding": base64.b64encode(vectors[index].astype(np.float32).tobytes()).decode()
+             if body.encoding_format == "base64" else vectors[index].tolist()}
+            for index in range(len(inputs))]
+    tokens = sum(len(ids) for ids in inputs)
+    return JSONResponse({"object": "list", "data": data, "model": state.served_name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def embedding_inputs(model: Model, raw) -> list[list[int]]:
+    if isinstance(raw, str) or (raw and all(isinstance(token, int) for token in raw)):
+        raw = [raw]
+    if not raw or len(raw) > MAX_INPUTS:
+        raise APIError(400, f"input must hold between 1 and {MAX_INPUTS} items", param="input")
+    inputs = [model.tokenize(item) if isinstance(item, str) else list(item) for item in raw]
+    for ids in inputs:
+        if not ids or len(ids) > model.context or max(ids) >= model.config.vocab_size:
+            raise APIError(400, f"each input needs 1 to {model.context} tokens from the vocabulary", param="input")
+    return inputs
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, state: State) -> dict:
+    state.check_model(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "send exactly one of prompt and messages", param="prompt")
+    model = state.model
+    if body.messages is not None:
+        ids = await asyncio.to_thread(state.chat_prompt, body.messages)
+    else:
+        ids = await asyncio.to_thread(model.tokenize, body.prompt, add_bos=None if body.add_special_tokens else False)
+    return {"tokens": ids, "count": len(ids), "max_model_len": model.context}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, state: State) -> dict:
+    state.check_model(body.model)
+    return {"prompt": state.model.detokenize(body.tokens)}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = 16  # choices per request
 MAX_STOPS = 4  # as OpenAI
 MAX_TOKENS_LIMIT = 1 << 20  # far above any context; the real cap is the context, checked per request
 MAX_INPUTS = 64  # embeddings per request
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for completions (chat has none: until the model stops)
 TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -82,11 +83,16 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[TokenId] | list[str] | list[list[TokenId]] = Field(min_length=0)
-    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
+    max_tokens: int = Field(COMPLETION_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=MAX_N)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def null_is_the_default(cls, value):
+        return COMPLETION_MAX_TOKENS if value is None else value  # as OpenAI documents "max_tokens": null
 
 
 class EmbeddingRequest(Body):

@@ -68,7 +68,9 @@ class Tokenizer:
         backend = self._backend()
         view = backend.special if parse_special else backend.plain
         try:
-            ids = view.encode(text, add_special_tokens=False).ids
+            # encode_batch: the same ids as encode, but it releases the GIL, so a server's event loop keeps
+            # running while a huge prompt is tokenized on another thread (encode holds it for seconds)
+            ids = view.encode_batch([text], add_special_tokens=False)[0].ids
         except TypeError as exc:  # the str holds a lone surrogate, which has no UTF-8 form
             raise RequestError("text to encode is not valid Unicode (it holds a lone surrogate)") from exc
         if self.add_bos if add_bos is None else add_bos:

@@ -60,3 +60,13 @@ def test_json_object_mode_gives_an_object(smollm2, compiler):
 def test_unsupported_or_invalid_schemas_are_refused(compiler, schema):
     with pytest.raises(RequestError, match="schema"):
         compiler.json_schema(schema)
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#"},
+                                    {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                     "$ref": "#/$defs/a"}])
+def test_schemas_that_admit_no_value_are_refused_when_compiled(compiler, schema):
+    # llguidance validates these; they fail only at the first token mask, which must not happen mid-stream
+    with pytest.raises(RequestError, match="admits no value") as refused:
+        compiler.json_schema(schema)
+    assert "Parser" not in str(refused.value) and "\n" not in str(refused.value)  # none of llguidance's state dump

@@ -65,6 +65,17 @@ def test_greedy_is_argmax_and_seed_reproduces_samples():
     assert len(set(a)) > 5  # a real distribution over 1000 tokens, not a constant
 
 
+@pytest.mark.parametrize("temperature", [1e-38, 1e-40, 1e-45, 1e-300])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature):
+    # logits / 1e-38 overflows float32 (and 1e-46 rounds to 0 in it): such a row has no distribution to draw from
+    logits = np.random.default_rng(3).standard_normal(1000, dtype=np.float32) * 10
+    params = SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, seed=5)
+    filtered = SamplingParams(temperature=temperature, top_k=40, top_p=0.9, min_p=0.05, seed=5)
+    for settings_ in (params, filtered):
+        sample = make_sampler(settings_)
+        assert [sample(logits, []) for _ in range(5)] == [int(logits.argmax())] * 5
+
+
 def test_sampling_follows_the_distribution():
     logits = np.log(np.array([0.7, 0.2, 0.1], dtype=np.float32))
     sample = make_sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7))
