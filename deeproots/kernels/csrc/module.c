@@ -564,7 +564,7 @@ static int get_cache(const char *fn, PyObject *keys, PyObject *values, Py_ssize_
 {
     PyObject *pair[2] = {PyTuple_GET_ITEM(keys, b), PyTuple_GET_ITEM(values, b)};
     Py_buffer *views[2] = {seq->keys, seq->values};
-    static const char *const names[2] = {"keys[b]", "values[b]"};
+    static const char *const names[2] = {"keys", "values"};
     for (int i = 0; i < 2; i++) {
         if (get_view(fn, names[i], pair[i], kv_format(a->type), 1, PyBUF_C_CONTIGUOUS, views[i]))
             return -1;
@@ -573,7 +573,7 @@ static int get_cache(const char *fn, PyObject *keys, PyObject *values, Py_ssize_
             return fail(fn, "%s of sequence %zd must be 4-d, got %d-d", names[i], b, views[i]->ndim);
         if (s[0] <= a->layer || s[1] != a->G || s[2] < seq->offset + seq->T || s[3] != a->row ||
             (i == 1 && s[2] != views[0]->shape[2]))
-            return fail(fn, "%s of sequence %zd must be (n_layers > %lld, %lld, >= %lld, %lld) as keys[b], got "
+            return fail(fn, "%s of sequence %zd must be (n_layers > %lld, %lld, >= %lld, %lld) as its keys, got "
                         "(%zd, %zd, %zd, %zd)", names[i], b, (long long)a->layer, (long long)a->G,
                         (long long)(seq->offset + seq->T), (long long)a->row, s[0], s[1], s[2], s[3]);
     }
@@ -674,9 +674,14 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
         batch_scalars(fn, args, &a))
         return NULL;
     PyObject *keys = args[1], *values = args[2];
-    if (!PyTuple_Check(keys) || !PyTuple_Check(values) || PyTuple_GET_SIZE(keys) != PyTuple_GET_SIZE(values)) {
+    if (!PyTuple_Check(keys) || !PyTuple_Check(values)) {
         fail(fn, "keys and values must be tuples of one array per sequence, got %s and %s", Py_TYPE(keys)->tp_name,
              Py_TYPE(values)->tp_name);
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(keys) != PyTuple_GET_SIZE(values)) {
+        fail(fn, "keys and values must hold one array per sequence each, got %zd and %zd", PyTuple_GET_SIZE(keys),
+             PyTuple_GET_SIZE(values));
         return NULL;
     }
     const Py_ssize_t B = PyTuple_GET_SIZE(keys);
