@@ -8,6 +8,7 @@ by one, negative or past any bound, a non-int. Each broken call must raise Inter
 run, and on a few shapes give numpy's (or gguf's) values.
 """
 
+import sys
 from dataclasses import dataclass
 
 import gguf.quants
@@ -196,12 +197,23 @@ def test_a_broken_argument_raises_internal_error(name, data):
     rng = rng_for(data)
     args, kinds = CALLS[name](data, rng)
     i = data.draw(st.integers(0, len(args) - 1), label="argument")
-    for bad in bad_values(args[i], kinds[i]):
+    held = arrays_in(args)
+    references = [sys.getrefcount(a) for a in held]
+    wrong = bad_values(args[i], kinds[i])
+    for bad in wrong:
         broken = list(args)
         broken[i] = bad
         with pytest.raises(InternalError):
             call(name, broken)
+    del wrong, bad, broken  # (views among them hold their base arrays)
+    assert [sys.getrefcount(a) for a in held] == references  # every buffer view taken was released
     assert call(name, args) is None  # the valid call still runs
+
+
+def arrays_in(args: list) -> list[np.ndarray]:
+    """The arrays of a call, those in tuples (caches) included."""
+    flat = [x for a in args for x in (a if isinstance(a, tuple) else (a,))]
+    return [a for a in flat if isinstance(a, np.ndarray)]
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
