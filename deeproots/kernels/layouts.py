@@ -20,9 +20,9 @@ SUBBLOCKS = QK_K // 32  # 32-value sub-blocks per k-quant super-block
 def _check_block_geometry() -> None:
     """The file blocks the C core reads (its own #defines) must be deeproots.quant's: checked once, at import."""
     for type_id, (values, nbytes) in _cpu.FILE_BLOCK_BYTES.items():
-        geometry = BLOCK_GEOMETRY[GGMLType(type_id)]
+        name, geometry = GGMLType(type_id).name, BLOCK_GEOMETRY[GGMLType(type_id)]
         if (values, nbytes) != (geometry.block_size, geometry.type_size):
-            raise InternalError(f"the C core reads {GGMLType(type_id).name} blocks of {values} values in {nbytes} bytes, "
+            raise InternalError(f"the C core reads {name} blocks of {values} values in {nbytes} bytes, "
                                 f"deeproots.quant says {geometry.block_size} in {geometry.type_size}")
 
 
