@@ -322,3 +322,10 @@ def test_silu_mul_matches_numpy(t, f):
     call("silu_mul", args)
     gate, up = args[0][:, :f].astype(np.float64), args[0][:, f:].astype(np.float64)
     np.testing.assert_allclose(args[1], gate / (1 + np.exp(-gate)) * up, rtol=1e-6, atol=1e-7)
+
+
+def test_the_c_cores_block_geometry_is_ggufs():
+    """The file block sizes csrc/qgemm.h hard-codes (checked against deeproots.quant at import) are GGML's."""
+    assert _cpu.FILE_BLOCK_BYTES.keys() == {2, 3, 8}  # Q4_0, Q4_1, Q8_0
+    for type_id, geometry in _cpu.FILE_BLOCK_BYTES.items():
+        assert geometry == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
