@@ -6,10 +6,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from .cache.kv import kv_cache_nbytes
+from .cache.kv import kv_cache_nbytes, kv_type_fits
 from .config import ModelConfig, config_from_gguf
 from .errors import ModelFormatError
-from .kernels.attention import QK
 from .model_file import open_model_file
 from .quant.types import GGMLType
 
@@ -41,7 +40,7 @@ class ModelSummary:
         """Bytes of a `kv_type` KV cache for `context` tokens; None when unknown or when this model cannot have one
         (q8_0 needs a head size that is a multiple of 32)."""
         c = self.config
-        if c is None or (kv_type == "q8_0" and c.head_dim % QK):
+        if c is None or not kv_type_fits(kv_type, c.head_dim):
             return None
         return kv_cache_nbytes(c.n_layers, c.n_kv_heads, c.head_dim, context, kv_type)
 

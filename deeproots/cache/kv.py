@@ -16,15 +16,22 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import RequestError
-from ..kernels.attention import Q8_0_BYTES, QK, quantize_q8_0_rows
+from ..kernels.attention import quantize_q8_0_rows
 from ..quant import GGMLType, dequantize
+from ..quant.types import BLOCK_GEOMETRY
 
+QK, Q8_0_BYTES = BLOCK_GEOMETRY[GGMLType.Q8_0].block_size, BLOCK_GEOMETRY[GGMLType.Q8_0].type_size  # 32 values, 34 B
 KV_TYPES = {"f32": np.float32, "f16": np.float16, "q8_0": np.uint8}  # name -> the numpy dtype rows are stored in
 
 
 def check_kv_type(kv_type: str) -> None:
     if kv_type not in KV_TYPES:
         raise RequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+
+
+def kv_type_fits(kv_type: str, head_dim: int) -> bool:
+    """Whether a cache of `kv_type` can hold rows of head_dim values: q8_0 stores whole blocks of 32."""
+    return kv_type != "q8_0" or head_dim % QK == 0
 
 
 def dequantize_rows(rows: np.ndarray) -> np.ndarray:
@@ -54,7 +61,7 @@ def kv_cache_nbytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, 
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, kv_type: str = "f32"):
         check_kv_type(kv_type)
-        if kv_type == "q8_0" and head_dim % QK:
+        if not kv_type_fits(kv_type, head_dim):
             raise RequestError(f"a q8_0 KV cache needs a head size that is a multiple of {QK}; this model's is "
                                f"{head_dim}: use f16")
         self.kv_type = kv_type

@@ -42,11 +42,13 @@ import weakref
 import numpy as np
 
 from ..errors import RequestError
+from ..quant.types import BLOCK_GEOMETRY, GGMLType
 from . import _cpu
 from .outputs import F32 as _F32, bad_array, bad_contiguous, heads_side_by_side, output_buffer
 
-_Q8_0 = 8  # GGML's type id for Q8_0
-QK, Q8_0_BYTES = 32, 2 + 32  # values per Q8_0 block; its bytes: an f16 scale, then 32 int8
+_Q8_0 = int(GGMLType.Q8_0)
+_Q8_0_GEOMETRY = BLOCK_GEOMETRY[GGMLType.Q8_0]
+QK, Q8_0_BYTES = _Q8_0_GEOMETRY.block_size, _Q8_0_GEOMETRY.type_size  # values per Q8_0 block (32); its bytes (34)
 _U8 = np.dtype(np.uint8)
 # dtype -> GGML type id, as the C core names them
 _KV_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, _U8: _Q8_0}
@@ -144,8 +146,7 @@ def cached_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     if result is None:
         raise _bad_input(q, k, v, scale, out, window)
     if t:
-        _attention(q, qs[0] // 4, qs[1] // 4, k, ks[0] // size, ks[1] // size, v, vs[0] // size, vs[1] // size,
-                   kv_type, h, g, t, length, d, float(scale), result, keys)
+        _attention(q, k, v, kv_type, h, g, t, length, d, float(scale), result, keys)  # strides: the views' own
     return result
 
 
@@ -154,10 +155,10 @@ def quantize_q8_0_rows(x: np.ndarray, out: np.ndarray) -> None:
     deeproots.quant's Q8_0 (ggml's reference quantizer). Both are numpy arrays and may be strided views with a
     contiguous last dimension, such as new keys and the cache rows they go to; out must be writeable."""
     try:  # one fused check, as in cached_attention: a q8_0 cache calls this twice per layer per token
-        (heads, rows, d), xs, os = x.shape, x.strides, out.strides
+        (heads, rows, d) = x.shape
         ok = (x.dtype == _F32 and out.dtype == _U8 and d % QK == 0
               and out.shape == (heads, rows, d // QK * Q8_0_BYTES) and out.flags.writeable
-              and (heads * rows == 0 or _rows_of_whole_elements(xs, 4) and os[2] == 1))  # none: nothing is read
+              and (heads * rows == 0 or _rows_of_whole_elements(x.strides, 4) and out.strides[2] == 1))  # none: no read
     except (AttributeError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -167,18 +168,18 @@ def quantize_q8_0_rows(x: np.ndarray, out: np.ndarray) -> None:
                            f"{tuple(getattr(x, 'shape', ()))} and {getattr(out, 'dtype', type(out))} "
                            f"{tuple(getattr(out, 'shape', ()))}")
     if heads and rows:
-        _quantize_q8_0(x, xs[0] // 4, xs[1] // 4, out, os[0], os[1], heads, rows, d)
+        _quantize_q8_0(x, out, heads, rows, d)
 
 
 _attention_batch = _cpu.attention_batch
-_BATCH_FIELDS = 8  # per sequence: first row, T, offset, key and value base pointers, layer, head and row strides
 _plan: list = [None]  # the last step's plan: see _batch_plan
 
 
 def _batch_plan(caches, lengths) -> tuple:
     """Descriptors of the caches of one forward step: built by the first layer, reused by the others (the caches'
     offsets only move after the last layer): (cache refs, offsets, lengths, desc, kv_type, n_layers, n_kv_heads,
-    row, N, longest offset + T). Weak references: a plan keeps no cache alive."""
+    row, N, longest offset + T), desc (B, 2) int64 holding each sequence's row count and cache offset. Weak
+    references: a plan keeps no cache alive."""
     plan = _plan[0]
     if plan is not None and plan[2] == lengths and plan[1] == tuple([cache.offset for cache in caches]) and \
             tuple([ref() for ref in plan[0]]) == caches:
@@ -187,7 +188,6 @@ def _batch_plan(caches, lengths) -> tuple:
     keys0 = first.keys
     n_layers, g, _, row = keys0.shape
     kv_type = _KV_TYPES.get(keys0.dtype)
-    desc, start = [], 0
     for cache, t in zip(caches, lengths):
         keys, values = cache.keys, cache.values
         if type(t) is not int or t < 0 or keys.dtype != keys0.dtype or values.dtype != keys0.dtype or \
@@ -198,11 +198,9 @@ def _batch_plan(caches, lengths) -> tuple:
         end = cache.offset + t
         if end > cache.max_tokens or end > keys.shape[2]:
             raise RequestError(f"the KV cache holds {cache.max_tokens} tokens; this step needs {end}")
-        strides = [s // keys.itemsize for s in keys.strides[:3]]  # layer, head, row strides in elements
-        desc.append((start, t, cache.offset, keys.ctypes.data, values.ctypes.data, *strides))
-        start += t
+    desc = np.array([(t, cache.offset) for cache, t in zip(caches, lengths)], dtype=np.int64).reshape(-1, 2)
     plan = (tuple([weakref.ref(cache) for cache in caches]), tuple([cache.offset for cache in caches]), tuple(lengths),
-            np.array(desc, dtype=np.int64), kv_type, n_layers, g, row, start,
+            desc, kv_type, n_layers, g, row, sum(lengths),
             max(cache.offset + t for cache, t in zip(caches, lengths)))
     _plan[0] = plan
     return plan
@@ -245,6 +243,7 @@ def batched_attention(qkv: np.ndarray, n_heads: int, caches, lengths, layer: int
         raise RequestError("batched_attention: qkv must be float32 (N, n_heads + 2 n_kv_heads, D) matching the "
                            "caches, with rope tables covering every position")
     out = np.empty((n, n_heads * d), _F32)
-    _attention_batch(desc, len(caches), layer, qkv, strides[0] // 4, n_heads, g, d, kv_type, float(scale),
-                     window or 0, out, cos, sin, rope_dim, interleaved)
+    keys, values = tuple([cache.keys for cache in caches]), tuple([cache.values for cache in caches])
+    _attention_batch(desc, keys, values, layer, qkv, n_heads, g, d, kv_type, float(scale), window or 0, out, cos, sin,
+                     rope_dim, interleaved)
     return out

@@ -131,7 +131,7 @@ def rotary_embedding_(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start: in
     if not ok:
         raise _bad_rope(x, cos, sin, start, rope_dim, interleaved)
     if t and h:
-        _rope(x, strides[0] // 4, t, h, d, cos, sin, start, rope_dim, interleaved)
+        _rope(x, t, h, d, cos, sin, start, rope_dim, interleaved)  # strides: the view's own
 
 
 def _bad_silu(gate_up: object, out: object) -> RequestError:

@@ -8,12 +8,25 @@ keep the file's precision: a repacked tensor is the size of the file's, plus pad
 
 import numpy as np
 
+from ..errors import InternalError
 from ..quant.types import BLOCK_GEOMETRY, GGMLType, QK_K
 from . import _cpu
 
-ROWS = 16  # output rows per group; must match ROWS in csrc/qgemm.h
+ROWS = _cpu.ROWS  # output rows per group (16), as the extension was built with
 CHUNK_ROWS = 64 * ROWS  # rows repacked at a time: bounds the temporary memory of a large tensor
 SUBBLOCKS = QK_K // 32  # 32-value sub-blocks per k-quant super-block
+
+
+def _check_block_geometry() -> None:
+    """The file blocks the C core reads (its own #defines) must be deeproots.quant's: checked once, at import."""
+    for type_id, (values, nbytes) in _cpu.FILE_BLOCK_BYTES.items():
+        name, geometry = GGMLType(type_id).name, BLOCK_GEOMETRY[GGMLType(type_id)]
+        if (values, nbytes) != (geometry.block_size, geometry.type_size):
+            raise InternalError(f"the C core reads {name} blocks of {values} values in {nbytes} bytes, "
+                                f"deeproots.quant says {geometry.block_size} in {geometry.type_size}")
+
+
+_check_block_geometry()
 
 
 def _interleave(fields: np.ndarray, unit: int) -> np.ndarray:
@@ -113,8 +126,9 @@ def pack_quantized(parts: list[np.ndarray], ggml_type: GGMLType, n: int, k: int,
             parts = [np.concatenate(parts)]
         first_group = 0
         for part in parts:
-            _cpu.pack_blocks(int(ggml_type), part, part.shape[0], k, out[first_group:])
-            first_group += part.shape[0] // ROWS
+            part_groups = -(-part.shape[0] // ROWS)
+            _cpu.pack_blocks(int(ggml_type), part, part.shape[0], k, out[first_group:first_group + part_groups])
+            first_group += part_groups
         return out.reshape(-1)
     rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
     for start in range(0, n, CHUNK_ROWS):

@@ -55,7 +55,8 @@ def physical_cores() -> int:
     return len(cores) or len(cpus)
 
 
-_cpu.set_num_threads(physical_cores())
+MAX_THREADS = _cpu.MAX_THREADS  # the most threads set_num_threads takes (512)
+_cpu.set_num_threads(min(physical_cores(), MAX_THREADS))
 
 
 class PackedWeight:
@@ -88,9 +89,9 @@ def kernel_types() -> frozenset[int]:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the kernels use from now on (at least 1)."""
-    if not isinstance(n, int) or n < 1:
-        raise RequestError(f"set_num_threads needs an int >= 1, got {n!r}")
+    """Threads the kernels use from now on: an int in [1, MAX_THREADS]."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_THREADS:
+        raise RequestError(f"set_num_threads needs an int in [1, {MAX_THREADS}], got {n!r}")
     _cpu.set_num_threads(n)
 
 

@@ -19,7 +19,6 @@
 #define KC 64 /* keys per chunk: their scores live on the stack */
 #define SLAB 8 /* output vectors held in registers while a chunk's value rows stream past */
 #define MIN_WORK_PER_THREAD 32768 /* key x dim products (~3 us) below which another thread is not worth waking */
-#define Q8_0_BYTES (2 + QBLOCK) /* a q8_0 block: f16 scale d, then 32 int8 q; value = d * q */
 
 /* VW int8 values at p as f32, and an f16 scale, for the ISA simd.h selected. */
 #if defined(ISA_AVX512)

@@ -29,12 +29,19 @@ typedef struct {
 static int block_fields(int type, field_t f[3], int *type_size)
 {
     switch (type) {
-    case T_Q4_0: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 16, 4}; *type_size = 18; return 2;
-    case T_Q4_1: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 2, 2}; f[2] = (field_t){4, 16, 4}; *type_size = 20;
-                 return 3;
-    case T_Q8_0: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 32, 4}; *type_size = 34; return 2;
+    case T_Q4_0: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 16, 4}; *type_size = Q4_0_BYTES; return 2;
+    case T_Q4_1: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 2, 2}; f[2] = (field_t){4, 16, 4};
+                 *type_size = Q4_1_BYTES; return 3;
+    case T_Q8_0: f[0] = (field_t){0, 2, 2}; f[1] = (field_t){2, 32, 4}; *type_size = Q8_0_BYTES; return 2;
     default: return 0;
     }
+}
+
+int64_t file_row_bytes(int type, int64_t K)
+{
+    field_t fields[3];
+    int type_size;
+    return block_fields(type, fields, &type_size) && K > 0 && K % QBLOCK == 0 ? K / QBLOCK * type_size : -1;
 }
 
 /* Unit j of `size / unit` from each of the 16 rows side by side: dst[(j * ROWS + r) * unit] = row r's unit j.

@@ -1,12 +1,13 @@
 /* The Python extension deeproots.kernels._cpu: thin entry points over the kernels, threading and scratch.
  *
- * Calls go through METH_FASTCALL, so a call costs well under a microsecond before the kernel runs. A pointer argument
- * is a numpy array (any object exporting the buffer protocol, read-only and strided views included: the address of
- * its first element is taken) or a plain int address. Threads come from pool.c; the GIL is released while the
- * kernels run.
+ * Calls go through METH_FASTCALL, so a call costs well under a microsecond before the kernel runs. Arrays come as
+ * objects exporting the buffer protocol (numpy arrays), never as addresses, and every argument is checked against
+ * the sizes given before a kernel runs (the trust boundary below). Threads come from pool.c; the GIL is released
+ * while the kernels run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -136,80 +137,268 @@ static int run_linear(job_t *job)
     return atomic_load(&job->failed) ? -1 : 0;
 }
 
-static int as_int64(PyObject *o, int64_t *v)
+/* ---- The trust boundary: every argument is checked here, in C, before a kernel sees it. ----
+ * A wrong call raises deeproots.errors.InternalError naming the entry point, the argument, what was expected and what
+ * came (the callers in the deeproots.kernels modules validate user input first, with RequestError). Arrays come
+ * through the buffer protocol with their element format; a contiguous array must hold exactly the bytes its shape
+ * needs, a strided one must have exactly the shape told, and the kernel then steps with the view's own strides.
+ * Every view taken is released on every path (views start zeroed: PyBuffer_Release skips those never taken). */
+
+static PyObject *internal_error; /* deeproots.errors.InternalError, imported at module init */
+
+#define DIM_MAX ((int64_t)1 << 40) /* bound of every size argument: sums of two never overflow */
+#define MAX_THREADS 512           /* bound of set_num_threads (the pool runs at most 64 threads at once) */
+
+/* Raises InternalError "fn: <message>" and returns -1. */
+static int fail(const char *fn, const char *format, ...)
 {
-    *v = PyLong_AsLongLong(o);
-    return *v == -1 && PyErr_Occurred() ? -1 : 0;
+    va_list va;
+    va_start(va, format);
+    PyObject *message = PyUnicode_FromFormatV(format, va);
+    va_end(va);
+    if (message) {
+        PyErr_Format(internal_error, "%s: %U", fn, message);
+        Py_DECREF(message);
+    }
+    return -1;
 }
 
-/* *v = the address of o's first element: o is an int, or exports the buffer protocol (a numpy array). PyBUF_STRIDES
- * without PyBUF_WRITABLE accepts read-only and non-contiguous views, whose buf is still their first element. The
- * view is released at once: the caller keeps o alive for the call. 0-d buffers are refused: a numpy integer scalar
- * (an address read out of an array) exports one, and its own address is not the one meant. */
-static int as_pointer(PyObject *o, int64_t *v)
+/* Replaces the pending TypeError / ValueError / OverflowError / BufferError raised while reading argument `name` with
+ * an InternalError naming it (the original as its __cause__); any other error (MemoryError) stays. Returns -1. */
+static int fail_reading(const char *fn, const char *name)
 {
-    if (PyLong_Check(o))
-        return as_int64(o, v);
-    Py_buffer view;
-    if (PyObject_GetBuffer(o, &view, PyBUF_STRIDES))
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError) &&
+        !PyErr_ExceptionMatches(PyExc_OverflowError) && !PyErr_ExceptionMatches(PyExc_BufferError))
         return -1;
-    const int ndim = view.ndim;
-    *v = (int64_t)(intptr_t)view.buf;
-    PyBuffer_Release(&view);
-    if (ndim == 0) {
-        PyErr_SetString(PyExc_TypeError, "a pointer argument must be an array of at least one dimension or an int");
-        return -1;
-    }
+    PyObject *type, *cause, *tb;
+    PyErr_Fetch(&type, &cause, &tb);
+    PyErr_NormalizeException(&type, &cause, &tb);
+    PyErr_Format(internal_error, "%s: argument %s: %S", fn, name, cause);
+    PyObject *type2, *error, *tb2;
+    PyErr_Fetch(&type2, &error, &tb2);
+    PyErr_NormalizeException(&type2, &error, &tb2);
+    if (tb)
+        PyException_SetTraceback(cause, tb);
+    PyException_SetCause(error, cause); /* steals cause */
+    PyErr_Restore(type2, error, tb2);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return -1;
+}
+
+static int arg_count(const char *fn, Py_ssize_t nargs, Py_ssize_t wanted, const char *usage)
+{
+    return nargs == wanted ? 0 : fail(fn, "takes %zd arguments (%s), got %zd", wanted, usage, nargs);
+}
+
+/* *v = o, a Python int (bool included) in [lo, hi]. */
+static int int_arg(const char *fn, const char *name, PyObject *o, int64_t lo, int64_t hi, int64_t *v)
+{
+    if (!PyLong_Check(o))
+        return fail(fn, "%s must be an int, got %s", name, Py_TYPE(o)->tp_name);
+    const long long x = PyLong_AsLongLong(o);
+    if (x == -1 && PyErr_Occurred())
+        return fail_reading(fn, name);
+    if (x < lo || x > hi)
+        return fail(fn, "%s must be in [%lld, %lld], got %lld", name, (long long)lo, (long long)hi, x);
+    *v = x;
     return 0;
 }
 
-#define PTR(i) (1u << (i)) /* marks argument i as a pointer in an argument mask */
-
-/* v[i] = args[i] as an int, or as a pointer (as_pointer) where `pointers` has PTR(i). */
-static int arg_int64(PyObject *const *args, int i, unsigned pointers, int64_t *v)
+static int size_arg(const char *fn, const char *name, PyObject *o, int64_t lo, int64_t *v)
 {
-    return pointers & PTR(i) ? as_pointer(args[i], &v[i]) : as_int64(args[i], &v[i]);
+    return int_arg(fn, name, o, lo, DIM_MAX, v);
 }
 
-/* v[0 .. n) = args[0 .. n) as ints or pointers (see arg_int64), or -1 with TypeError naming `usage` unless exactly
- * `wanted` arguments came. */
-static int int_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t wanted, int64_t *v, int n, unsigned pointers,
-                    const char *usage)
+static int float_arg(const char *fn, const char *name, PyObject *o, double *v)
 {
-    if (nargs != wanted) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return -1;
+    if (!PyFloat_Check(o) && !PyLong_Check(o))
+        return fail(fn, "%s must be a float, got %s", name, Py_TYPE(o)->tp_name);
+    *v = PyFloat_AsDouble(o);
+    return *v == -1.0 && PyErr_Occurred() ? fail_reading(fn, name) : 0;
+}
+
+/* a * b for sizes a, b >= 0, saturating at INT64_MAX (a length no buffer has). */
+static int64_t mul(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+/* Element formats, as the buffer protocol (struct module) names them. */
+enum { F32 = 'f', F16 = 'e', U8 = 'B', I64 = 'q' };
+
+static const char *format_name(char format)
+{
+    return format == F32 ? "float32" : format == F16 ? "float16" : format == U8 ? "uint8" : "int64";
+}
+
+static Py_ssize_t format_size(char format) { return format == F32 ? 4 : format == F16 ? 2 : format == U8 ? 1 : 8; }
+
+/* The buffer format of a kv type's cache rows: f32, f16, or q8_0 blocks as bytes. */
+static char kv_format(int type) { return type == T_F32 ? F32 : type == T_F16 ? F16 : U8; }
+
+/* Whether a view's elements are native `format` values ("f", "@f", "=f" or "<f" for float32 on this little-endian
+ * host; numpy's int64 says "l"). */
+static int has_format(const Py_buffer *v, char format)
+{
+    const char *f = v->format ? v->format : "B";
+    if (*f == '@' || *f == '=' || (*f == '<' && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__))
+        f++;
+    const int same = f[0] == format || (format == I64 && (f[0] == 'l' || f[0] == 'q'));
+    return same && f[1] == '\0' && v->itemsize == format_size(format);
+}
+
+/* view = o's buffer of `format` elements, taken with `flags` (+ PyBUF_FORMAT, + PyBUF_WRITABLE when `written`). */
+static int get_view(const char *fn, const char *name, PyObject *o, char format, int written, int flags,
+                    Py_buffer *view)
+{
+    if (PyObject_GetBuffer(o, view, flags | PyBUF_FORMAT | (written ? PyBUF_WRITABLE : 0))) {
+        view->obj = NULL;
+        return fail_reading(fn, name);
     }
-    for (int i = 0; i < n; i++)
-        if (arg_int64(args, i, pointers, v))
-            return -1;
+    if (!has_format(view, format))
+        return fail(fn, "%s must hold %s values, got buffer format '%s' of %zd-byte items", name,
+                    format_name(format), view->format ? view->format : "B", view->itemsize);
     return 0;
 }
 
-/* linear(type, w, N, K, x, T, out): out (T, N) = x (T, K) @ W.T for W packed as described in qgemm.h; w, x and out
- * are pointers (arrays or int addresses), as in every entry point below. The caller (deeproots/kernels/packed.py)
- * has validated every pointer, shape and dtype. */
+/* view = o's buffer: C-contiguous `format` elements, exactly `bytes` long, writable when `written`. */
+static int get_contiguous(const char *fn, const char *name, PyObject *o, char format, int written, int64_t bytes,
+                          Py_buffer *view)
+{
+    if (get_view(fn, name, o, format, written, PyBUF_C_CONTIGUOUS, view))
+        return -1;
+    if (view->len != bytes)
+        return fail(fn, "%s holds %zd bytes, the sizes given need %lld (%s)", name, view->len, (long long)bytes,
+                    format_name(format));
+    return 0;
+}
+
+/* Whether distinct indices of a (ndim <= 4)-d array with these extents and strides (in elements) reach distinct
+ * elements: taken by increasing |stride|, each dimension steps over all that the smaller ones span. */
+static int one_to_one(int ndim, const int64_t *shape, const int64_t *strides)
+{
+    int64_t step[4], extent[4];
+    int n = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 1)
+            continue;
+        int j = n++;
+        const int64_t s = strides[i] < 0 ? -strides[i] : strides[i];
+        for (; j > 0 && step[j - 1] > s; j--) /* insertion by |stride| */
+            step[j] = step[j - 1], extent[j] = extent[j - 1];
+        step[j] = s, extent[j] = shape[i];
+    }
+    int64_t span = 1; /* elements spanned by the dimensions taken so far */
+    for (int j = 0; j < n; j++) {
+        if (step[j] < span)
+            return 0;
+        span = mul(step[j], extent[j] - 1) + span;
+    }
+    return 1;
+}
+
+/* Checks that view is `ndim`-d (at most 4) with exactly `shape` and a contiguous last dimension, and sets strides[]
+ * to its strides in elements (0 along a dimension of extent 1, never stepped along). A written view must not reach
+ * one element by two indices (one_to_one). */
+static int check_strides(const char *fn, const char *name, const Py_buffer *view, int ndim, const int64_t *shape,
+                         int written, int64_t *strides)
+{
+    if (view->ndim != ndim)
+        return fail(fn, "%s must be %d-d, got %d-d", name, ndim, view->ndim);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (view->shape[i] != shape[i])
+            return fail(fn, "%s has extent %zd along dimension %d, the sizes given need %lld", name, view->shape[i], i,
+                        (long long)shape[i]);
+        n = mul(n, shape[i]);
+        strides[i] = 0;
+    }
+    if (n == 0) /* nothing is read or written */
+        return 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == 1)
+            continue;
+        if (view->strides[i] % view->itemsize)
+            return fail(fn, "%s: stride %zd of dimension %d is not a whole number of %zd-byte elements", name,
+                        view->strides[i], i, view->itemsize);
+        strides[i] = view->strides[i] / view->itemsize;
+    }
+    if (shape[ndim - 1] > 1 && strides[ndim - 1] != 1)
+        return fail(fn, "%s must have a contiguous last dimension, got a stride of %zd bytes", name,
+                    view->strides[ndim - 1]);
+    if (written && !one_to_one(ndim, shape, strides))
+        return fail(fn, "%s is written, but its strides reach some element twice", name);
+    return 0;
+}
+
+/* view = o's buffer: `format` elements with exactly `shape` (ndim dims) and a contiguous last dimension, any other
+ * strides, set in strides[] in elements (see check_strides); writable when `written`. */
+static int get_strided(const char *fn, const char *name, PyObject *o, char format, int written, int ndim,
+                       const int64_t *shape, int64_t *strides, Py_buffer *view)
+{
+    if (get_view(fn, name, o, format, written, PyBUF_STRIDES, view))
+        return -1;
+    return check_strides(fn, name, view, ndim, shape, written, strides);
+}
+
+static void release(Py_buffer *views, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyBuffer_Release(&views[i]);
+}
+
+/* A GGML type id argument (validated further by each entry point). */
+static int type_arg(const char *fn, PyObject *o, int *type)
+{
+    int64_t v = 0;
+    if (int_arg(fn, "type", o, 0, 255, &v))
+        return -1;
+    *type = (int)v;
+    return 0;
+}
+
+/* Bytes of a packed weight of N rows of K values: row-major floats, or whole groups of ROWS rows; -1: no kernel. */
+static int64_t packed_bytes(int type, int64_t N, int64_t K)
+{
+    if (is_float_type(type))
+        return mul(mul(N, K), type == T_F32 ? 4 : 2);
+    const int64_t group = qgemm_group_bytes(type, K);
+    return group > 0 ? mul((N + ROWS - 1) / ROWS, group) : -1;
+}
+
+/* linear(type, w, N, K, x, T, out): out (T, N) = x (T, K) @ W.T for W (N rows of K) packed as described in qgemm.h:
+ * w uint8, packed_bytes long; x float32 and out float32 (written), C-contiguous. */
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[7];
-    if (int_args(args, nargs, 7, v, 7, PTR(1) | PTR(4) | PTR(6),
-                 "linear(type, w, N, K, x, T, out) takes 7 arguments: arrays (or int addresses) w, x, out; ints"))
+    static const char fn[] = "linear";
+    int type = 0;
+    int64_t N = 0, K = 0, T = 0;
+    if (arg_count(fn, nargs, 7, "type, w, N, K, x, T, out") || type_arg(fn, args[0], &type) ||
+        size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K) || size_arg(fn, "T", args[5], 0, &T))
         return NULL;
-    const int type = (int)v[0];
-    const int64_t N = v[2], K = v[3], T = v[5];
-    if (N <= 0 || K <= 0 || T < 0 || !(is_float_type(type) || qgemm_group_bytes(type, K) > 0)) {
-        PyErr_SetString(PyExc_ValueError, "linear: unsupported type or bad sizes");
+    const int64_t w_bytes = packed_bytes(type, N, K);
+    if (w_bytes < 0) {
+        fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
         return NULL;
     }
-    job_t job = {.type = type, .w = (const uint8_t *)(intptr_t)v[1], .N = N, .K = K, .T = T,
-                 .x = (const float *)(intptr_t)v[4], .out = (float *)(intptr_t)v[6]};
+    Py_buffer b[3] = {{0}};
+    if (get_contiguous(fn, "w", args[1], U8, 0, w_bytes, &b[0]) ||
+        get_contiguous(fn, "x", args[4], F32, 0, mul(mul(T, K), 4), &b[1]) ||
+        get_contiguous(fn, "out", args[6], F32, 1, mul(mul(T, N), 4), &b[2])) {
+        release(b, 3);
+        return NULL;
+    }
+    job_t job = {.type = type, .w = b[0].buf, .N = N, .K = K, .T = T, .x = b[1].buf, .out = b[2].buf};
     int rc = 0;
     if (T > 0) {
         Py_BEGIN_ALLOW_THREADS
         rc = run_linear(&job);
         Py_END_ALLOW_THREADS
     }
+    release(b, 3);
     if (rc)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -219,14 +408,12 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
 static PyObject *py_group_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t type, K;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "group_bytes(type, K) takes 2 ints");
+    static const char fn[] = "group_bytes";
+    int type = 0;
+    int64_t K = 0;
+    if (arg_count(fn, nargs, 2, "type, K") || type_arg(fn, args[0], &type) || size_arg(fn, "K", args[1], 0, &K))
         return NULL;
-    }
-    if (as_int64(args[0], &type) || as_int64(args[1], &K))
-        return NULL;
-    return PyLong_FromLongLong(qgemm_group_bytes((int)type, K));
+    return PyLong_FromLongLong(qgemm_group_bytes(type, K));
 }
 
 typedef struct {
@@ -243,229 +430,414 @@ static void pack_part(void *ctx, int i, int n)
     pack_blocks(job->type, job->src, job->n, job->K, groups * i / n, groups * (i + 1) / n, job->dst);
 }
 
-/* pack_blocks(type, src, n, K, dst): repack a Q4_0 / Q4_1 / Q8_0 weight's file rows src (n, K / 32 blocks) into
- * dst (ceil(n / 16) groups of group_bytes(type, K)), groups split over the threads. The caller
- * (deeproots/kernels/layouts.py) has checked the sizes. */
+/* pack_blocks(type, src, n, K, dst): repack a Q4_0 / Q4_1 / Q8_0 weight's file rows src (n rows of K / 32 blocks,
+ * uint8, C-contiguous) into dst (exactly ceil(n / 16) groups of group_bytes(type, K), uint8, C-contiguous, written),
+ * groups split over the threads. */
 static PyObject *py_pack_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[5];
-    if (int_args(args, nargs, 5, v, 5, PTR(1) | PTR(4),
-                 "pack_blocks(type, src, n, K, dst) takes 5 arguments: arrays (or int addresses) src, dst; ints"))
+    static const char fn[] = "pack_blocks";
+    int type = 0;
+    int64_t n = 0, K = 0;
+    if (arg_count(fn, nargs, 5, "type, src, n, K, dst") || type_arg(fn, args[0], &type) ||
+        size_arg(fn, "n", args[2], 1, &n) || size_arg(fn, "K", args[3], 1, &K))
         return NULL;
-    pack_job_t job = {(int)v[0], (const uint8_t *)(intptr_t)v[1], v[2], v[3], (uint8_t *)(intptr_t)v[4]};
-    if (job.n <= 0 || job.type == T_Q4_K || job.type == T_Q5_K || job.type == T_Q6_K ||
-        qgemm_group_bytes(job.type, job.K) <= 0) {
-        PyErr_SetString(PyExc_ValueError, "pack_blocks: the type must be Q4_0, Q4_1 or Q8_0, with n > 0 and K % 32 == 0");
+    const int64_t row_bytes = file_row_bytes(type, K), groups = (n + ROWS - 1) / ROWS;
+    if (row_bytes < 0) {
+        fail(fn, "the type must be Q4_0, Q4_1 or Q8_0 with K a multiple of %d, got type %d, K = %lld", QBLOCK, type,
+             (long long)K);
         return NULL;
     }
-    const int64_t groups = (job.n + ROWS - 1) / ROWS;
+    Py_buffer b[2] = {{0}};
+    if (get_contiguous(fn, "src", args[1], U8, 0, mul(n, row_bytes), &b[0]) ||
+        get_contiguous(fn, "dst", args[4], U8, 1, mul(groups, qgemm_group_bytes(type, K)), &b[1])) {
+        release(b, 2);
+        return NULL;
+    }
+    pack_job_t job = {type, b[0].buf, n, K, b[1].buf};
     Py_BEGIN_ALLOW_THREADS
-    pool_run(pack_part, &job, threads_for(groups * (job.K / QBLOCK), groups));
+    pool_run(pack_part, &job, threads_for(groups * (K / QBLOCK), groups));
     Py_END_ALLOW_THREADS
+    release(b, 2);
     Py_RETURN_NONE;
 }
 
-/* Parse nargs == n arguments into ints or pointers v[i] (see arg_int64), except v[float_index], which goes to *f as
- * a double. */
-static int parse_ints_and_one_float(PyObject *const *args, Py_ssize_t nargs, int n, int float_index, unsigned pointers,
-                                    int64_t *v, double *f, const char *usage)
+/* The rotary tables cos and sin: the same number of rows (positions) of `half` float32 each, C-contiguous; b[0], b[1]
+ * get their views and *positions their rows. */
+static int get_tables(const char *fn, PyObject *cos, PyObject *sin, int64_t half, Py_buffer *b, int64_t *positions)
 {
-    if (nargs != n) {
-        PyErr_SetString(PyExc_TypeError, usage);
+    if (get_view(fn, "cos", cos, F32, 0, PyBUF_C_CONTIGUOUS, &b[0]) ||
+        get_contiguous(fn, "sin", sin, F32, 0, b[0].len, &b[1]))
         return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        if (i == float_index) {
-            *f = PyFloat_AsDouble(args[i]);
-            if (*f == -1.0 && PyErr_Occurred())
-                return -1;
-        } else if (arg_int64(args, i, pointers, v)) {
-            return -1;
-        }
-    }
+    if (b[0].len % (half * 4))
+        return fail(fn, "cos and sin hold %zd bytes, not whole rows of rope_dim / 2 = %lld floats", b[0].len,
+                    (long long)half);
+    *positions = b[0].len / (half * 4);
     return 0;
 }
 
-/* attention(q, q_head, q_row, k, k_head, k_row, v, v_head, v_row, kv_type, n_heads, n_kv_heads, T, L, D, scale, out,
- * window): the fields of attn_t (attention.h), strides in elements. The caller
- * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
+/* A kv type argument: f32, f16, or q8_0 (which needs D a multiple of 32); *row = elements of one key or value row
+ * (bytes of D / 32 blocks for q8_0). */
+static int kv_type_arg(const char *fn, PyObject *o, int64_t D, int *type, int64_t *row)
+{
+    int64_t v = 0;
+    if (int_arg(fn, "kv_type", o, 0, 255, &v))
+        return -1;
+    *type = (int)v;
+    if (v == T_F32 || v == T_F16) {
+        *row = D;
+        return 0;
+    }
+    if (v == T_Q8_0 && D % QBLOCK == 0) {
+        *row = D / QBLOCK * Q8_0_BYTES;
+        return 0;
+    }
+    return fail(fn, "kv_type must be F32 (0), F16 (1) or Q8_0 (8, with D a multiple of %d), got %lld with D = %lld",
+                QBLOCK, (long long)v, (long long)D);
+}
+
+/* attention(q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window): the fields of attn_t (attention.h).
+ * q (n_heads, T, D) float32 and k, v (n_kv_heads, L, row) of the kv type's format, each with a contiguous last
+ * dimension and any other strides (the kernel steps with the views' own); out (T, n_heads * D) float32, C-contiguous,
+ * written. */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    enum { SCALE = 15, NARGS = 18 };
-    int64_t v[NARGS];
+    static const char fn[] = "attention";
+    int64_t H = 0, G = 0, T = 0, L = 0, D = 0, row = 0, window = 0;
+    int type = 0;
     double scale = 0.0;
-    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, PTR(0) | PTR(3) | PTR(6) | PTR(16), v, &scale,
-                                 "attention takes 18 arguments: arrays (or int addresses) q, k, v, out at 0, 3, 6, "
-                                 "16, the float scale at 15, ints"))
+    if (arg_count(fn, nargs, 12, "q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window") ||
+        size_arg(fn, "n_heads", args[4], 1, &H) || size_arg(fn, "n_kv_heads", args[5], 1, &G) ||
+        size_arg(fn, "T", args[6], 0, &T) || size_arg(fn, "L", args[7], 0, &L) || size_arg(fn, "D", args[8], 1, &D) ||
+        kv_type_arg(fn, args[3], D, &type, &row) || float_arg(fn, "scale", args[9], &scale) ||
+        int_arg(fn, "window", args[11], 0, INT64_MAX, &window))
         return NULL;
-    const attn_t a = {.q = (const float *)(intptr_t)v[0], .q_head = v[1], .q_row = v[2],
-                      .k = (const uint8_t *)(intptr_t)v[3], .k_head = v[4], .k_row = v[5],
-                      .v = (const uint8_t *)(intptr_t)v[6], .v_head = v[7], .v_row = v[8], .kv_type = (int)v[9],
-                      .n_heads = v[10], .n_kv_heads = v[11], .T = v[12], .L = v[13], .D = v[14],
-                      .scale = (float)scale, .out = (float *)(intptr_t)v[16], .window = v[17]};
-    const int type_ok = a.kv_type == T_F32 || a.kv_type == T_F16 || (a.kv_type == T_Q8_0 && a.D % QBLOCK == 0);
-    if (!type_ok || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads || a.n_heads <= 0 || a.T < 0 || a.T > a.L ||
-        a.D <= 0 || a.window < 0) {
-        PyErr_SetString(PyExc_ValueError, "attention: unsupported kv type or bad sizes");
+    if (H % G || T > L) {
+        fail(fn, "n_heads (%lld) must be a multiple of n_kv_heads (%lld) and T (%lld) at most L (%lld)",
+             (long long)H, (long long)G, (long long)T, (long long)L);
         return NULL;
     }
-    if (a.T > 0) {
+    const int64_t q_shape[3] = {H, T, D}, kv_shape[3] = {G, L, row};
+    int64_t qs[3], ks[3], vs[3];
+    Py_buffer b[4] = {{0}};
+    if (get_strided(fn, "q", args[0], F32, 0, 3, q_shape, qs, &b[0]) ||
+        get_strided(fn, "k", args[1], kv_format(type), 0, 3, kv_shape, ks, &b[1]) ||
+        get_strided(fn, "v", args[2], kv_format(type), 0, 3, kv_shape, vs, &b[2]) ||
+        get_contiguous(fn, "out", args[10], F32, 1, mul(mul(T, H), mul(D, 4)), &b[3])) {
+        release(b, 4);
+        return NULL;
+    }
+    const attn_t a = {.q = b[0].buf, .q_head = qs[0], .q_row = qs[1], .k = b[1].buf, .k_head = ks[0], .k_row = ks[1],
+                      .v = b[2].buf, .v_head = vs[0], .v_row = vs[1], .kv_type = type, .n_heads = H, .n_kv_heads = G,
+                      .T = T, .L = L, .D = D, .scale = (float)scale, .out = b[3].buf, .window = window};
+    if (T > 0) {
         Py_BEGIN_ALLOW_THREADS
         attention_run(&a, n_threads);
         Py_END_ALLOW_THREADS
     }
+    release(b, 4);
     Py_RETURN_NONE;
 }
 
-/* attention_batch(desc, B, layer, qkv, qkv_row, n_heads, n_kv_heads, D, kv_type, scale, window, out, cos, sin,
- * rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2
- * n_kv_heads, D) f32, rows qkv_row floats apart. desc is B x BATCH_FIELDS int64: each sequence's first row, row count
- * T, cache offset, cache key and value base pointers (layer 0), and the caches' layer, head and row strides in
- * elements (bytes for q8_0). Per sequence, as rope, the cache update and attention do one by one: RoPE on its q and k
- * heads (positions offset ..), its k and v rows stored at the cache offset, then attention of its rows over keys
- * 0 .. offset + T into out (N, n_heads * D) at its first row; the attention of all sequences runs as one dispatch.
- * The caller (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
-enum { BATCH_FIELDS = 8 };
+/* One sequence of attention_batch: its rows [row0, row0 + T) of qkv, its cache's key and value views (4-d,
+ * C-contiguous, written) and where its new rows go. */
+typedef struct {
+    int64_t row0, T, offset;
+    Py_buffer *keys, *values;
+} batch_seq_t;
+
+/* The arguments of attention_batch after checking, with the views they hold. */
+typedef struct {
+    int64_t B, layer, H, G, D, row, window, rope_dim, interleaved, qkv_row, positions;
+    int type;
+    double scale;
+    float *qkv, *out;
+    const float *cos, *sin;
+    batch_seq_t *seqs;
+} batch_args_t;
+
+/* seq's cache views: keys[b] and values[b], (n_layers > layer, G, max_tokens >= offset + T, row) of the kv type's
+ * format, C-contiguous, written. */
+static int get_cache(const char *fn, PyObject *keys, PyObject *values, Py_ssize_t b, const batch_args_t *a,
+                     batch_seq_t *seq)
+{
+    PyObject *pair[2] = {PyTuple_GET_ITEM(keys, b), PyTuple_GET_ITEM(values, b)};
+    Py_buffer *views[2] = {seq->keys, seq->values};
+    static const char *const names[2] = {"keys", "values"};
+    for (int i = 0; i < 2; i++) {
+        if (get_view(fn, names[i], pair[i], kv_format(a->type), 1, PyBUF_C_CONTIGUOUS, views[i]))
+            return -1;
+        const Py_ssize_t *s = views[i]->shape;
+        if (views[i]->ndim != 4)
+            return fail(fn, "%s of sequence %zd must be 4-d, got %d-d", names[i], b, views[i]->ndim);
+        if (s[0] <= a->layer || s[1] != a->G || s[2] < seq->offset + seq->T || s[3] != a->row ||
+            (i == 1 && s[2] != views[0]->shape[2]))
+            return fail(fn, "%s of sequence %zd must be (n_layers > %lld, %lld, >= %lld, %lld) as its keys, got "
+                        "(%zd, %zd, %zd, %zd)", names[i], b, (long long)a->layer, (long long)a->G,
+                        (long long)(seq->offset + seq->T), (long long)a->row, s[0], s[1], s[2], s[3]);
+    }
+    return 0;
+}
+
+/* Reads desc (B x 2 int64: each sequence's row count T and cache offset) into a->seqs, whose rows follow one
+ * another in qkv from row 0; *N = their total, *end = the furthest position a sequence reaches. */
+static int get_desc(const char *fn, PyObject *desc, batch_args_t *a, Py_buffer *view, int64_t *N, int64_t *end)
+{
+    if (get_contiguous(fn, "desc", desc, I64, 0, mul(a->B, 2 * 8), view))
+        return -1;
+    const int64_t *d = view->buf;
+    *N = *end = 0;
+    for (int64_t b = 0; b < a->B; b++) {
+        batch_seq_t *seq = &a->seqs[b];
+        seq->row0 = *N, seq->T = d[2 * b], seq->offset = d[2 * b + 1];
+        if (seq->T < 0 || seq->T > DIM_MAX || seq->offset < 0 || seq->offset > DIM_MAX)
+            return fail(fn, "desc of sequence %lld: T = %lld and offset = %lld must be in [0, %lld]", (long long)b,
+                        (long long)seq->T, (long long)seq->offset, (long long)DIM_MAX);
+        *N += seq->T;
+        *end = seq->offset + seq->T > *end ? seq->offset + seq->T : *end;
+    }
+    return 0;
+}
+
+static void batch_run(const batch_args_t *a, attn_t *attn)
+{
+    const int64_t es = a->type == T_F32 ? 4 : a->type == T_F16 ? 2 : 1, H = a->H, G = a->G, D = a->D;
+    for (int64_t b = 0; b < a->B; b++) {
+        const batch_seq_t *s = &a->seqs[b];
+        /* C-contiguous (n_layers, G, max_tokens, row): strides in elements (bytes for q8_0) from the shape */
+        const int64_t row = a->row, head = s->keys->shape[2] * row, layer = a->layer * G * head * es;
+        float *x = a->qkv + s->row0 * a->qkv_row;
+        uint8_t *k = (uint8_t *)s->keys->buf + layer, *v = (uint8_t *)s->values->buf + layer;
+        if (s->T > 0) {
+            rope_run(x, a->qkv_row, s->T, H + G, D, a->cos, a->sin, s->offset, a->rope_dim, (int)a->interleaved,
+                     n_threads);
+            kv_store(a->type, x + H * D, D, a->qkv_row, k + s->offset * row * es, head, row, G, s->T, D);
+            kv_store(a->type, x + (H + G) * D, D, a->qkv_row, v + s->offset * row * es, head, row, G, s->T, D);
+        }
+        attn[b] = (attn_t){.q = x, .q_head = D, .q_row = a->qkv_row, .k = k, .k_head = head, .k_row = row, .v = v,
+                           .v_head = head, .v_row = row, .kv_type = a->type, .n_heads = H, .n_kv_heads = G, .T = s->T,
+                           .L = s->offset + s->T, .D = D, .scale = (float)a->scale, .out = a->out + s->row0 * H * D,
+                           .window = a->window};
+    }
+    attention_batch_run(attn, a->B, n_threads);
+}
+
+/* The scalar arguments of attention_batch (see below). */
+static int batch_scalars(const char *fn, PyObject *const *args, batch_args_t *a)
+{
+    return int_arg(fn, "layer", args[3], 0, DIM_MAX, &a->layer) || size_arg(fn, "n_heads", args[5], 1, &a->H) ||
+           size_arg(fn, "n_kv_heads", args[6], 1, &a->G) || size_arg(fn, "D", args[7], 1, &a->D) ||
+           kv_type_arg(fn, args[8], a->D, &a->type, &a->row) || float_arg(fn, "scale", args[9], &a->scale) ||
+           int_arg(fn, "window", args[10], 0, INT64_MAX, &a->window) ||
+           size_arg(fn, "rope_dim", args[14], 2, &a->rope_dim) ||
+           int_arg(fn, "interleaved", args[15], 0, 1, &a->interleaved) ||
+           (a->H % a->G || a->rope_dim % 2 || a->rope_dim > a->D
+                ? fail(fn, "n_heads (%lld) must be a multiple of n_kv_heads (%lld), rope_dim (%lld) even and at most "
+                           "D (%lld)", (long long)a->H, (long long)a->G, (long long)a->rope_dim, (long long)a->D)
+                : 0);
+}
+
+/* The arrays of attention_batch but the caches: qkv (N, n_heads + 2 n_kv_heads, D) float32, written, heads side by
+ * side, rows any whole number of floats apart; out (N, n_heads * D) float32, C-contiguous, written; cos and sin
+ * (positions, rope_dim / 2) float32, C-contiguous. b[0 .. 4) get their views. */
+static int batch_arrays(const char *fn, PyObject *const *args, int64_t N, batch_args_t *a, Py_buffer *b)
+{
+    const int64_t heads = a->H + 2 * a->G, qkv_shape[3] = {N, heads, a->D}, half = a->rope_dim / 2;
+    int64_t qs[3];
+    if (get_strided(fn, "qkv", args[4], F32, 1, 3, qkv_shape, qs, &b[0]) ||
+        get_contiguous(fn, "out", args[11], F32, 1, mul(mul(N, a->H), mul(a->D, 4)), &b[1]) ||
+        get_tables(fn, args[12], args[13], half, &b[2], &a->positions))
+        return -1;
+    if (qs[1] != 0 && qs[1] != a->D)
+        return fail(fn, "qkv's heads must lie side by side (a head stride of D = %lld floats), got %lld",
+                    (long long)a->D, (long long)qs[1]);
+    a->qkv_row = qs[0];
+    a->qkv = b[0].buf, a->out = b[1].buf, a->cos = b[2].buf, a->sin = b[3].buf;
+    return 0;
+}
+
+/* attention_batch(desc, keys, values, layer, qkv, n_heads, n_kv_heads, D, kv_type, scale, window, out, cos, sin,
+ * rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2 n_kv_heads, D), the
+ * rows of each after the previous one's. desc is B x 2 int64: each sequence's row count T and cache offset; keys and
+ * values are tuples of each sequence's cache arrays (n_layers, n_kv_heads, max_tokens, row), C-contiguous. Per
+ * sequence, as rope, the cache update and attention do one by one: RoPE on its q and k heads (positions offset ..),
+ * its k and v rows stored at the cache offset, then attention of its rows over keys 0 .. offset + T into out
+ * (N, n_heads * D) at its first row; the attention of all sequences runs as one dispatch. */
 static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    enum { SCALE = 9, NARGS = 16 };
-    int64_t v[NARGS];
-    double scale = 0.0;
-    if (parse_ints_and_one_float(args, nargs, NARGS, SCALE, PTR(0) | PTR(3) | PTR(11) | PTR(12) | PTR(13), v, &scale,
-                                 "attention_batch takes 16 arguments: arrays (or int addresses) desc, qkv, out, cos, "
-                                 "sin at 0, 3, 11, 12, 13, the float scale at 9, ints"))
+    static const char fn[] = "attention_batch";
+    batch_args_t a = {0};
+    if (arg_count(fn, nargs, 16, "desc, keys, values, layer, qkv, n_heads, n_kv_heads, D, kv_type, scale, window, "
+                                 "out, cos, sin, rope_dim, interleaved") ||
+        batch_scalars(fn, args, &a))
         return NULL;
-    const int64_t *desc = (const int64_t *)(intptr_t)v[0], B = v[1], layer = v[2], qkv_row = v[4], H = v[5],
-                  G = v[6], D = v[7], window = v[10], rope_dim = v[14];
-    float *qkv = (float *)(intptr_t)v[3], *out = (float *)(intptr_t)v[11];
-    const int type = (int)v[8], interleaved = v[15] != 0;
-    const float *cos = (const float *)(intptr_t)v[12], *sin = (const float *)(intptr_t)v[13];
-    const int type_ok = type == T_F32 || type == T_F16 || (type == T_Q8_0 && D % QBLOCK == 0);
-    if (!type_ok || B < 0 || layer < 0 || G <= 0 || H <= 0 || H % G || D <= 0 || window < 0 || rope_dim <= 0 ||
-        rope_dim % 2 || rope_dim > D) {
-        PyErr_SetString(PyExc_ValueError, "attention_batch: unsupported kv type or bad sizes");
+    PyObject *keys = args[1], *values = args[2];
+    if (!PyTuple_Check(keys) || !PyTuple_Check(values)) {
+        fail(fn, "keys and values must be tuples of one array per sequence, got %s and %s", Py_TYPE(keys)->tp_name,
+             Py_TYPE(values)->tp_name);
         return NULL;
     }
-    attn_t *a = malloc((size_t)(B > 0 ? B : 1) * sizeof *a);
-    if (!a)
-        return PyErr_NoMemory();
-    const int64_t es = type == T_F32 ? 4 : type == T_F16 ? 2 : 1;
+    if (PyTuple_GET_SIZE(keys) != PyTuple_GET_SIZE(values)) {
+        fail(fn, "keys and values must hold one array per sequence each, got %zd and %zd", PyTuple_GET_SIZE(keys),
+             PyTuple_GET_SIZE(values));
+        return NULL;
+    }
+    const Py_ssize_t B = PyTuple_GET_SIZE(keys);
+    Py_buffer *b = calloc((size_t)(5 + 2 * B), sizeof *b); /* qkv, out, cos, sin, desc, then B keys and B values */
+    a.seqs = calloc((size_t)(B > 0 ? B : 1), sizeof *a.seqs);
+    attn_t *attn = malloc((size_t)(B > 0 ? B : 1) * sizeof *attn);
+    PyObject *result = NULL;
+    if (!b || !a.seqs || !attn) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    a.B = B;
+    for (Py_ssize_t i = 0; i < B; i++)
+        a.seqs[i] = (batch_seq_t){.keys = &b[5 + i], .values = &b[5 + B + i]};
+    int64_t N = 0, end = 0;
+    if (get_desc(fn, args[0], &a, &b[4], &N, &end) || batch_arrays(fn, args, N, &a, b))
+        goto done;
+    if (end > a.positions) {
+        fail(fn, "a sequence reaches position %lld, beyond the rotary tables' %lld", (long long)end,
+             (long long)a.positions);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < B; i++)
+        if (get_cache(fn, keys, values, i, &a, &a.seqs[i]))
+            goto done;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t b = 0; b < B; b++) {
-        const int64_t *f = desc + b * BATCH_FIELDS;
-        const int64_t row0 = f[0], T = f[1], offset = f[2], layer_stride = f[5], head = f[6], row = f[7];
-        float *x = qkv + row0 * qkv_row;
-        uint8_t *k = (uint8_t *)(intptr_t)f[3] + layer * layer_stride * es;
-        uint8_t *vv = (uint8_t *)(intptr_t)f[4] + layer * layer_stride * es;
-        if (T > 0) {
-            rope_run(x, qkv_row, T, H + G, D, cos, sin, offset, rope_dim, interleaved, n_threads);
-            kv_store(type, x + H * D, D, qkv_row, k + offset * row * es, head, row, G, T, D);
-            kv_store(type, x + (H + G) * D, D, qkv_row, vv + offset * row * es, head, row, G, T, D);
-        }
-        a[b] = (attn_t){.q = x, .q_head = D, .q_row = qkv_row, .k = k, .k_head = head, .k_row = row, .v = vv,
-                        .v_head = head, .v_row = row, .kv_type = type, .n_heads = H, .n_kv_heads = G, .T = T,
-                        .L = offset + T, .D = D, .scale = (float)scale, .out = out + row0 * H * D, .window = window};
-    }
-    attention_batch_run(a, B, n_threads);
+    batch_run(&a, attn);
     Py_END_ALLOW_THREADS
-    free(a);
-    Py_RETURN_NONE;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (b)
+        release(b, 5 + 2 * B);
+    free(b);
+    free(a.seqs);
+    free(attn);
+    return result;
 }
 
-/* kv_quantize_q8_0(x, x_head, x_row, out, out_head, out_row, heads, rows, D): see attention.h. The caller
- * (deeproots/kernels/attention.py) has validated every pointer, stride and shape. */
+/* kv_quantize_q8_0(x, out, heads, rows, D): x (heads, rows, D) float32 as Q8_0 blocks into out (heads, rows,
+ * D / 32 * 34) uint8 (written); both with a contiguous last dimension and any other strides (see attention.h). */
 static PyObject *py_kv_quantize_q8_0(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[9];
-    if (int_args(args, nargs, 9, v, 9, PTR(0) | PTR(3),
-                 "kv_quantize_q8_0(x, x_head, x_row, out, out_head, out_row, heads, rows, D) takes 9 arguments: "
-                 "arrays (or int addresses) x, out; ints"))
+    static const char fn[] = "kv_quantize_q8_0";
+    int64_t heads = 0, rows = 0, D = 0;
+    if (arg_count(fn, nargs, 5, "x, out, heads, rows, D") || size_arg(fn, "heads", args[2], 0, &heads) ||
+        size_arg(fn, "rows", args[3], 0, &rows) || size_arg(fn, "D", args[4], QBLOCK, &D))
         return NULL;
-    if (v[6] < 0 || v[7] < 0 || v[8] <= 0 || v[8] % QBLOCK) {
-        PyErr_SetString(PyExc_ValueError, "kv_quantize_q8_0: bad sizes");
+    if (D % QBLOCK) {
+        fail(fn, "D must be a multiple of %d, got %lld", QBLOCK, (long long)D);
         return NULL;
     }
-    kv_quantize_q8_0((const float *)(intptr_t)v[0], v[1], v[2], (uint8_t *)(intptr_t)v[3], v[4], v[5], v[6], v[7],
-                     v[8]);
+    const int64_t x_shape[3] = {heads, rows, D}, out_shape[3] = {heads, rows, D / QBLOCK * Q8_0_BYTES};
+    int64_t xs[3], os[3];
+    Py_buffer b[2] = {{0}};
+    if (get_strided(fn, "x", args[0], F32, 0, 3, x_shape, xs, &b[0]) ||
+        get_strided(fn, "out", args[1], U8, 1, 3, out_shape, os, &b[1])) {
+        release(b, 2);
+        return NULL;
+    }
+    kv_quantize_q8_0(b[0].buf, xs[0], xs[1], b[1].buf, os[0], os[1], heads, rows, D);
+    release(b, 2);
     Py_RETURN_NONE;
 }
 
-/* rms_norm(x, w, out, T, d, eps): see elementwise.h. The caller (deeproots/kernels/elementwise.py) has
- * validated every pointer and shape; likewise for rope and silu_mul. */
+/* rms_norm(x, w, out, T, d, eps): x (T, d), w (d), out (T, d) float32, C-contiguous, out written (see
+ * elementwise.h); likewise the arrays of silu_mul. */
 static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[5];
-    if (int_args(args, nargs, 6, v, 5, PTR(0) | PTR(1) | PTR(2),
-                 "rms_norm(x, w, out, T, d, eps) takes arrays (or int addresses) x, w, out, ints T, d and a float"))
+    static const char fn[] = "rms_norm";
+    int64_t T = 0, d = 0;
+    double eps = 0.0;
+    if (arg_count(fn, nargs, 6, "x, w, out, T, d, eps") || size_arg(fn, "T", args[3], 0, &T) ||
+        size_arg(fn, "d", args[4], 1, &d) || float_arg(fn, "eps", args[5], &eps))
         return NULL;
-    const double eps = PyFloat_AsDouble(args[5]);
-    if (eps == -1.0 && PyErr_Occurred())
-        return NULL;
-    if (v[3] < 0 || v[4] <= 0) {
-        PyErr_SetString(PyExc_ValueError, "rms_norm: bad sizes");
+    Py_buffer b[3] = {{0}};
+    if (get_contiguous(fn, "x", args[0], F32, 0, mul(mul(T, d), 4), &b[0]) ||
+        get_contiguous(fn, "w", args[1], F32, 0, mul(d, 4), &b[1]) ||
+        get_contiguous(fn, "out", args[2], F32, 1, mul(mul(T, d), 4), &b[2])) {
+        release(b, 3);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rms_norm_run((const float *)(intptr_t)v[0], (const float *)(intptr_t)v[1], (float *)(intptr_t)v[2], v[3], v[4],
-                 eps, n_threads);
+    rms_norm_run(b[0].buf, b[1].buf, b[2].buf, T, d, eps, n_threads);
     Py_END_ALLOW_THREADS
+    release(b, 3);
     Py_RETURN_NONE;
 }
 
-/* rope(x, row_stride, T, n_heads, D, cos, sin, start, rope_dim, interleaved): see elementwise.h. */
+/* rope(x, T, n_heads, D, cos, sin, start, rope_dim, interleaved): x (T, n_heads, D) float32, written in place, heads
+ * side by side (a head stride of D), rows any whole number of floats apart; cos and sin (positions >= start + T,
+ * rope_dim / 2) float32, C-contiguous (see elementwise.h). */
 static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[10];
-    if (int_args(args, nargs, 10, v, 10, PTR(0) | PTR(5) | PTR(6),
-                 "rope(x, row_stride, T, n_heads, D, cos, sin, start, rope_dim, interleaved) takes 10 arguments: "
-                 "arrays (or int addresses) x, cos, sin; ints"))
+    static const char fn[] = "rope";
+    int64_t T = 0, H = 0, D = 0, start = 0, rope_dim = 0, interleaved = 0;
+    if (arg_count(fn, nargs, 9, "x, T, n_heads, D, cos, sin, start, rope_dim, interleaved") ||
+        size_arg(fn, "T", args[1], 0, &T) || size_arg(fn, "n_heads", args[2], 0, &H) ||
+        size_arg(fn, "D", args[3], 1, &D) || size_arg(fn, "start", args[6], 0, &start) ||
+        size_arg(fn, "rope_dim", args[7], 2, &rope_dim) || int_arg(fn, "interleaved", args[8], 0, 1, &interleaved))
         return NULL;
-    const int64_t T = v[2], n_heads = v[3], D = v[4], start = v[7], rope_dim = v[8];
-    if (T < 0 || n_heads < 0 || start < 0 || rope_dim <= 0 || rope_dim % 2 || rope_dim > D) {
-        PyErr_SetString(PyExc_ValueError, "rope: bad sizes");
+    if (rope_dim % 2 || rope_dim > D) {
+        fail(fn, "rope_dim must be even and at most D = %lld, got %lld", (long long)D, (long long)rope_dim);
+        return NULL;
+    }
+    const int64_t shape[3] = {T, H, D}, half = rope_dim / 2;
+    int64_t xs[3], positions;
+    Py_buffer b[3] = {{0}};
+    if (get_strided(fn, "x", args[0], F32, 1, 3, shape, xs, &b[0]) ||
+        get_tables(fn, args[4], args[5], half, &b[1], &positions) ||
+        (start + T > positions ? fail(fn, "positions %lld .. %lld are beyond the rotary tables' %lld", (long long)start,
+                                      (long long)(start + T - 1), (long long)positions) : 0) ||
+        (xs[1] != 0 && xs[1] != D ? fail(fn, "x's heads must lie side by side (a head stride of D = %lld floats), got "
+                                             "%lld", (long long)D, (long long)xs[1]) : 0)) {
+        release(b, 3);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rope_run((float *)(intptr_t)v[0], v[1], T, n_heads, D, (const float *)(intptr_t)v[5], (const float *)(intptr_t)v[6],
-             start, rope_dim, v[9] != 0, n_threads);
+    rope_run(b[0].buf, xs[0], T, H, D, b[1].buf, b[2].buf, start, rope_dim, (int)interleaved, n_threads);
     Py_END_ALLOW_THREADS
+    release(b, 3);
     Py_RETURN_NONE;
 }
 
-/* silu_mul(gate_up, out, T, F): see elementwise.h. */
+/* silu_mul(gate_up, out, T, F): gate_up (T, 2F) and out (T, F), see rms_norm. */
 static PyObject *py_silu_mul(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    int64_t v[4];
-    if (int_args(args, nargs, 4, v, 4, PTR(0) | PTR(1),
-                 "silu_mul(gate_up, out, T, F) takes 4 arguments: arrays (or int addresses) gate_up, out; ints"))
+    static const char fn[] = "silu_mul";
+    int64_t T = 0, F = 0;
+    if (arg_count(fn, nargs, 4, "gate_up, out, T, F") || size_arg(fn, "T", args[2], 0, &T) ||
+        size_arg(fn, "F", args[3], 1, &F))
         return NULL;
-    if (v[2] < 0 || v[3] <= 0) {
-        PyErr_SetString(PyExc_ValueError, "silu_mul: bad sizes");
+    Py_buffer b[2] = {{0}};
+    if (get_contiguous(fn, "gate_up", args[0], F32, 0, mul(mul(T, F), 8), &b[0]) ||
+        get_contiguous(fn, "out", args[1], F32, 1, mul(mul(T, F), 4), &b[1])) {
+        release(b, 2);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    silu_mul_run((const float *)(intptr_t)v[0], (float *)(intptr_t)v[1], v[2], v[3], n_threads);
+    silu_mul_run(b[0].buf, b[1].buf, T, F, n_threads);
     Py_END_ALLOW_THREADS
+    release(b, 2);
     Py_RETURN_NONE;
 }
 
+/* set_num_threads(n): n in [1, MAX_THREADS] (deeproots.kernels.set_num_threads checks user input first). */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
-    const long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
+    int64_t n = 0;
+    if (int_arg("set_num_threads", "n", arg, 1, MAX_THREADS, &n))
         return NULL;
-    if (n < 1) {
-        PyErr_SetString(PyExc_ValueError, "set_num_threads: need at least 1 thread");
-        return NULL;
-    }
     n_threads = (int)n;
     Py_RETURN_NONE;
 }
@@ -496,10 +868,36 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, .m_name = "_cpu", .m_doc = "deeproots compiled CPU kernels", .m_size = -1, .m_methods = methods};
 
+/* InternalError from deeproots.errors, kept for the module's lifetime. */
+static int import_internal_error(void)
+{
+    PyObject *errors = PyImport_ImportModule("deeproots.errors");
+    if (!errors)
+        return -1;
+    internal_error = PyObject_GetAttrString(errors, "InternalError");
+    Py_DECREF(errors);
+    return internal_error ? 0 : -1;
+}
+
+/* FILE_BLOCK_BYTES: {type id: (values, bytes)} of the file blocks the C core reads (pack_blocks, q8_0 caches). */
+static int add_block_geometry(PyObject *m)
+{
+    PyObject *blocks = Py_BuildValue("{i(ii)i(ii)i(ii)}", T_Q4_0, QBLOCK, Q4_0_BYTES, T_Q4_1, QBLOCK, Q4_1_BYTES,
+                                     T_Q8_0, QBLOCK, Q8_0_BYTES);
+    if (!blocks || PyModule_AddObject(m, "FILE_BLOCK_BYTES", blocks)) { /* steals blocks only on success */
+        Py_XDECREF(blocks);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__cpu(void)
 {
+    if (!internal_error && import_internal_error())
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddIntConstant(m, "ROWS", ROWS))) {
+    if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
+              PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) || add_block_geometry(m))) {
         Py_DECREF(m);
         return NULL;
     }

@@ -31,6 +31,11 @@
 #define ROWS 16 /* output rows per packed group */
 #define QBLOCK 32 /* values per activation block and per weight (sub-)block */
 #define SUBBLOCKS 8 /* 32-value sub-blocks per 256-value k-quant super-block */
+/* File block bytes of the 32-value formats (deeproots.quant.types.BLOCK_GEOMETRY owns them; the extension exports
+ * these as FILE_BLOCK_BYTES and Python checks they agree at import). A q8_0 block: f16 scale d, then 32 int8 q. */
+#define Q4_0_BYTES (2 + QBLOCK / 2)
+#define Q4_1_BYTES (2 + 2 + QBLOCK / 2)
+#define Q8_0_BYTES (2 + QBLOCK)
 
 #define NIBBLE_TILE (ROWS * QBLOCK / 2)
 #define BYTE_TILE (ROWS * QBLOCK)
@@ -76,6 +81,10 @@ typedef struct {
 
 /* Bytes of one packed group of ROWS rows with row length K, or -1 for a type without a kernel or a bad K. */
 int64_t qgemm_group_bytes(int type, int64_t K);
+
+/* Bytes of one file row of K values of a Q4_0 / Q4_1 / Q8_0 weight (K / 32 blocks), or -1 for another type or a
+ * bad K. */
+int64_t file_row_bytes(int type, int64_t K);
 
 /* Repack groups [g0, g1) of a Q4_0 / Q4_1 / Q8_0 weight: src is the file's n rows of K values (n x K / 32 blocks),
  * dst the whole packed weight (ceil(n / 16) groups). Returns 0, or -1 for another type or a bad K. */
