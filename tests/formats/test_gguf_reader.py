@@ -1,7 +1,6 @@
 """Our GGUF reader and writer, checked against the official `gguf` package (gguf-py)."""
 
 import resource
-import time
 
 import gguf
 import numpy as np
@@ -95,17 +94,6 @@ def test_real_model_tensor_data_is_a_read_only_view_of_the_file(real_files):
     with open(ours.path, "rb") as file:
         file.seek(ours.tensors["output_norm.weight"].offset)
         assert data.tobytes() == file.read(data.nbytes)
-
-
-def test_real_model_opens_fast(smollm2_path):
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        with GGUFFile.open(smollm2_path) as gguf_file:
-            timings.append(time.perf_counter() - start)
-            assert len(gguf_file.tensors) == 272
-    print(f"\nGGUFFile.open(default model): best {min(timings) * 1e3:.1f} ms, "
-          f"median {sorted(timings)[2] * 1e3:.1f} ms over 5 opens")
 
 
 # Lazy reading and lifetime ---------------------------------------------------------------------------
