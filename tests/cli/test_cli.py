@@ -5,9 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from deeproots.formats.gguf_writer import GGUFWriter
 from deeproots.quant.types import GGMLType
+
+pytestmark = pytest.mark.slow  # a CLI process per test, transformers
 
 
 def deeproots(*args: str, home=None, stdin: str | None = None) -> subprocess.CompletedProcess:

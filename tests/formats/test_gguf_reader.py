@@ -48,6 +48,7 @@ def real_files(smollm2_path):
         yield ours, gguf.GGUFReader(smollm2_path)
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_metadata_matches_gguf_py(real_files):
     ours, reference = real_files
     fields = reference_fields(reference)
@@ -63,6 +64,7 @@ def test_real_model_metadata_matches_gguf_py(real_files):
     assert len(ours.metadata["tokenizer.ggml.merges"]) == 48900
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_tensor_infos_match_gguf_py(real_files):
     ours, reference = real_files
     assert (ours.alignment, ours.data_offset) == (reference.alignment, reference.data_offset)
@@ -77,6 +79,7 @@ def test_real_model_tensor_infos_match_gguf_py(real_files):
         assert info.n_elements == tensor.n_elements
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 @pytest.mark.parametrize("name", ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight",
                                   "blk.15.ffn_down.weight", "output_norm.weight"])
 def test_real_model_tensor_bytes_match_gguf_py(real_files, name):
@@ -87,6 +90,7 @@ def test_real_model_tensor_bytes_match_gguf_py(real_files, name):
     assert np.array_equal(data, tensor_bytes(tensor))
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_tensor_data_is_a_read_only_view_of_the_file(real_files):
     ours, _ = real_files
     data = ours.tensor_data("output_norm.weight")

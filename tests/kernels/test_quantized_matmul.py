@@ -130,6 +130,7 @@ def fallback_linear(request, tmp_path_factory):
     return linear
 
 
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 @pytest.mark.parametrize("ggml_type", sorted(kernel_types()), ids=lambda t: GGMLType(t).name)
 def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
     for t, n in [(1, 17), (5, 3), (9, 40)]:
@@ -137,6 +138,7 @@ def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
             check(GGMLType(ggml_type), t, k, n, seed=7 * ggml_type + 100 * t + n + i, linear=fallback_linear)
 
 
+@pytest.mark.slow  # gguf-py reads the whole file
 def test_real_weights_of_the_default_model(smollm2_path):
     import gguf  # the test extra's independent reader of the raw blocks
 

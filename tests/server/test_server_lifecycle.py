@@ -8,6 +8,8 @@ import httpx
 import pytest
 from live_server import LiveServer
 
+pytestmark = pytest.mark.slow  # real server processes
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 60}
 

@@ -8,6 +8,8 @@ import openai
 import pytest
 from live_server import LiveServer
 
+pytestmark = pytest.mark.slow  # a real server under load
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 
 

@@ -110,6 +110,7 @@ def test_token_bytes(case):
     assert case.ours.token_bytes(case.sp.piece_to_id("<ud>")) == b"<ud>"
 
 
+@pytest.mark.slow  # a 262k-piece vocabulary built by sentencepiece and by us
 def test_a_262k_vocabulary_matches_sentencepiece():
     """Gemma 3's vocabulary has 262,144 tokens: pad the trained model to that size with made-up pieces
     (joins of two or three trained ones, so merges reach many) and compare with sentencepiece on the same."""
