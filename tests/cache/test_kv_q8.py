@@ -133,6 +133,7 @@ def smollm2_q8_0(smollm2_path):
     return deeproots.load(smollm2_path, context=2048, kv_type="q8_0")
 
 
+@pytest.mark.slow  # 512 positions through two models
 def test_real_model_predicts_like_the_f16_cache(smollm2, smollm2_q8_0):
     """Top-1 agreement with the f16 cache over 512 tokens. Measured: 94.3% here (95.8% over all 1,153 tokens of this
     text), where f32 against f16 agrees on 96%: the int8 activation quantization downstream turns small differences
@@ -150,6 +151,7 @@ def test_real_model_predicts_like_the_f16_cache(smollm2, smollm2_q8_0):
     assert abs(nll[0] - nll[1]) < 0.03
 
 
+@pytest.mark.slow  # a CLI process benchmarking
 def test_bench_times_two_kv_types_side_by_side(smollm2_path):
     result = subprocess.run(
         [sys.executable, "-m", "deeproots.cli", "bench", "-m", str(smollm2_path), "-p", "16", "-n", "4", "-r", "1",

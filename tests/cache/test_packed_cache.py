@@ -37,6 +37,7 @@ def packed_weights(model) -> list:
     return [weight.weight for block in model.net.blocks for weight in (block.attn_qkv, block.ffn_down)]
 
 
+@pytest.mark.slow  # two loads, one packing
 def test_second_load_maps_what_the_first_packed(model_copy):
     first = deeproots.load(model_copy, context=64)
     assert cache_files() == [".json", ".packed"]
@@ -50,6 +51,7 @@ def test_second_load_maps_what_the_first_packed(model_copy):
     np.testing.assert_array_equal(first.logits(PROMPT_IDS), second.logits(PROMPT_IDS))
 
 
+@pytest.mark.slow  # three loads and packings
 def test_a_damaged_cache_is_repacked_and_rewritten(model_copy):
     reference = deeproots.load(model_copy, context=64).logits(PROMPT_IDS)
     index_path = next(packed_cache_dir().glob("*.json"))
@@ -68,6 +70,7 @@ def test_a_damaged_cache_is_repacked_and_rewritten(model_copy):
     assert json.loads(index_path.read_text())["weights"][name][3] % 64 == 0  # rewritten whole
 
 
+@pytest.mark.slow  # two loads, one packing
 def test_the_bytes_of_the_first_load_decide_the_second(model_copy):
     """Bytes that fit the index are used as they are: the damage shows, so the cache really is what runs."""
     reference = deeproots.load(model_copy, context=64).logits(PROMPT_IDS)
@@ -77,6 +80,7 @@ def test_the_bytes_of_the_first_load_decide_the_second(model_copy):
     assert not np.array_equal(deeproots.load(model_copy, context=64).logits(PROMPT_IDS), reference)
 
 
+@pytest.mark.slow  # two loads and two packings
 def test_a_changed_model_file_gets_a_new_cache_which_replaces_the_old(model_copy, tmp_path):
     deeproots.load(model_copy, context=64)
     old = PackedCache.for_file(model_copy).data_path
@@ -99,6 +103,7 @@ def test_the_cache_can_be_switched_off(model_copy, monkeypatch):
     assert PackedCache.for_file(model_copy) is None
 
 
+@pytest.mark.slow  # the float32 reference load
 def test_the_reference_path_writes_no_cache(model_copy):
     deeproots.load(model_copy, context=64, reference=True)
     assert cache_files() == []

@@ -1,7 +1,6 @@
 """Our GGUF reader and writer, checked against the official `gguf` package (gguf-py)."""
 
 import resource
-import time
 
 import gguf
 import numpy as np
@@ -49,6 +48,7 @@ def real_files(smollm2_path):
         yield ours, gguf.GGUFReader(smollm2_path)
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_metadata_matches_gguf_py(real_files):
     ours, reference = real_files
     fields = reference_fields(reference)
@@ -64,6 +64,7 @@ def test_real_model_metadata_matches_gguf_py(real_files):
     assert len(ours.metadata["tokenizer.ggml.merges"]) == 48900
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_tensor_infos_match_gguf_py(real_files):
     ours, reference = real_files
     assert (ours.alignment, ours.data_offset) == (reference.alignment, reference.data_offset)
@@ -78,6 +79,7 @@ def test_real_model_tensor_infos_match_gguf_py(real_files):
         assert info.n_elements == tensor.n_elements
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 @pytest.mark.parametrize("name", ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight",
                                   "blk.15.ffn_down.weight", "output_norm.weight"])
 def test_real_model_tensor_bytes_match_gguf_py(real_files, name):
@@ -88,6 +90,7 @@ def test_real_model_tensor_bytes_match_gguf_py(real_files, name):
     assert np.array_equal(data, tensor_bytes(tensor))
 
 
+@pytest.mark.slow  # gguf-py parses the real model (seconds)
 def test_real_model_tensor_data_is_a_read_only_view_of_the_file(real_files):
     ours, _ = real_files
     data = ours.tensor_data("output_norm.weight")
@@ -95,17 +98,6 @@ def test_real_model_tensor_data_is_a_read_only_view_of_the_file(real_files):
     with open(ours.path, "rb") as file:
         file.seek(ours.tensors["output_norm.weight"].offset)
         assert data.tobytes() == file.read(data.nbytes)
-
-
-def test_real_model_opens_fast(smollm2_path):
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        with GGUFFile.open(smollm2_path) as gguf_file:
-            timings.append(time.perf_counter() - start)
-            assert len(gguf_file.tensors) == 272
-    print(f"\nGGUFFile.open(default model): best {min(timings) * 1e3:.1f} ms, "
-          f"median {sorted(timings)[2] * 1e3:.1f} ms over 5 opens")
 
 
 # Lazy reading and lifetime ---------------------------------------------------------------------------

@@ -145,6 +145,7 @@ def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return folder, {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
+@pytest.mark.slow  # transformers writes a checkpoint
 def test_sharded_transformers_checkpoint_matches_state_dict(llama_folder: tuple[Path, dict]) -> None:
     folder, state_dict = llama_folder
     assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
@@ -331,6 +332,7 @@ fuzz_case = st.one_of(st.tuples(st.just("json"), st.lists(edits(len(FUZZ_HEADER)
                                                          max_size=3)))
 
 
+@pytest.mark.slow  # hypothesis, many files
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fuzz_case)
 def test_fuzzed_files_open_or_raise_deeproots_error(tmp_path: Path, case: tuple[str, list[tuple]]) -> None:

@@ -56,6 +56,7 @@ def test_chat_ends_on_end_of_turn_token(smollm2):
     assert "<|im_end|>" not in "".join(step.text for step in steps)
 
 
+@pytest.mark.slow  # several generations of the real model
 def test_seeded_sampling_reproduces_and_seeds_differ(smollm2):
     run = lambda seed: smollm2.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=seed)
     assert run(11) == run(11)

@@ -10,7 +10,11 @@ so it is held to the reference path by logit agreement instead (tests/models).
 import subprocess
 import sys
 
+import pytest
+
 from deeproots.sampling import SamplingParams
+
+pytestmark = pytest.mark.slow  # transformers' greedy tokens, a CLI process
 
 PROMPT = "The three primary colors are"
 HF_PROMPT_IDS = [504, 1296, 3003, 4683, 359]

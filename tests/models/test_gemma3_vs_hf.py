@@ -12,6 +12,8 @@ from hf_agreement import TEXTS, agreements, hf_logits
 
 import deeproots
 
+pytestmark = pytest.mark.slow  # transformers' Gemma 3 (about a minute to load)
+
 PROMPT = "The three primary colors are"
 GREEDY_TOKENS = 32
 

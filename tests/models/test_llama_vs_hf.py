@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hf_agreement import TEXTS, agreement, hf_logits
 
+pytestmark = pytest.mark.slow  # transformers on the default model, thousands of positions
+
 
 def test_reference_path_agrees_with_transformers(smollm2_reference, hf_smollm2):
     hf_tokenizer, hf_model = hf_smollm2

@@ -138,6 +138,7 @@ def test_reads_a_memmap(tmp_path):
     assert_bit_exact(ours, gguf_dequantize(raw, GGMLType.Q6_K, 4))
 
 
+@pytest.mark.slow  # 272 tensors through gguf-py's dequantizer
 def test_every_tensor_of_the_default_model_matches_gguf(smollm2_path):
     reader = gguf.GGUFReader(smollm2_path)
     seen = set()

@@ -11,6 +11,8 @@ import pytest
 from chat_reference import hf_prompt_ids
 from live_server import LiveServer
 
+pytestmark = pytest.mark.slow  # a real server process
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"  # a path is served under its file name
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

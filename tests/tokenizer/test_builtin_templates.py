@@ -12,6 +12,8 @@ from deeproots.tokenizer.builtin_templates import CHATML, GEMMA, LLAMA3, MISTRAL
 pytest.importorskip("transformers")
 from test_chat_template import CONVERSATIONS, hf_render  # noqa: E402
 
+pytestmark = pytest.mark.slow  # transformers' templates
+
 TOKENS = {"bos": {GEMMA: "<bos>", CHATML: "", LLAMA3: "<|begin_of_text|>", MISTRAL: "<s>"},
           "eos": {GEMMA: "<eos>", CHATML: "<|im_end|>", LLAMA3: "<|eot_id|>", MISTRAL: "</s>"}}
 MULTI_TURN = CONVERSATIONS["multi_turn"]  # system, user, assistant, user

@@ -10,6 +10,8 @@ from deeproots.tokenizer import ChatTemplate, Tokenizer
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+pytestmark = pytest.mark.slow  # transformers' templates
+
 CONVERSATIONS = {
     "user_only": [{"role": "user", "content": "What is 2+2?"}],
     "system_and_user": [{"role": "system", "content": "Answer in French."},

@@ -16,6 +16,8 @@ pytest.importorskip("transformers")
 from test_chat_template import CONVERSATIONS  # noqa: E402
 from test_tokenizer_vs_hf import CORPUS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Gemma 3's 262k vocabulary, transformers
+
 GEMMA_TEXTS = ["<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", "<bos>x<eos>", "[multimodal] x",
                "a\n\n\nb", "x    y", "<unused0>", "<start_of_image>", "\t\tindented", "<end_of_turn>"]
 TEXTS = CORPUS + GEMMA_TEXTS

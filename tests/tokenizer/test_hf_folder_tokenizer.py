@@ -27,6 +27,9 @@ from test_tokenizer_vs_hf import CORPUS  # noqa: E402
 from tiny_sentencepiece import train  # noqa: E402
 from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # transformers, folders written from the real models
+
+
 def edited_copy(source: Path, target: Path, edit=None, config_edit=None) -> Path:
     """A copy of an HF folder with its tokenizer.json (and tokenizer_config.json) changed in place by the edits."""
     shutil.copytree(source, target)

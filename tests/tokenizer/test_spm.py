@@ -7,7 +7,6 @@ as GGUF metadata the way llama.cpp's converter does, and compares our tokenizer 
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -124,7 +123,8 @@ def test_token_bytes(case):
     assert case.ours.token_bytes(case.sp.piece_to_id("<ud>")) == b"<ud>"
 
 
-def test_a_262k_vocabulary_builds_fast_and_matches_sentencepiece():
+@pytest.mark.slow  # a 262k-piece vocabulary built by sentencepiece and by us
+def test_a_262k_vocabulary_matches_sentencepiece():
     """Gemma 3's vocabulary has 262,144 tokens: pad the trained model to that size with made-up pieces
     (joins of two or three trained ones, so merges reach many) and compare with sentencepiece on the same."""
     serialized = train(add_dummy_prefix=True)
@@ -143,10 +143,7 @@ def test_a_262k_vocabulary_builds_fast_and_matches_sentencepiece():
     sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
     metadata = gguf_metadata(proto, sp)
 
-    started = time.perf_counter()
-    ours = Tokenizer.from_gguf_metadata(metadata)
-    built = time.perf_counter() - started
-    assert built < 1.0, f"building the tokenizer took {built:.2f} s"
+    ours = Tokenizer.from_gguf_metadata(metadata)  # build time: `python benchmarks/startup_phases.py -m gemma3-270m`
     assert ours.vocab_size == 262_144
     for text in CORPUS[:60]:
         assert ours.encode(text, add_bos=False) == sp.encode(text)

@@ -105,6 +105,7 @@ def test_any_ids_stream_to_exactly_the_decode(smol, data):
         tokenizer.decode(ids, skip_special=skip)
 
 
+@pytest.mark.slow  # hypothesis over the byte tokens
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_any_byte_tokens_stream_to_exactly_the_decode(tiny, data):

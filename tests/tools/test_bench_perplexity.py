@@ -11,7 +11,9 @@ import torch
 
 from deeproots.perplexity import chunk_nlls, summarize
 
-LICENSE_TEXT = Path("/usr/share/common-licenses/GPL-3")
+pytestmark = pytest.mark.slow  # whole-model bench and perplexity runs
+
+TEXT_FILE = Path(__file__).resolve().parents[2] / "README.md"  # a text inside the repo: every checkout has it
 
 
 def test_bench_json_reports_both_tests_for_each_engine(smollm2_path):
@@ -27,10 +29,21 @@ def test_bench_json_reports_both_tests_for_each_engine(smollm2_path):
     assert report["params"] == 134515008
 
 
-@pytest.mark.skipif(not LICENSE_TEXT.is_file(), reason="needs Debian's common-licenses text")
+def test_bench_runs_llama_cpp_beside_deeproots(smollm2_path):
+    """A 32-token batch: the size that crashed llama.cpp's AMX kernels on Sapphire Rapids (built without them)."""
+    pytest.importorskip("llama_cpp")  # the bench extra, which `make test` installs
+    result = subprocess.run(
+        [sys.executable, "-m", "deeproots.cli", "bench", "-m", str(smollm2_path), "-p", "32", "-n", "8", "-r", "2",
+         "--vs", "llama.cpp", "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    runs = {(r["engine"], r["test"]): r for r in json.loads(result.stdout)["results"]}
+    assert set(runs) == {(e, t) for e in ("deeproots", "llama.cpp") for t in ("pp32", "tg8")}
+    assert all(len(run["tokens_per_second"]) == 2 for run in runs.values())
+
+
 def test_perplexity_matches_transformers_on_the_same_chunks(smollm2_reference, hf_smollm2):
     _, hf_model = hf_smollm2
-    text = LICENSE_TEXT.read_text()[:12000]
+    text = TEXT_FILE.read_text()[:12000]
     context = 128
     ours = summarize(list(chunk_nlls(smollm2_reference, text, context)))
     # The same chunking, scored by transformers: second half of each chunk of `context` tokens.

@@ -18,6 +18,8 @@ from deeproots.quant import GGMLType, dequantize, quantize
 
 gguf = pytest.importorskip("gguf")
 
+pytestmark = pytest.mark.slow  # whole-model requantization, llama.cpp
+
 # Largest error in a block of 32, as a fraction of the block's largest |value|: half a grid step (Q4_0's grid
 # reaches only +7 of its +-8 steps, so a full step on one side), plus the f16 scale's rounding.
 BLOCK_ERROR = {"q8_0": 1 / 254 + 2**-10, "q4_0": 1 / 8 + 2**-9}
@@ -114,10 +116,28 @@ def test_quantized_model_generates_with_the_same_tokenizer_and_template(quantize
     assert prompt == smollm2.apply_chat_template(MESSAGES)
     ids = model.tokenize(prompt, add_bos=False, parse_special=True)
     assert ids == smollm2.tokenize(prompt, add_bos=False, parse_special=True)
-    answer = model.generate(ids, max_tokens=8, temperature=0)
     if target == "q8_0":  # 8 bits over a 4-bit source: the greedy answer does not change
-        assert answer == smollm2.generate(ids, max_tokens=8, temperature=0)
-    assert answer.strip()
+        assert model.generate(ids, max_tokens=8, temperature=0) == smollm2.generate(ids, max_tokens=8, temperature=0)
+
+
+def test_quantized_model_answers_as_llama_cpp_does_on_the_same_file(quantized):
+    llama_cpp = pytest.importorskip("llama_cpp")  # the bench extra, which `make test` installs
+    _, out, _ = quantized
+    model = deeproots.load(out, context=256)
+    ids = model.tokenize(model.apply_chat_template(MESSAGES), add_bos=False, parse_special=True)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, verbose=False)
+    theirs = llama_cpp_greedy(llm, ids, 8, model.tokenizer.stop_ids)
+    assert model.generate(ids, max_tokens=8, temperature=0) == theirs
+
+
+def llama_cpp_greedy(llm, ids: list[int], max_tokens: int, stop_ids) -> str:
+    """llama.cpp's greedy answer to the prompt ids, ending where ours would: at a stop token or max_tokens."""
+    answer = []
+    for token in llm.generate(ids, temp=0.0):
+        if token in stop_ids or len(answer) == max_tokens:
+            break
+        answer.append(token)
+    return llm.detokenize(answer).decode()
 
 
 # ---- the type rule, and metadata types kept on a small synthetic file --------------------------------------
