@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..config import DEFAULT_CONTEXT
 from ..errors import RequestError
 from ..store import CATALOG, DEFAULT_MODEL
 
@@ -24,7 +25,8 @@ def add_server_commands(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
     serve.add_argument("-m", "--model", default=DEFAULT_MODEL,
                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder")
-    serve.add_argument("--ctx", type=int, default=None, help="context size in tokens (default: min(model's, 4096))")
+    serve.add_argument("--ctx", type=int, default=None,
+                       help=f"context size in tokens (default: min(model's, {DEFAULT_CONTEXT}))")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     keys = serve.add_mutually_exclusive_group()
