@@ -5,16 +5,19 @@ from __future__ import annotations
 from starlette.middleware.cors import CORSMiddleware
 
 from ..engine import Engine
+from .conversations import ConversationStore, default_path
 from .middleware import ServerGate
 from .openai import ServerState, create_app
+from .webui import WithWebPage, conversations_router
 
 
 def build_app(model, engine: Engine, served_name: str, *, api_key: str | None, cors_origins: list[str],
               max_body_bytes: int, log_prompts: bool = False):
     """Returns (the ASGI app, its gate: the switch for draining and the in-flight count)."""
-    gate = ServerGate(create_app(ServerState(model, engine, served_name, log_prompts)), api_key=api_key,
-                      max_body_bytes=max_body_bytes)
+    api = create_app(ServerState(model, engine, served_name, log_prompts))
+    api.include_router(conversations_router(ConversationStore(default_path())))
+    gate = ServerGate(api, api_key=api_key, max_body_bytes=max_body_bytes)
     if not cors_origins:
-        return gate, gate
-    return CORSMiddleware(gate, allow_origins=cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
-                          allow_headers=["Authorization", "Content-Type"]), gate
+        return WithWebPage(gate), gate
+    return WithWebPage(CORSMiddleware(gate, allow_origins=cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                                      allow_headers=["Authorization", "Content-Type"])), gate
