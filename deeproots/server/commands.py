@@ -31,6 +31,7 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--shutdown-deadline", type=float, default=30.0,
                        help="seconds SIGTERM waits for in-flight requests (default: 30)")
     serve.add_argument("--log-prompts", action="store_true", help="include the prompt text in request logs")
+    serve.add_argument("--open", action="store_true", help="open the chat page in the default browser")
     serve.set_defaults(handler=cmd_serve, loads_model=True)
 
     bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
@@ -50,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from ..model import load
     from ..store import ModelStore
     from .app import build_app
+    from .webui import open_when_listening, page_address
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     started = time.perf_counter()
@@ -64,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                            access_log=False, lifespan="off"))
     logging.getLogger("deeproots.server").info("serving %s on http://%s:%d (loaded in %.1f s)", served_name,
                                                args.host, args.port, time.perf_counter() - started)
+    print(f"chat page: {page_address(args.host, args.port)}", file=sys.stderr, flush=True)
 
     async def drain_then_exit() -> None:
         """SIGTERM: refuse new requests (503), let in-flight ones finish up to the deadline, then exit."""
@@ -77,6 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config_server = server.serve()
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(config_server)
+        if args.open:
+            asyncio.ensure_future(open_when_listening(server, page_address(args.host, args.port)))
         await asyncio.sleep(0)  # let uvicorn install its own handlers first, then take SIGTERM over
         loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(drain_then_exit()))
         await task

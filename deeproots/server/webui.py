@@ -7,6 +7,8 @@ this module only stores what it shows.
 
 from __future__ import annotations
 
+import asyncio
+import webbrowser
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -173,3 +175,18 @@ class WithWebPage:
             await send(message)
 
         await self.page(scope, receive, with_headers)
+
+
+def page_address(host: str, port: int) -> str:
+    """The chat page's address as a browser on this machine reaches it (a wildcard bind is reachable locally)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{port}/"
+
+
+async def open_when_listening(server, address: str) -> None:
+    """`serve --open`: the default browser on the page, once uvicorn accepts connections."""
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    webbrowser.open(address)

@@ -50,6 +50,18 @@ async function guarded(action) {
   }
 }
 
+// A send, an edit or a regenerate: body[data-busy] from the key press until the answer is stored.
+function working(action) {
+  return guarded(async () => {
+    document.body.dataset.busy = 'true';
+    try {
+      await action();
+    } finally {
+      delete document.body.dataset.busy;
+    }
+  });
+}
+
 // ---- the message tree
 
 function messageById(id) {
@@ -158,7 +170,7 @@ function messageView(message) {
   tools.append(button('Copy', () => navigator.clipboard.writeText(message.content), 'copy'));
   if (message.role === 'user') tools.appendChild(button('Edit', () => startEdit(view, message), 'edit-message')).disabled = busy;
   if (message.role === 'assistant') {
-    tools.appendChild(button('Regenerate', () => guarded(() => generate(message.parent_id)), 'regenerate')).disabled = busy;
+    tools.appendChild(button('Regenerate', () => working(() => generate(message.parent_id)), 'regenerate')).disabled = busy;
     tools.append(el('span', 'stats', statsText(message.meta || {})));
   }
   return view;
@@ -193,9 +205,13 @@ function updateStreaming() {
   box.scrollTop = box.scrollHeight;
 }
 
+let listRequests = 0;
+
 async function renderList() {
+  const ticket = ++listRequests;
   const query = state.search ? `?q=${encodeURIComponent(state.search)}` : '';
   const { data } = await call(`/api/conversations${query}`);
+  if (ticket !== listRequests) return;  // a newer list (another search) is on its way: answers may cross
   $('conversations').replaceChildren(...data.map(listItem));
 }
 
@@ -289,11 +305,11 @@ function startEdit(view, message) {
   text.setAttribute('aria-label', 'Edited message');
   const row = editor.appendChild(el('div', 'row'));
   row.append(button('Cancel', renderMessages));
-  row.append(button('Send as a new branch', () => guarded(() => sendEdit(message, text.value)), 'primary save-edit'));
+  row.append(button('Send as a new branch', () => working(() => sendEdit(message, text.value)), 'primary save-edit'));
   text.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      guarded(() => sendEdit(message, text.value));
+      working(() => sendEdit(message, text.value));
     }
   });
   view.querySelector('.body').replaceWith(editor);
@@ -451,12 +467,12 @@ function toggleTheme() {
 function onPromptKey(event) {
   if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
-    guarded(send);
+    working(send);
   }
 }
 
 function wire() {
-  $('composer').addEventListener('submit', (event) => { event.preventDefault(); guarded(send); });
+  $('composer').addEventListener('submit', (event) => { event.preventDefault(); working(send); });
   $('prompt').addEventListener('keydown', onPromptKey);
   $('stop').addEventListener('click', stop);
   document.addEventListener('keydown', (event) => { if (event.key === 'Escape' && state.streaming) stop(); });
