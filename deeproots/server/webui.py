@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.responses import FileResponse
@@ -104,7 +104,7 @@ def conversations_router(store: ConversationStore) -> APIRouter:
     router = APIRouter(prefix="/api/conversations")
 
     @router.get("")
-    def list_conversations(q: Annotated[str | None, Field(max_length=200)] = None) -> dict:
+    def list_conversations(q: Annotated[str | None, Query(max_length=200)] = None) -> dict:
         return {"data": store.list(q)}
 
     @router.post("", status_code=201)

@@ -265,6 +265,48 @@ def test_hostile_text_is_shown_as_text_and_never_runs(browser, server):
     assert not page.errors
 
 
+RICH = """<think>The user wants a table.</think>Here is **bold**, *italic*, `code` and [a link](https://example.org/x).
+
+| name | value |
+|------|------:|
+| a    | 1     |
+
+```python
+def f(x):  # doubles
+    return x * 2
+```
+
+1. one
+2. two
+"""
+
+
+def test_markdown_tables_code_with_copy_links_and_reasoning(browser, server):
+    document = {"format": "deeproots.conversation", "version": 1, "title": "rich", "messages": [
+        {"id": "q", "role": "user", "content": "show me"},
+        {"id": "a", "parent_id": "q", "role": "assistant", "content": RICH}]}
+    created = httpx.post(server.url + "/api/conversations/import", json=document, headers=server.headers).json()
+    page = new_page(browser, server)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    open_page(page, server, f"?c={created['id']}")
+    answer = page.locator(".message.assistant .body")
+    reasoning = answer.locator("details.reasoning")
+    assert reasoning.get_attribute("open") is None and "The user wants a table." in reasoning.text_content()
+    assert answer.locator("strong").text_content() == "bold" and answer.locator("em").text_content() == "italic"
+    link = answer.locator("a")
+    assert link.get_attribute("href") == "https://example.org/x" and "noopener" in link.get_attribute("rel")
+    assert answer.locator("th").all_text_contents() == ["name", "value"]
+    assert answer.locator("td").all_text_contents() == ["a", "1"]
+    assert answer.locator("ol li").all_text_contents() == ["one", "two"]
+    code = "def f(x):  # doubles\n    return x * 2"
+    assert answer.locator(".code-block pre").text_content() == code
+    assert answer.locator(".code-block .tok-keyword").all_text_contents() == ["def", "return"]
+    assert answer.locator(".code-block .tok-comment").all_text_contents() == ["# doubles"]
+    answer.locator(".copy-code").click()
+    page.wait_for_selector(".copy-code >> text='Copied'")
+    assert page.evaluate("() => navigator.clipboard.readText()") == code
+    assert not page.errors
+
 def test_keyboard_only_newline_send_rename_and_search(browser, server):
     page = new_page(browser, server)
     open_page(page, server)
