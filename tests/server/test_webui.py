@@ -322,19 +322,22 @@ def test_keyboard_only_newline_send_rename_and_search(browser, server):
     assert page.input_value("#prompt") == ""
 
     conversation_id = current_id(page)
-    page.focus(f"#conversations li[data-id='{conversation_id}'] .rename")
+    page.click("#new-chat")
+    page.focus("#search")
+    page.keyboard.type("second line")  # matches the message text
+    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
+    page.keyboard.press("Tab")  # into the list: the conversation
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".message.user")
+    assert current_id(page) == conversation_id
+    page.keyboard.press("Tab")  # its rename button
     page.keyboard.press("Enter")
     page.keyboard.press("Control+A")
     page.keyboard.type("Renamed by keyboard")
     page.keyboard.press("Enter")
     page.wait_for_selector("#conversations .open >> text='Renamed by keyboard'")
     assert conversation(server, conversation_id)["title"] == "Renamed by keyboard"
-    page.focus("#search")
-    page.keyboard.type("by keyboard")
-    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
-    page.keyboard.press("Tab")  # into the list
-    page.keyboard.press("Enter")
-    page.wait_for_selector(".message.user")
+    assert page.text_content("#title") == "Renamed by keyboard"
 
     page.focus(f"#conversations li[data-id='{conversation_id}'] .delete")
     page.keyboard.press("Enter")

@@ -212,7 +212,13 @@ async function renderList() {
   const query = state.search ? `?q=${encodeURIComponent(state.search)}` : '';
   const { data } = await call(`/api/conversations${query}`);
   if (ticket !== listRequests) return;  // a newer list (another search) is on its way: answers may cross
+  const focused = document.activeElement?.closest('#conversations li') ? document.activeElement : null;
   $('conversations').replaceChildren(...data.map(listItem));
+  if (focused) {  // keyboard users keep their place in the list across a re-render
+    const item = focused.closest('li');
+    const role = [...focused.classList].at(-1);
+    $('conversations').querySelector(`li[data-id="${CSS.escape(item.dataset.id)}"] .${role}`)?.focus();
+  }
 }
 
 function listItem(conversation) {
@@ -221,8 +227,12 @@ function listItem(conversation) {
   if (conversation.id === state.conversation?.id) item.classList.add('current');
   const open = item.appendChild(button(conversation.title, () => guarded(() => openConversation(conversation.id)), 'open'));
   open.title = conversation.title;
-  item.append(button('Rename', () => startRename(item, conversation), 'small rename'));
-  const remove = item.appendChild(button('Delete', () => guarded(() => confirmDelete(remove, conversation)), 'small delete'));
+  const rename = item.appendChild(button('✎', () => startRename(item, conversation), 'small rename'));
+  const remove = item.appendChild(button('✕', () => guarded(() => confirmDelete(remove, conversation)), 'small delete'));
+  for (const [control, label] of [[rename, 'Rename'], [remove, 'Delete']]) {
+    control.setAttribute('aria-label', `${label} “${conversation.title}”`);
+    control.title = label;
+  }
   return item;
 }
 
