@@ -198,11 +198,17 @@ function renderMessages() {
   $('stop').hidden = !state.streaming;
 }
 
+let repaint = 0;
+
+// At most once a frame: the whole answer is re-rendered (an unclosed code fence or table changes as it grows).
 function updateStreaming() {
-  const view = $('messages').querySelector('.message.streaming .body');
-  if (view) renderAnswer(view, state.streaming.content, true);
-  const box = $('messages');
-  box.scrollTop = box.scrollHeight;
+  repaint ||= requestAnimationFrame(() => {
+    repaint = 0;
+    const view = $('messages').querySelector('.message.streaming .body');
+    if (!view || !state.streaming) return;
+    renderAnswer(view, state.streaming.content, true);
+    $('messages').scrollTop = $('messages').scrollHeight;
+  });
 }
 
 let listRequests = 0;
