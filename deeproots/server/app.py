@@ -8,7 +8,7 @@ from ..engine import Engine
 from .conversations import ConversationStore, default_path
 from .middleware import ServerGate
 from .openai import ServerState, create_app
-from .webui import WithWebPage, conversations_router
+from .webui import WithWebPage, conversations_router, model_router
 
 
 def build_app(model, engine: Engine, served_name: str, *, api_key: str | None, cors_origins: list[str],
@@ -16,6 +16,7 @@ def build_app(model, engine: Engine, served_name: str, *, api_key: str | None, c
     """Returns (the ASGI app, its gate: the switch for draining and the in-flight count)."""
     api = create_app(ServerState(model, engine, served_name, log_prompts))
     api.include_router(conversations_router(ConversationStore(default_path())))
+    api.include_router(model_router(model, served_name))
     gate = ServerGate(api, api_key=api_key, max_body_bytes=max_body_bytes)
     if not cors_origins:
         return WithWebPage(gate), gate

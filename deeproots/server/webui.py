@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import RequestError
+from ..inspect import summarize
 from .conversations import EXPORT_FORMAT, EXPORT_VERSION, ConversationNotFoundError, ConversationStore
 from .errors import APIError
 
@@ -148,6 +149,21 @@ def conversations_router(store: ConversationStore) -> APIRouter:
     def edit_message(conversation_id: str, message_id: str, body: MessageChange) -> dict:
         with as_http_errors():
             return store.edit(conversation_id, message_id, content=body.content, meta=body.meta)
+
+    return router
+
+
+def model_router(model, served_name: str) -> APIRouter:
+    """GET /api/model: what `deeproots inspect` knows about the served model, for the page's header."""
+    router = APIRouter()
+    summary = summarize(model.path)  # reads the file's metadata once, at start-up
+
+    @router.get("/api/model")
+    def model_info() -> dict:
+        return {"id": served_name, "name": summary.name, "architecture": summary.architecture,
+                "parameters": summary.n_params, "quantization": summary.quantization,
+                "file_size": summary.file_size, "context": model.context,
+                "has_chat_template": summary.has_chat_template}
 
     return router
 

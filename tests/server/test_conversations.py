@@ -215,3 +215,15 @@ def test_kill_9_during_writes_loses_nothing_committed(smollm2_path, tmp_path):
     finally:
         restarted.stop()
 
+
+
+def test_model_info_is_what_the_file_says(server, smollm2_path):
+    gguf = pytest.importorskip("gguf")  # llama.cpp's own reader: the independent account of the file
+    reader = gguf.GGUFReader(smollm2_path)
+    field = lambda key: reader.fields[key].contents()
+    info = ok(httpx.get(server.url + "/api/model", headers=server.headers))
+    assert info["architecture"] == field("general.architecture") == "llama"
+    assert "MOSTLY_" + info["quantization"] == gguf.LlamaFileType(field("general.file_type")).name
+    assert info["parameters"] == sum(int(tensor.n_elements) for tensor in reader.tensors)
+    assert info["context"] == 1024 and info["file_size"] == smollm2_path.stat().st_size  # LiveServer's --ctx
+    assert httpx.get(server.url + "/api/model").status_code == 401

@@ -126,7 +126,8 @@ def test_key_asked_once_answer_streams_is_stored_and_found_again(browser, server
     page.fill("#key-input", API_KEY)
     page.press("#key-input", "Enter")
     page.wait_for_selector("body[data-ready=true]")
-    assert "SmolLM2-135M-Instruct" in page.text_content("#model-info")
+    header = page.text_content("#model-info")
+    assert all(part in header for part in ("SmolLM2-135M-Instruct", "llama", "Q4_1", "1024 tokens context"))
     set_settings(page, temperature=0, max_tokens=40)
 
     record_streaming(page)

@@ -436,10 +436,18 @@ async function importConversation(file) {
   await openConversation(created.id);
 }
 
+function count(n) {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(1)}B` : `${Math.round(n / 1e6)}M`;
+}
+
 async function loadModel() {
   const { data } = await call('/v1/models');
   state.model = data[0] ?? null;
-  $('model-info').textContent = state.model ? `${state.model.id} · ${state.model.max_model_len} tokens context` : '';
+  if (!state.model) return;
+  const info = await call('/api/model');  // what `deeproots inspect` shows
+  $('model-info').textContent = `${state.model.id} · ${info.architecture} · ${count(info.parameters)} parameters`
+    + ` · ${info.quantization} · ${info.context} tokens context`;
+  $('model-info').title = $('model-info').textContent;  // whole, where the header cuts it short
 }
 
 // ---- the API key dialog: shown when the server answers 401
