@@ -1,5 +1,6 @@
-"""The web chat page: its static files at `/` and `/ui/...` (open, like any page: they hold no data) and the
-conversations REST API under `/api/conversations` (behind the API key like the rest).
+"""The web chat page: its static files at `/` and `/ui/...` (open, like any page: they hold no data), the
+conversations REST API under `/api/conversations` and the served model's description at `/api/model` (both
+behind the API key like the rest).
 
 The page itself talks to the OpenAI routes (/v1/models, /v1/chat/completions with stream=true) for generation;
 this module only stores what it shows.
@@ -28,11 +29,13 @@ from .errors import APIError
 
 STATIC = Path(__file__).parent / "static"
 # No inline script or style anywhere: the page's own files only, and fetches to this server only.
-SECURITY_HEADERS = [
+# no-cache: browsers revalidate (ETag), so an upgraded server never runs with last version's scripts.
+PAGE_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                  b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-cache"),
 ]
 MAX_MESSAGES = 10_000  # per imported conversation
 
@@ -187,7 +190,7 @@ class WithWebPage:
 
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                message = {**message, "headers": [*message.get("headers", []), *PAGE_HEADERS]}
             await send(message)
 
         await self.page(scope, receive, with_headers)
@@ -205,4 +208,4 @@ async def open_when_listening(server, address: str) -> None:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
-    webbrowser.open(address)
+    await asyncio.to_thread(webbrowser.open, address)  # it may wait for the browser it starts

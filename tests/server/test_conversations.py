@@ -88,6 +88,7 @@ def test_the_api_needs_the_key_and_the_page_does_not(server):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert page.headers["cache-control"] == "no-cache" and page.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(server.url + "/ui/app.js").status_code == 200
     escape = httpx.get(server.url + "/ui/%2e%2e/webui.py")  # an encoded ../ is not normalized away by the client
     assert escape.status_code == 404 and "import" not in escape.text
