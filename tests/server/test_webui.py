@@ -179,6 +179,25 @@ def test_escape_stops_mid_stream_and_keeps_what_arrived(browser, server):
         time.sleep(0.1)
 
 
+def test_opening_another_conversation_mid_stream_keeps_the_answer_in_its_own(browser, server):
+    other = httpx.post(server.url + "/api/conversations/import", headers=server.headers, json={
+        "format": "deeproots.conversation", "version": 1, "title": "elsewhere",
+        "messages": [{"id": "1", "role": "user", "content": "an older question"}]}).json()
+    page = new_page(browser, server)
+    open_page(page, server)
+    set_settings(page, temperature=0.8, max_tokens=600)
+    page.fill("#prompt", "Write a very long poem about the sea.")
+    page.press("#prompt", "Enter")
+    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > 20")
+    streaming_in = current_id(page)
+    page.click(f"#conversations li[data-id='{other['id']}'] .open")
+    wait_idle(page)
+    page.wait_for_selector(".message.user >> text='an older question'")
+    assert current_id(page) == other["id"] and page.locator(".message").count() == 1
+    answer = shown_path(server, streaming_in)[-1]
+    assert answer["role"] == "assistant" and answer["meta"]["stopped"] is True and len(answer["content"]) >= 20
+    assert [m["role"] for m in conversation(server, other["id"])["messages"]] == ["user"]
+
 def test_stop_button_regenerate_and_edit_make_branches(browser, server):
     page = new_page(browser, server)
     open_page(page, server)

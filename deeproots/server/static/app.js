@@ -245,6 +245,7 @@ function listItem(conversation) {
 // ---- actions
 
 async function openConversation(id) {
+  stop();  // an answer still streaming keeps what arrived, in its own conversation
   state.conversation = await call(`/api/conversations/${id}`);
   remember(id);
   document.body.classList.remove('sidebar-open');
@@ -373,6 +374,7 @@ function requestBody(parentId) {
 // Streams an answer to the branch ending at `parentId`, then stores it (what arrived, when stopped) as a new child.
 async function generate(parentId) {
   const controller = new AbortController();
+  const { conversation } = state;  // the answer belongs here, even when another conversation is opened meanwhile
   state.streaming = { parentId, content: '', controller };
   renderMessages();
   const started = performance.now();
@@ -402,11 +404,11 @@ async function generate(parentId) {
   if (usage) meta.prompt_tokens = usage.prompt_tokens;
   const content = state.streaming.content;
   state.streaming = null;
-  const answer = await call(`/api/conversations/${state.conversation.id}/messages`, {
+  const answer = await call(`/api/conversations/${conversation.id}/messages`, {
     method: 'POST', body: { role: 'assistant', content, parent_id: parentId, meta },
   });
-  state.conversation.messages.push(answer);
-  state.conversation.current_leaf = answer.id;
+  conversation.messages.push(answer);
+  conversation.current_leaf = answer.id;
   renderMessages();
   await renderList();
   $('prompt').focus();
