@@ -1,5 +1,5 @@
 """Regenerates the chat page screenshots in this folder (light, dark, phone width) from a real server and the real
-default model: python docs/images/make_webui_screenshots.py (needs chromium and Playwright, as tests/server/test_webui.py)."""
+default model: `python docs/images/make_webui_screenshots.py` (needs chromium and Playwright, as the browser tests)."""
 
 import os
 import sys

@@ -16,7 +16,8 @@ async function send(path, { method = 'GET', body, signal } = {}) {
     const key = localStorage.getItem(KEY_ITEM);
     if (key) headers.Authorization = `Bearer ${key}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
-    const response = await fetch(path, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
+    const json = body === undefined ? undefined : JSON.stringify(body);
+    const response = await fetch(path, { method, headers, signal, body: json });
     if (response.status !== 401) return response;
     const fresh = await askForKey(Boolean(key));
     if (!fresh) throw new ApiError('this server needs an API key');

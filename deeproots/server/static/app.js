@@ -82,7 +82,9 @@ function pathTo(leafId) {
 // The newest leaf under `id`: where switching to a branch lands.
 function newestLeafUnder(id) {
   let leaf = id;
-  for (let children = childrenOf(leaf); children.length; children = childrenOf(leaf)) leaf = children[children.length - 1].id;
+  for (let children = childrenOf(leaf); children.length; children = childrenOf(leaf)) {
+    leaf = children[children.length - 1].id;
+  }
   return leaf;
 }
 
@@ -168,9 +170,12 @@ function messageView(message) {
   tools.append(branchSwitcher(message));
   const busy = Boolean(state.streaming);
   tools.append(button('Copy', () => navigator.clipboard.writeText(message.content), 'copy'));
-  if (message.role === 'user') tools.appendChild(button('Edit', () => startEdit(view, message), 'edit-message')).disabled = busy;
+  if (message.role === 'user') {
+    tools.appendChild(button('Edit', () => startEdit(view, message), 'edit-message')).disabled = busy;
+  }
   if (message.role === 'assistant') {
-    tools.appendChild(button('Regenerate', () => working(() => generate(message.parent_id)), 'regenerate')).disabled = busy;
+    const regenerate = () => working(() => generate(message.parent_id));
+    tools.appendChild(button('Regenerate', regenerate, 'regenerate')).disabled = busy;
     tools.append(el('span', 'stats', statsText(message.meta || {})));
   }
   return view;
@@ -190,7 +195,9 @@ function renderMessages() {
   const path = leaf ? pathTo(leaf) : [];
   box.replaceChildren(...path.map(messageView));
   if (state.streaming) box.append(streamingView());
-  if (!path.length && !state.streaming) box.append(el('p', 'empty', state.model ? `Ask ${state.model.id} anything.` : ''));
+  if (!path.length && !state.streaming) {
+    box.append(el('p', 'empty', state.model ? `Ask ${state.model.id} anything.` : ''));
+  }
   box.scrollTop = box.scrollHeight;
   $('title').textContent = conversation?.title ?? 'New chat';
   $('export').disabled = !conversation;
@@ -231,10 +238,12 @@ function listItem(conversation) {
   const item = el('li');
   item.dataset.id = conversation.id;
   if (conversation.id === state.conversation?.id) item.classList.add('current');
-  const open = item.appendChild(button(conversation.title, () => guarded(() => openConversation(conversation.id)), 'open'));
+  const openIt = () => guarded(() => openConversation(conversation.id));
+  const open = item.appendChild(button(conversation.title, openIt, 'open'));
   open.title = conversation.title;
   const rename = item.appendChild(button('✎', () => startRename(item, conversation), 'small rename'));
-  const remove = item.appendChild(button('✕', () => guarded(() => confirmDelete(remove, conversation)), 'small delete'));
+  const deleteIt = () => guarded(() => confirmDelete(remove, conversation));
+  const remove = item.appendChild(button('✕', deleteIt, 'small delete'));
   for (const [control, label] of [[rename, 'Rename'], [remove, 'Delete']]) {
     control.setAttribute('aria-label', `${label} “${conversation.title}”`);
     control.title = label;
@@ -520,7 +529,9 @@ function wire() {
     $('settings-toggle').setAttribute('aria-expanded', String(!$('settings').hidden));
   });
   $('preset').addEventListener('change', choosePreset);
-  for (const id of ['temperature', 'top-p']) $(id).addEventListener('input', () => { $('preset').value = 'custom'; saveSettings(); });
+  for (const id of ['temperature', 'top-p']) {
+    $(id).addEventListener('input', () => { $('preset').value = 'custom'; saveSettings(); });
+  }
   for (const id of ['system-prompt', 'max-tokens', 'json-mode']) $(id).addEventListener('change', saveSettings);
   $('theme').addEventListener('click', toggleTheme);
   $('open-sidebar').addEventListener('click', () => document.body.classList.add('sidebar-open'));

@@ -45,7 +45,9 @@ export function renderInline(text, parent) {
     const [, , code, bold, bold2, italic, italic2, strike, label, url, bare] = match;
     if (code !== undefined) parent.append(el('code', null, code.trim() || code));
     else if (bold !== undefined || bold2 !== undefined) renderInline(bold ?? bold2, parent.appendChild(el('strong')));
-    else if (italic !== undefined || italic2 !== undefined) renderInline(italic ?? italic2, parent.appendChild(el('em')));
+    else if (italic !== undefined || italic2 !== undefined) {
+      renderInline(italic ?? italic2, parent.appendChild(el('em')));
+    }
     else if (strike !== undefined) renderInline(strike, parent.appendChild(el('del')));
     else if (label !== undefined) parent.append(link(label, url));
     else parent.append(link(bare, bare));
@@ -61,7 +63,12 @@ const KEYWORDS = new Set(('if else elif for while do return function def class i
   'default struct enum fn pub use mod impl trait match where type interface public private static void int ' +
   'float double char bool long unsigned auto in of is not and or del global nonlocal assert package func go ' +
   'true false null nil None True False self this').split(' '));
-const TOKEN = /(\/\/[^\n]*|#[^\n]*|\/\*[\s\S]*?\*\/)|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`)|(\b\d[\d_]*(?:\.\d+)?(?:e[+-]?\d+)?\b)|([A-Za-z_]\w*)/g;
+const TOKEN = new RegExp([
+  /(\/\/[^\n]*|#[^\n]*|\/\*[\s\S]*?\*\/)/.source,                                   // 1: comment
+  /("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`)/.source,            // 2: string
+  /(\b\d[\d_]*(?:\.\d+)?(?:e[+-]?\d+)?\b)/.source,                                  // 3: number
+  /([A-Za-z_]\w*)/.source,                                                         // 4: word
+].join('|'), 'g');
 const HASH_COMMENTS = new Set(['py', 'python', 'sh', 'bash', 'shell', 'zsh', 'rb', 'ruby', 'yaml', 'yml', 'toml',
   'r', 'perl', 'make', 'makefile', 'dockerfile', 'conf', 'ini', '']);
 
@@ -159,7 +166,9 @@ export function renderMarkdown(text) {
       for (; i < lines.length; i += 1) {
         const item = ITEM.exec(lines[i]);
         if (item && /\d/.test(item[2]) === ordered) items.push(item[3]);
-        else if (lines[i].trim() && /^\s+/.test(lines[i]) && items.length) items[items.length - 1] += ' ' + lines[i].trim();
+        else if (lines[i].trim() && /^\s+/.test(lines[i]) && items.length) {
+          items[items.length - 1] += ' ' + lines[i].trim();  // an indented line continues the item
+        }
         else break;
       }
       out.append(list(items, ordered));
@@ -169,7 +178,9 @@ export function renderMarkdown(text) {
       out.append(table(rows));
     } else {
       const body = [line];
-      for (i += 1; i < lines.length && lines[i].trim() && !startsBlock(lines[i], lines[i + 1]); i += 1) body.push(lines[i]);
+      for (i += 1; i < lines.length && lines[i].trim() && !startsBlock(lines[i], lines[i + 1]); i += 1) {
+        body.push(lines[i]);
+      }
       const paragraph = el('p');
       body.forEach((part, index) => {
         if (index) paragraph.append(el('br'));
