@@ -55,6 +55,7 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--body-timeout", type=float, default=60.0,
                        help="seconds for a whole request body before a 408 (default: 60)")
     serve.add_argument("--log-prompts", action="store_true", help="include the prompt text in request logs")
+    serve.add_argument("--open", action="store_true", help="open the chat page in the default browser")
     serve.set_defaults(handler=cmd_serve, loads_model=True)
 
     bench = subparsers.add_parser("bench-serve", help="throughput and time to first token of a running server")
@@ -77,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .app import build_app
     from .connections import ConnectionLimits, limited_protocol
     from .middleware import BodyLimits
+    from .webui import open_when_listening, page_address
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     # before the load, so that a bad key file or limit fails at once
@@ -96,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                            timeout_graceful_shutdown=END_GRACE_SECONDS))
     logging.getLogger("deeproots.server").info("serving %s on http://%s:%d (loaded in %.1f s)", served_name,
                                                args.host, args.port, time.perf_counter() - started)
+    print(f"chat page: {page_address(args.host, args.port)}", file=sys.stderr, flush=True)
 
     async def drain_then_exit() -> None:
         """SIGTERM: refuse new requests (503), let in-flight ones finish up to the deadline, end the rest, exit."""
@@ -109,6 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config_server = server.serve()
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(config_server)
+        if args.open:
+            asyncio.ensure_future(open_when_listening(server, page_address(args.host, args.port)))
         await asyncio.sleep(0)  # let uvicorn install its own handlers first, then take SIGTERM over
         loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(drain_then_exit()))
         await task
