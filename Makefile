@@ -8,7 +8,7 @@ PROMPT ?= Explain in two sentences why the sky is blue.
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup run test test-fast
+.PHONY: setup run test test-fast browser
 
 $(BIN)/deeproots: pyproject.toml setup.py $(wildcard deeproots/kernels/csrc/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ $(VENV)/.bench-extra: $(BIN)/deeproots
 
 setup: $(BIN)/deeproots
 
+# Debian's Chromium for the chat page's browser tests (Playwright, from the test extra, drives it: no browser
+# download). Where it cannot be installed (no root, no apt), those tests skip and say why.
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; } \
+		|| echo "chromium could not be installed: the browser tests will skip"
+
 run: setup
 	$(BIN)/deeproots run "$(PROMPT)"
 
-test: setup $(VENV)/.bench-extra
+test: setup $(VENV)/.bench-extra browser
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: every test not marked slow (pyproject.toml), under a minute.
