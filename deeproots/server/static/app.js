@@ -139,6 +139,7 @@ function statsText(meta) {
   if (meta.ttft_ms !== undefined) parts.push(`first token ${Math.round(meta.ttft_ms)} ms`);
   if (meta.tokens_per_s) parts.push(`${meta.tokens_per_s.toFixed(1)} tok/s`);
   if (meta.prompt_tokens !== undefined) parts.push(`${meta.prompt_tokens} prompt tokens`);
+  if (meta.cached_tokens) parts.push(`${meta.cached_tokens} reused from the prefix cache`);
   if (meta.stopped) parts.push('stopped');
   return parts.join(' · ');
 }
@@ -411,6 +412,7 @@ async function generate(parentId) {
   const meta = { stopped, ttft_ms: first === null ? undefined : first - started };
   if (first !== null && ended > first && produced > 1) meta.tokens_per_s = (produced - 1) / ((ended - first) / 1000);
   if (usage) meta.prompt_tokens = usage.prompt_tokens;
+  if (usage?.prompt_tokens_details) meta.cached_tokens = usage.prompt_tokens_details.cached_tokens;
   const content = state.streaming.content;
   state.streaming = null;
   const answer = await call(`/api/conversations/${conversation.id}/messages`, {
