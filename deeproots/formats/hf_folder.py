@@ -264,16 +264,16 @@ def _stacked_experts(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTen
     """The 3-d tensor (experts, rows, row length) llama.cpp's converter stacks from HF's one matrix per expert."""
     if sorted(slices) != list(range(len(slices))):
         raise ModelFormatError(f"tensor {name!r}: the checkpoint has experts {sorted(slices)}, not 0..n-1", field=name)
-    parts = [checkpoint[slices[e]] for e in range(len(slices))]  # (file, info) per expert
+    hf_names = [slices[e] for e in range(len(slices))]
+    parts = [checkpoint[hf_name] for hf_name in hf_names]  # (file, info) per expert
     first = parts[0][1]
-    for file, info in parts:
+    for _, info in parts:
         if (info.dtype, info.shape) != (first.dtype, first.shape):
             raise ModelFormatError(f"tensor {name!r}: expert matrices differ in dtype or shape ({first.dtype} "
                                    f"{first.shape} and {info.dtype} {info.shape})", field=name)
     ggml_type = GGML_TYPES.get(first.dtype)
     if ggml_type is None:
-        raise UnsupportedModelError(f"tensor {slices[0]!r} has dtype {first.dtype}; supported: {', '.join(GGML_TYPES)}")
-    hf_names = [slices[e] for e in range(len(slices))]
+        raise UnsupportedModelError(f"tensor {hf_names[0]!r} has dtype {first.dtype}; supported: {', '.join(GGML_TYPES)}")
 
     def load() -> np.ndarray:  # (nbytes,) uint8: expert 0's matrix, then expert 1's, ...
         return np.concatenate([file.tensor_bytes(hf_name) for (file, _), hf_name in zip(parts, hf_names)])
