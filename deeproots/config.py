@@ -13,6 +13,21 @@ from .errors import ModelFormatError
 
 
 @dataclass(frozen=True)
+class ExpertConfig:
+    """The mixture-of-experts keys llama.cpp writes (`{arch}.expert_*`)."""
+    count: int  # experts per layer
+    used_count: int  # experts each token is routed to (top-k)
+    ffn_dim: int  # hidden size of one expert's gated MLP
+    shared_ffn_dim: int | None  # Qwen 2 MoE's always-on shared expert, or None
+    normalize_weights: bool  # the top-k probabilities are rescaled to sum to 1
+
+
+# Whether a family rescales its top-k router probabilities when the file has no `{arch}.expert_weights_norm`:
+# llama.cpp's per-architecture choice (Mixtral and Qwen 3 MoE do; Qwen 2 MoE and OLMoE do not).
+NORMALIZED_EXPERT_WEIGHTS = frozenset({"llama", "qwen3moe"})
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     architecture: str
     n_layers: int
@@ -30,6 +45,7 @@ class ModelConfig:
     attention_scale: float | None = None  # multiplies q.k; None means 1/sqrt(head_dim)
     sliding_window: int | None = None  # a query sees this many newest keys (itself included) on sliding layers
     rope_theta_local: float | None = None  # RoPE base of sliding-window layers where it differs (Gemma 3)
+    experts: ExpertConfig | None = None  # a mixture of experts replaces the MLP (Mixtral, Qwen MoE, OLMoE)
 
 
 DEFAULT_CONTEXT = 4096  # tokens a load gets unless told otherwise; the model's own maximum when it is smaller
@@ -72,6 +88,7 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
     def optional(name: str, kind: type) -> Any:
         return _required(metadata, key(name), kind) if key(name) in metadata else None
 
+    ffn_dim = _required(metadata, key("feed_forward_length"), int)
     scaling_type = metadata.get(key("rope.scaling.type"), "none")
     rope_scale = float(metadata.get(key("rope.scaling.factor"), 1.0)) if scaling_type == "linear" else 1.0
     return ModelConfig(
@@ -81,7 +98,7 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
-        ffn_dim=_required(metadata, key("feed_forward_length"), int),
+        ffn_dim=ffn_dim,
         vocab_size=int(metadata.get(key("vocab_size"), vocab_size)),
         context_length=_required(metadata, key("context_length"), int),
         norm_eps=_required(metadata, key("attention.layer_norm_rms_epsilon"), float),
@@ -91,4 +108,32 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
         attention_scale=optional("attention.scale", float),
         sliding_window=optional("attention.sliding_window", int),
         rope_theta_local=optional("rope.freq_base_swa", float),
+        experts=_experts(metadata, arch, ffn_dim),
     )
+
+
+def _experts(metadata: Mapping[str, Any], arch: str, ffn_dim: int) -> ExpertConfig | None:
+    """The `{arch}.expert_*` keys, or None for a dense model (no expert_count)."""
+    if f"{arch}.expert_count" not in metadata:
+        return None
+
+    def key(name: str) -> str:
+        return f"{arch}.{name}"
+
+    count = _required(metadata, key("expert_count"), int)
+    used = _required(metadata, key("expert_used_count"), int)
+    if used > count:
+        raise ModelFormatError(f"metadata key {key('expert_used_count')!r} is {used}, more than the {count} experts "
+                               f"of {key('expert_count')!r}", field=key("expert_used_count"))
+    normalize = metadata.get(key("expert_weights_norm"), arch in NORMALIZED_EXPERT_WEIGHTS)
+    if not isinstance(normalize, bool):
+        raise ModelFormatError(f"metadata key {key('expert_weights_norm')!r} must be a bool, got {normalize!r}",
+                               field=key("expert_weights_norm"))
+    shared = key("expert_shared_feed_forward_length")
+    return ExpertConfig(
+        count=count, used_count=used,
+        # Mixtral's files have no expert length: its experts are feed_forward_length wide
+        ffn_dim=_required(metadata, key("expert_feed_forward_length"), int)
+        if key("expert_feed_forward_length") in metadata else ffn_dim,
+        shared_ffn_dim=_required(metadata, shared, int) if shared in metadata else None,
+        normalize_weights=normalize)

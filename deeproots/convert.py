@@ -4,7 +4,9 @@ Both commands open a source with the GGUFFile interface (`path`, `metadata`, `te
 folder is presented that way by formats/hf_folder.py) and hand it to one function, `write_gguf`.
 
 Tensor types follow llama.cpp's llama-quantize:
-- Vectors (norms, biases: one dimension above 1) are stored as F32 whatever the target.
+- Vectors (norms, biases: one dimension above 1) are stored as F32 whatever the target, and so are the routers of
+  a mixture of experts (`blk.N.ffn_gate_inp.weight`: a few rows that choose each token's experts), as llama.cpp's
+  converter and llama-quantize keep them.
 - Every other tensor takes the target type: copied byte for byte when it already has it, otherwise dequantized to
   float32 and quantized, one tensor at a time.
 - Fallback: a row length that is not a multiple of the target's block size takes llama.cpp's substitute, a
@@ -47,6 +49,7 @@ FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "
 FALLBACK_TYPES = {"q4_k": "Q5_0", "q6_k": "Q8_0"}
 QUANTIZED_TARGETS = frozenset({"q8_0", "q4_0", "q4_1", "q4_k", "q6_k"})
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts of the current ggml
+ROUTER_TENSOR = "ffn_gate_inp.weight"  # blk.N.ffn_gate_inp.weight: a mixture of experts' router
 PARTIAL_SUFFIX = ".partial"  # the output is written here first, so a failed run leaves no truncated file
 
 
@@ -74,12 +77,12 @@ class WriteSummary:
         return "\n".join(lines)
 
 
-def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False) -> GGMLType:
+def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False, router: bool = False) -> GGMLType:
     """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`; `output`:
-    it is the model's output projection (see the module's docstring)."""
+    it is the model's output projection, `router`: an expert router (see the module's docstring)."""
     from .quant.types import BLOCK_GEOMETRY, GGMLType
 
-    if math.prod(shape[1:]) == 1:  # ggml counts trailing dimensions of 1 out: this is a vector
+    if router or math.prod(shape[1:]) == 1:  # a router, or a vector (ggml counts trailing dimensions of 1 out)
         return GGMLType.F32
     if output and target in QUANTIZED_TARGETS:
         candidates = [GGMLType.Q8_0] if target == "q8_0" else [GGMLType.Q6_K, GGMLType.Q8_0]
@@ -137,7 +140,7 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
     output_tensor = None
     for name, info in tqdm(source.tensors.items(), desc="tensors", unit=" tensors", disable=not progress):
         raw = source.tensor_data(name)
-        out_type = tensor_type(target, info.shape, output=name == output_name)
+        out_type = tensor_type(target, info.shape, output=name == output_name, router=name.endswith(ROUTER_TENSOR))
         if out_type != info.ggml_type:  # through float32, this one tensor only
             raw = quantize(dequantize(raw, info.ggml_type, info.shape), out_type).reshape(-1)
         writer.add_tensor(name, raw, out_type, info.shape)

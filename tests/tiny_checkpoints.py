@@ -20,7 +20,17 @@ ARCHITECTURES = {
     "qwen3": ("Qwen3Config", {"head_dim": 32}),  # per-head q/k norms
     "gemma3_text": ("Gemma3TextConfig", {"num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 24,
                                          "sliding_window": 5}),  # 5 sliding layers, 1 global
+    # mixtures of experts: 8 experts, 2 per token; the experts are narrower than `intermediate_size` where the
+    # family has its own key for them, so a mix-up of the two shows
+    "mixtral": ("MixtralConfig", {"num_local_experts": 8, "num_experts_per_tok": 2}),  # renormalised top-k
+    "qwen2_moe": ("Qwen2MoeConfig", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                     "shared_expert_intermediate_size": 96}),  # a gated shared expert
+    "qwen3_moe": ("Qwen3MoeConfig", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                     "head_dim": 32, "norm_topk_prob": True}),  # as the released models
+    "olmoe": ("OlmoeConfig", {"num_experts": 8, "num_experts_per_tok": 2}),  # q/k norms over all heads
 }
+# The families whose MLPs are mixtures of experts
+MOE_ARCHITECTURES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
 LONGEST_WINDOW = 5
 
 

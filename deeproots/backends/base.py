@@ -86,6 +86,12 @@ class Backend(ABC):
         (T, in_features) -> (T, sum(out_features))."""
 
     @abstractmethod
+    def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
+                       out_features: list[int]) -> list[Linear]:
+        """One product per expert e computing slice e of each named 3-d tensor (n_experts, out_features[i],
+        in_features) side by side: (T, in_features) -> (T, sum(out_features))."""
+
+    @abstractmethod
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):
         """A table indexed by token ids (N,) -> (N, width) float32."""
 

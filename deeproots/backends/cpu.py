@@ -7,11 +7,16 @@ SiLU gating run as compiled primitives that compute a row the same way whatever 
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 
 from .. import kernels
 from ..cache.packed import PackedCache
+from ..formats.gguf import TensorInfo
 from ..kernels.attention import batched_attention
+from ..kernels.layouts import aligned_empty
 from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
@@ -46,6 +51,12 @@ def kernel_type(ggml_type: int) -> int:
     return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
 
 
+def _packable(infos: list[TensorInfo]) -> bool:
+    """The tensors share one type that a kernel runs, so they can be packed into one weight."""
+    ggml_type = infos[0].ggml_type
+    return kernel_type(ggml_type) in kernels.kernel_types() and all(info.ggml_type == ggml_type for info in infos)
+
+
 class CPUBackend(Backend):
     name = "cpu"
     primitives = FAST
@@ -60,23 +71,57 @@ class CPUBackend(Backend):
         are quantized once instead of once per matrix. Others are dense, or side by side when the types differ."""
         infos = [source.info(name, (rows, in_features)) for name, rows in zip(names, out_features)]
         ggml_type = infos[0].ggml_type
-        if kernel_type(ggml_type) in kernels.kernel_types() and all(info.ggml_type == ggml_type for info in infos):
+        if _packable(infos):
             # GGUF stores a matrix row after row, so the matrices' rows stack into one weight.
-            return self._packed(source, names, ggml_type, (in_features, sum(out_features)))
+            return self._packed(source, "+".join(names), lambda: [source.raw(name) for name in names], ggml_type,
+                                (in_features, sum(out_features)))
         if len(names) == 1:
             return DenseLinear(source.tensor(names[0], (out_features[0], in_features)))
         return ConcatLinear([self.linear(source, [name], in_features, [rows]) for name, rows in zip(names, out_features)])
 
-    def _packed(self, source: WeightSource, names: list[str], ggml_type: int, shape: tuple[int, int]) -> PackedLinear:
-        """One weight stacking the rows of the named matrices: from the cache on disk, else packed from the file."""
-        key, packed_type = "+".join(names), kernel_type(ggml_type)
+    def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
+                       out_features: list[int]) -> list[Linear]:
+        """Expert e's matrices are slice e of each 3-d tensor's bytes (GGUF stores experts one after another):
+        packed per expert from those slices, without a copy of the tensor, into one buffer for all the experts (or
+        mapped from the packed cache, where they lie one after another too). Other types are dense float32."""
+        infos = [source.info(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
+        if not _packable(infos):
+            parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
+            return [DenseLinear(np.concatenate([part[e] for part in parts])) for e in range(n_experts)]
+
+        @functools.cache
+        def stored() -> list[np.ndarray]:  # read once, and only if the packed cache lacks an expert
+            return [source.raw(name).reshape(n_experts, -1) for name in names]  # (n_experts, bytes of one expert)
+
+        shape, ggml_type = (in_features, sum(out_features)), infos[0].ggml_type
+        stride = -(-kernels.packed_nbytes(kernel_type(ggml_type), *shape) // 64) * 64  # keeps each expert aligned
+
+        @functools.cache
+        def buffer() -> np.ndarray:  # allocated only if some expert is packed anew
+            return aligned_empty(n_experts * stride)
+
+        return [self._packed(source, f"{'+'.join(names)}[{e}]", lambda e=e: [part[e] for part in stored()],
+                             ggml_type, shape, into=lambda e=e: buffer()[e * stride:(e + 1) * stride])
+                for e in range(n_experts)]
+
+    def _packed(self, source: WeightSource, key: str, parts: Callable[[], list[np.ndarray]], ggml_type: int,
+                shape: tuple[int, int], into: Callable[[], np.ndarray] | None = None) -> PackedLinear:
+        """One weight stacking the rows of `parts()` (their stored bytes), cached on disk under `key`: mapped from
+        the cache when it has it, else packed from the file (and moved to `into()`, an aligned slice of a buffer
+        that holds its siblings: experts packed one after another in one buffer read faster than apart, see
+        benchmarks/bench_moe_layer.py)."""
+        packed_type = kernel_type(ggml_type)
         cached = self.packed_cache.get(key, packed_type, *shape) if self.packed_cache is not None else None
         if cached is not None:
             return PackedLinear(cached)
-        parts = [source.raw(name) for name in names]
+        raw = parts()
         if ggml_type == GGMLType.Q5_0:
-            parts = [q5_0_as_q8_0(part) for part in parts]
-        weight = kernels.pack_weight(parts, packed_type, shape)
+            raw = [q5_0_as_q8_0(part) for part in raw]
+        weight = kernels.pack_weight(raw, packed_type, shape)
+        if into is not None:
+            target = into()[:weight.nbytes]
+            target[:] = weight.data
+            weight = kernels.PackedWeight(weight.ggml_type, weight.in_features, weight.out_features, target)
         if self.packed_cache is not None:
             self.packed_cache.add(key, weight)
         # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.

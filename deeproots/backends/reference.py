@@ -27,5 +27,11 @@ class ReferenceBackend(Backend):
         return DenseLinear(np.concatenate([source.tensor(name, (rows, in_features))
                                            for name, rows in zip(names, out_features)]))
 
+    def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
+                       out_features: list[int]) -> list[Linear]:
+        parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
+        stacked = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # (E, sum(out_features), in)
+        return [DenseLinear(weight) for weight in stacked]  # views of one expert each
+
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int) -> np.ndarray:
         return source.tensor(name, (vocab_size, width))  # (vocab, width), indexed by token ids

@@ -21,7 +21,7 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, gguf_tensor_name, hf_architecture
+from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, expert_slice, gguf_tensor_name, hf_architecture
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
@@ -129,6 +129,7 @@ def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> 
         raise UnsupportedModelError("Qwen's use_sliding_window (windows on some layers only) is not supported")
     if spec.sliding_window and config.get("sliding_window") is not None:
         metadata[f"{arch}.attention.sliding_window"] = int(_number(config, "sliding_window"))
+    metadata.update(_expert_metadata(config, arch))
     if arch == "gemma3":
         _check_layer_pattern(config)
         local_rope = _rope_parameters(config, "sliding_attention")
@@ -136,6 +137,26 @@ def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> 
         scalar = _number(config, "query_pre_attn_scalar", head_dim)
         if scalar != head_dim:
             metadata[f"{arch}.attention.scale"] = float(scalar) ** -0.5
+    return metadata
+
+
+def _expert_metadata(config: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The `{arch}.expert_*` keys of a mixture of experts (none for a dense model), as llama.cpp's converter writes
+    them, plus `expert_weights_norm` from HF's norm_topk_prob where the config has one."""
+    count_key = next((key for key in ("num_local_experts", "num_experts") if config.get(key) is not None), None)
+    if count_key is None:
+        return {}
+    for key, dense in (("decoder_sparse_step", 1), ("mlp_only_layers", []), ("clip_qkv", None)):
+        if config.get(key, dense) != dense:
+            raise UnsupportedModelError(f"config.json {key} {config[key]!r} is not supported (only {dense!r})")
+    metadata = {f"{arch}.expert_count": int(_number(config, count_key)),
+                f"{arch}.expert_used_count": int(_number(config, "num_experts_per_tok"))}
+    for hf_key, gguf_key in (("moe_intermediate_size", "expert_feed_forward_length"),
+                             ("shared_expert_intermediate_size", "expert_shared_feed_forward_length")):
+        if config.get(hf_key) is not None:
+            metadata[f"{arch}.{gguf_key}"] = int(_number(config, hf_key))
+    if config.get("norm_topk_prob") is not None:
+        metadata[f"{arch}.expert_weights_norm"] = bool(config["norm_topk_prob"])
     return metadata
 
 
@@ -204,9 +225,14 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
     n_kv_heads = int(_number(config, "num_key_value_heads", n_heads))
     tied = bool(config.get("tie_word_embeddings", False))
     sources: dict[str, tuple[Callable[[], np.ndarray], TensorInfo]] = {}
+    experts: dict[str, dict[int, str]] = {}  # GGUF 3-d tensor -> expert index -> HF name of its slice
     for hf_name, (file, file_info) in checkpoint.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed buffers; a tied head is the embedding table
+        sliced = expert_slice(hf_name)
+        if sliced is not None:
+            experts.setdefault(sliced[0], {})[sliced[1]] = hf_name
+            continue
         name = gguf_tensor_name(hf_name, spec)
 
 
@@ -229,5 +255,30 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
             ggml_type = GGMLType.F32
         info = TensorInfo(name, tuple(reversed(file_info.shape)), ggml_type, 0, tensor_nbytes(ggml_type, n_elements))
         sources[name] = source, info
+    for name, slices in experts.items():
+        sources[name] = _stacked_experts(checkpoint, name, slices)
     return sources
+
+
+def _stacked_experts(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]], name: str,
+                     slices: dict[int, str]) -> tuple[Callable[[], np.ndarray], TensorInfo]:
+    """The 3-d tensor (experts, rows, row length) llama.cpp's converter stacks from HF's one matrix per expert."""
+    if sorted(slices) != list(range(len(slices))):
+        raise ModelFormatError(f"tensor {name!r}: the checkpoint has experts {sorted(slices)}, not 0..n-1", field=name)
+    hf_names = [slices[e] for e in range(len(slices))]
+    parts = [checkpoint[hf_name] for hf_name in hf_names]  # (file, info) per expert
+    first = parts[0][1]
+    for _, info in parts:
+        if (info.dtype, info.shape) != (first.dtype, first.shape):
+            raise ModelFormatError(f"tensor {name!r}: expert matrices differ in dtype or shape ({first.dtype} "
+                                   f"{first.shape} and {info.dtype} {info.shape})", field=name)
+    ggml_type = GGML_TYPES.get(first.dtype)
+    if ggml_type is None:
+        raise UnsupportedModelError(f"tensor {hf_names[0]!r} has dtype {first.dtype}; supported: {', '.join(GGML_TYPES)}")
+
+    def load() -> np.ndarray:  # (nbytes,) uint8: expert 0's matrix, then expert 1's, ...
+        return np.concatenate([file.tensor_bytes(hf_name) for (file, _), hf_name in zip(parts, hf_names)])
+
+    shape = (len(parts), *first.shape)  # row-major (experts, rows, row length)
+    return load, TensorInfo(name, tuple(reversed(shape)), ggml_type, 0, tensor_nbytes(ggml_type, math.prod(shape)))
 

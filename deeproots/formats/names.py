@@ -30,6 +30,11 @@ HF_ARCHITECTURES: dict[str, HFArchitecture] = {
     "qwen3": HFArchitecture("qwen3", "silu"),
     "gemma3_text": HFArchitecture("gemma3", "gelu_pytorch_tanh", norm_shift=1.0,
                                   post_attention_norm="post_attention_norm", sliding_window=True),
+    # mixtures of experts: llama.cpp writes Mixtral as a llama with expert tensors
+    "mixtral": HFArchitecture("llama", "silu", permute_qk=True, sliding_window=True),
+    "qwen2_moe": HFArchitecture("qwen2moe", "silu"),
+    "qwen3_moe": HFArchitecture("qwen3moe", "silu"),
+    "olmoe": HFArchitecture("olmoe", "silu"),
 }
 
 GLOBAL_TENSORS = {
@@ -54,7 +59,17 @@ LAYER_TENSORS = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    "block_sparse_moe.gate.weight": "ffn_gate_inp.weight",  # Mixtral's router
+    "mlp.gate.weight": "ffn_gate_inp.weight",  # Qwen MoE's and OLMoE's router
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
 }
+# One expert's matrix inside model.layers.N. -> the GGUF 3-d tensor (experts, rows, row length) it is a slice of.
+EXPERT_TENSORS = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps",  # Mixtral
+                  "gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
+_EXPERT_NAME = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight")
 # Gemma 3 attends globally on layers 5, 11, 17, ... (llama.cpp's swa pattern; GGUF files carry no key for it).
 GEMMA3_GLOBAL_LAYER_EVERY = 6
 _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -66,6 +81,14 @@ def hf_architecture(model_type: object) -> HFArchitecture:
         raise UnsupportedModelError(f"config.json model_type {model_type!r} is not supported; supported: "
                                     f"{', '.join(sorted(HF_ARCHITECTURES))}")
     return spec
+
+
+def expert_slice(hf_name: str) -> tuple[str, int] | None:
+    """(GGUF 3-d tensor name, expert index) of one expert's matrix, or None for any other tensor."""
+    match = _EXPERT_NAME.fullmatch(hf_name)
+    if match is None or match[3] not in EXPERT_TENSORS:
+        return None
+    return f"blk.{match[1]}.{EXPERT_TENSORS[match[3]]}.weight", int(match[2])
 
 
 def gguf_tensor_name(hf_name: str, spec: HFArchitecture) -> str:

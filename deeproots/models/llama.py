@@ -20,6 +20,7 @@ import numpy as np
 from ..backends.formulas import RotaryEmbedding
 from ..cache.kv import KVCache
 from ..config import ModelConfig
+from .moe import MixtureOfExperts
 from .weights import GGUFWeights
 
 
@@ -38,19 +39,27 @@ class LlamaBlock:
         # Qwen 2 adds biases to q, k and v: (q_size + 2 * kv_size,) or None
         self.attn_qkv_bias = weights.optional_stack([prefix + f"attn_{part}.bias" for part in "qkv"],
                                                     [q_size, kv_size, kv_size])
-        # Qwen 3 and Gemma 3 RMS-normalise every query and key head before RoPE: (head_dim,) or None
-        self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [c.head_dim])
-        self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [c.head_dim])
+        # Qwen 3 and Gemma 3 RMS-normalise every query and key head before RoPE (OLMoE: all heads at once):
+        # (qk_norm_width,) or None
+        self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [self.qk_norm_width(c.n_heads)])
+        self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [self.qk_norm_width(c.n_kv_heads)])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
         self.ffn_norm = weights.vector(prefix + "ffn_norm.weight", c.d_model)
-        # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
-        self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],
-                                                  c.d_model, [c.ffn_dim, c.ffn_dim])
-        self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
+        # A router tensor means a mixture of experts in place of the MLP (Mixtral, Qwen MoE, OLMoE).
+        self.moe = MixtureOfExperts(c, weights, prefix) if weights.has(prefix + "ffn_gate_inp.weight") else None
+        if self.moe is None:
+            # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
+            self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],
+                                                      c.d_model, [c.ffn_dim, c.ffn_dim])
+            self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
+
+    def qk_norm_width(self, n_heads: int) -> int:
+        """The width a q (or k) norm normalises over, of n_heads heads: each head alone (OLMoE: all of them)."""
+        return self.config.head_dim
 
     def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
-        """RMS-normalise each head of `heads` (N, n, head_dim) in place."""
-        normed = self.ops.rms_norm(np.ascontiguousarray(heads).reshape(-1, heads.shape[-1]), weight,
+        """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
+        normed = self.ops.rms_norm(np.ascontiguousarray(heads).reshape(-1, weight.shape[0]), weight,
                                    self.config.norm_eps)
         heads[...] = normed.reshape(heads.shape)
 
@@ -74,7 +83,9 @@ class LlamaBlock:
         return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
 
     def mlp(self, h: np.ndarray) -> np.ndarray:
-        """Gated MLP: (N, d_model) -> (N, d_model)."""
+        """Gated MLP, or the mixture of experts: (N, d_model) -> (N, d_model)."""
+        if self.moe is not None:
+            return self.moe(h)
         return self.ffn_down(self.ops.silu_mul(self.ffn_gate_up(h)))
 
 

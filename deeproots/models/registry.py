@@ -12,6 +12,9 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "gemma3": ("deeproots.models.gemma3", "Gemma3"),
     "qwen2": ("deeproots.models.qwen", "Qwen"),
     "qwen3": ("deeproots.models.qwen", "Qwen"),
+    "qwen2moe": ("deeproots.models.qwen", "Qwen"),  # experts and a shared expert: models/moe.py, from the tensors
+    "qwen3moe": ("deeproots.models.qwen", "Qwen"),
+    "olmoe": ("deeproots.models.olmoe", "Olmoe"),
 }
 # Files that name a sibling architecture with the same tensors and maths.
 ALIASES: dict[str, str] = {

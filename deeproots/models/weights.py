@@ -80,6 +80,17 @@ class GGUFWeights:
         """One layer computing several matrices of the same input side by side (q, k, v; or gate, up)."""
         return self.backend.linear(self, names, in_features, out_features)
 
+    def expert_linears(self, names: list[str], n_experts: int, in_features: int, out_features: list[int]) -> list:
+        """One layer per expert from 3-d tensors (n_experts, out_features[i], in_features), each computing its slice
+        of the named tensors side by side: (T, in_features) -> (T, sum(out_features))."""
+        return self.backend.expert_linears(self, names, n_experts, in_features, out_features)
+
+    def stored_shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape in row-major order as the file stores it, before any check against the config."""
+        if not self.has(name):
+            raise ModelFormatError(f"tensor {name!r} is missing from the model file", field=name)
+        return tuple(reversed(self.gguf.tensors[name].shape))
+
     def embedding(self, name: str, vocab_size: int, width: int):
         """A table indexed by token ids (N,) -> (N, width)."""
         return self.backend.embedding(self, name, vocab_size, width)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from tiny_checkpoints import ARCHITECTURES, LONGEST_WINDOW
+from tiny_checkpoints import ARCHITECTURES, LONGEST_WINDOW, MOE_ARCHITECTURES
 
 import deeproots
 from deeproots.convert import convert_folder
@@ -65,6 +65,10 @@ def test_fast_path_from_folder_matches_transformers(checkpoint):
 # --type -> (max |diff| bound, top-1 bound) of our reference path on the converted file against transformers.
 # float16 rounds each weight by 2^-11 relative; q8_0 by up to 1/254 of its block's largest value.
 CONVERTED_BOUNDS = {"f32": (1e-4, 1.0), "f16": (1e-2, 0.95), "q8_0": (0.2, 0.85)}
+# A mixture of experts is not continuous in its weights: a token whose second and third experts are within q8_0's
+# rounding of each other switches expert (seen on OLMoE, its router kept in F32: at 1 token-layer of TEXT, max |diff|
+# 0.19 there, 0.04 elsewhere).
+MOE_CONVERTED_BOUNDS = {**CONVERTED_BOUNDS, "q8_0": (0.4, 0.85)}
 
 
 @pytest.mark.parametrize("target", sorted(CONVERTED_BOUNDS))
@@ -76,14 +80,17 @@ def test_converted_gguf_matches_transformers(checkpoint, target, tmp_path):
     ids = model.tokenize(TEXT)
     max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
     print(f"\n{target}: max |diff| {max_diff:.2e}, top-1 {top1:.3f}")
-    diff_bound, top1_bound = CONVERTED_BOUNDS[target]
+    moe = hf_model.config.model_type in MOE_ARCHITECTURES
+    diff_bound, top1_bound = (MOE_CONVERTED_BOUNDS if moe else CONVERTED_BOUNDS)[target]
     assert max_diff < diff_bound
     assert top1 >= top1_bound
 
 
 # What llama.cpp cannot express, changed so that its output can be compared: it fixes Gemma 3's attention
-# scale at 1/sqrt(head_dim) (ignoring the file's attention.scale), and its llama architecture has no window.
-LLAMA_CPP_CHANGES = {"gemma3_text": {"query_pre_attn_scalar": 32}, "mistral": {"sliding_window": None}}
+# scale at 1/sqrt(head_dim) (ignoring the file's attention.scale), its llama architecture has no window, and its
+# OLMoE has no grouped-query attention (it wants a k norm as wide as the model).
+LLAMA_CPP_CHANGES = {"gemma3_text": {"query_pre_attn_scalar": 32}, "mistral": {"sliding_window": None},
+                     "olmoe": {"num_key_value_heads": 4}}
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))

@@ -1,0 +1,101 @@
+"""A mixture of experts in place of a block's MLP (Mixtral, Qwen 2 / 3 MoE, OLMoE), by llama.cpp's tensor names.
+
+A router (`ffn_gate_inp`) scores every expert for every token; each token goes to its top-k experts, whose gated
+MLPs (slices of the 3-d `ffn_{gate,up,down}_exps` tensors) are summed with the router's probabilities as weights.
+Qwen 2 MoE adds a shared expert (`ffn_{gate,up,down}_shexp`) that every token takes, scaled by a sigmoid gate of
+its own (`ffn_gate_inp_shexp`).
+
+The products are grouped by expert: the rows routed to one expert are gathered and multiplied together, so a step
+reads only the weights of the experts some token chose, each once. A token's result depends only on its own row:
+the kernels are row-invariant and its experts' contributions are added in expert order, whoever shares them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ExpertConfig, ModelConfig
+from ..errors import ModelFormatError
+from .weights import GGUFWeights
+
+
+def route(logits: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Router logits (N, n_experts) -> (expert ids (N, top_k), weights (N, top_k)) in float32.
+
+    softmax over all experts, the top_k most probable (ties to the lower id), their probabilities rescaled to
+    sum to 1 when the family does (`normalize`).
+    """
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)  # (N, n_experts)
+    ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]  # (N, top_k), most probable first
+    weights = np.take_along_axis(probabilities, ids, axis=-1)
+    if normalize:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return ids, weights
+
+
+class MixtureOfExperts:
+    def __init__(self, config: ModelConfig, weights: GGUFWeights, prefix: str):
+        self.experts = _expert_config(config, weights, prefix)
+        c, e = config, self.experts
+        self.ops = weights.primitives
+        self.ffn_gate_inp = weights.linear(prefix + "ffn_gate_inp.weight", c.d_model, e.count)  # (N, E) logits
+        # per expert, gate and up in one product: (M, d_model) -> (M, 2 * expert ffn_dim)
+        self.ffn_gate_up_exps = weights.expert_linears([prefix + "ffn_gate_exps.weight", prefix + "ffn_up_exps.weight"],
+                                                       e.count, c.d_model, [e.ffn_dim, e.ffn_dim])
+        self.ffn_down_exps = weights.expert_linears([prefix + "ffn_down_exps.weight"], e.count, e.ffn_dim, [c.d_model])
+        self.shared = SharedExpert(c, weights, prefix) if e.shared_ffn_dim is not None else None
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        """(N, d_model) -> (N, d_model)."""
+        ids, weights = self.route(h)
+        out = self.experts_output(h, ids, weights)
+        if self.shared is not None:
+            out += self.shared(h)
+        return out
+
+    def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The experts each row of h (N, d_model) goes to and their weights: (N, top_k) ids and (N, top_k) float32."""
+        return route(self.ffn_gate_inp(h), self.experts.used_count, self.experts.normalize_weights)
+
+    def experts_output(self, h: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """sum over k of weights[:, k] * expert ids[:, k](h): one product per chosen expert, over its rows only."""
+        out = np.zeros_like(h)  # (N, d_model)
+        for expert in np.unique(ids):  # ascending: the order each token's contributions are added in
+            rows, slot = np.nonzero(ids == expert)  # the rows routed to this expert, and where in their top-k
+            hidden = self.ops.silu_mul(self.ffn_gate_up_exps[expert](h[rows]))  # (M, expert ffn_dim)
+            out[rows] += weights[rows, slot, None] * self.ffn_down_exps[expert](hidden)
+        return out
+
+
+class SharedExpert:
+    """Qwen 2 MoE's expert every token takes: a gated MLP scaled by sigmoid(h . ffn_gate_inp_shexp)."""
+
+    def __init__(self, config: ModelConfig, weights: GGUFWeights, prefix: str):
+        c, width = config, config.experts.shared_ffn_dim
+        self.ops = weights.primitives
+        gate_up = [prefix + "ffn_gate_shexp.weight", prefix + "ffn_up_shexp.weight"]
+        self.ffn_gate_up_shexp = weights.stacked_linear(gate_up, c.d_model, [width, width])  # (N, 2 * width)
+        self.ffn_down_shexp = weights.linear(prefix + "ffn_down_shexp.weight", width, c.d_model)
+        self.ffn_gate_inp_shexp = weights.linear(prefix + "ffn_gate_inp_shexp.weight", c.d_model, 1)  # (N, 1)
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        """(N, d_model) -> (N, d_model)."""
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: the sigmoid is then 0
+            gate = 1.0 / (1.0 + np.exp(-self.ffn_gate_inp_shexp(h)))  # (N, 1)
+        return gate * self.ffn_down_shexp(self.ops.silu_mul(self.ffn_gate_up_shexp(h)))
+
+
+def _expert_config(config: ModelConfig, weights: GGUFWeights, prefix: str) -> ExpertConfig:
+    """The config's expert counts, checked against the router's and the experts' tensors (errors name the key)."""
+    key = f"{config.architecture}.expert_count"
+    if config.experts is None:
+        raise ModelFormatError(f"tensor {prefix}ffn_gate_inp.weight routes to experts, but metadata key {key!r} "
+                               "is missing", field=key)
+    count = config.experts.count
+    for name in ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        stored = weights.stored_shape(f"{prefix}{name}.weight")[0]  # experts are the outermost dimension
+        if stored != count:
+            raise ModelFormatError(f"tensor {prefix}{name}.weight holds {stored} experts, metadata key {key!r} "
+                                   f"says {count}", field=key)
+    return config.experts
