@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..errors import RequestError
 from ..inspect import summarize
 from .conversations import EXPORT_FORMAT, EXPORT_VERSION, ConversationNotFoundError, ConversationStore
-from .errors import APIError
+from .errors import APIError, ClassifiedRoute
 
 STATIC = Path(__file__).parent / "static"
 # No inline script or style anywhere: the page's own files only, and fetches to this server only.
@@ -105,7 +105,7 @@ def as_http_errors():
 
 def conversations_router(store: ConversationStore) -> APIRouter:
     """Plain `def` routes: FastAPI runs them in its thread pool, so SQLite never blocks the event loop."""
-    router = APIRouter(prefix="/api/conversations")
+    router = APIRouter(prefix="/api/conversations", route_class=ClassifiedRoute)
 
     @router.get("")
     def list_conversations(q: Annotated[str | None, Query(max_length=200)] = None) -> dict:
@@ -158,7 +158,7 @@ def conversations_router(store: ConversationStore) -> APIRouter:
 
 def model_router(model, served_name: str) -> APIRouter:
     """GET /api/model: what `deeproots inspect` knows about the served model, for the page's header."""
-    router = APIRouter()
+    router = APIRouter(route_class=ClassifiedRoute)
     summary = summarize(model.path)  # reads the file's metadata once, at start-up
 
     @router.get("/api/model")

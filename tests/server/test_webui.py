@@ -161,19 +161,25 @@ def test_key_asked_once_answer_streams_is_stored_and_found_again(browser, server
     assert not page.errors and not second.errors
 
 
-def test_escape_stops_mid_stream_and_keeps_what_arrived(browser, server):
+def start_long_answer(browser, server, prompt: str, shown_chars: int):
+    """A fresh page that sent `prompt` and is streaming its (long, sampled) answer, `shown_chars` of it shown."""
     page = new_page(browser, server)
     open_page(page, server)
     set_settings(page, temperature=0.8, max_tokens=600)
-    page.fill("#prompt", "Write a very long story about a dragon who learns to cook.")
+    page.fill("#prompt", prompt)
     page.press("#prompt", "Enter")
-    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > 40")
+    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > {shown_chars}")
+    return page
+
+
+def test_escape_stops_mid_stream_and_keeps_what_arrived(browser, server):
+    page = start_long_answer(browser, server, "Write a very long story about a dragon who learns to cook.", 40)
     page.keyboard.press("Escape")
     wait_idle(page)
     answer = shown_path(server, current_id(page))[-1]
     assert answer["role"] == "assistant" and answer["meta"]["stopped"] is True
     assert 40 <= len(answer["content"]) and "stopped" in page.text_content(".message.assistant .stats")
-    deadline = time.time() + 10  # the server cancelled the sequence when the page hung up
+    deadline = time.time() + 60  # a hang guard: the server cancels the sequence when the page hangs up
     while server.metric("deeproots_running_sequences") != 0:
         assert time.time() < deadline, "the stopped sequence kept running"
         time.sleep(0.1)
@@ -183,12 +189,7 @@ def test_opening_another_conversation_mid_stream_keeps_the_answer_in_its_own(bro
     other = httpx.post(server.url + "/api/conversations/import", headers=server.headers, json={
         "format": "deeproots.conversation", "version": 1, "title": "elsewhere",
         "messages": [{"id": "1", "role": "user", "content": "an older question"}]}).json()
-    page = new_page(browser, server)
-    open_page(page, server)
-    set_settings(page, temperature=0.8, max_tokens=600)
-    page.fill("#prompt", "Write a very long poem about the sea.")
-    page.press("#prompt", "Enter")
-    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > 20")
+    page = start_long_answer(browser, server, "Write a very long poem about the sea.", 20)
     streaming_in = current_id(page)
     page.click(f"#conversations li[data-id='{other['id']}'] .open")
     wait_idle(page)
