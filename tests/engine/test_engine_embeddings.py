@@ -8,6 +8,8 @@ import pytest
 from deeproots.engine import EmbeddingRequest, EmbeddingResult, Engine, EngineConfig, GenerationRequest
 from deeproots.sampling import SamplingParams
 
+pytestmark = pytest.mark.slow  # engines on the real model, and transformers
+
 TEXT = ("Roots grow down into the soil, where they find water and minerals; above the ground the stem carries "
         "them up to the leaves, which turn light into sugar for the whole plant. ") * 6
 HANG_GUARD_S = 600  # fails a hung engine; a correct one finishes far sooner on any machine

@@ -18,6 +18,8 @@ from deeproots.convert import convert_folder
 from deeproots.errors import ModelFormatError, UnsupportedModelError
 from deeproots.models.moe import route
 
+pytestmark = pytest.mark.slow  # transformers checkpoints and llama.cpp
+
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs, "
         "then count 1, 2, 3, 5, 8 and 13 before the sun sets over the quiet harbour.")
 

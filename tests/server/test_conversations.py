@@ -10,6 +10,8 @@ import httpx
 import pytest
 from live_server import LiveServer
 
+pytestmark = pytest.mark.slow  # real server processes
+
 
 def start_server(model_path, home):
     """A server whose store (and so conversations.db) is `home`."""

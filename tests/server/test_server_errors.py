@@ -19,6 +19,8 @@ from deeproots.server.generation import ChoiceRun, GenerationJob
 from deeproots.server.openai import ServerState, create_app
 from deeproots.sampling import SamplingParams
 
+pytestmark = pytest.mark.slow  # a real server process
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 MAX_QUEUE = 2

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from live_server import LiveServer
 
+pytestmark = pytest.mark.slow  # real server processes
+
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 HEADER_TIMEOUT, BODY_IDLE_TIMEOUT, BODY_TIMEOUT, MAX_CONNECTIONS = 1, 1, 4, 60
 KEYS = ("key-one-a8f3", "key-two-77c1")

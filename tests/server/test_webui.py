@@ -13,6 +13,8 @@ import httpx
 import pytest
 from live_server import API_KEY, LiveServer
 
+pytestmark = pytest.mark.slow  # a real server and a real browser
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run"]

@@ -14,6 +14,8 @@ pytest.importorskip("transformers")
 from chat_reference import hf_prompt_ids  # noqa: E402
 from test_chat_template import CONVERSATIONS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # HF transformers tokenizers and Gemma 3's 262k vocabulary
+
 ORDINARY = {
     **CONVERSATIONS,
     "long_multi_turn": [{"role": "system", "content": "You are terse.\nNever apologise."},
