@@ -67,31 +67,24 @@ def contents(messages: list[dict]) -> list[str]:
     return [message["content"] for message in messages]
 
 
+# model -> (our tokenizer, our template, HF's tokenizer, the template HF is given: None for the file's own)
+MODELS = {"smollm2": ("smollm2_tokenizer", "smol_template", "hf_smollm2_tokenizer", None),
+          "gemma3": ("gemma3_tokenizer", "gemma_template", "hf_gemma3_tokenizer", GEMMA)}
+
+
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("name", sorted(ORDINARY))
-def test_smollm2_ordinary_chats_give_hf_s_ids_as_before(smollm2_tokenizer, smol_template, hf_smollm2_tokenizer,
-                                                        name, add_generation_prompt):
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_ordinary_chats_give_hf_s_ids_as_before(request, model, name, add_generation_prompt):
+    tokenizer, template, hf_tokenizer = (request.getfixturevalue(fixture) for fixture in MODELS[model][:3])
     messages = ORDINARY[name]
-    ids = smol_template.encode(messages, smollm2_tokenizer, add_generation_prompt=add_generation_prompt)
-    expected = hf_smollm2_tokenizer.apply_chat_template(messages, tokenize=True,
-                                                        add_generation_prompt=add_generation_prompt)["input_ids"]
+    ids = template.encode(messages, tokenizer, add_generation_prompt=add_generation_prompt)
+    expected = hf_tokenizer.apply_chat_template(messages, chat_template=MODELS[model][3], tokenize=True,
+                                                add_generation_prompt=add_generation_prompt)["input_ids"]
     assert ids == expected
     # The recipe every caller used before: render, then read special tokens everywhere.
-    rendered = smol_template.render(messages, add_generation_prompt=add_generation_prompt)
-    assert ids == smollm2_tokenizer.encode(rendered, add_bos=False, parse_special=True)
-
-
-@pytest.mark.parametrize("add_generation_prompt", [True, False])
-@pytest.mark.parametrize("name", sorted(ORDINARY))
-def test_gemma_ordinary_chats_give_hf_s_ids_as_before(gemma3_tokenizer, gemma_template, hf_gemma3_tokenizer,
-                                                      name, add_generation_prompt):
-    messages = ORDINARY[name]
-    ids = gemma_template.encode(messages, gemma3_tokenizer, add_generation_prompt=add_generation_prompt)
-    expected = hf_gemma3_tokenizer.apply_chat_template(messages, chat_template=GEMMA, tokenize=True,
-                                                       add_generation_prompt=add_generation_prompt)["input_ids"]
-    assert ids == expected
-    rendered = gemma_template.render(messages, add_generation_prompt=add_generation_prompt)
-    assert ids == gemma3_tokenizer.encode(rendered, add_bos=False, parse_special=True)
+    rendered = template.render(messages, add_generation_prompt=add_generation_prompt)
+    assert ids == tokenizer.encode(rendered, add_bos=False, parse_special=True)
 
 
 def test_smollm2_every_control_token_in_a_message_stays_text(smollm2_tokenizer, smol_template, hf_smollm2_tokenizer):
