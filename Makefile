@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/deeproots run "$(PROMPT)"
 
 test: setup $(VENV)/.bench-extra browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The edit-test loop: every test not marked slow (pyproject.toml), under a minute.
 test-fast: setup
