@@ -12,7 +12,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import RequestError
-from .errors import error_body
+from .errors import RETRY_AFTER_SECONDS, error_body
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
     body = json.dumps(error_body(status, message, type="server_error" if status >= 500 else "invalid_request_error",
                                  code=code)).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n" + ("retry-after: 1\r\n" if status == 503 else "") + "\r\n")
+            "connection: close\r\n" + (f"retry-after: {RETRY_AFTER_SECONDS}\r\n" if status == 503 else "") + "\r\n")
     return head.encode() + body
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from ..errors import RequestError
-from .errors import error_body
+from .errors import RETRY_AFTER_SECONDS, error_body
 
 ASGIApp = Callable[..., Awaitable[None]]
 OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (load balancers probe it)
@@ -25,9 +25,10 @@ SHUTTING_DOWN = "the server is shutting down"
 async def send_error(send, status: int, message: str, *, code: str | None = None, type: str = "invalid_request_error",
                      headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(error_body(status, message, type=type, code=code)).encode()
+    retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())] if status in (429, 503) else []
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                            *retry, *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -101,7 +102,7 @@ class Exchange:
         self.ending = False  # a second cancellation (uvicorn's own give-up) is not caught again
         if not self.started:
             await send_error(self.send, 503, SHUTTING_DOWN, code="shutting_down", type="server_error",
-                             headers=[(b"retry-after", b"1"), *CLOSE])
+                             headers=CLOSE)
         elif self.event_stream and not self.complete:
             event = error_body(503, SHUTTING_DOWN + ": the stream ended before its last token",
                                type="server_error", code="shutting_down")
@@ -149,7 +150,7 @@ class ServerGate:
         headers = dict(scope["headers"])
         if self.draining:
             return await send_error(send, 503, SHUTTING_DOWN, code="shutting_down", type="server_error",
-                                    headers=[(b"retry-after", b"1"), *CLOSE])
+                                    headers=CLOSE)
         if self.allowed_hosts is not None and not self._host_allowed(host_name(headers.get(b"host", b""))):
             return await send_error(send, 421, "this server does not answer to that Host name: connect to it by a "
                                     "loopback address or start it with --allowed-host NAME",

@@ -22,7 +22,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import RequestError
 from ..inspect import summarize
 from .conversations import EXPORT_FORMAT, EXPORT_VERSION, ConversationNotFoundError, ConversationStore
 from .errors import APIError, ClassifiedRoute
@@ -94,13 +93,11 @@ class ExportDocument(Strict):
 
 @contextmanager
 def as_http_errors():
-    """The store's typed errors as HTTP ones: an unknown id is 404, a malformed request 400."""
+    """An unknown conversation or message is 404; the store's other RequestErrors are 400s by ClassifiedRoute."""
     try:
         yield
     except ConversationNotFoundError as error:
         raise APIError(404, str(error), code="not_found") from error
-    except RequestError as error:
-        raise APIError(400, str(error)) from error
 
 
 def conversations_router(store: ConversationStore) -> APIRouter:
