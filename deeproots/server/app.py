@@ -7,14 +7,14 @@ from starlette.middleware.cors import CORSMiddleware
 from ..engine import Engine
 from .conversations import ConversationStore, default_path
 from .middleware import BodyLimits, ServerGate
-from .openai import ServerState, create_app
+from .openai import ServedModel, ServerState, create_app
 from .webui import WithWebPage, conversations_router, model_router
 
 
 def build_app(model, engine: Engine, served_name: str, *, api_keys: list[str], cors_origins: list[str],
               body: BodyLimits, allowed_hosts: frozenset[str] | None, log_prompts: bool = False):
     """Returns (the ASGI app, its gate: the switch for draining and the requests in flight)."""
-    api = create_app(ServerState(model, engine, served_name, log_prompts))
+    api = create_app(ServerState(ServedModel(served_name, model, engine), log_prompts))
     api.include_router(conversations_router(ConversationStore(default_path())))
     api.include_router(model_router(model, served_name))
     gate = ServerGate(api, api_keys=api_keys, body=body, allowed_hosts=allowed_hosts)

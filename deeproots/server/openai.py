@@ -36,25 +36,36 @@ log = logging.getLogger("deeproots.server")
 
 
 @dataclass
-class ServerState:
+class ServedModel:
+    """One model the server can answer with: its weights, its engine, and the grammars compiled for its vocabulary."""
+    name: str
     model: Model
     engine: Engine
-    served_name: str
-    log_prompts: bool = False
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.engine)
         self.grammars = GrammarCompiler(self.model.tokenizer, self.model.config.vocab_size)
-
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.served_name:
-            raise APIError(404, f"model {name!r} does not exist; this server serves {self.served_name!r}",
-                           param="model", code="model_not_found")
 
     def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
         # Only the template's markup becomes control tokens; what the client wrote stays text.
         return self.model.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
                                               tokenize=True)
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the served models, found by name through served(), and the server's metrics."""
+    default: ServedModel
+    log_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.default.engine)
+
+    async def served(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the default), or a 404 naming what is served."""
+        if name is not None and name != self.default.name:
+            raise APIError(404, f"model {name!r} does not exist; this server serves {self.default.name!r}",
+                           param="model", code="model_not_found")
+        return self.default
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -77,7 +88,7 @@ router = APIRouter(route_class=ClassifiedRoute)
 
 @router.get("/health")
 async def health(state: State) -> Response:
-    if not state.engine.alive:
+    if not state.default.engine.alive:
         return error_response(503, "the engine loop is not running", type="server_error", code="engine_dead")
     return JSONResponse({"status": "ok"})
 
@@ -89,42 +100,44 @@ async def prometheus(state: State) -> Response:
 
 @router.get("/v1/models")
 async def list_models(state: State) -> dict:
-    return {"object": "list", "data": [{"id": state.served_name, "object": "model", "created": 0,
-                                         "owned_by": "deeproots", "max_model_len": state.model.context}]}
+    served = state.default
+    return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
+                                         "owned_by": "deeproots", "max_model_len": served.model.context}]}
 
 
 # --- generation -------------------------------------------------------------------------------------------
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Response:
-    state.check_model(body.model)
+    served = await state.served(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    constraint = constraint_for(state, body)
-    prompt_ids = await asyncio.to_thread(state.chat_prompt, body.messages)
-    model = state.model
+    constraint = constraint_for(served, body)
+    prompt_ids = await asyncio.to_thread(served.chat_prompt, body.messages)
+    model = served.model
     job = GenerationJob(
         prompt_ids, sampling_params(body, model.config.vocab_size),
         resolve_max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids), model.context),
         stop_strings(body), (body.top_logprobs or 0) if body.logprobs else None, constraint,
         cache_namespace(request.scope, body.cache_salt))
-    shapes = ChatShapes(state.served_name, model.tokenizer, body.logprobs)
-    return await respond(request, state, body, job, shapes, body.messages[-1].text())
+    shapes = ChatShapes(served.name, model.tokenizer, body.logprobs)
+    return await respond(request, state, served, body, job, shapes, body.messages[-1].text())
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, state: State) -> Response:
-    state.check_model(body.model)
+    served = await state.served(body.model)
     if body.echo or body.suffix or (body.best_of or body.n) != body.n:
         raise APIError(400, "echo, suffix and best_of other than n are not supported", param="echo")
-    model = state.model
+    model = served.model
     prompt_ids = await asyncio.to_thread(completion_prompt, model, body.prompt)
     job = GenerationJob(prompt_ids, sampling_params(body, model.config.vocab_size),
                         resolve_max_tokens(body.max_tokens, len(prompt_ids), model.context),
                         stop_strings(body), body.logprobs,
                         cache_namespace=cache_namespace(request.scope, body.cache_salt))
-    shapes = CompletionShapes(state.served_name, model.tokenizer, body.logprobs is not None)
-    return await respond(request, state, body, job, shapes, body.prompt if isinstance(body.prompt, str) else "")
+    shapes = CompletionShapes(served.name, model.tokenizer, body.logprobs is not None)
+    return await respond(request, state, served, body, job, shapes,
+                         body.prompt if isinstance(body.prompt, str) else "")
 
 
 def completion_prompt(model: Model, prompt) -> list[int]:
@@ -145,7 +158,7 @@ def completion_prompt(model: Model, prompt) -> list[int]:
     return ids
 
 
-def constraint_for(state: ServerState, body: ChatCompletionRequest):
+def constraint_for(served: ServedModel, body: ChatCompletionRequest):
     """The per-sequence constraint factory of the request's response_format, or None; a bad schema is a 400."""
     form = body.response_format
     if form is None or form.type == "text":
@@ -158,7 +171,7 @@ def constraint_for(state: ServerState, body: ChatCompletionRequest):
     else:
         schema = None  # json_object: any JSON object
     try:
-        return state.grammars.json_schema(schema).constraint
+        return served.grammars.json_schema(schema).constraint
     except RequestError as error:  # a refused schema; anything else the compiler raises is our bug (a 500)
         raise APIError(400, str(error), param="response_format") from error
 
@@ -200,11 +213,12 @@ class Exchange:
                  f" prompt={self.prompt_text!r}" if self.state.log_prompts else "")
 
 
-async def respond(request: Request, state: ServerState, body, job: GenerationJob, shapes, prompt_text: str) -> Response:
+async def respond(request: Request, state: ServerState, served: ServedModel, body, job: GenerationJob, shapes,
+                  prompt_text: str) -> Response:
     """Submit the job's choices (a full queue is a 429 before any response starts), then answer or stream."""
     exchange = Exchange(request, state, job, shapes, prompt_text)
     try:
-        run = ChoiceRun(state.engine, job)
+        run = ChoiceRun(served.engine, job)
         if body.stream:
             return AdmittedStream(run, exchange, stream(exchange, run, body.stream_options))
         await until_done_or_disconnected(request, exchange.steps(run))
@@ -284,12 +298,12 @@ async def until_done_or_disconnected(request: Request, events: AsyncIterator) ->
 async def embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
     """Every input is an engine request (run in chunks beside the streams, under the queue bound); a client that
     leaves cancels them."""
-    state.check_model(body.model)
-    inputs = await asyncio.to_thread(embedding_inputs, state.model, body.input)
+    served = await state.served(body.model)
+    inputs = await asyncio.to_thread(embedding_inputs, served.model, body.input)
     vectors: dict[int, np.ndarray] = {}
 
     async def collect() -> AsyncIterator[None]:
-        async for index, vector in run_embeddings(state.engine, inputs):
+        async for index, vector in run_embeddings(served.engine, inputs):
             vectors[index] = vector[:body.dimensions] if body.dimensions else vector
             yield
 
@@ -301,7 +315,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, state: State) -> 
              if body.encoding_format == "base64" else vectors[index].tolist()}
             for index in range(len(inputs))]
     tokens = sum(len(ids) for ids in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": state.served_name,
+    return JSONResponse({"object": "list", "data": data, "model": served.name,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
@@ -319,12 +333,12 @@ def embedding_inputs(model: Model, raw) -> list[list[int]]:
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, state: State) -> dict:
-    state.check_model(body.model)
+    served = await state.served(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "send exactly one of prompt and messages", param="prompt")
-    model = state.model
+    model = served.model
     if body.messages is not None:
-        ids = await asyncio.to_thread(state.chat_prompt, body.messages)
+        ids = await asyncio.to_thread(served.chat_prompt, body.messages)
     else:
         ids = await asyncio.to_thread(model.tokenize, body.prompt, add_bos=None if body.add_special_tokens else False)
     return {"tokens": ids, "count": len(ids), "max_model_len": model.context}
@@ -332,5 +346,5 @@ async def tokenize(body: TokenizeRequest, state: State) -> dict:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, state: State) -> dict:
-    state.check_model(body.model)
-    return {"prompt": state.model.detokenize(body.tokens)}
+    served = await state.served(body.model)
+    return {"prompt": served.model.detokenize(body.tokens)}

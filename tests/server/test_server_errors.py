@@ -16,7 +16,7 @@ from deeproots.engine import Engine, EngineConfig
 from deeproots.errors import InternalError
 from deeproots.server.errors import ClassifiedRoute, as_api_error
 from deeproots.server.generation import ChoiceRun, GenerationJob
-from deeproots.server.openai import ServerState, create_app
+from deeproots.server.openai import ServedModel, ServerState, create_app
 from deeproots.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow  # a real server process
@@ -95,7 +95,7 @@ def engine(smollm2):
                                    ValueError("an unexpected bug")])
 def test_an_internal_failure_in_a_route_is_a_500_with_an_error_id_logged_with_its_traceback(
         smollm2, engine, caplog, error):
-    app = create_app(ServerState(smollm2, engine, MODEL))
+    app = create_app(ServerState(ServedModel(MODEL, smollm2, engine)))
 
     async def broken() -> dict:
         raise error
