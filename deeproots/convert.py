@@ -36,6 +36,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DeeprootsError, ModelNotFoundError, RequestError, UnsupportedModelError

@@ -99,8 +99,12 @@ class ModelStore:
         manifest = self._folder(name) / MANIFEST
         if not manifest.is_file():
             return None
-        record = json.loads(manifest.read_text())
-        path = self._folder(name) / record["file"]
+        try:
+            record = json.loads(manifest.read_text())
+            path = self._folder(name) / record["file"]
+        except (ValueError, KeyError, TypeError):
+            raise DeeprootsError(f"the store's record {manifest} is damaged; `deeproots rm {name}` and pull or "
+                                 "import the model again") from None
         # A size check is cheap on every load; the full hash was checked when the file was stored.
         if not path.exists() or disk_size(path) != record["size"]:
             return None
