@@ -101,7 +101,11 @@ def sampling_params(settings: dict[str, Any]):
     """SamplingParams from resolved settings (seed -1: random); raises RequestError on invalid values."""
     from .sampling import SamplingParams
 
+    from .errors import RequestError
+
     sampling = {name: settings[name] for name in SAMPLING_NAMES}
+    if sampling["seed"] is not None and sampling["seed"] < RANDOM_SEED:
+        raise RequestError(f"seed must be 0 or more, or -1 for a random seed; got {sampling['seed']}")
     if sampling["seed"] == RANDOM_SEED:
         sampling["seed"] = None
     return SamplingParams(**sampling)

@@ -146,7 +146,7 @@ class ChatSession:
             return
         try:
             handlers[name](rest.strip())
-        except DeeprootsError as error:
+        except (DeeprootsError, OSError) as error:  # a bad value, an unknown model, an unwritable store
             note(f"error: {error}")
 
     def show_help(self, _: str) -> None:

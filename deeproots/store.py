@@ -118,7 +118,7 @@ class ModelStore:
 
     def remove(self, name: str) -> None:
         folder = self._folder(name)
-        if not (folder / MANIFEST).is_file():
+        if not NAME_PATTERN.fullmatch(name) or not (folder / MANIFEST).is_file():
             raise ModelNotFoundError(f"model {name!r} is not in the store ({self.home}){self._suggest(name)}; "
                                      "`deeproots list` shows what is")
         from .cache.packed import forget_caches_of  # its packed weights go with it

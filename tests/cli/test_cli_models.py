@@ -128,3 +128,12 @@ def test_importing_a_file_that_is_no_model_fails_before_copying(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "models" / "notes").exists()
     assert deeproots("pull", str(bogus), home=tmp_path).returncode == 2  # --name is required
+
+
+def test_stop_escapes_are_read_as_llama_cpp_reads_them(home_with_smollm2):
+    prompt = "List three fruits, one per line."
+    full = deeproots("run", "smol", *greedy("-n", "40"), prompt, home=home_with_smollm2)
+    stopped = deeproots("run", "smol", *greedy("-n", "40", "--stop", "\\n"), prompt, home=home_with_smollm2)
+    assert full.returncode == 0 and stopped.returncode == 0, full.stderr + stopped.stderr
+    first_line = full.stdout.split("\n")[0]
+    assert "\n" in full.stdout.rstrip("\n") and stopped.stdout == first_line + "\n"

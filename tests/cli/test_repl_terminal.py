@@ -111,3 +111,22 @@ def test_a_conversation_outgrowing_the_context_drops_old_turns_and_goes_on(smoll
     terminal.send("/bye\r")
     assert terminal.finish() == 0
     assert terminal.transcript.count("the conversation outgrew the context of 160 tokens") == 1, terminal.transcript
+
+
+def test_run_without_a_prompt_at_a_terminal_opens_the_chat(smollm2_path, tmp_path):
+    terminal = Terminal(["run", str(smollm2_path), "--temperature", "0", "-n", "8"], tmp_path)
+    terminal.expect("Type a message; /\\? for help.")
+    terminal.expect(">>> ")
+    terminal.send("Hello!\r")
+    turn = ANSI.sub("", terminal.expect(">>> "))
+    assert turn.split("\n", 1)[1].strip(), turn
+    terminal.send("\x04")  # Ctrl-D leaves
+    assert terminal.finish() == 0
+
+
+def test_a_slow_load_shows_a_progress_line_then_erases_it(gemma3_path, tmp_path):
+    # Gemma 3's 262k-token embedding in float32 (--reference) takes several seconds to load here
+    terminal = Terminal(["run", "-m", str(gemma3_path), "--reference", "--raw", "-n", "1", "Hello"], tmp_path)
+    terminal.expect(r"loading \S+ \.\.\. \d+\.\d s")
+    terminal.expect("\r\x1b\\[K")  # erased before the answer
+    assert terminal.finish(timeout=300) == 0
