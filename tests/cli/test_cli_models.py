@@ -137,3 +137,15 @@ def test_stop_escapes_are_read_as_llama_cpp_reads_them(home_with_smollm2):
     assert full.returncode == 0 and stopped.returncode == 0, full.stderr + stopped.stderr
     first_line = full.stdout.split("\n")[0]
     assert "\n" in full.stdout.rstrip("\n") and stopped.stdout == first_line + "\n"
+
+
+def test_a_hugging_face_folder_imported_runs_as_in_place(tiny_checkpoint, tmp_path):
+    from deeproots import load
+
+    folder, _ = tiny_checkpoint("qwen3")
+    expected = load(folder).generate("Hello there", max_tokens=6, temperature=0)
+    imported = deeproots("pull", str(folder), "--name", "tiny-qwen3", home=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    run = deeproots("run", "tiny-qwen3", "--raw", *greedy("-n", "6"), "Hello there", home=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == expected + "\n"

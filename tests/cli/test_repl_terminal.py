@@ -20,6 +20,11 @@ UP = "\x1b[A"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 
+def take_as_controlling_terminal() -> None:
+    """In the child, after setsid: the pty on stdin becomes its terminal, so Ctrl-C there sends it SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """A deeproots process on a pseudo-terminal of `columns` columns: send keys, wait for text."""
 
@@ -28,7 +33,8 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         env = {**os.environ, "DEEPROOTS_HOME": str(home), "TERM": "xterm", "COLUMNS": str(columns)}
         self.process = subprocess.Popen([sys.executable, "-m", "deeproots.cli", *args], stdin=slave, stdout=slave,
-                                        stderr=slave, env=env, close_fds=True, start_new_session=True)
+                                        stderr=slave, env=env, close_fds=True, start_new_session=True,
+                                        preexec_fn=take_as_controlling_terminal)
         os.close(slave)
         self.master, self.seen, self.transcript = master, "", ""  # unmatched text; everything read
 
@@ -130,3 +136,25 @@ def test_a_slow_load_shows_a_progress_line_then_erases_it(gemma3_path, tmp_path)
     terminal.expect(r"loading \S+ \.\.\. \d+\.\d s")
     terminal.expect("\r\x1b\\[K")  # erased before the answer
     assert terminal.finish(timeout=300) == 0
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(smollm2_path, tmp_path):
+    terminal = chat(smollm2_path, tmp_path, "-n", "2000", "--ctx", "4096")
+    terminal.send("Count from one to one thousand, in words.\r")
+    terminal.expect(r"\w+ \w+ \w+")  # the answer is streaming
+    terminal.send("\x03")
+    terminal.expect(">>> ", timeout=30)
+    terminal.send("/bye\r")
+    assert terminal.finish() == 0
+
+
+def test_an_answer_that_fills_the_context_says_so_and_the_chat_goes_on(smollm2_path, tmp_path):
+    terminal = chat(smollm2_path, tmp_path, "--ctx", "96", "-n", "500")
+    terminal.send("Tell me a long story about a lighthouse keeper.\r")
+    terminal.expect("the context of 96 tokens filled up mid-answer")
+    terminal.expect(">>> ")
+    terminal.send("And then?\r")
+    turn = ANSI.sub("", terminal.expect(">>> "))
+    assert "error" not in turn and "outgrew the context of 96 tokens" in turn, turn
+    terminal.send("/bye\r")
+    assert terminal.finish() == 0
