@@ -24,7 +24,6 @@ from .store import CATALOG, DEFAULT_MODEL, NAME_PATTERN, ModelStore
 from .suggest import did_you_mean
 
 DEBUG_VARIABLE = "DEEPROOTS_DEBUG"
-TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 class UsageError(DeeprootsError):
@@ -59,14 +58,15 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
 
     base = preset.base if preset else name
     context = args.ctx or (preset.parameters.get("ctx") if preset else None)
+    model_path = ModelStore().resolve(base, pull=True)  # a pull shows its own progress bar, before the load's line
     started = time.perf_counter()
     with load_progress(name):
-        model = load(base, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
+        model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
     if preset and preset.template:
-        from .tokenizer.chat import ChatTemplate
+        from .tokenizer.chat import TEMPLATE_KEY, ChatTemplate
 
         model.template = ChatTemplate.from_gguf_metadata({**model.file.metadata, TEMPLATE_KEY: preset.template},
                                                          model.tokenizer)
@@ -95,12 +95,20 @@ def run_model_and_prompt(args: argparse.Namespace) -> tuple[str, str | None]:
     if len(given) > 1:
         raise UsageError("give the prompt once: as words, with -p or with -f")
     if args.file:
-        prompt = Path(args.file).read_text(encoding="utf-8")
+        prompt = utf8_text(Path(args.file).read_bytes(), args.file)
     elif given:
         prompt = given[0]
     else:
-        prompt = None if sys.stdin.isatty() else sys.stdin.read()
+        prompt = None if sys.stdin.isatty() else utf8_text(sys.stdin.buffer.read(), "stdin")
     return args.model or DEFAULT_MODEL, prompt
+
+
+def utf8_text(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(f"{source} is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") \
+            from None
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -166,7 +174,7 @@ def cmd_create(args: argparse.Namespace) -> None:
 
     store = ModelStore()
     path = Path(args.file)
-    preset = parse(path.read_text(encoding="utf-8"), str(path))
+    preset = parse(utf8_text(path.read_bytes(), str(path)), str(path))
     if args.name in CATALOG or store.get(args.name):
         raise RequestError(f"a model is stored as {args.name!r}; choose another name for the preset")
     if find_preset(preset.base):
@@ -486,6 +494,10 @@ def run_handler(args: argparse.Namespace, debug: bool) -> int:
         return 1
     except OSError as error:
         print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        print(f"error: out of memory ({error or 'an allocation failed'}); a smaller --ctx, --kv-type q8_0 or a smaller "
+              "model needs less", file=sys.stderr)
         return 1
     except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback unless asked for
         return report_bug(error, debug)

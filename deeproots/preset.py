@@ -162,7 +162,7 @@ class PresetStore:
         if not NAME_PATTERN.fullmatch(name):
             return None
         path = self.folder / (name + SUFFIX)
-        return parse(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else None
+        return parse(path.read_text(encoding="utf-8", errors="replace"), str(path)) if path.is_file() else None
 
     def names(self) -> list[str]:
         return sorted(p.name[:-len(SUFFIX)] for p in self.folder.glob("*" + SUFFIX)) if self.folder.is_dir() else []

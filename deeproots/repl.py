@@ -22,7 +22,6 @@ HELP = """commands:
   /bye                        leave (or Ctrl-D)
   \"\"\"                         begin and end multi-line input
 Ctrl-C stops the current answer; arrow keys edit the line and walk the history."""
-TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 @dataclass
@@ -80,6 +79,8 @@ def note(text: str) -> None:
 def plain_text_mode(named: NamedModel, raw: bool) -> bool:
     """Whether to complete plain text: --raw, or a model with no chat template at all. Says once why a template-less
     or base model may answer poorly."""
+    from .tokenizer.chat import TEMPLATE_KEY
+
     model = named.model
     if raw:
         return True

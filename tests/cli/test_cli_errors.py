@@ -106,3 +106,18 @@ def test_version_and_ls(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("deeproots ")
     listed = deeproots("ls", home=tmp_path)
     assert listed.returncode == 0 and "No models stored" in listed.stdout
+
+
+def test_a_prompt_that_is_not_utf8_is_refused(tmp_path):
+    binary = tmp_path / "prompt.bin"
+    binary.write_bytes(b"hi \xbc\xff there")
+    one_line_error(deeproots("run", "-f", str(binary), home=tmp_path), 1, f"{binary} is not UTF-8 text",
+                   "byte 0xbc at offset 3")
+    result = subprocess.run([sys.executable, "-m", "deeproots.cli", "run"], stdin=open(binary, "rb"),
+                            capture_output=True, env={**os.environ, "DEEPROOTS_HOME": str(tmp_path)}, timeout=300)
+    assert result.returncode == 1 and b"stdin is not UTF-8 text" in result.stderr, result.stderr
+
+
+def test_a_context_too_large_for_memory_is_one_line(smollm2_path, tmp_path):
+    result = deeproots("run", "-m", str(smollm2_path), "-c", "100000000000", "hi", home=tmp_path)
+    one_line_error(result, 1, "out of memory", "--ctx")
