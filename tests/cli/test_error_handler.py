@@ -42,6 +42,7 @@ def empty_store(tmp_path_factory):
     return tmp_path_factory.mktemp("store")
 
 
+@pytest.mark.slow  # ~9 s
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(COMMANDS), words=st.lists(st.sampled_from(WORDS), max_size=6))
 def test_any_command_line_exits_0_1_or_2_without_a_traceback(command, words, empty_store, monkeypatch, capsys):
