@@ -149,3 +149,15 @@ def test_a_hugging_face_folder_imported_runs_as_in_place(tiny_checkpoint, tmp_pa
     run = deeproots("run", "tiny-qwen3", "--raw", *greedy("-n", "6"), "Hello there", home=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout == expected + "\n"
+
+
+def test_repl_show_and_load(home_with_smollm2, gemma3_path):
+    session = (f"/show license\n/show template\n/show info\n/load {gemma3_path}\n/show info\n/load smolm2\n"
+               "/show parameters\n/bye\n")
+    result = deeproots("chat", "smol", home=home_with_smollm2, stdin=session)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "apache-2.0" in out and "<|im_start|>" in out and "30 / 576 / 9 (kv 3)" in out
+    assert "gemma3" in out and "no chat template of its own" in result.stderr  # /load switched models
+    assert "did you mean 'smol'?" in result.stderr  # a failed /load is one line; the session goes on
+    assert re.search(r"repeat_penalty\s+1.1", out)
