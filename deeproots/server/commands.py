@@ -27,6 +27,11 @@ def add_server_commands(subparsers) -> None:
                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder")
     serve.add_argument("--ctx", type=int, default=None,
                        help=f"context size in tokens (default: min(model's, {DEFAULT_CONTEXT}))")
+    from ..cache.kv import KV_TYPES
+
+    serve.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    serve.add_argument("--kv-type", choices=list(KV_TYPES), default=None, help="KV cache element type (default: f16)")
+    serve.add_argument("--reference", action="store_true", help="run on the reference backend (slow; for checking)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     keys = serve.add_mutually_exclusive_group()
@@ -86,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     body = BodyLimits(args.max_body_bytes, args.body_idle_timeout, args.body_timeout)
     protocol = limited_protocol(ConnectionLimits(args.max_connections, args.header_timeout))
     started = time.perf_counter()
-    model = load(args.model, context=args.ctx)
+    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
     engine = Engine(model.loaded, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                         kv_budget_tokens=args.kv_budget)).start()
@@ -158,11 +163,25 @@ async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
+    import httpx
+
     from .bench import run_levels
 
-    levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
-    for row in run_levels(args.url, args.api_key, levels, args.requests, args.max_tokens):
-        print(row)
+    try:
+        levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise RequestError(f"--concurrency takes positive whole numbers separated by commas, got {args.concurrency!r}")
+    try:
+        for row in run_levels(args.url, args.api_key, levels, args.requests, args.max_tokens):
+            print(row)
+    except httpx.TransportError as error:
+        raise RequestError(f"no server answers at {args.url} ({error}); start one with `deeproots serve`, "
+                           "or give its address with --url") from None
+    except httpx.HTTPStatusError as error:
+        raise RequestError(f"the server at {args.url} answered {error.response.status_code}: "
+                           f"{error.response.text[:200]}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
