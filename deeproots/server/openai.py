@@ -300,23 +300,30 @@ async def embeddings(body: EmbeddingRequest, request: Request, state: State) -> 
     leaves cancels them."""
     served = await state.served(body.model)
     inputs = await asyncio.to_thread(embedding_inputs, served.model, body.input)
+    vectors = await embedding_vectors(request, served, inputs, body.dimensions)
+    if vectors is None:
+        return Response(status_code=499)  # the client left; its inputs were cancelled
+    data = [{"object": "embedding", "index": index,
+             "embedding": base64.b64encode(vector.astype(np.float32).tobytes()).decode()
+             if body.encoding_format == "base64" else vector.tolist()}
+            for index, vector in enumerate(vectors)]
+    tokens = sum(len(ids) for ids in inputs)
+    return JSONResponse({"object": "list", "data": data, "model": served.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+async def embedding_vectors(request: Request, served: ServedModel, inputs: list[list[int]],
+                            dimensions: int | None) -> list[np.ndarray] | None:
+    """The inputs' vectors in order, each (dimensions or d_model,); None when the client left first."""
     vectors: dict[int, np.ndarray] = {}
 
     async def collect() -> AsyncIterator[None]:
         async for index, vector in run_embeddings(served.engine, inputs):
-            vectors[index] = vector[:body.dimensions] if body.dimensions else vector
+            vectors[index] = vector[:dimensions] if dimensions else vector
             yield
 
     await until_done_or_disconnected(request, collect())  # errors are classified by the route (ClassifiedRoute)
-    if len(vectors) < len(inputs):
-        return Response(status_code=499)  # the client left; its inputs were cancelled
-    data = [{"object": "embedding", "index": index,
-             "embedding": base64.b64encode(vectors[index].astype(np.float32).tobytes()).decode()
-             if body.encoding_format == "base64" else vectors[index].tolist()}
-            for index in range(len(inputs))]
-    tokens = sum(len(ids) for ids in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": served.name,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return [vectors[index] for index in range(len(inputs))] if len(vectors) == len(inputs) else None
 
 
 def embedding_inputs(model: Model, raw) -> list[list[int]]:

@@ -1,0 +1,99 @@
+"""The Ollama API on the same port: /api/chat, /api/generate (NDJSON streams), /api/embed, /api/embeddings,
+/api/show, /api/version. Errors are Ollama's {"error": "message"} (errors.error_body, by path).
+
+Chat and generate go through the shared chat path as every chat API does (ollama_request converts the body);
+this module only writes Ollama's shapes. Durations are nanoseconds, as Ollama reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..inspect import human_count, summarize
+from .errors import APIError, ClassifiedRoute
+from .ollama_request import (OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest,
+                             keep_alive_seconds)
+from .openai import ServedModel, State, embedding_inputs, embedding_vectors
+
+OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (think, tools, format schemas, /api/embed)
+router = APIRouter(route_class=ClassifiedRoute)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def nanoseconds(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+@router.get("/api/version")
+async def version() -> dict:
+    return {"version": OLLAMA_VERSION}
+
+
+@router.post("/api/show")
+async def show(body: OllamaShowRequest, state: State) -> dict:
+    served = await state.served(body.model or body.name)
+    return await asyncio.to_thread(model_card, served)
+
+
+def model_card(served: ServedModel) -> dict:
+    """What Ollama's /api/show tells about a model: its details, its file's scalar metadata, its chat template."""
+    model = served.model
+    summary = summarize(model.path)
+    metadata = {key: value for key, value in model.file.metadata.items() if isinstance(value, (str, int, float, bool))}
+    architecture = summary.architecture
+    return {
+        "modelfile": f"FROM {model.path}\n", "parameters": "", "license": "",
+        "template": model.template.source if model.template is not None else "",
+        "details": {"parent_model": "", "format": "gguf" if str(model.path).endswith(".gguf") else "safetensors",
+                    "family": architecture, "families": [architecture],
+                    "parameter_size": human_count(summary.n_params), "quantization_level": summary.quantization},
+        "model_info": {**metadata, "general.architecture": architecture, "general.parameter_count": summary.n_params,
+                       f"{architecture}.context_length": model.context},
+        "capabilities": ["completion", "embedding"] if model.template is not None else ["embedding"],
+        "modified_at": datetime.fromtimestamp(os.path.getmtime(model.path), timezone.utc).isoformat()}
+
+
+@router.post("/api/embed")
+async def embed(body: OllamaEmbedRequest, request: Request, state: State) -> Response | dict:
+    """Embeddings of one text or several; with `truncate` (the default) a text longer than the context is cut."""
+    keep_alive_seconds(body.keep_alive)  # checked; served() keeps every model loaded until the pool lands
+    started = time.perf_counter()
+    served = await state.served(body.model)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    inputs = await asyncio.to_thread(embedding_ids, served, texts, body.truncate)
+    vectors = await embedding_vectors(request, served, inputs, body.dimensions)
+    if vectors is None:
+        return Response(status_code=499)  # the client left; its inputs were cancelled
+    return {"model": served.name, "embeddings": [vector.tolist() for vector in vectors],
+            "total_duration": nanoseconds(time.perf_counter() - started), "load_duration": 0,
+            "prompt_eval_count": sum(len(ids) for ids in inputs)}
+
+
+@router.post("/api/embeddings")
+async def embeddings(body: OllamaEmbeddingsRequest, request: Request, state: State) -> Response | dict:
+    """The legacy route: one prompt, one vector."""
+    keep_alive_seconds(body.keep_alive)
+    served = await state.served(body.model)
+    inputs = await asyncio.to_thread(embedding_ids, served, [body.prompt], True)
+    vectors = await embedding_vectors(request, served, inputs, None)
+    if vectors is None:
+        return Response(status_code=499)
+    return {"embedding": vectors[0].tolist()}
+
+
+def embedding_ids(served: ServedModel, texts: list[str], truncate: bool) -> list[list[int]]:
+    model = served.model
+    if not texts:
+        raise APIError(400, "input must hold at least one text", param="input")
+    if truncate:
+        return embedding_inputs(model, [model.tokenize(text)[:model.context] for text in texts])
+    return embedding_inputs(model, texts)
