@@ -17,20 +17,12 @@ from fastapi.responses import Response
 
 from ..inspect import human_count, summarize
 from .errors import APIError, ClassifiedRoute
-from .ollama_request import (OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest,
-                             keep_alive_seconds)
+from .ollama_request import OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest, keep_alive_seconds
+from .ollama_shapes import nanoseconds
 from .openai import ServedModel, State, embedding_inputs, embedding_vectors
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (think, tools, format schemas, /api/embed)
 router = APIRouter(route_class=ClassifiedRoute)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def nanoseconds(seconds: float) -> int:
-    return int(seconds * 1e9)
 
 
 @router.get("/api/version")
