@@ -11,13 +11,15 @@ import asyncio
 import os
 import time
 from datetime import datetime, timezone
+from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from ..inspect import human_count, summarize
 from .errors import APIError, ClassifiedRoute
-from .ollama_request import OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest, keep_alive_seconds
+from .ollama_request import (OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest, json_body,
+                             keep_alive_seconds)
 from .ollama_shapes import nanoseconds
 from .openai import ServedModel, State, embedding_inputs, embedding_vectors
 
@@ -31,7 +33,7 @@ async def version() -> dict:
 
 
 @router.post("/api/show")
-async def show(body: OllamaShowRequest, state: State) -> dict:
+async def show(body: Annotated[OllamaShowRequest, json_body(OllamaShowRequest)], state: State) -> dict:
     served = await state.served(body.model or body.name)
     return await asyncio.to_thread(model_card, served)
 
@@ -55,7 +57,8 @@ def model_card(served: ServedModel) -> dict:
 
 
 @router.post("/api/embed")
-async def embed(body: OllamaEmbedRequest, request: Request, state: State) -> Response | dict:
+async def embed(body: Annotated[OllamaEmbedRequest, json_body(OllamaEmbedRequest)], request: Request,
+                state: State) -> Response:
     """Embeddings of one text or several; with `truncate` (the default) a text longer than the context is cut."""
     keep_alive_seconds(body.keep_alive)  # checked; served() keeps every model loaded until the pool lands
     started = time.perf_counter()
@@ -65,13 +68,14 @@ async def embed(body: OllamaEmbedRequest, request: Request, state: State) -> Res
     vectors = await embedding_vectors(request, served, inputs, body.dimensions)
     if vectors is None:
         return Response(status_code=499)  # the client left; its inputs were cancelled
-    return {"model": served.name, "embeddings": [vector.tolist() for vector in vectors],
-            "total_duration": nanoseconds(time.perf_counter() - started), "load_duration": 0,
-            "prompt_eval_count": sum(len(ids) for ids in inputs)}
+    return JSONResponse({"model": served.name, "embeddings": [vector.tolist() for vector in vectors],
+                         "total_duration": nanoseconds(time.perf_counter() - started), "load_duration": 0,
+                         "prompt_eval_count": sum(len(ids) for ids in inputs)})
 
 
 @router.post("/api/embeddings")
-async def embeddings(body: OllamaEmbeddingsRequest, request: Request, state: State) -> Response | dict:
+async def embeddings(body: Annotated[OllamaEmbeddingsRequest, json_body(OllamaEmbeddingsRequest)], request: Request,
+                     state: State) -> Response:
     """The legacy route: one prompt, one vector."""
     keep_alive_seconds(body.keep_alive)
     served = await state.served(body.model)
@@ -79,7 +83,7 @@ async def embeddings(body: OllamaEmbeddingsRequest, request: Request, state: Sta
     vectors = await embedding_vectors(request, served, inputs, None)
     if vectors is None:
         return Response(status_code=499)
-    return {"embedding": vectors[0].tolist()}
+    return JSONResponse({"embedding": vectors[0].tolist()})
 
 
 def embedding_ids(served: ServedModel, texts: list[str], truncate: bool) -> list[list[int]]:

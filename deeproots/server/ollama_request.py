@@ -15,9 +15,10 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from fastapi import Depends, Request
+from pydantic import BaseModel, Field, ValidationError
 
-from .errors import APIError
+from .errors import APIError, invalid_body_error
 from .schemas import MAX_STOPS, MAX_TOKENS_LIMIT, Body, StopString
 from .translate import tool_call
 
@@ -176,3 +177,14 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
     if math.isnan(value):
         raise APIError(400, "keep_alive must be a number of seconds or a duration", param="keep_alive")
     return math.inf if value < 0 else float(value)
+
+
+def json_body(schema: type[BaseModel]):
+    """A body read as JSON whatever Content-Type it came with: Ollama's own examples (curl -d) send none."""
+    async def parse(request: Request) -> BaseModel:
+        try:
+            return schema.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise invalid_body_error(error) from None
+
+    return Depends(parse)
