@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from .anthropic_request import MessagesInput, chat_fields
+from .anthropic_request import MessagesInput, MessagesRequest, chat_fields
+from .anthropic_shapes import MessageShapes
+from .chat_plan import plan_chat
 from .errors import ClassifiedRoute
+from .one_answer import answer
 from .openai import State
 from .translate import as_chat_request
 
 router = APIRouter(route_class=ClassifiedRoute)
 
 
-@router.post("/v1/messages/count_tokens")
-async def count_tokens(body: MessagesInput, state: State) -> dict:
-    """The prompt's length in tokens, as the model's template renders it."""
+@router.post("/v1/messages")
+async def messages(body: MessagesRequest, request: Request, state: State) -> Response:
     chat = as_chat_request(chat_fields(body))
     served = await state.served(chat.model)
-    return {"input_tokens": len(await asyncio.to_thread(served.chat_prompt, chat.messages))}
+    return await answer(request, state, served, chat, MessageShapes(served.name))
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(body: MessagesInput, state: State) -> dict:
+    """The prompt's length in tokens, as the model's template renders it (tools included)."""
+    chat = as_chat_request(chat_fields(body))
+    served = await state.served(chat.model)
+    return {"input_tokens": len((await asyncio.to_thread(plan_chat, served, chat)).prompt_ids)}

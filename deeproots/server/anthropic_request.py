@@ -3,7 +3,8 @@ and their conversion into the OpenAI chat fields the shared chat path runs.
 
 tool_use blocks become an assistant message's tool_calls, tool_result blocks become tool messages (ahead of the
 user's text in the same turn: they answer the previous turn's calls), tool_choice any/tool become required/a
-named function, thinking becomes the template's enable_thinking switch. Earlier turns' thinking blocks are
+named function, thinking becomes the template's enable_thinking switch, output_config.format the JSON-schema
+constraint. Earlier turns' thinking blocks are
 dropped, as chat templates drop earlier reasoning.
 """
 
@@ -66,8 +67,18 @@ class ToolChoice(Body):
 
 
 class Thinking(Body):
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
+
+
+class OutputFormat(Body):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Body):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: OutputFormat | None = None
 
 
 class MessagesInput(Body):
@@ -83,6 +94,8 @@ class MessagesInput(Body):
 class MessagesRequest(MessagesInput):
     max_tokens: int = Field(ge=1, le=MAX_TOKENS_LIMIT)
     stop_sequences: list[StopString] | None = Field(None, max_length=MAX_STOPS)
+    output_config: OutputConfig | None = None
+    # sampling: dropped from the newest clients' signatures, still sent by others (and by extra_body)
     temperature: float = Field(1.0, ge=0.0, le=1.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=1 << 20)
@@ -103,6 +116,17 @@ def chat_fields(request: MessagesInput) -> dict[str, Any]:
                       top_k=request.top_k, stream=request.stream)
         if request.stop_sequences:
             fields["stop"] = request.stop_sequences
+        fields.update(output_fields(request.output_config))
+    return fields
+
+
+def output_fields(config: OutputConfig | None) -> dict[str, Any]:
+    """output_config: a JSON schema the answer must follow, and the effort (reasoning_effort, capped at high)."""
+    fields: dict[str, Any] = {}
+    if config is not None and config.format is not None:
+        fields["response_format"] = {"type": "json_schema", "json_schema": {"schema": config.format.schema_}}
+    if config is not None and config.effort is not None:
+        fields["reasoning_effort"] = "high" if config.effort in ("xhigh", "max") else config.effort
     return fields
 
 

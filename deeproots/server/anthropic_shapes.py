@@ -12,7 +12,9 @@ import json
 import uuid
 from typing import Any
 
+from .chat import ChatUsage
 from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
+from .errors import APIError
 from .translate import call_arguments
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -27,11 +29,17 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
             "cache_read_input_tokens": cached_tokens, "cache_creation_input_tokens": 0}
 
 
+def usage_of(counts: ChatUsage) -> dict[str, int]:
+    return usage(counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens)
+
+
 class MessageShapes:
     """One answer as an Anthropic message, whole (final) or as the events of a stream (opening, chunks, closing)."""
+    media_type = "text/event-stream"
 
     def __init__(self, model: str):
         self.id, self.model = f"msg_{uuid.uuid4().hex[:24]}", model
+        self.prompt_tokens = 0  # for message_start, before the usage is known
         self.blocks: list[str] = []  # the type of each content block opened so far
         self.tool_blocks: dict[int, int] = {}  # a tool call's index -> its content block's index
         self.open = False  # whether the last block is still open
@@ -40,7 +48,10 @@ class MessageShapes:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
                 "stop_reason": stop_reason, "stop_sequence": None, "usage": usage_fields}
 
-    def final(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def started(self, exchange) -> None:
+        self.prompt_tokens = exchange.prompt_tokens
+
+    def final(self, answer: ChatAnswer, counts: ChatUsage) -> dict:
         content: list[dict[str, Any]] = []
         if answer.reasoning:
             content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
@@ -48,11 +59,10 @@ class MessageShapes:
             content.append({"type": "text", "text": answer.content})
         content += [{"type": "tool_use", "id": call.id, "name": call.name, "input": call_arguments(call.arguments)}
                     for call in answer.tool_calls]
-        return self.message(content, STOP_REASONS[answer.finish_reason],
-                            usage(prompt_tokens, completion_tokens, cached_tokens))
+        return self.message(content, STOP_REASONS[answer.finish_reason], usage_of(counts))
 
-    def opening(self, prompt_tokens: int, cached_tokens: int) -> str:
-        return event("message_start", {"message": self.message([], None, usage(prompt_tokens, 0, cached_tokens))})
+    def opening(self) -> str:  # the prefix-cache hits are known at the end (message_delta's usage replaces these)
+        return event("message_start", {"message": self.message([], None, usage(self.prompt_tokens, 0, 0))})
 
     def chunks(self, chat_event: ChatEvent) -> str:
         """The events one chat event makes: a delta, after the block it belongs to is opened (closing the last)."""
@@ -71,11 +81,15 @@ class MessageShapes:
             {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""})
         return opened + self._delta(len(self.blocks) - 1, delta)
 
-    def closing(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> str:
+    def closing(self, answer: ChatAnswer, counts: ChatUsage) -> str:
         text = "" if self.blocks else self._start({"type": "text", "text": ""})  # a message has a block at least
         return text + self._stop() + event("message_delta", {
             "delta": {"stop_reason": STOP_REASONS[answer.finish_reason], "stop_sequence": None},
-            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}) + event("message_stop", {})
+            "usage": usage_of(counts)}) + event("message_stop", {})
+
+    def error(self, failure: APIError) -> str:
+        """An error after the stream began, as Anthropic sends it (the client raises on an `error` event)."""
+        return f"event: error\ndata: {json.dumps(failure.body('/v1/messages'))}\n\n"
 
     def _start(self, block: dict[str, Any]) -> str:
         closed = self._stop()
@@ -91,8 +105,3 @@ class MessageShapes:
             return ""
         self.open = False
         return event("content_block_stop", {"index": len(self.blocks) - 1})
-
-
-def error_event(body: dict[str, Any]) -> str:
-    """An error after the stream began, as Anthropic sends it (the client raises on an `error` event)."""
-    return f"event: error\ndata: {json.dumps(body)}\n\n"

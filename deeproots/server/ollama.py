@@ -18,13 +18,38 @@ from fastapi.responses import JSONResponse, Response
 
 from ..inspect import human_count, summarize
 from .errors import APIError, ClassifiedRoute
-from .ollama_request import (OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaShowRequest, json_body,
-                             keep_alive_seconds)
-from .ollama_shapes import nanoseconds
+from .ollama_request import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaGenerateRequest,
+                             OllamaShowRequest, chat_fields, generate_fields, json_body, keep_alive_seconds)
+from .ollama_shapes import GenerateShapes, OllamaShapes, nanoseconds, now
+from .one_answer import answer
+from .translate import as_chat_request
 from .openai import ServedModel, State, embedding_inputs, embedding_vectors
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (think, tools, format schemas, /api/embed)
 router = APIRouter(route_class=ClassifiedRoute)
+
+
+@router.post("/api/chat")
+async def chat(body: Annotated[OllamaChatRequest, json_body(OllamaChatRequest)], request: Request,
+               state: State) -> Response:
+    keep_alive_seconds(body.keep_alive)  # checked; served() keeps every model loaded until the pool lands
+    served = await state.served(body.model)
+    if not body.messages:  # Ollama's way to load a model: nothing to answer
+        return JSONResponse({"model": served.name, "created_at": now(),
+                             "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+    return await answer(request, state, served, as_chat_request(chat_fields(body)), OllamaShapes(served.name))
+
+
+@router.post("/api/generate")
+async def generate(body: Annotated[OllamaGenerateRequest, json_body(OllamaGenerateRequest)], request: Request,
+                   state: State) -> Response:
+    """A prompt (and system prompt) answered through the model's chat template."""
+    keep_alive_seconds(body.keep_alive)
+    served = await state.served(body.model)
+    if not body.prompt:
+        return JSONResponse({"model": served.name, "created_at": now(), "response": "", "done": True,
+                             "done_reason": "load"})
+    return await answer(request, state, served, as_chat_request(generate_fields(body)), GenerateShapes(served.name))
 
 
 @router.get("/api/version")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from .chat import ChatUsage
 from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta
+from .errors import APIError
 from .translate import call_arguments
 
 DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}  # Ollama ends a call's turn with "stop"
@@ -27,30 +30,25 @@ def nanoseconds(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
-class Timing:
-    """When a request started, when its first event came and when it ended, as Ollama's durations."""
-
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.first: float | None = None
-
-    def saw_event(self) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-
-    def fields(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-        ended = time.perf_counter()
-        first = self.first or ended
-        return {"total_duration": nanoseconds(ended - self.started), "load_duration": 0,
-                "prompt_eval_count": prompt_tokens, "prompt_eval_duration": nanoseconds(first - self.started),
-                "eval_count": completion_tokens, "eval_duration": nanoseconds(ended - first)}
-
-
 class OllamaShapes:
     """/api/chat's shapes: the answer in a `message`."""
+    media_type = "application/x-ndjson"
 
     def __init__(self, model: str):
-        self.model, self.timing = model, Timing()
+        self.id, self.model = f"ollama-{uuid.uuid4().hex[:24]}", model
+        self.exchange = None  # the admitted run's clock: when it started and when its first token came
+
+    def started(self, exchange) -> None:
+        self.exchange = exchange
+
+    def counts(self, usage: ChatUsage) -> dict[str, int]:
+        """Token counts and durations (the prompt's: until the first token; the answer's: from it)."""
+        ended = time.perf_counter()
+        started = self.exchange.started
+        first = self.exchange.first_token or ended
+        return {"total_duration": nanoseconds(ended - started), "load_duration": 0,
+                "prompt_eval_count": usage.prompt_tokens, "prompt_eval_duration": nanoseconds(first - started),
+                "eval_count": usage.completion_tokens, "eval_duration": nanoseconds(ended - first)}
 
     def envelope(self, done: bool, **fields) -> dict[str, Any]:
         return {"model": self.model, "created_at": now(), **fields, "done": done}
@@ -63,24 +61,29 @@ class OllamaShapes:
             message["tool_calls"] = tool_calls
         return {"message": message}
 
-    def final(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def final(self, answer: ChatAnswer, usage: ChatUsage) -> dict[str, Any]:
         return self.envelope(True, **self.piece(answer.content, answer.reasoning, tool_calls(answer)),
-                             done_reason=DONE_REASONS[answer.finish_reason],
-                             **self.timing.fields(prompt_tokens, completion_tokens))
+                             done_reason=DONE_REASONS[answer.finish_reason], **self.counts(usage))
+
+    def opening(self) -> str:
+        return ""
 
     def chunks(self, chat_event: ChatEvent) -> str:
-        self.timing.saw_event()
         if isinstance(chat_event, TextDelta) and chat_event.text:
             return line(self.envelope(False, **self.piece(chat_event.text)))
         if isinstance(chat_event, ReasoningDelta) and chat_event.text:
             return line(self.envelope(False, **self.piece(thinking=chat_event.text)))
         return ""  # a call's pieces: the call goes out whole at the end
 
-    def closing(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int) -> str:
+    def closing(self, answer: ChatAnswer, usage: ChatUsage) -> str:
         calls = tool_calls(answer)
         called = line(self.envelope(False, **self.piece(tool_calls=calls))) if calls else ""
         return called + line(self.envelope(True, **self.piece(), done_reason=DONE_REASONS[answer.finish_reason],
-                                           **self.timing.fields(prompt_tokens, completion_tokens)))
+                                           **self.counts(usage)))
+
+    def error(self, failure: APIError) -> str:
+        """An error after the stream began, as Ollama sends it (its client raises on a line with "error")."""
+        return line({"error": failure.message})
 
 
 class GenerateShapes(OllamaShapes):
@@ -97,8 +100,3 @@ def tool_calls(answer: ChatAnswer) -> list[dict[str, Any]]:
 
 def line(payload: dict[str, Any]) -> str:
     return json.dumps(payload) + "\n"
-
-
-def error_line(message: str) -> str:
-    """An error after the stream began, as Ollama sends it (its client raises on a line with "error")."""
-    return line({"error": message})

@@ -13,7 +13,9 @@ import time
 import uuid
 from typing import Any
 
+from .chat import ChatUsage
 from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
+from .errors import APIError
 from .openai_responses_request import NamedFunction, ResponsesRequest
 
 
@@ -42,10 +44,12 @@ def function_item(item_id: str, call_id: str, name: str, arguments: str, status:
             "status": status}
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
-            "output_tokens": completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(counts: ChatUsage) -> dict[str, Any]:
+    """Reasoning tokens are not counted apart from the answer's (0)."""
+    return {"input_tokens": counts.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": counts.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": counts.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": counts.prompt_tokens + counts.completion_tokens}
 
 
 class OpenItem:
@@ -65,6 +69,7 @@ class OpenItem:
 
 class ResponseShapes:
     """One answer as a Responses API response, whole (final) or as the events of a stream."""
+    media_type = "text/event-stream"
 
     def __init__(self, model: str, request: ResponsesRequest):
         self.id, self.created, self.model, self.request = new_id("resp"), int(time.time()), model, request
@@ -89,12 +94,15 @@ class ResponseShapes:
                 "tools": [tool.model_dump(exclude_none=True) for tool in request.tools or []],
                 "truncation": "disabled", "usage": usage_fields, "user": None, "metadata": request.metadata or {}}
 
-    def final(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def started(self, exchange) -> None:
+        pass
+
+    def final(self, answer: ChatAnswer, counts: ChatUsage) -> dict:
         output = [reasoning_item(new_id("rs"), answer.reasoning)] if answer.reasoning else []
         if answer.content or not answer.tool_calls:
             output.append(message_item(new_id("msg"), answer.content))
         output += [function_item(new_id("fc"), call.id, call.name, call.arguments) for call in answer.tool_calls]
-        return self.response(output, status(answer), usage(prompt_tokens, completion_tokens, cached_tokens))
+        return self.response(output, status(answer), usage(counts))
 
     # --- a stream ---------------------------------------------------------------------------------------------
 
@@ -125,16 +133,16 @@ class ResponseShapes:
         return opened + self._event(name, item_id=self.current.id, output_index=self.current.index,
                                     content_index=0, delta=chat_event.text, **extra)
 
-    def closing(self, answer: ChatAnswer, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> str:
+    def closing(self, answer: ChatAnswer, counts: ChatUsage) -> str:
         chunks = self._close()
         if not self.done:  # an empty answer is still one (empty) message
             chunks += self._open(OpenItem("message", 0, new_id("msg"))) + self._close()
         state = status(answer)
-        return chunks + self._event(f"response.{state}", response=self.response(
-            self.done, state, usage(prompt_tokens, completion_tokens, cached_tokens)))
+        return chunks + self._event(f"response.{state}", response=self.response(self.done, state, usage(counts)))
 
-    def error(self, message: str, code: str) -> str:
-        return self._event("error", code=code, message=message, param=None)
+    def error(self, failure: APIError) -> str:
+        return self._event("error", code=failure.code or str(failure.status), message=failure.message,
+                           param=failure.param)
 
     def _next_index(self) -> int:
         return len(self.done) + (self.current is not None)

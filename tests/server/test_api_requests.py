@@ -228,3 +228,11 @@ def test_keep_alive_in_seconds(value, seconds):
 def test_keep_alive_refuses_other_text(value):
     with pytest.raises(APIError):
         keep_alive_seconds(value)
+
+
+def test_anthropic_output_config_is_the_schema_constraint_and_the_effort():
+    fields = anthropic(messages=[{"role": "user", "content": "x"}],
+                       output_config={"format": {"type": "json_schema", "schema": WEATHER_SCHEMA}, "effort": "max"})
+    assert fields["response_format"] == {"type": "json_schema", "json_schema": {"schema": WEATHER_SCHEMA}}
+    assert fields["reasoning_effort"] == "high"
+    assert as_chat_request(fields).response_format.json_schema.schema_ == WEATHER_SCHEMA

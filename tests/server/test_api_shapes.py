@@ -3,6 +3,8 @@ own stream accumulators and response models make of them (anthropic's accumulate
 ResponseStreamState, ollama's ChatResponse)."""
 
 import json
+import time
+from types import SimpleNamespace
 
 import ollama
 from anthropic.lib.streaming import _messages as anthropic_streaming
@@ -14,6 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from openai import omit
 
 from deeproots.server.anthropic_shapes import MessageShapes
+from deeproots.server.chat import ChatUsage
 from deeproots.server.chat_output import ChatAnswer, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, ToolCallStart
 from deeproots.server.ollama_shapes import GenerateShapes, OllamaShapes
 from deeproots.server.openai_responses_request import ResponsesRequest
@@ -23,6 +26,7 @@ from deeproots.server.openai_responses_shapes import ResponseShapes
 
 ANTHROPIC_EVENT = TypeAdapter(RawMessageStreamEvent)
 RESPONSES_EVENT = TypeAdapter(ResponseStreamEvent)
+USAGE = ChatUsage(prompt_tokens=20, completion_tokens=9, cached_tokens=16)
 CALL_ID = "call_0123456789abcdef01234567"
 THINK_TEXT_CALL = [ReasoningDelta("Weather "), ReasoningDelta("needs a tool."), TextDelta("Let me "),
                    TextDelta("look."), ToolCallStart(0, CALL_ID, "get_weather"), ToolCallDelta(0, '{"city": '),
@@ -41,10 +45,10 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
     return events
 
 
-def anthropic_stream(events, answer, usage=(20, 9, 16)):
+def anthropic_stream(events, answer, usage=USAGE):
     shapes = MessageShapes("m")
-    text = shapes.opening(usage[0], usage[2]) + "".join(shapes.chunks(e) for e in events) + \
-        shapes.closing(answer, *usage)
+    shapes.started(SimpleNamespace(prompt_tokens=usage.prompt_tokens))
+    text = shapes.opening() + "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, usage)
     return sse_events(text)
 
 
@@ -69,14 +73,14 @@ def test_anthropic_stream_accumulates_to_the_whole_message():
 
 
 def test_anthropic_stream_without_text_still_has_a_block():
-    events = anthropic_stream([], ChatAnswer("", None, [], "length"), (5, 1, 0))
+    events = anthropic_stream([], ChatAnswer("", None, [], "length"), ChatUsage(5, 1, 0))
     assert [name for name, _ in events] == ["message_start", "content_block_start", "content_block_stop",
                                             "message_delta", "message_stop"]
     assert events[3][1]["delta"]["stop_reason"] == "max_tokens"
 
 
 def test_anthropic_final_message_matches_the_stream():
-    message = MessageShapes("m").final(ANSWER, 20, 9, 16)
+    message = MessageShapes("m").final(ANSWER, USAGE)
     assert message["content"] == [{"type": "thinking", "thinking": "Weather needs a tool.", "signature": ""},
                                   {"type": "text", "text": "Let me look."},
                                   {"type": "tool_use", "id": CALL_ID, "name": "get_weather",
@@ -91,9 +95,9 @@ def responses_request(**body):
     return ResponsesRequest.model_validate({"model": "m", "input": "x", **body})
 
 
-def responses_stream(events, answer, usage=(20, 9, 16), **body):
+def responses_stream(events, answer, usage=USAGE, **body):
     shapes = ResponseShapes("m", responses_request(**body))
-    text = shapes.opening() + "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, *usage)
+    text = shapes.opening() + "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, usage)
     return sse_events(text)
 
 
@@ -121,7 +125,7 @@ def test_responses_stream_cut_by_max_tokens_is_incomplete():
 
 
 def test_responses_final_matches_the_stream():
-    final = ResponseShapes("m", responses_request()).final(ANSWER, 20, 9, 16)
+    final = ResponseShapes("m", responses_request()).final(ANSWER, USAGE)
     streamed = responses_stream(THINK_TEXT_CALL, ANSWER)[-1][1]["response"]
     without_ids = [{key: value for key, value in item.items() if key != "id"} for item in final["output"]]
     assert without_ids == [{key: value for key, value in item.items() if key != "id"} for item in streamed["output"]]
@@ -130,8 +134,14 @@ def test_responses_final_matches_the_stream():
 
 # --- Ollama -----------------------------------------------------------------------------------------------
 
-def ollama_lines(shapes, events, answer, usage=(20, 9)):
-    text = "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, *usage)
+def started(shapes):
+    shapes.started(SimpleNamespace(started=time.perf_counter(), first_token=time.perf_counter()))
+    return shapes
+
+
+def ollama_lines(shapes, events, answer, usage=USAGE):
+    started(shapes)
+    text = "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, usage)
     assert text.endswith("\n")
     return [json.loads(line) for line in text.splitlines()]
 
@@ -148,10 +158,11 @@ def test_ollama_chat_stream_reads_as_the_clients_chat_responses():
 
 
 def test_ollama_final_chat_and_generate():
-    chat = ollama.ChatResponse(**OllamaShapes("m").final(ANSWER, 20, 9))
+    chat = ollama.ChatResponse(**started(OllamaShapes("m")).final(ANSWER, USAGE))
     assert chat.message.content == "Let me look." and chat.message.thinking == "Weather needs a tool."
     assert chat.message.tool_calls[0].function.arguments == {"city": "Paris"} and chat.done
-    generated = ollama.GenerateResponse(**GenerateShapes("m").final(ChatAnswer("Hi", None, [], "length"), 5, 1))
+    generated = ollama.GenerateResponse(**started(GenerateShapes("m")).final(ChatAnswer("Hi", None, [], "length"),
+                                                                              ChatUsage(5, 1, 0)))
     assert (generated.response, generated.done_reason, generated.eval_count) == ("Hi", "length", 1)
 
 
