@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow  # a real server process
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 GREEDY = {"temperature": 0, "num_predict": 16}
+OLLAMA_DEFAULTS = {"top_k": 40, "repetition_penalty": 1.1}  # Ollama's defaults, as the OpenAI route's extensions
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,88 @@ def test_a_body_without_content_type_is_read_as_json(server):
 def test_missing_key_is_a_401_in_ollamas_shape(server):
     response = httpx.post(server.url + "/api/show", json={"model": MODEL})
     assert response.status_code == 401 and "API key" in response.json()["error"]
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
+
+
+def test_chat_is_answered_as_the_chat_route_answers_it(client, openai_client):
+    response = client.chat(model=MODEL, messages=QUESTION, options=GREEDY)
+    reference = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0,
+                                                      top_p=0.9, extra_body=OLLAMA_DEFAULTS)
+    assert response.message.role == "assistant" and response.message.content == reference.choices[0].message.content
+    assert response.done and response.done_reason == reference.choices[0].finish_reason
+    assert (response.prompt_eval_count, response.eval_count) == (reference.usage.prompt_tokens,
+                                                                 reference.usage.completion_tokens)
+    assert response.total_duration >= response.eval_duration > 0
+
+
+def test_chat_stream_gives_the_same_answer(client):
+    whole = client.chat(model=MODEL, messages=QUESTION, options=GREEDY)
+    parts = list(client.chat(model=MODEL, messages=QUESTION, options=GREEDY, stream=True))
+    assert "".join(part.message.content for part in parts) == whole.message.content
+    assert [part.done for part in parts] == [False] * (len(parts) - 1) + [True]
+    assert parts[-1].eval_count == whole.eval_count and parts[-1].done_reason == whole.done_reason
+
+
+def test_generate_whole_and_streamed(client, openai_client):
+    whole = client.generate(model=MODEL, prompt="Say hi.", system="You are terse.", options=GREEDY)
+    reference = openai_client.chat.completions.create(
+        model=MODEL, max_tokens=16, temperature=0, top_p=0.9, extra_body=OLLAMA_DEFAULTS,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi."}])
+    assert whole.response == reference.choices[0].message.content and whole.done
+    parts = list(client.generate(model=MODEL, prompt="Say hi.", system="You are terse.", options=GREEDY,
+                                 stream=True))
+    assert "".join(part.response for part in parts) == whole.response and parts[-1].done
+
+
+def test_options_reach_the_sampler(client):
+    seeded = dict(model=MODEL, messages=[{"role": "user", "content": "Invent a pet name."}],
+                  options={"temperature": 1.5, "seed": 11, "num_predict": 12})
+    first, again = client.chat(**seeded), client.chat(**seeded)
+    assert first.message.content == again.message.content and first.eval_count == 12
+    stopped = client.chat(model=MODEL, messages=QUESTION, options={**GREEDY, "num_predict": 30, "stop": [" "]})
+    assert " " not in stopped.message.content and stopped.done_reason == "stop"
+
+
+def test_format_json_and_schema(client):
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    shaped = client.chat(model=MODEL, messages=QUESTION, format=schema, options={"temperature": 0, "num_predict": 40})
+    jsonschema.validate(json.loads(shaped.message.content), schema)
+    anything = client.generate(model=MODEL, prompt="List three colors.", format="json",
+                               options={"temperature": 0, "num_predict": 40})
+    assert isinstance(json.loads(anything.response), dict)
+
+
+def test_tool_call_round_trip(client):
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    called = client.chat(model=MODEL, messages=ask, tools=[WEATHER_TOOL], options={"temperature": 0,
+                                                                                  "num_predict": 80})
+    calls = called.message.tool_calls
+    assert calls and calls[0].function.name == "get_weather" and isinstance(calls[0].function.arguments["city"], str)
+    streamed = [call for part in client.chat(model=MODEL, messages=ask, tools=[WEATHER_TOOL], stream=True,
+                                             options={"temperature": 0, "num_predict": 80})
+                for call in part.message.tool_calls or []]
+    assert [call.function for call in streamed] == [call.function for call in calls]
+    answered = client.chat(model=MODEL, options=GREEDY, messages=[
+        *ask, called.message, {"role": "tool", "content": "21 degrees and sunny", "tool_name": "get_weather"}])
+    asked = client.chat(model=MODEL, messages=ask, options={"num_predict": 1})
+    assert answered.done and answered.prompt_eval_count > asked.prompt_eval_count + 10  # the call and its result
+
+
+def test_think_and_keep_alive_are_accepted(client):
+    response = client.chat(model=MODEL, messages=QUESTION, think=False, keep_alive="5m", options=GREEDY)
+    assert response.message.content and not response.message.thinking
+
+
+def test_an_empty_request_loads_the_model(client):
+    assert client.generate(model=MODEL).done_reason == "load"
+    assert client.chat(model=MODEL, messages=[]).done_reason == "load"
