@@ -19,6 +19,7 @@ from .chat_parse import THINK_CLOSE, ChoiceParser, Thinking
 from .errors import APIError
 from .schemas import ChatCompletionRequest, ChatMessage
 from .tool_formats import FunctionSpec, ToolFormat, renders_tools, tool_format_for
+from .tool_formats.generic import calls_as_text
 
 NO_ARGUMENTS = {"type": "object", "properties": {}}
 PROMPT_TAIL_TOKENS = 16  # enough of the prompt's end to see whether the template opened <think>
@@ -53,6 +54,8 @@ def plan_chat(served, body: ChatCompletionRequest) -> ChatPlan:
         messages = tool_format.prompt_messages(messages, functions)
         if renders_tools(template.source):
             variables["tools"] = [spec.as_tool() for spec in functions]
+    elif not renders_tools(template.source):
+        messages = calls_as_text(messages)  # earlier calls still reach a template that knows none
     tokenizer = served.model.tokenizer
     prompt_ids = encode(template, tokenizer, messages, variables)
     thinking = thinking_of(template, tokenizer, prompt_ids)

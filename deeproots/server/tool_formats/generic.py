@@ -35,27 +35,32 @@ class GenericFormat(ToolFormat):
 
     def prompt_messages(self, messages: list[dict], functions: list[FunctionSpec]) -> list[dict]:
         """The tools and the answer's form in the system message; earlier calls and results written as that JSON."""
+        messages = calls_as_text(messages)
         instruction = tool_instruction(functions)
         if messages and messages[0]["role"] == "system":
-            rewritten = [{**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}]
-            messages = messages[1:]
-        else:
-            rewritten = [{"role": "system", "content": instruction}]
-        for message in messages:
-            if message.get("tool_calls"):
-                calls = [{"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
-                         for call in message["tool_calls"]]
-                rewritten.append({"role": "assistant", "content": json.dumps({"tool_calls": calls})})
-            elif message["role"] == "tool":
-                result = json.dumps({"tool_response": {"tool_call_id": message.get("tool_call_id"),
-                                                       "content": message["content"]}}, ensure_ascii=False)
-                if rewritten[-1].get("from_tools"):  # one user turn for consecutive results (alternating templates)
-                    rewritten[-1] = {**rewritten[-1], "content": rewritten[-1]["content"] + "\n" + result}
-                else:
-                    rewritten.append({"role": "user", "content": result, "from_tools": True})
+            return [{**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}, *messages[1:]]
+        return [{"role": "system", "content": instruction}, *messages]
+
+
+def calls_as_text(messages: list[dict]) -> list[dict]:
+    """A conversation with calls for a template that knows none: an assistant's calls become its answer in this
+    format's JSON, and the results a user turn (one for consecutive results, for templates that alternate)."""
+    rewritten: list[dict] = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [{"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+                     for call in message["tool_calls"]]
+            rewritten.append({"role": "assistant", "content": json.dumps({"tool_calls": calls}, ensure_ascii=False)})
+        elif message["role"] == "tool":
+            result = json.dumps({"tool_response": {"tool_call_id": message.get("tool_call_id"),
+                                                   "content": message["content"]}}, ensure_ascii=False)
+            if rewritten and rewritten[-1].get("tool_results"):
+                rewritten[-1] = {**rewritten[-1], "content": rewritten[-1]["content"] + "\n" + result}
             else:
-                rewritten.append(message)
-        return [{key: value for key, value in message.items() if key != "from_tools"} for message in rewritten]
+                rewritten.append({"role": "user", "content": result, "tool_results": True})
+        else:
+            rewritten.append(message)
+    return [{key: value for key, value in message.items() if key != "tool_results"} for message in rewritten]
 
 
 def answer_schema(functions: list[FunctionSpec], parallel: bool, required: bool) -> dict:
