@@ -28,7 +28,8 @@ router = APIRouter(route_class=ClassifiedRoute)
 async def messages(body: MessagesRequest, request: Request, state: State) -> Response:
     chat = as_chat_request(chat_fields(body))
     served = await state.served(chat.model)
-    return await answer(request, state, served, chat, MessageShapes(served.name))
+    shapes = MessageShapes(served.name, served.model.tokenizer, body.stop_sequences or ())
+    return await answer(request, state, served, chat, shapes)
 
 
 @router.post("/v1/messages/count_tokens")

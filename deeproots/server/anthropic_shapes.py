@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from .chat import ChatUsage
 from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
+from ..tokenizer import Tokenizer
 from .errors import APIError
+from .generation import Choice
 from .translate import call_arguments
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def matched_stop(choice: Choice, tokenizer: Tokenizer, stops: Sequence[str]) -> str | None:
+    """The stop sequence that ended the choice, or None when something else did (its end-of-turn token, the
+    length): the generated tokens' text goes on, after the answer, with the first stop string that matched."""
+    if choice.finish_reason != "stop" or not choice.steps or choice.steps[-1].token_id in tokenizer.stop_ids:
+        return None
+    rest = tokenizer.decode([step.token_id for step in choice.steps])[len(choice.text):]
+    found = [stop for stop in stops if stop in rest]
+    return min(found, key=rest.index) if found else None
 
 
 def event(name: str, payload: dict[str, Any]) -> str:
@@ -37,19 +49,27 @@ class MessageShapes:
     """One answer as an Anthropic message, whole (final) or as the events of a stream (opening, chunks, closing)."""
     media_type = "text/event-stream"
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, tokenizer: Tokenizer | None = None, stop_sequences: Sequence[str] = ()):
         self.id, self.model = f"msg_{uuid.uuid4().hex[:24]}", model
-        self.prompt_tokens = 0  # for message_start, before the usage is known
+        self.tokenizer, self.stop_sequences = tokenizer, stop_sequences
+        self.exchange = None  # the admitted run: its prompt length (for message_start) and its steps
         self.blocks: list[str] = []  # the type of each content block opened so far
         self.tool_blocks: dict[int, int] = {}  # a tool call's index -> its content block's index
         self.open = False  # whether the last block is still open
 
-    def message(self, content: list[dict[str, Any]], stop_reason: str | None, usage_fields: dict[str, int]) -> dict:
+    def message(self, content: list[dict[str, Any]], stop: tuple[str | None, str | None],
+                usage_fields: dict[str, int]) -> dict:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-                "stop_reason": stop_reason, "stop_sequence": None, "usage": usage_fields}
+                "stop_reason": stop[0], "stop_sequence": stop[1], "usage": usage_fields}
 
     def started(self, exchange) -> None:
-        self.prompt_tokens = exchange.prompt_tokens
+        self.exchange = exchange
+
+    def stop(self, answer: ChatAnswer) -> tuple[str, str | None]:
+        """(stop_reason, stop_sequence)"""
+        matched = matched_stop(self.exchange.choices[0], self.tokenizer, self.stop_sequences) \
+            if self.stop_sequences else None
+        return ("stop_sequence", matched) if matched else (STOP_REASONS[answer.finish_reason], None)
 
     def final(self, answer: ChatAnswer, counts: ChatUsage) -> dict:
         content: list[dict[str, Any]] = []
@@ -59,10 +79,11 @@ class MessageShapes:
             content.append({"type": "text", "text": answer.content})
         content += [{"type": "tool_use", "id": call.id, "name": call.name, "input": call_arguments(call.arguments)}
                     for call in answer.tool_calls]
-        return self.message(content, STOP_REASONS[answer.finish_reason], usage_of(counts))
+        return self.message(content, self.stop(answer), usage_of(counts))
 
     def opening(self) -> str:  # the prefix-cache hits are known at the end (message_delta's usage replaces these)
-        return event("message_start", {"message": self.message([], None, usage(self.prompt_tokens, 0, 0))})
+        return event("message_start", {"message": self.message([], (None, None),
+                                                               usage(self.exchange.prompt_tokens, 0, 0))})
 
     def chunks(self, chat_event: ChatEvent) -> str:
         """The events one chat event makes: a delta, after the block it belongs to is opened (closing the last)."""
@@ -83,8 +104,9 @@ class MessageShapes:
 
     def closing(self, answer: ChatAnswer, counts: ChatUsage) -> str:
         text = "" if self.blocks else self._start({"type": "text", "text": ""})  # a message has a block at least
+        stop_reason, stop_sequence = self.stop(answer)
         return text + self._stop() + event("message_delta", {
-            "delta": {"stop_reason": STOP_REASONS[answer.finish_reason], "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
             "usage": usage_of(counts)}) + event("message_stop", {})
 
     def error(self, failure: APIError) -> str:

@@ -34,9 +34,10 @@ def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+def message_item(item_id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
+    """A message item; text None: just opened, no content yet."""
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-            "content": [text_part(text)] if status == "completed" else []}
+            "content": [] if text is None else [text_part(text)]}
 
 
 def function_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
@@ -59,12 +60,12 @@ class OpenItem:
         self.kind, self.index, self.id, self.call_id, self.name = kind, index, item_id, call_id, name
         self.text = ""
 
-    def whole(self) -> dict[str, Any]:
+    def whole(self, status: str) -> dict[str, Any]:
         if self.kind == "reasoning":
             return reasoning_item(self.id, self.text)
         if self.kind == "message":
-            return message_item(self.id, self.text)
-        return function_item(self.id, self.call_id, self.name, self.text)
+            return message_item(self.id, self.text, status)
+        return function_item(self.id, self.call_id, self.name, self.text, status)
 
 
 class ResponseShapes:
@@ -77,6 +78,7 @@ class ResponseShapes:
         self.done: list[dict[str, Any]] = []  # the stream's finished output items, in order
         self.current: OpenItem | None = None
         self.calls: dict[int, OpenItem] = {}  # a tool call's index -> its item
+        self.cut = False  # whether max_output_tokens cut the item being written (known at the end)
 
     def response(self, output: list[dict], status: str, usage_fields: dict | None) -> dict[str, Any]:
         request = self.request
@@ -102,6 +104,8 @@ class ResponseShapes:
         if answer.content or not answer.tool_calls:
             output.append(message_item(new_id("msg"), answer.content))
         output += [function_item(new_id("fc"), call.id, call.name, call.arguments) for call in answer.tool_calls]
+        if answer.finish_reason == "length" and "status" in output[-1]:
+            output[-1]["status"] = "incomplete"  # the item max_output_tokens cut
         return self.response(output, status(answer), usage(counts))
 
     # --- a stream ---------------------------------------------------------------------------------------------
@@ -134,6 +138,7 @@ class ResponseShapes:
                                     content_index=0, delta=chat_event.text, **extra)
 
     def closing(self, answer: ChatAnswer, counts: ChatUsage) -> str:
+        self.cut = answer.finish_reason == "length"
         chunks = self._close()
         if not self.done:  # an empty answer is still one (empty) message
             chunks += self._open(OpenItem("message", 0, new_id("msg"))) + self._close()
@@ -152,7 +157,7 @@ class ResponseShapes:
         if item.kind == "function_call":
             return self._event("response.output_item.added", output_index=item.index,
                                item=function_item(item.id, item.call_id, item.name, "", "in_progress"))
-        added = message_item(item.id, "", "in_progress") if item.kind == "message" else \
+        added = message_item(item.id, None, "in_progress") if item.kind == "message" else \
             {"type": "reasoning", "id": item.id, "summary": [], "content": []}
         part = text_part("") if item.kind == "message" else {"type": "reasoning_text", "text": ""}
         return self._event("response.output_item.added", output_index=item.index, item=added) + \
@@ -163,7 +168,7 @@ class ResponseShapes:
         item, self.current = self.current, None
         if item is None:
             return ""
-        whole = item.whole()
+        whole = item.whole("incomplete" if self.cut else "completed")
         self.done.append(whole)
         where = {"item_id": item.id, "output_index": item.index}
         if item.kind == "function_call":

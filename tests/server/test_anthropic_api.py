@@ -7,7 +7,7 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
-from live_server import LiveServer
+from live_server import serving
 
 pytestmark = pytest.mark.slow  # a real server process
 
@@ -18,9 +18,7 @@ GREEDY = {"temperature": 0}  # the newest client has no sampling arguments; the 
 
 @pytest.fixture(scope="module")
 def server(smollm2_path):
-    server = LiveServer(smollm2_path)
-    yield server
-    server.stop()
+    yield from serving(smollm2_path)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,11 @@ def test_stop_sequence_ends_the_message(client):
     whole = client.messages.create(model=MODEL, max_tokens=30, extra_body=GREEDY, messages=QUESTION).content[0].text
     cut = client.messages.create(model=MODEL, max_tokens=30, extra_body=GREEDY, messages=QUESTION,
                                  stop_sequences=[whole.split()[1]])
-    assert cut.content[0].text == whole[:whole.index(whole.split()[1])] and cut.stop_reason == "end_turn"
+    assert cut.content[0].text == whole[:whole.index(whole.split()[1])]
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", whole.split()[1])
+    ended = client.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, stop_sequences=["zebra"],
+                                   messages=[{"role": "user", "content": "Say hi."}])
+    assert (ended.stop_reason, ended.stop_sequence) == ("end_turn", None)
 
 
 def test_stream_gives_the_same_message(client):

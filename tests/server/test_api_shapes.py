@@ -47,7 +47,7 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
 
 def anthropic_stream(events, answer, usage=USAGE):
     shapes = MessageShapes("m")
-    shapes.started(SimpleNamespace(prompt_tokens=usage.prompt_tokens))
+    shapes.started(SimpleNamespace(prompt_tokens=usage.prompt_tokens))  # what the shapes read of the exchange
     text = shapes.opening() + "".join(shapes.chunks(e) for e in events) + shapes.closing(answer, usage)
     return sse_events(text)
 
@@ -122,6 +122,9 @@ def test_responses_stream_cut_by_max_tokens_is_incomplete():
     name, data = events[-1]
     assert name == "response.incomplete" and data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert data["response"]["output"][0]["content"][0]["text"] == "Once"
+    assert data["response"]["output"][0]["status"] == "incomplete"
+    final = ResponseShapes("m", responses_request()).final(ChatAnswer("Once", None, [], "length"), USAGE)
+    assert final["output"][0]["status"] == "incomplete" and final["status"] == "incomplete"
 
 
 def test_responses_final_matches_the_stream():

@@ -8,9 +8,8 @@ import httpx
 import jsonschema
 import numpy as np
 import ollama
-import openai
 import pytest
-from live_server import LiveServer
+from live_server import openai_client, serving
 
 pytestmark = pytest.mark.slow  # a real server process
 
@@ -21,9 +20,7 @@ OLLAMA_DEFAULTS = {"top_k": 40, "repetition_penalty": 1.1}  # Ollama's defaults,
 
 @pytest.fixture(scope="module")
 def server(smollm2_path):
-    server = LiveServer(smollm2_path)
-    yield server
-    server.stop()
+    yield from serving(smollm2_path)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +47,7 @@ def test_show_describes_the_file(client, smollm2_path):
 def test_embed_gives_the_engines_vectors(client, server):
     texts = ["a cat", "a kitten", "tax law reform"]
     embedded = client.embed(model=MODEL, input=texts)
-    reference = openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key).embeddings.create(
-        model=MODEL, input=texts).data
+    reference = openai_client(server).embeddings.create(model=MODEL, input=texts).data
     np.testing.assert_allclose(embedded.embeddings, [item.embedding for item in reference], atol=1e-6)
     assert embedded.prompt_eval_count > 3 and embedded.total_duration > 0
     legacy = client.embeddings(model=MODEL, prompt="a cat")
@@ -95,13 +91,13 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 
 @pytest.fixture(scope="module")
-def openai_client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
+def chat_client(server):
+    return openai_client(server)
 
 
-def test_chat_is_answered_as_the_chat_route_answers_it(client, openai_client):
+def test_chat_is_answered_as_the_chat_route_answers_it(client, chat_client):
     response = client.chat(model=MODEL, messages=QUESTION, options=GREEDY)
-    reference = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0,
+    reference = chat_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0,
                                                       top_p=0.9, extra_body=OLLAMA_DEFAULTS)
     assert response.message.role == "assistant" and response.message.content == reference.choices[0].message.content
     assert response.done and response.done_reason == reference.choices[0].finish_reason
@@ -118,9 +114,9 @@ def test_chat_stream_gives_the_same_answer(client):
     assert parts[-1].eval_count == whole.eval_count and parts[-1].done_reason == whole.done_reason
 
 
-def test_generate_whole_and_streamed(client, openai_client):
+def test_generate_whole_and_streamed(client, chat_client):
     whole = client.generate(model=MODEL, prompt="Say hi.", system="You are terse.", options=GREEDY)
-    reference = openai_client.chat.completions.create(
+    reference = chat_client.chat.completions.create(
         model=MODEL, max_tokens=16, temperature=0, top_p=0.9, extra_body=OLLAMA_DEFAULTS,
         messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi."}])
     assert whole.response == reference.choices[0].message.content and whole.done

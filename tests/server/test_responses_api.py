@@ -6,7 +6,7 @@ import json
 import jsonschema
 import openai
 import pytest
-from live_server import LiveServer
+from live_server import openai_client, serving
 
 pytestmark = pytest.mark.slow  # a real server process
 
@@ -18,14 +18,12 @@ WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Curre
 
 @pytest.fixture(scope="module")
 def server(smollm2_path):
-    server = LiveServer(smollm2_path)
-    yield server
-    server.stop()
+    yield from serving(smollm2_path)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def test_text_input_is_answered_as_the_chat_route_answers_it(client):
