@@ -13,12 +13,13 @@ import uuid
 from typing import Any, Sequence
 
 from .chat import ChatUsage
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart
 from ..tokenizer import Tokenizer
 from .errors import APIError
 from .generation import Choice
 from .translate import call_arguments
 
+EMPTY_BLOCKS = {"thinking": {"type": "thinking", "thinking": "", "signature": ""}, "text": {"type": "text", "text": ""}}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
@@ -98,12 +99,11 @@ class MessageShapes:
             return ""
         kind, delta = ("thinking", {"type": "thinking_delta", "thinking": chat_event.text}) \
             if isinstance(chat_event, ReasoningDelta) else ("text", {"type": "text_delta", "text": chat_event.text})
-        opened = "" if self.open and self.blocks[-1] == kind else self._start(
-            {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""})
+        opened = "" if self.open and self.blocks[-1] == kind else self._start(EMPTY_BLOCKS[kind])
         return opened + self._delta(len(self.blocks) - 1, delta)
 
     def closing(self, answer: ChatAnswer, counts: ChatUsage) -> str:
-        text = "" if self.blocks else self._start({"type": "text", "text": ""})  # a message has a block at least
+        text = "" if self.blocks else self._start(EMPTY_BLOCKS["text"])  # a message has a block at least
         stop_reason, stop_sequence = self.stop(answer)
         return text + self._stop() + event("message_delta", {
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},

@@ -2,8 +2,9 @@
 
 OpenAI's {"error": {"message", "type", "param", "code"}} everywhere but under the Anthropic Messages paths
 ({"type": "error", "error": {"type", "message"}}) and Ollama's (/api/chat ...: {"error": "message"}), so each
-official client raises its usual exceptions. A client's mistake is a 4xx naming what was wrong; anything else (deeproots.errors.InternalError, an unexpected
-exception, an engine failure) is a 500 whose message names an error id, logged with the traceback.
+official client raises its usual exceptions. A client's mistake is a 4xx naming what was wrong; anything else
+(deeproots.errors.InternalError, an unexpected exception, an engine failure) is a 500 whose message names an error
+id, logged with the traceback.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Plain ASGI middleware (no BaseHTTPMiddleware, so client disconnects still reach the routes): Host check, API keys
-(Bearer, or Anthropic's x-api-key), body size and read timeouts, refusing new work while the server drains, and ending what is left at the
-shutdown deadline."""
+(Bearer, or Anthropic's x-api-key), body size and read timeouts, refusing new work while the server drains, and
+ending what is left at the shutdown deadline. Refusals come in the shape of the API the path belongs to."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The Ollama API on the same port: /api/chat, /api/generate (NDJSON streams), /api/embed, /api/embeddings,
 /api/show, /api/version. Errors are Ollama's {"error": "message"} (errors.error_body, by path).
 
-Chat and generate go through the shared chat path as every chat API does (ollama_request converts the body);
-this module only writes Ollama's shapes. Durations are nanoseconds, as Ollama reports them.
+Chat and generate go through the shared chat path as every chat API does: ollama_request converts the body,
+ollama_shapes writes the answer. Durations are nanoseconds, as Ollama reports them.
 """
 
 from __future__ import annotations
@@ -22,18 +22,24 @@ from .ollama_request import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaE
                              OllamaShowRequest, chat_fields, generate_fields, json_body, keep_alive_seconds)
 from .ollama_shapes import GenerateShapes, OllamaShapes, nanoseconds, now
 from .one_answer import answer
-from .translate import as_chat_request
 from .openai import ServedModel, State, embedding_inputs, embedding_vectors
+from .translate import as_chat_request
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (think, tools, format schemas, /api/embed)
 router = APIRouter(route_class=ClassifiedRoute)
 
 
+async def served_for(state, body) -> ServedModel:
+    """The model the body names. Its keep_alive is checked, then left aside: this server keeps its model loaded
+    (the model pool takes it as `state.served(body.model, keep_alive_seconds(body.keep_alive))`)."""
+    keep_alive_seconds(body.keep_alive)
+    return await state.served(body.model)
+
+
 @router.post("/api/chat")
 async def chat(body: Annotated[OllamaChatRequest, json_body(OllamaChatRequest)], request: Request,
                state: State) -> Response:
-    keep_alive_seconds(body.keep_alive)  # checked; served() keeps every model loaded until the pool lands
-    served = await state.served(body.model)
+    served = await served_for(state, body)
     if not body.messages:  # Ollama's way to load a model: nothing to answer
         return JSONResponse({"model": served.name, "created_at": now(),
                              "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
@@ -44,8 +50,7 @@ async def chat(body: Annotated[OllamaChatRequest, json_body(OllamaChatRequest)],
 async def generate(body: Annotated[OllamaGenerateRequest, json_body(OllamaGenerateRequest)], request: Request,
                    state: State) -> Response:
     """A prompt (and system prompt) answered through the model's chat template."""
-    keep_alive_seconds(body.keep_alive)
-    served = await state.served(body.model)
+    served = await served_for(state, body)
     if not body.prompt:
         return JSONResponse({"model": served.name, "created_at": now(), "response": "", "done": True,
                              "done_reason": "load"})
@@ -85,9 +90,8 @@ def model_card(served: ServedModel) -> dict:
 async def embed(body: Annotated[OllamaEmbedRequest, json_body(OllamaEmbedRequest)], request: Request,
                 state: State) -> Response:
     """Embeddings of one text or several; with `truncate` (the default) a text longer than the context is cut."""
-    keep_alive_seconds(body.keep_alive)  # checked; served() keeps every model loaded until the pool lands
     started = time.perf_counter()
-    served = await state.served(body.model)
+    served = await served_for(state, body)
     texts = [body.input] if isinstance(body.input, str) else body.input
     inputs = await asyncio.to_thread(embedding_ids, served, texts, body.truncate)
     vectors = await embedding_vectors(request, served, inputs, body.dimensions)
@@ -102,8 +106,7 @@ async def embed(body: Annotated[OllamaEmbedRequest, json_body(OllamaEmbedRequest
 async def embeddings(body: Annotated[OllamaEmbeddingsRequest, json_body(OllamaEmbeddingsRequest)], request: Request,
                      state: State) -> Response:
     """The legacy route: one prompt, one vector."""
-    keep_alive_seconds(body.keep_alive)
-    served = await state.served(body.model)
+    served = await served_for(state, body)
     inputs = await asyncio.to_thread(embedding_ids, served, [body.prompt], True)
     vectors = await embedding_vectors(request, served, inputs, None)
     if vectors is None:

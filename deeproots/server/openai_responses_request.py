@@ -132,7 +132,8 @@ def chat_fields(request: ResponsesRequest) -> dict[str, Any]:
 
 
 def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": request.instructions}] if request.instructions else []
+    messages: list[dict[str, Any]] = \
+        [{"role": "system", "content": request.instructions}] if request.instructions else []
     items = [MessageItem(role="user", content=request.input)] if isinstance(request.input, str) else request.input
     for item in items:
         if isinstance(item, MessageItem):
@@ -149,5 +150,6 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
 
 def response_format(form: TextFormat) -> dict[str, Any]:
     if form.type == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": form.name, "schema": form.schema_, "strict": form.strict}}
+        return {"type": "json_schema",
+                "json_schema": {"name": form.name, "schema": form.schema_, "strict": form.strict}}
     return {"type": form.type}

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from .chat import ChatUsage
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart
 from .errors import APIError
 from .openai_responses_request import NamedFunction, ResponsesRequest
 

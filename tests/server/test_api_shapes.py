@@ -170,6 +170,7 @@ def test_ollama_final_chat_and_generate():
 
 
 def test_ollama_generate_stream():
-    lines = ollama_lines(GenerateShapes("m"), [TextDelta("Hel"), TextDelta("lo")], ChatAnswer("Hello", None, [], "stop"))
+    lines = ollama_lines(GenerateShapes("m"), [TextDelta("Hel"), TextDelta("lo")],
+                         ChatAnswer("Hello", None, [], "stop"))
     parts = [ollama.GenerateResponse(**line) for line in lines]
     assert "".join(part.response for part in parts) == "Hello" and parts[-1].done
