@@ -6,6 +6,8 @@ the cut file refused with the reader's typed error."""
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -103,3 +105,7 @@ def test_the_plan_reads_the_answer_as_thinking_then_content_and_tools_take_the_g
 def test_running_the_cut_file_is_the_typed_runs_past_the_end_error(deepseek_r1_head_path):
     with pytest.raises(ModelFormatError, match="runs past the end of the file"):
         deeproots.load(deepseek_r1_head_path)
+    run = subprocess.run([sys.executable, "-m", "deeproots.cli", "run", "-m", str(deepseek_r1_head_path), "Hi"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: tensor data") and "runs past the end of the file" in run.stderr
