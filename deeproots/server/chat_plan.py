@@ -80,6 +80,8 @@ def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
         rendered["name"] = message.name
     if message.tool_call_id is not None:
         rendered["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content is not None:  # Qwen 3's template writes it back into the latest turns
+        rendered["reasoning_content"] = message.reasoning_content
     if message.tool_calls:
         rendered["tool_calls"] = [
             {"id": call.id, "type": "function",
