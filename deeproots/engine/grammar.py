@@ -132,11 +132,11 @@ class LazyConstraint:
     the output, every token is allowed; then the grammar is fed the output from the trigger and constrains the rest.
 
     `answer_start(text)` tells where the answer starts, or None while the model is still thinking: triggers are only
-    looked for in the answer (a call inside the thinking is not a call). `triggers` None: the grammar applies from
-    the answer's first non-blank character. If the model's own text at the trigger already breaks the grammar, the
-    constraint steps aside (the text then goes back to the client as content, never an error)."""
+    looked for in the answer (a call inside the thinking is not a call). If the model's own text at the trigger
+    already breaks the grammar, the constraint steps aside (the text then goes back to the client as content, never
+    an error)."""
 
-    def __init__(self, grammar: JsonGrammar, tokenizer: Tokenizer, triggers: tuple[str, ...] | None,
+    def __init__(self, grammar: JsonGrammar, tokenizer: Tokenizer, triggers: tuple[str, ...],
                  answer_start: Callable[[str], int | None]):
         self.grammar, self.tokenizer = grammar, tokenizer
         self.triggers, self.answer_start = triggers, answer_start
@@ -164,9 +164,6 @@ class LazyConstraint:
         answer = self.answer_start(text)
         if answer is None:
             return None
-        if self.triggers is None:
-            stripped = text[answer:].lstrip()
-            return len(text) - len(stripped) if stripped else None
         hits = [i for i in (text.find(trigger, answer) for trigger in self.triggers) if i >= 0]
         return min(hits) if hits else None
 

@@ -15,7 +15,7 @@ from ..engine.grammar import LazyConstraint
 from ..errors import RequestError
 from ..generate import TokenConstraint
 from ..tokenizer import ChatTemplate, Tokenizer
-from .chat_parse import THINK_CLOSE, ChoiceParser, Thinking
+from .chat_parse import THINK_CLOSE, THINK_OPEN, ChoiceParser, Thinking
 from .errors import APIError
 from .schemas import ChatCompletionRequest, ChatMessage
 from .tool_formats import FunctionSpec, ToolFormat, renders_tools, tool_format_for
@@ -80,6 +80,8 @@ def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
         rendered["name"] = message.name
     if message.tool_call_id is not None:
         rendered["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content is not None:  # Qwen 3's template writes it back into the latest turns
+        rendered["reasoning_content"] = message.reasoning_content
     if message.tool_calls:
         rendered["tool_calls"] = [
             {"id": call.id, "type": "function",
@@ -157,12 +159,14 @@ def template_variables(body: ChatCompletionRequest) -> dict[str, Any]:
 
 def thinking_of(template: ChatTemplate, tokenizer: Tokenizer, prompt_ids: list[int]) -> Thinking | None:
     """A thinking model's parse: templates that speak of </think> (Qwen 3, DeepSeek-R1); `opened` when the prompt
-    ends inside <think> (the model's answer then starts with its thinking)."""
+    ends inside <think> (the model's answer then starts with its thinking); None when the prompt ends with an empty
+    thinking already closed (the switch is off)."""
     if THINK_CLOSE not in template.source:
         return None
     tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:])
-    opened = tail.rfind("<think>") > tail.rfind(THINK_CLOSE)
-    return Thinking(opened=opened)
+    if tail.rstrip().endswith(THINK_CLOSE):  # the template wrote an empty thinking: Qwen 3's enable_thinking=False
+        return None
+    return Thinking(opened=tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE))
 
 
 def control_marker(tokenizer: Tokenizer) -> Callable[[str], str]:
@@ -179,7 +183,8 @@ def control_marker(tokenizer: Tokenizer) -> Callable[[str], str]:
 def tool_constraint(served, tool_format: ToolFormat, functions: list[FunctionSpec], body: ChatCompletionRequest,
                     required: bool, thinking: Thinking | None) -> Callable[[], TokenConstraint]:
     """The grammar of the format's calls with these functions' schemas: from the answer's start when a call is
-    required (or the format is the whole answer), else lazily from the format's opening."""
+    required (or the format is the whole answer), else lazily from the format's opening (in the answer, after any
+    thinking)."""
     for index, spec in enumerate(functions):  # name the tool whose schema llguidance refuses
         try:
             served.grammars.json_schema(spec.parameters)
@@ -187,17 +192,29 @@ def tool_constraint(served, tool_format: ToolFormat, functions: list[FunctionSpe
             raise APIError(400, f"tool {spec.name!r}: {str(error).removeprefix('response_format: ')}",
                            param=f"tools[{index}].function.parameters") from error
     tokenizer = served.model.tokenizer
-    source = tool_format.grammar(functions, body.parallel_tool_calls, required, control_marker(tokenizer))
+    marker = control_marker(tokenizer)
+    whole_answer = required or tool_format.openings == ("",)
+    rules = tool_format.grammar(functions, body.parallel_tool_calls, required, marker)
     try:
-        grammar = served.grammars.lark(source, "tools")
+        grammar = served.grammars.lark(start_rule(whole_answer, thinking, marker) + rules, "tools")
     except RequestError as error:
         raise APIError(400, str(error), param="tools") from error
-    whole_answer = required or tool_format.openings == ("",)
-    if whole_answer and thinking is None:
+    if whole_answer:
         return grammar.constraint
     answer_start = thinking.answer_start if thinking else (lambda text: 0)
-    triggers = None if whole_answer else tool_format.openings
-    return lambda: LazyConstraint(grammar, tokenizer, triggers, answer_start)
+    return lambda: LazyConstraint(grammar, tokenizer, tool_format.openings, answer_start)
+
+
+def start_rule(whole_answer: bool, thinking: Thinking | None, marker: Callable[[str], str]) -> str:
+    """The grammar's start: the calls alone (a lazy grammar starts at the opening), or the whole answer, which for
+    a thinking model may first think (must, when the prompt opened the thinking) before it calls."""
+    if not whole_answer or thinking is None:
+        return "start: calls\n"
+    think = "thought" if thinking.opened else f"({marker(THINK_OPEN)} thought)?"
+    close = THINK_CLOSE.replace("/", "\\/")  # inside a /regex/
+    return (f"start: {think} blank? calls\n"
+            f"thought[lazy]: /(.|\\n)*{close}/\n"
+            "blank: /[ \\n]{1,3}/\n")  # bounded: a small model could pad forever
 
 
 def response_format_constraint(served, body: ChatCompletionRequest) -> Callable[[], TokenConstraint] | None:

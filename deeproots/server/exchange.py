@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, NoReturn
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -45,7 +45,8 @@ class Exchange:
             exchange.fail(error)
         return exchange
 
-    def fail(self, error: Exception):
+    def fail(self, error: Exception) -> NoReturn:
+        """Count the request as failed and raise its APIError."""
         failure = as_api_error(error)
         self.finished(failure.status)
         raise failure from error

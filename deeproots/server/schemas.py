@@ -74,7 +74,7 @@ class ChatMessage(Body):
     name: str | None = Field(None, max_length=256)
     tool_calls: list[ToolCallPart] | None = Field(None, max_length=MAX_TOOLS)  # assistant
     tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # tool: the call it answers
-    reasoning_content: str | None = None  # an assistant's earlier thinking, as we send it (not rendered back)
+    reasoning_content: str | None = None  # an assistant's earlier thinking, as we send it (for templates that read it)
 
     def text(self) -> str:
         if isinstance(self.content, list):

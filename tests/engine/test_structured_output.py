@@ -87,7 +87,7 @@ def hermes_grammar(compiler):
 
     source = HermesFormat().grammar([FunctionSpec("get_weather", None, WEATHER_ARGUMENTS)], parallel=False,
                                     required=False, marker=lambda text: json.dumps(text))
-    return compiler.lark(source, "tools")
+    return compiler.lark("start: calls\n" + source, "tools")
 
 
 def lazy(grammar, model, answer_start=lambda text: 0):

@@ -25,10 +25,8 @@ class FunctionSpec:
 
     def as_tool(self) -> dict[str, Any]:
         """The OpenAI tool object, as chat templates expect it in their `tools` variable."""
-        function = {"name": self.name, "parameters": self.parameters}
-        if self.description is not None:
-            function["description"] = self.description
-        return {"type": "function", "function": function}
+        described = {} if self.description is None else {"description": self.description}
+        return {"type": "function", "function": {"name": self.name, **described, "parameters": self.parameters}}
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,8 @@ class ToolFormat:
         raise NotImplementedError
 
     def grammar(self, functions: list[FunctionSpec], parallel: bool, required: bool, marker: Marker) -> str:
-        """A Lark grammar for the answer from the first opening on (`required`: from the answer's first byte)."""
+        """Lark rules whose top rule `calls` is the answer from the first opening on (`required`: the whole
+        answer); the caller adds `start`."""
         raise NotImplementedError
 
     def prompt_messages(self, messages: list[dict], functions: list[FunctionSpec]) -> list[dict]:

@@ -31,7 +31,7 @@ class GenericFormat(ToolFormat):
         return ParsedRegion([named_call(call) for call in calls])
 
     def grammar(self, functions: list[FunctionSpec], parallel: bool, required: bool, marker: Marker) -> str:
-        return f"start: body\nbody: {json_rule(answer_schema(functions, parallel, required))}\n"
+        return f"calls: {json_rule(answer_schema(functions, parallel, required))}\n"
 
     def prompt_messages(self, messages: list[dict], functions: list[FunctionSpec]) -> list[dict]:
         """The tools and the answer's form in the system message; earlier calls and results written as that JSON."""

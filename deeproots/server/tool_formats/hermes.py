@@ -21,6 +21,6 @@ class HermesFormat(ToolFormat):
         return ParsedRegion([named_call(loads_object(body.strip(), "the call"))])
 
     def grammar(self, functions: list[FunctionSpec], parallel: bool, required: bool, marker: Marker) -> str:
-        calls = 'start: call ("\\n" call)*' if parallel else "start: call"
+        calls = 'calls: call ("\\n" call)*' if parallel else "calls: call"
         return (f'{calls}\ncall: {marker(OPEN)} "\\n" body "\\n" {marker(CLOSE)}\n'
                 f"body: {json_rule(call_schema(functions))}\n")

@@ -25,5 +25,5 @@ class Llama3Format(ToolFormat):
 
     def grammar(self, functions: list[FunctionSpec], parallel: bool, required: bool, marker: Marker) -> str:
         # One call per answer: the templates refuse to render more than one ("only supports single tool-calls")
-        return (f"start: body | {marker(PYTHON_TAG)} body\n"
+        return (f"calls: body | {marker(PYTHON_TAG)} body\n"
                 f"body: {json_rule(call_schema(functions, 'parameters'))}\n")

@@ -33,7 +33,7 @@ class MistralFormat(ToolFormat):
 
     def grammar(self, functions: list[FunctionSpec], parallel: bool, required: bool, marker: Marker) -> str:
         schema = {"type": "array", "items": call_schema(functions), "minItems": 1, **({} if parallel else {"maxItems": 1})}
-        return f"start: {marker(OPEN)} body\nbody: {json_rule(schema)}\n"
+        return f"calls: {marker(OPEN)} body\nbody: {json_rule(schema)}\n"
 
     def prompt_messages(self, messages: list[dict], functions: list[FunctionSpec]) -> list[dict]:
         """Call ids shortened to the 9 alphanumerics the template demands, the same way on both sides of a call."""
