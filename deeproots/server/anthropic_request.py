@@ -4,8 +4,8 @@ and their conversion into the OpenAI chat fields the shared chat path runs.
 tool_use blocks become an assistant message's tool_calls, tool_result blocks become tool messages (ahead of the
 user's text in the same turn: they answer the previous turn's calls), tool_choice any/tool become required/a
 named function, thinking becomes the template's enable_thinking switch, output_config.format the JSON-schema
-constraint. Earlier turns' thinking blocks are
-dropped, as chat templates drop earlier reasoning.
+constraint. An assistant turn's thinking blocks become its reasoning_content (the templates that read it, Qwen 3's,
+write it back; the others drop it).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class ToolResultBlock(Body):
 
 class ThinkingBlock(Body):
     type: Literal["thinking", "redacted_thinking"]
+    thinking: str = ""  # redacted thinking has none we can read
 
 
 ContentBlock = Annotated[Union[TextBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock], Field(discriminator="type")]
@@ -147,9 +148,12 @@ def turn_messages(message: AnthropicMessage) -> list[dict[str, Any]]:
     results = [{"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text()}
                for block in blocks if isinstance(block, ToolResultBlock)]
     calls = [tool_call(block.id, block.name, block.input) for block in blocks if isinstance(block, ToolUseBlock)]
+    thinking = "".join(block.thinking for block in blocks if isinstance(block, ThinkingBlock))
     turn: dict[str, Any] = {"role": message.role, "content": text}
     if calls:
         turn["tool_calls"] = calls
+    if thinking and message.role == "assistant":
+        turn["reasoning_content"] = thinking
     return results + ([turn] if text or calls or not results else [])
 
 

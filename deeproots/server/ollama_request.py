@@ -52,6 +52,7 @@ class OllamaToolCall(Body):
 class OllamaMessage(Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    thinking: str | None = None  # an assistant's earlier thinking: its reasoning_content
     images: list[str] | None = Field(None, max_length=0)  # text models only
     tool_calls: list[OllamaToolCall] | None = Field(None, max_length=128)
     tool_name: str | None = None
@@ -143,6 +144,8 @@ def chat_messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
     unanswered: list[str] = []  # ids of the calls no tool message has answered yet, oldest first
     for number, message in enumerate(messages):
         turn: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.thinking and message.role == "assistant":
+            turn["reasoning_content"] = message.thinking
         if message.tool_calls:
             ids = [f"call_{number}_{index}" for index in range(len(message.tool_calls))]
             turn["tool_calls"] = [tool_call(call_id, call.function.name, call.function.arguments)

@@ -3,8 +3,9 @@ shared chat path runs.
 
 `instructions` becomes the system message; `input` is text (one user message) or items: messages (with or
 without "type": "message"), function_call items (joined into one assistant message's tool_calls, after that
-turn's text) and function_call_output items (tool messages). Reasoning items are dropped, as chat templates drop
-earlier reasoning. Nothing is stored, so `previous_response_id` is refused.
+turn's text) and function_call_output items (tool messages). A reasoning item's text becomes the reasoning_content
+of the assistant turn after it (the templates that read it, Qwen 3's, write it back). Nothing is stored, so
+`previous_response_id` is refused.
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ class FunctionCallOutputItem(Body):
         return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
 
 
+class ReasoningText(Body):
+    type: Literal["reasoning_text"]
+    text: str
+
+
 class ReasoningItem(Body):
     type: Literal["reasoning"]
+    content: list[ReasoningText] | None = None  # the summary is left aside: it is not what the model wrote
 
 
 def item_kind(item: Any) -> str:
@@ -135,16 +142,22 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = \
         [{"role": "system", "content": request.instructions}] if request.instructions else []
     items = [MessageItem(role="user", content=request.input)] if isinstance(request.input, str) else request.input
+    reasoning = ""  # a reasoning item's text, for the assistant turn that follows it
     for item in items:
+        if isinstance(item, ReasoningItem):
+            reasoning += "".join(part.text for part in item.content or [])
+            continue
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
             if not messages or messages[-1]["role"] != "assistant":  # the calls join their turn's text
                 messages.append({"role": "assistant", "content": ""})
-            last = messages[-1]
-            last.setdefault("tool_calls", []).append(tool_call(item.call_id, item.name, item.arguments))
+            messages[-1].setdefault("tool_calls", []).append(tool_call(item.call_id, item.name, item.arguments))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+        if reasoning and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning_content"] = reasoning
+        reasoning = ""
     return messages
 
 

@@ -57,7 +57,8 @@ def test_anthropic_tool_round_trip_becomes_tool_calls_and_tool_messages():
     assert fields["tool_choice"] == "required" and fields["parallel_tool_calls"] is True
     assert fields["messages"] == [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}], "tool_calls": [WEATHER_CALL]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}], "tool_calls": [WEATHER_CALL],
+         "reasoning_content": "The user wants weather."},
         {"role": "tool", "tool_call_id": "toolu_01", "content": "21C"},
         {"role": "user", "content": [{"type": "text", "text": "And tomorrow?"}]}]
 
@@ -236,3 +237,22 @@ def test_anthropic_output_config_is_the_schema_constraint_and_the_effort():
     assert fields["response_format"] == {"type": "json_schema", "json_schema": {"schema": WEATHER_SCHEMA}}
     assert fields["reasoning_effort"] == "high"
     assert as_chat_request(fields).response_format.json_schema.schema_ == WEATHER_SCHEMA
+
+
+def test_earlier_thinking_becomes_the_assistant_turns_reasoning_content():
+    """Each API's way to hand back an assistant's thinking reaches the template as reasoning_content."""
+    anthropic_turn = anthropic(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Think.", "signature": "s"}, {"type": "text", "text": "Done."}]},
+        {"role": "user", "content": "y"}])["messages"][1]
+    responses_turn = responses(input=[{"role": "user", "content": "x"},
+                                      {"type": "reasoning", "id": "rs_1", "summary": [],
+                                       "content": [{"type": "reasoning_text", "text": "Think."}]},
+                                      {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}])[
+        "messages"][1]
+    ollama_turn = ollama_chat_fields(OllamaChatRequest.model_validate({"model": "m", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": "Done.", "thinking": "Think."}]}))[
+        "messages"][1]
+    for turn in (anthropic_turn, responses_turn, ollama_turn):
+        assert turn["role"] == "assistant" and turn["reasoning_content"] == "Think."
+        assert as_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}, turn]}) \
+            .messages[1].reasoning_content == "Think."
