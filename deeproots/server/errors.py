@@ -1,6 +1,6 @@
 """OpenAI-style error bodies: {"error": {"message", "type", "param", "code"}}, and the handlers that make them.
 
-A client's mistake is a 4xx naming what was wrong; anything else (deeproots.errors.InternalError, an unexpected
+A client's mistake is a 4xx naming what was wrong (and one log line saying so); anything else (deeproots.errors.InternalError, an unexpected
 exception, an engine failure) is a 500 whose message names an error id, logged with the traceback.
 """
 
@@ -45,6 +45,12 @@ def error_response(status: int, message: str, *, headers: dict[str, str] | None 
     return JSONResponse(error_body(status, message, **fields), status_code=status, headers={**retry, **(headers or {})})
 
 
+def log_rejected(method: str, path: str, status: int, message: str) -> None:
+    """The one log line of a request refused with a 4xx: which route, the status and why."""
+    if status < 500:
+        log.info("rejected %s %s status=%d: %s", method, path, status, message)
+
+
 def internal_error(error: BaseException) -> APIError:
     """A 500 naming a fresh error id; the log line under that id holds the traceback (the client never sees it)."""
     error_id = f"err_{secrets.token_hex(8)}"
@@ -79,7 +85,9 @@ class ClassifiedRoute(APIRoute):
             except (RequestValidationError, HTTPException):  # FastAPI's own: the app's handlers shape them
                 raise
             except Exception as error:
-                return as_api_error(error).response()
+                failure = as_api_error(error)
+                log_rejected(request.method, request.url.path, failure.status, failure.message)
+                return failure.response()
 
         return classified
 
@@ -91,9 +99,12 @@ def install_error_handlers(app: FastAPI) -> None:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request body"}
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(location) or None
-        return error_response(400, f"{param or 'body'}: {first.get('msg')}", param=param)
+        message = f"{param or 'body'}: {first.get('msg')}"
+        log_rejected(request.method, request.url.path, 400, message)
+        return error_response(400, message, param=param)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         kind = "server_error" if error.status_code >= 500 else "invalid_request_error"
+        log_rejected(request.method, request.url.path, error.status_code, str(error.detail))
         return error_response(error.status_code, str(error.detail), type=kind, headers=error.headers)

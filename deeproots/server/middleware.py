@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from ..errors import RequestError
-from .errors import RETRY_AFTER_SECONDS, error_body
+from .errors import RETRY_AFTER_SECONDS, error_body, log_rejected
 
 ASGIApp = Callable[..., Awaitable[None]]
 OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (load balancers probe it)
@@ -148,18 +148,21 @@ class ServerGate:
 
     async def _serve(self, scope, receive, send) -> None:
         headers = dict(scope["headers"])
+
+        async def refuse(status: int, message: str, **fields) -> None:
+            log_rejected(scope["method"], scope["path"], status, message)
+            await send_error(send, status, message, headers=CLOSE, **fields)
+
         if self.draining:
-            return await send_error(send, 503, SHUTTING_DOWN, code="shutting_down", type="server_error",
-                                    headers=CLOSE)
+            return await refuse(503, SHUTTING_DOWN, code="shutting_down", type="server_error")
         if self.allowed_hosts is not None and not self._host_allowed(host_name(headers.get(b"host", b""))):
-            return await send_error(send, 421, "this server does not answer to that Host name: connect to it by a "
-                                    "loopback address or start it with --allowed-host NAME",
-                                    code="host_not_allowed", headers=CLOSE)
+            return await refuse(421, "this server does not answer to that Host name: connect to it by a loopback "
+                                "address or start it with --allowed-host NAME", code="host_not_allowed")
         key = self._key(headers)
         if scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS" and self.api_keys and key is None:
-            return await send_error(send, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                    code="invalid_api_key", type="authentication_error", headers=CLOSE)
-        body = await self._read_body(headers, receive, send)
+            return await refuse(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                code="invalid_api_key", type="authentication_error")
+        body = await self._read_body(headers, receive, refuse)
         if body is None:
             return
         scope.setdefault("state", {})["cache_namespace"] = key_namespace(key)
@@ -185,30 +188,30 @@ class ServerGate:
         matches = [key for key in self.api_keys if hmac.compare_digest(token, key)]
         return matches[0] if matches and scheme.lower() == b"bearer" else None
 
-    async def _read_body(self, headers: dict[bytes, bytes], receive, send) -> bytes | None:
-        """The whole body, or None after answering 413 (too large) or 408 (too slow), or when the client left."""
+    async def _read_body(self, headers: dict[bytes, bytes], receive, refuse) -> bytes | None:
+        """The whole body, or None after refusing it with 413 (too large) or 408 (too slow), or when the client
+        left."""
         limits = self.body
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limits.max_bytes:  # refused before waiting for any of it
-            return await self._too_large(send)
+            return await self._too_large(refuse)
         chunks, size = [], 0
         deadline = time.monotonic() + limits.total_timeout
         while True:
             try:
                 message = await asyncio.wait_for(receive(), min(limits.idle_timeout, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                await send_error(send, 408, "the request body arrived too slowly", code="body_timeout", headers=CLOSE)
+                await refuse(408, "the request body arrived too slowly", code="body_timeout")
                 return None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limits.max_bytes:
-                return await self._too_large(send)
+                return await self._too_large(refuse)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _too_large(self, send) -> None:
-        await send_error(send, 413, f"the request body exceeds {self.body.max_bytes} bytes", code="body_too_large",
-                         headers=CLOSE)
+    async def _too_large(self, refuse) -> None:
+        await refuse(413, f"the request body exceeds {self.body.max_bytes} bytes", code="body_too_large")
