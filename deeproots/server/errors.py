@@ -1,7 +1,8 @@
 """OpenAI-style error bodies: {"error": {"message", "type", "param", "code"}}, and the handlers that make them.
 
-A client's mistake is a 4xx naming what was wrong (and one log line saying so); anything else (deeproots.errors.InternalError, an unexpected
-exception, an engine failure) is a 500 whose message names an error id, logged with the traceback.
+A client's mistake is a 4xx naming what was wrong (and one log line saying so); anything else
+(deeproots.errors.InternalError, an unexpected exception, an engine failure) is a 500 whose message names an error
+id, logged with the traceback.
 """
 
 from __future__ import annotations

@@ -259,17 +259,23 @@ class ModelPool:
         return memory
 
     @property
-    def committed(self) -> int:
-        """Bytes held or about to be: loaded models, loads in progress, unloads not finished."""
+    def held(self) -> int:
+        """Bytes of the loaded models and the loads in progress."""
         return (sum(resident.memory.total for resident in self.residents.values())
-                + sum(memory.total for memory in self._reserved.values())
-                + sum(memory.total for memory in self._unloading.values()))
+                + sum(memory.total for memory in self._reserved.values()))
+
+    @property
+    def unloading(self) -> int:
+        """Bytes the unloads in progress still hold."""
+        return sum(memory.total for memory in self._unloading.values())
 
     async def _make_room(self, source: ModelSource, memory: MemoryEstimate) -> None:
-        """Unload idle models, least recently used first, until `memory` fits in the budget."""
-        while self.max_memory is not None and self.committed + memory.total > self.max_memory:
+        """Unload idle models, least recently used first, until `memory` fits in the budget (counting what the
+        unloads in progress still hold until they are done)."""
+        budget = self.max_memory
+        while budget is not None and self.held + self.unloading + memory.total > budget:
             idle = [name for name, resident in self.residents.items() if self._unloadable(name, resident)]
-            if idle:
+            if self.held + memory.total > budget and idle:
                 victim = min(idle, key=lambda name: self.residents[name].last_used)
                 self._unload(victim, f"least recently used, to make room for {source.name}")
             elif self._unloading:
@@ -277,7 +283,7 @@ class ModelPool:
             else:
                 busy = ", ".join(self.residents)
                 raise APIError(503, f"model {source.name!r} (about {memory}) does not fit in the memory budget "
-                                    f"(--max-memory {human_bytes(self.max_memory)}) while {busy} answer requests; "
+                                    f"(--max-memory {human_bytes(budget)}) while {busy} answer requests; "
                                     "try again when they are done", type="server_error", code="memory_busy")
 
     def _unloadable(self, name: str, resident: Resident) -> bool:
