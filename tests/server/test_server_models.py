@@ -2,11 +2,13 @@
 served by one process, concurrent requests to both all answered (each as it is answered alone), aliases, a 404 with
 did-you-mean, /v1/models/{id}; Ollama's /api/tags and /api/ps read with the official `ollama` client and checked
 against the files (hashlib, the `gguf` package); a model reloaded after its idle timeout; the memory budget evicting
-the least recently used model; `deeproots ps` as a subprocess."""
+the least recently used model (and SIGTERM with two models loaded); `deeproots ps` as a subprocess."""
 
+import functools
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +45,7 @@ def wait_for(condition, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+@functools.cache  # the gguf package reads Gemma's 262k-token vocabulary in ~20 s
 def expected_memory(path) -> int:
     """Weights (the tensors' bytes) + f16 KV for the engine's budget (parallel x ctx) and the prefix cache (ctx),
     from the gguf package's reader."""
@@ -193,6 +196,8 @@ def test_past_the_memory_budget_the_least_recently_used_model_is_unloaded(smollm
         assert loaded(server) == {SMOLLM2, GEMMA}
         answer(client, "smollm2-copy")  # SmolLM2 was used before Gemma
         assert loaded(server) == {GEMMA, "smollm2-copy"}
+        server.process.send_signal(signal.SIGTERM)  # stops both engines and exits cleanly
+        assert server.process.wait(timeout=30) == 0
     finally:
         server.stop()
 
