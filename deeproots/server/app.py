@@ -18,7 +18,7 @@ def build_app(pool: ModelPool, *, api_keys: list[str], cors_origins: list[str], 
     """Returns (the ASGI app, its gate: the switch for draining and the requests in flight)."""
     api = create_app(ServerState(pool, log_prompts))
     api.include_router(conversations_router(ConversationStore(default_path())))
-    api.include_router(model_router(pool.models.resolve(None)))
+    api.include_router(model_router(pool.models))
     gate = ServerGate(ModelLeases(api), api_keys=api_keys, body=body, allowed_hosts=allowed_hosts)
     if not cors_origins:
         return WithWebPage(gate), gate
