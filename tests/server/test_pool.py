@@ -9,6 +9,7 @@ import logging
 import httpx
 import pytest
 
+from deeproots.engine import EngineConfig
 from deeproots.errors import RequestError
 from deeproots.server.commands import memory_option
 from deeproots.server.middleware import BodyLimits, ServerGate
@@ -16,7 +17,6 @@ from deeproots.server.openai import create_app
 from deeproots.server.pool import LoadOptions, ModelLeases, ModelPool, parse_keep_alive
 from deeproots.server.servable import ModelSource, ServableModels, servable_models
 from deeproots.server.state import ServerState
-from deeproots.engine import EngineConfig
 from deeproots.store import ModelStore
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"

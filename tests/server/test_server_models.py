@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import gguf
-import httpx
 import ollama
 import openai
 import pytest
