@@ -18,7 +18,7 @@ from .anthropic_shapes import MessageShapes
 from .chat_plan import plan_chat
 from .errors import ClassifiedRoute
 from .one_answer import answer
-from .openai import State
+from .state import State
 from .translate import as_chat_request
 
 router = APIRouter(route_class=ClassifiedRoute)

@@ -2,7 +2,8 @@
 
 OpenAI's {"error": {"message", "type", "param", "code"}} everywhere but under the Anthropic Messages paths
 ({"type": "error", "error": {"type", "message"}}) and Ollama's (/api/chat ...: {"error": "message"}), so each
-official client raises its usual exceptions. A client's mistake is a 4xx naming what was wrong; anything else
+official client raises its usual exceptions. A client's mistake is a 4xx naming what was wrong (and one log line
+saying so); anything else
 (deeproots.errors.InternalError, an unexpected exception, an engine failure) is a 500 whose message names an error
 id, logged with the traceback.
 """
@@ -69,6 +70,12 @@ def invalid_body_error(error: RequestValidationError) -> APIError:
     return APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param)
 
 
+def log_rejected(method: str, path: str, status: int, message: str) -> None:
+    """The one log line of a request refused with a 4xx: which route, the status and why."""
+    if status < 500:
+        log.info("rejected %s %s status=%d: %s", method, path, status, message)
+
+
 def internal_error(error: BaseException) -> APIError:
     """A 500 naming a fresh error id; the log line under that id holds the traceback (the client never sees it)."""
     error_id = f"err_{secrets.token_hex(8)}"
@@ -103,9 +110,13 @@ class ClassifiedRoute(APIRoute):
             except HTTPException:  # FastAPI's own: the app's handler shapes it
                 raise
             except RequestValidationError as error:
-                return invalid_body_error(error).response(self.path)
+                failure = invalid_body_error(error)
+                log_rejected(request.method, request.url.path, 400, failure.message)
+                return failure.response(self.path)
             except Exception as error:
-                return as_api_error(error).response(self.path)
+                failure = as_api_error(error)
+                log_rejected(request.method, request.url.path, failure.status, failure.message)
+                return failure.response(self.path)
 
         return classified
 
@@ -114,10 +125,13 @@ def install_error_handlers(app: FastAPI) -> None:
     """FastAPI's and Starlette's own errors (invalid bodies, unknown routes, wrong methods) in the path's shape."""
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        return invalid_body_error(error).response(request.url.path)
+        failure = invalid_body_error(error)
+        log_rejected(request.method, request.url.path, 400, failure.message)
+        return failure.response(request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         kind = "server_error" if error.status_code >= 500 else "invalid_request_error"
+        log_rejected(request.method, request.url.path, error.status_code, str(error.detail))
         return error_response(error.status_code, str(error.detail), type=kind, headers=error.headers,
                               path=request.url.path)

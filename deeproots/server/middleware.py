@@ -5,7 +5,6 @@ ending what is left at the shutdown deadline. Refusals come in the shape of the 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from ..errors import RequestError
-from .errors import RETRY_AFTER_SECONDS, error_body
+from .errors import RETRY_AFTER_SECONDS, error_body, log_rejected
 
 ASGIApp = Callable[..., Awaitable[None]]
 OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (load balancers probe it)
@@ -154,17 +153,20 @@ class ServerGate:
 
     async def _serve(self, scope, receive, send) -> None:
         headers = dict(scope["headers"])
-        refuse = functools.partial(send_error, send, path=scope["path"])  # errors in the shape of the path's API
+
+        async def refuse(status: int, message: str, **fields) -> None:  # errors in the shape of the path's API
+            log_rejected(scope["method"], scope["path"], status, message)
+            await send_error(send, status, message, headers=CLOSE, path=scope["path"], **fields)
+
         if self.draining:
-            return await refuse(503, SHUTTING_DOWN, code="shutting_down", type="server_error", headers=CLOSE)
+            return await refuse(503, SHUTTING_DOWN, code="shutting_down", type="server_error")
         if self.allowed_hosts is not None and not self._host_allowed(host_name(headers.get(b"host", b""))):
-            return await refuse(421, "this server does not answer to that Host name: connect to it by a "
-                                "loopback address or start it with --allowed-host NAME",
-                                code="host_not_allowed", headers=CLOSE)
+            return await refuse(421, "this server does not answer to that Host name: connect to it by a loopback "
+                                "address or start it with --allowed-host NAME", code="host_not_allowed")
         key = self._key(headers)
         if scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS" and self.api_keys and key is None:
             return await refuse(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
-                                code="invalid_api_key", type="authentication_error", headers=CLOSE)
+                                code="invalid_api_key", type="authentication_error")
         body = await self._read_body(headers, receive, refuse)
         if body is None:
             return
@@ -195,7 +197,8 @@ class ServerGate:
         return matches[0] if matches else None
 
     async def _read_body(self, headers: dict[bytes, bytes], receive, refuse) -> bytes | None:
-        """The whole body, or None after answering 413 (too large) or 408 (too slow), or when the client left."""
+        """The whole body, or None after refusing it with 413 (too large) or 408 (too slow), or when the client
+        left."""
         limits = self.body
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limits.max_bytes:  # refused before waiting for any of it
@@ -206,7 +209,7 @@ class ServerGate:
             try:
                 message = await asyncio.wait_for(receive(), min(limits.idle_timeout, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                await refuse(408, "the request body arrived too slowly", code="body_timeout", headers=CLOSE)
+                await refuse(408, "the request body arrived too slowly", code="body_timeout")
                 return None
             if message["type"] == "http.disconnect":
                 return None
@@ -219,5 +222,4 @@ class ServerGate:
                 return b"".join(chunks)
 
     async def _too_large(self, refuse) -> None:
-        await refuse(413, f"the request body exceeds {self.body.max_bytes} bytes", code="body_too_large",
-                     headers=CLOSE)
+        await refuse(413, f"the request body exceeds {self.body.max_bytes} bytes", code="body_too_large")

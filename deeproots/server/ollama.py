@@ -22,7 +22,9 @@ from .ollama_request import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaE
                              OllamaShowRequest, chat_fields, generate_fields, json_body, keep_alive_seconds)
 from .ollama_shapes import GenerateShapes, OllamaShapes, nanoseconds, now
 from .one_answer import answer
-from .openai import ServedModel, State, embedding_inputs, embedding_vectors
+from .openai import embedding_inputs, embedding_vectors
+from .pool import ServedModel
+from .state import State
 from .translate import as_chat_request
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (think, tools, format schemas, /api/embed)
@@ -30,10 +32,8 @@ router = APIRouter(route_class=ClassifiedRoute)
 
 
 async def served_for(state, body) -> ServedModel:
-    """The model the body names. Its keep_alive is checked, then left aside: this server keeps its model loaded
-    (the model pool takes it as `state.served(body.model, keep_alive_seconds(body.keep_alive))`)."""
-    keep_alive_seconds(body.keep_alive)
-    return await state.served(body.model)
+    """The model the body names, kept loaded after this request for its keep_alive (None: the server's default)."""
+    return await state.served(body.model, keep_alive_seconds(body.keep_alive))
 
 
 @router.post("/api/chat")

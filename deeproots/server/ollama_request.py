@@ -11,19 +11,16 @@ that follow answer them in order. `num_ctx` and the other runner options are acc
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import RequestError
 from .errors import APIError, invalid_body_error
+from .pool import parse_keep_alive
 from .schemas import MAX_STOPS, MAX_TOKENS_LIMIT, Body, StopString
 from .translate import tool_call
-
-DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class Options(Body):
@@ -161,25 +158,14 @@ def chat_messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
 
 
 def keep_alive_seconds(value: float | str | None) -> float | None:
-    """Ollama's keep_alive in seconds: a number of seconds or a Go duration ("5m", "1h30m", "-1"); negative means
-    forever (math.inf); None: the server's default."""
+    """Ollama's keep_alive in seconds (pool.parse_keep_alive's forms; negative: -1, forever); None: the server's
+    default."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = float(text)
-        except ValueError:
-            sign = -1.0 if text.startswith("-") else 1.0
-            body = text.lstrip("+-")
-            parts = DURATION_PART.findall(body)
-            if not parts or "".join(number + unit for number, unit in parts) != body:
-                raise APIError(400, f"keep_alive must be seconds or a duration such as '5m', got {value!r}",
-                               param="keep_alive") from None
-            value = sign * sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
-    if math.isnan(value):
-        raise APIError(400, "keep_alive must be a number of seconds or a duration", param="keep_alive")
-    return math.inf if value < 0 else float(value)
+    try:
+        return parse_keep_alive(value)
+    except RequestError as error:
+        raise APIError(400, str(error), param="keep_alive") from None
 
 
 def json_body(schema: type[BaseModel]):

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from .errors import ClassifiedRoute
 from .one_answer import answer
-from .openai import State
+from .state import State
 from .openai_responses_request import ResponsesRequest, chat_fields
 from .openai_responses_shapes import ResponseShapes
 from .translate import as_chat_request
