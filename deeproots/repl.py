@@ -236,6 +236,10 @@ class ChatSession:
             self.history.pop()
             note(f"error: {error}")
             return
+        except KeyboardInterrupt:  # before the answer began (the prompt was still being read): drop the message
+            self.history.pop()
+            print()
+            return
         self.history.append({"role": "assistant", "content": answer.text})
         if answer.finish == "context":
             note(f"(the context of {model.context} tokens filled up mid-answer; the oldest turns make room for the "

@@ -141,6 +141,7 @@ def test_a_slow_load_shows_a_progress_line_then_erases_it(gemma3_path, tmp_path)
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(smollm2_path, tmp_path):
     terminal = chat(smollm2_path, tmp_path, "-n", "2000", "--ctx", "4096")
     terminal.send("Count from one to one thousand, in words.\r")
+    terminal.expect(r"in words\.\r?\n")  # the terminal's echo of the message
     terminal.expect(r"\w+ \w+ \w+")  # the answer is streaming
     terminal.send("\x03")
     terminal.expect(">>> ", timeout=30)
