@@ -1,68 +1,33 @@
 """The OpenAI-compatible HTTP API: routes only; the engine does the work, responses.py the shapes.
 
 Nothing here is model-specific: prompts go through the model's own tokenizer and chat template. Every route is a
-module-level function of `router`; it finds the ServerState on `request.app.state` (the `State` dependency), so a
-route or helper can be imported and called alone. Tokenizing and template rendering run off the event loop: a
-huge prompt must not freeze the other requests (nor /health).
+module-level function of `router`; it finds the ServerState (state.py) with the `State` dependency and its model
+with `state.served(body.model)` (the pool, pool.py); the model listings are model_routes.py's. Tokenizing and
+template rendering run off the event loop: a huge prompt must not freeze the other requests (nor /health).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from dataclasses import dataclass
-from typing import Annotated, AsyncIterator
+from typing import AsyncIterator
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..engine import Engine
-from ..engine.grammar import GrammarCompiler
 from ..model import Model
+from . import model_routes
 from .chat import start_chat
-from .chat_plan import template_message
 from .errors import APIError, ClassifiedRoute, error_response, install_error_handlers
 from .exchange import Exchange, until_done_or_disconnected
 from .generation import GenerationJob, resolve_max_tokens, run_embeddings, sampling_params, stop_strings
-from .metrics import ServerMetrics
 from .middleware import cache_namespace
+from .pool import ServedModel
 from .responses import ChatShapes, CompletionShapes, chat_chunks, sse
-from .schemas import (MAX_INPUTS, ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
-                      EmbeddingRequest, TokenizeRequest)
-
-
-@dataclass
-class ServedModel:
-    """One model the server can answer with: its weights, its engine, and the grammars compiled for its vocabulary."""
-    name: str
-    model: Model
-    engine: Engine
-
-    def __post_init__(self) -> None:
-        self.grammars = GrammarCompiler(self.model.tokenizer, self.model.config.vocab_size)
-
-    def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
-        # Only the template's markup becomes control tokens; what the client wrote stays text.
-        return self.model.apply_chat_template([template_message(m, i) for i, m in enumerate(messages)],
-                                              tokenize=True)
-
-
-@dataclass
-class ServerState:
-    """What the routes share: the served models, found by name through served(), and the server's metrics."""
-    default: ServedModel
-    log_prompts: bool = False
-
-    def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.default.engine)
-
-    async def served(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default), or a 404 naming what is served."""
-        if name is not None and name != self.default.name:
-            raise APIError(404, f"model {name!r} does not exist; this server serves {self.default.name!r}",
-                           param="model", code="model_not_found")
-        return self.default
+from .schemas import (MAX_INPUTS, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
+                      TokenizeRequest)
+from .state import ServerState, State
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -70,14 +35,10 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.deeproots = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(model_routes.router)
     return app
 
 
-def server_state(request: Request) -> ServerState:
-    return request.app.state.deeproots
-
-
-State = Annotated[ServerState, Depends(server_state)]
 router = APIRouter(route_class=ClassifiedRoute)
 
 
@@ -85,21 +46,15 @@ router = APIRouter(route_class=ClassifiedRoute)
 
 @router.get("/health")
 async def health(state: State) -> Response:
-    if not state.default.engine.alive:
-        return error_response(503, "the engine loop is not running", type="server_error", code="engine_dead")
+    if not state.pool.alive:
+        return error_response(503, "the engine loop of a loaded model is not running", type="server_error",
+                              code="engine_dead")
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/metrics")
 async def prometheus(state: State) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-@router.get("/v1/models")
-async def list_models(state: State) -> dict:
-    served = state.default
-    return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
-                                         "owned_by": "deeproots", "max_model_len": served.model.context}]}
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -175,23 +130,30 @@ async def embeddings(body: EmbeddingRequest, request: Request, state: State) -> 
     leaves cancels them."""
     served = await state.served(body.model)
     inputs = await asyncio.to_thread(embedding_inputs, served.model, body.input)
+    vectors = await embedding_vectors(request, served, inputs, body.dimensions)
+    if vectors is None:
+        return Response(status_code=499)  # the client left; its inputs were cancelled
+    data = [{"object": "embedding", "index": index,
+             "embedding": base64.b64encode(vector.astype(np.float32).tobytes()).decode()
+             if body.encoding_format == "base64" else vector.tolist()}
+            for index, vector in enumerate(vectors)]
+    tokens = sum(len(ids) for ids in inputs)
+    return JSONResponse({"object": "list", "data": data, "model": served.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+async def embedding_vectors(request: Request, served: ServedModel, inputs: list[list[int]],
+                            dimensions: int | None) -> list[np.ndarray] | None:
+    """The inputs' vectors in order, each (dimensions or d_model,); None when the client left first."""
     vectors: dict[int, np.ndarray] = {}
 
     async def collect() -> AsyncIterator[None]:
         async for index, vector in run_embeddings(served.engine, inputs):
-            vectors[index] = vector[:body.dimensions] if body.dimensions else vector
+            vectors[index] = vector[:dimensions] if dimensions else vector
             yield
 
     await until_done_or_disconnected(request, collect())  # errors are classified by the route (ClassifiedRoute)
-    if len(vectors) < len(inputs):
-        return Response(status_code=499)  # the client left; its inputs were cancelled
-    data = [{"object": "embedding", "index": index,
-             "embedding": base64.b64encode(vectors[index].astype(np.float32).tobytes()).decode()
-             if body.encoding_format == "base64" else vectors[index].tolist()}
-            for index in range(len(inputs))]
-    tokens = sum(len(ids) for ids in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": served.name,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return [vectors[index] for index in range(len(inputs))] if len(vectors) == len(inputs) else None
 
 
 def embedding_inputs(model: Model, raw) -> list[list[int]]:
