@@ -10,7 +10,7 @@ from deeproots.server.chat_parse import ChoiceParser, Thinking, ToolCallRouter
 from deeproots.server.tool_formats import tool_format_for
 from deeproots.server.tool_formats.generic import GenericFormat
 from deeproots.tokenizer import ChatTemplate
-from tool_templates import FAMILIES, LLAMA32, MISTRAL, WEATHER, template_source
+from tool_templates import DEEPSEEK_R1, FAMILIES, LLAMA32, MISTRAL, WEATHER, template_source
 
 USER = {"role": "user", "content": "Weather in Paris and Oslo?"}
 PARIS = {"city": "Paris", "unit": "C"}
@@ -46,6 +46,11 @@ def parse(tool_format, chunks: list[str], thinking: Thinking | None = None):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_template_selects_its_family_format(name):
     assert tool_format_for(template_source(name)).name == FAMILIES[name][0]
+
+
+def test_a_template_that_renders_no_tools_gets_the_generic_form():
+    # DeepSeek-R1's template writes earlier calls in DeepSeek V3's own tokens but never reads `tools`
+    assert tool_format_for(template_source(DEEPSEEK_R1)).name == "generic-json"
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 10_000])
