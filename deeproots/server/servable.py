@@ -6,7 +6,6 @@ listings and memory estimates. The pool (pool.py) loads sources on demand.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +15,7 @@ from ..config import default_context
 from ..errors import DeeprootsError, RequestError
 from ..inspect import ModelSummary, summarize
 from ..store import CATALOG, ModelStore
+from ..suggest import did_you_mean
 from .errors import APIError
 
 OLLAMA_TAG = ":latest"  # Ollama clients name models "name:tag"; ours have no tags, so "name:latest" is "name"
@@ -83,9 +83,8 @@ class ServableModels:
 
 
 def unknown_model_text(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
-    return f"model {name!r} does not exist{hint} (this server serves: {', '.join(known)})"
+    return f"model {name!r} does not exist{did_you_mean(name, known, n=3, cutoff=0.5)} (this server serves: " \
+           f"{', '.join(known)})"
 
 
 def parse_alias(text: str) -> tuple[str, str]:
