@@ -47,7 +47,7 @@ def plan_chat(served, body: ChatCompletionRequest) -> ChatPlan:
     if functions and body.response_format is not None and body.response_format.type != "text":
         raise APIError(400, "response_format cannot be combined with tools; send tool_choice \"none\" or no "
                             "response_format", param="response_format")
-    tool_format = tool_format_for(template.source) if functions else None
+    tool_format = tool_format_for(template.source, functions) if functions else None
     messages = [template_message(message, index) for index, message in enumerate(body.messages)]
     variables = template_variables(body)
     if tool_format:

@@ -6,14 +6,16 @@ To add a format: subclass ToolFormat in a module of its own and put it in FORMAT
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from .base import FunctionSpec, ParsedCall, ParsedRegion, ToolFormat, ToolParseError
+from .gemma import GemmaFormat
 from .generic import GenericFormat
 from .hermes import HermesFormat
 from .llama3 import Llama3Format
 from .mistral import MistralFormat
 
-FORMATS: tuple[type[ToolFormat], ...] = (MistralFormat, HermesFormat, Llama3Format)
+FORMATS: tuple[type[ToolFormat], ...] = (GemmaFormat, MistralFormat, HermesFormat, Llama3Format)
 _USES_TOOLS = re.compile(r"\btools\b")
 
 
@@ -22,13 +24,14 @@ def renders_tools(template_source: str) -> bool:
     return bool(_USES_TOOLS.search(template_source))
 
 
-def tool_format_for(template_source: str) -> ToolFormat:
-    """The format the template teaches the model; the generic JSON form where it knows no tools."""
+def tool_format_for(template_source: str, functions: Sequence[FunctionSpec] = ()) -> ToolFormat:
+    """The format the template teaches the model, for these offered functions; the generic JSON form where it
+    knows no tools."""
     if renders_tools(template_source):
         for format_class in FORMATS:
             if format_class.recognizes(template_source):
-                return format_class()
-    return GenericFormat()
+                return format_class(functions)
+    return GenericFormat(functions)
 
 
 __all__ = ["FORMATS", "FunctionSpec", "ParsedCall", "ParsedRegion", "ToolFormat", "ToolParseError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 # The JSON a model was trained on in these templates is Python's json.dumps / Jinja's tojson: ", " and ": " between
 # items, no other whitespace (flexible whitespace lets a small model pad forever).
@@ -51,6 +51,9 @@ class ToolFormat:
     name: ClassVar[str]
     openings: ClassVar[tuple[str, ...]]  # text that starts a call region; ("",): the whole answer is the region
     closing: ClassVar[str | None]  # text that ends a region; None: the region runs to the end of the answer
+
+    def __init__(self, functions: Sequence[FunctionSpec] = ()):
+        self.functions = tuple(functions)  # the offered functions, for a format whose parse() checks calls
 
     @staticmethod
     def recognizes(template_source: str) -> bool:
