@@ -9,16 +9,18 @@ import jsonschema
 import openai
 import pytest
 from live_server import LiveServer
-from tool_templates import FAMILIES, LLAMA32, MISTRAL, QWEN3, QWEN25, template_source
+from tool_templates import FAMILIES, GEMMA4, LLAMA32, MISTRAL, QWEN3, QWEN25, template_source
 
 import deeproots
 from deeproots.server.chat_plan import plan_chat
 from deeproots.server.schemas import ChatCompletionRequest
+from deeproots.server.tool_formats import tool_format_for
 
 pytestmark = pytest.mark.slow  # transformers, and a server process per family
 
-ARCHITECTURE = {QWEN25: "qwen2", QWEN3: "qwen3", LLAMA32: "llama", MISTRAL: "mistral"}
-CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"],
+# Gemma 4 through the Gemma 3 architecture: the template and its call syntax are what is tested
+ARCHITECTURE = {QWEN25: "qwen2", QWEN3: "qwen3", LLAMA32: "llama", MISTRAL: "mistral", GEMMA4: "gemma3_text"}
+CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}, "required": ["city"],
         "additionalProperties": False}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
                                            "parameters": CITY}}]
@@ -33,7 +35,7 @@ CONVERSATION = [  # call ids of 9 alphanumerics, as Mistral's template demands
     {"role": "user", "content": "And in Oslo?"}]
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=[*FAMILIES, GEMMA4])
 def family(request, tiny_checkpoint, tmp_path_factory):
     """(template name, folder of a tiny checkpoint of the family with its published template)."""
     source, _ = tiny_checkpoint(ARCHITECTURE[request.param])
@@ -60,6 +62,8 @@ def test_the_prompt_with_tools_calls_and_results_is_the_one_transformers_renders
     ours = plan_chat(Served(model), body).prompt_ids
     hf_messages = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.loads(
         c["function"]["arguments"])}} for c in m["tool_calls"]]} if "tool_calls" in m else m for m in CONVERSATION]
+    # the conversation as the format hands it to the template (Gemma's results join the calling turn)
+    hf_messages = tool_format_for(template_source(name)).prompt_messages(hf_messages, [])
     theirs = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
         hf_messages, tools=TOOLS, add_generation_prompt=True, tokenize=False, **DATE)
     # The text is transformers'; its ids are our tokenizer's reading of it (the tiny checkpoints carry SmolLM2's
@@ -68,13 +72,16 @@ def test_the_prompt_with_tools_calls_and_results_is_the_one_transformers_renders
     assert ours == model.tokenizer.encode(theirs, add_bos=False, parse_special=True)
 
 
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
 def test_a_required_call_from_random_weights_is_a_valid_call(family):
     name, folder = family
     server = LiveServer(folder)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
-        for stream in (False, True):
-            body = dict(model=client.models.list().data[0].id, messages=CONVERSATION, tools=TOOLS, tool_choice="required",
+        for stream, choice in ((False, "required"), (True, "required"), (False, NAMED)):
+            body = dict(model=client.models.list().data[0].id, messages=CONVERSATION, tools=TOOLS, tool_choice=choice,
                         max_tokens=60, temperature=1.0, seed=1, extra_body={"chat_template_kwargs": DATE})
             if stream:
                 with client.chat.completions.stream(**body) as events:

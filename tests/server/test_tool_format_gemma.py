@@ -5,8 +5,10 @@ results folded into the turn the template expects."""
 import itertools
 import json
 import re
+from functools import cache
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from deeproots.server.chat_output import TextDelta
 from deeproots.server.chat_parse import ChoiceParser
@@ -29,8 +31,21 @@ RICH = {"city": 'Paris, "the" {capital}: [1]', "unit": "C", "days": 3, "scale": 
         "cached": False, "since": None, "where": {"lat": 48.85, "tags": ["old", {"k": [1, [2]]}], "none": {}},
         "empty": [], "text": "line one\nline two"}
 CALLS = [("get_weather", RICH), ("get_weather", {"city": "Oslo"})]
+# Random arguments the template can write unambiguously: keys it writes bare (no syntax characters), strings without
+# the <|"|> marker (nothing escapes it), finite numbers (Jinja prints floats as Python does: 1e-05, 1e+16); assigned
+# characters only (the default model's vocabulary cannot spell some unassigned ones)
+UNASSIGNED = ("Cs", "Cn", "Co")  # surrogates, unassigned and private-use code points
+KEYS = st.text(st.characters(blacklist_characters=':,{}[]<>"', blacklist_categories=(*UNASSIGNED, "Z", "Cc")),
+               min_size=1, max_size=8)
+STRINGS = st.text(st.characters(blacklist_categories=UNASSIGNED), max_size=12).filter(lambda text: QUOTE not in text)
+SCALARS = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False, allow_infinity=False)
+           | STRINGS)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+                      max_leaves=8)
+ARGUMENTS = st.dictionaries(KEYS, VALUES, max_size=4)
 
 
+@cache
 def template() -> ChatTemplate:
     return ChatTemplate(template_source(GEMMA4), bos_token="<bos>", eos_token="<eos>")
 
@@ -67,6 +82,13 @@ def test_parser_reads_back_the_calls_the_template_writes(size):
     assert answer.content == "" and answer.finish_reason == "tool_calls"
 
 
+@settings(max_examples=100, deadline=None)
+@given(ARGUMENTS, st.integers(1, 9))
+def test_parser_reads_back_any_arguments_the_template_writes(arguments, size):
+    _, answer = parse(assistant_text([("get_weather", arguments)]), size)
+    assert [(call.name, json.loads(call.arguments)) for call in answer.tool_calls] == [("get_weather", arguments)]
+
+
 @pytest.mark.parametrize("size", [1, 4, 10_000])
 def test_prose_before_a_call_streams_as_content_and_partial_tags_are_held(size):
     text = "Let me look.\n" + assistant_text(CALLS[1:])
@@ -97,9 +119,9 @@ def test_a_call_that_does_not_parse_or_validate_comes_back_whole_as_content(text
 
 
 def test_the_string_body_regex_is_exactly_the_text_without_the_quote_marker():
-    # Checked against Python's own regex engine over every string of up to 8 characters of the marker's alphabet
+    # Checked against Python's own regex engine over every string of up to 7 characters of the marker's alphabet
     body = re.compile(NO_QUOTE)
-    for length in range(9):
+    for length in range(8):
         for letters in itertools.product('<|">a', repeat=length):
             text = "".join(letters)
             assert bool(body.fullmatch(text)) == (QUOTE not in text), text
@@ -125,18 +147,20 @@ def test_tool_results_join_the_calling_turn_as_the_template_takes_them():
     assert '4 C<|"|>}<tool_response|>18 C and 4 C.<turn|>\n<|turn>user\nThanks<turn|>\n' in rendered
 
 
-@pytest.mark.slow  # loads the default model's vocabulary for llguidance
-def test_the_grammars_admit_the_template_text_and_refuse_what_is_not_a_call(smollm2):
+@pytest.fixture(scope="module")
+def admits(smollm2):
+    """admits(required, text): whether the format's grammar (all calls, parallel) takes `text` whole, over the
+    default model's vocabulary."""
     from deeproots.engine.grammar import ConstraintError, GrammarCompiler
     from deeproots.server.chat_plan import control_marker
 
     tokenizer = smollm2.tokenizer
     compiler = GrammarCompiler(tokenizer, smollm2.config.vocab_size)
-    gemma = GemmaFormat(FUNCTIONS)
+    grammars = {required: compiler.lark("start: calls\n" + GemmaFormat(FUNCTIONS).grammar(
+        FUNCTIONS, True, required, control_marker(tokenizer)), "tools") for required in (False, True)}
 
     def admits(required: bool, text: str) -> bool:
-        grammar = "start: calls\n" + gemma.grammar(FUNCTIONS, True, required, control_marker(tokenizer))
-        constraint = compiler.lark(grammar, "tools").constraint()
+        constraint = grammars[required].constraint()
         try:
             for token_id in tokenizer.encode(text, add_bos=False, parse_special=True):
                 if not constraint.allowed()[token_id]:
@@ -146,9 +170,22 @@ def test_the_grammars_admit_the_template_text_and_refuse_what_is_not_a_call(smol
             return False
         return constraint.matcher.is_accepting()
 
+    return admits
+
+
+@pytest.mark.slow  # loads the default model's vocabulary for llguidance
+def test_the_grammars_admit_the_template_text_and_refuse_what_is_not_a_call(admits):
     assert admits(False, assistant_text(CALLS))  # auto: Gemma's syntax, any offered name
     assert not admits(False, '<|tool_call>call:get_time{}<tool_call|>')
     assert not admits(False, '<|tool_call>call:get_weather{city:<|"|>a<|"|>b<|"|>}<tool_call|>')
+    assert not admits(False, '<|tool_call>call:get_weather{city: <|"|>Oslo<|"|>}<tool_call|>')  # no padding
     assert admits(True, '<|tool_call>call:get_weather{"city":"Oslo"}<tool_call|>')  # required: schema-held JSON
     assert not admits(True, '<|tool_call>call:get_weather{"unit":"C"}<tool_call|>')
     assert not admits(True, assistant_text(CALLS[1:]))
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(ARGUMENTS.filter(lambda arguments: all(" " not in key for key in arguments)))
+def test_the_auto_grammar_admits_any_call_the_template_writes(admits, arguments):
+    assert admits(False, assistant_text([("get_weather", arguments)]))
