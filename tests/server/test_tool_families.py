@@ -1,6 +1,9 @@
 """Tool calling of other families through tiny random checkpoints carrying their real published templates
 (tests/server/templates): the prompt with tools, calls and results is the one transformers renders, and a required
-call comes back as a valid call of the family's format even from random weights (the grammar sees to it)."""
+or named call comes back as a valid call of the family's format even from random weights (the grammar sees to it).
+Gemma 4's checkpoint has its markers as control tokens, as its own vocabulary has."""
+
+import copy
 
 import json
 import shutil
@@ -9,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 from live_server import LiveServer
-from tool_templates import FAMILIES, GEMMA4, LLAMA32, MISTRAL, QWEN3, QWEN25, template_source
+from tool_templates import FAMILIES, GEMMA4, GEMMA4_CONTROL_TOKENS, LLAMA32, MISTRAL, QWEN3, QWEN25, template_source
 
 import deeproots
 from deeproots.server.chat_plan import plan_chat
@@ -35,14 +38,32 @@ CONVERSATION = [  # call ids of 9 alphanumerics, as Mistral's template demands
     {"role": "user", "content": "And in Oslo?"}]
 
 
+@pytest.fixture(scope="module")
+def gemma4_checkpoint(hf_smollm2, tmp_path_factory):
+    """A tiny checkpoint whose vocabulary has Gemma 4's markers as control tokens, as Gemma 4's own has."""
+    from tiny_checkpoints import CheckpointMaker
+
+    tokenizer = copy.deepcopy(hf_smollm2[0])
+    tokenizer.add_special_tokens({"additional_special_tokens": GEMMA4_CONTROL_TOKENS})
+    return with_template(CheckpointMaker(tmp_path_factory, tokenizer)(ARCHITECTURE[GEMMA4])[0], GEMMA4,
+                         tmp_path_factory)
+
+
 @pytest.fixture(scope="module", params=[*FAMILIES, GEMMA4])
 def family(request, tiny_checkpoint, tmp_path_factory):
     """(template name, folder of a tiny checkpoint of the family with its published template)."""
-    source, _ = tiny_checkpoint(ARCHITECTURE[request.param])
-    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == GEMMA4:
+        return GEMMA4, request.getfixturevalue("gemma4_checkpoint")
+    return request.param, with_template(tiny_checkpoint(ARCHITECTURE[request.param])[0], request.param,
+                                        tmp_path_factory)
+
+
+def with_template(source, name: str, tmp_path_factory):
+    """A copy of the checkpoint folder `source` carrying the published template `name`."""
+    folder = tmp_path_factory.mktemp(name)
     shutil.copytree(source, folder, dirs_exist_ok=True)
-    (folder / "chat_template.jinja").write_text(template_source(request.param))
-    return request.param, folder
+    (folder / "chat_template.jinja").write_text(template_source(name))
+    return folder
 
 
 class Served:  # what plan_chat reads of a served model
@@ -94,3 +115,30 @@ def test_a_required_call_from_random_weights_is_a_valid_call(family):
                 jsonschema.validate(json.loads(call.function.arguments), CITY)
     finally:
         server.stop()
+
+
+def test_gemmas_lazy_grammar_holds_a_started_call_to_the_syntax_with_its_control_tokens(gemma4_checkpoint):
+    model = deeproots.load(gemma4_checkpoint)
+    tokenizer = model.tokenizer
+    assert all(tokenizer.find_control_tokens(marker) for marker in GEMMA4_CONTROL_TOKENS)
+    served = Served(model)
+    body = ChatCompletionRequest(model="m", messages=CONVERSATION, tools=TOOLS, chat_template_kwargs=DATE)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_bos=False, parse_special=True)
+
+    def admitted(answer: list[int]) -> bool:
+        """Whether auto's constraint lets the model write these tokens, which then leave only the answer's end."""
+        constraint = plan_chat(served, body).constraint()
+        for token_id in answer:
+            if not constraint.allowed()[token_id]:
+                return False
+            constraint.accept(token_id)
+        return constraint.inner is not None and constraint.inner.matcher.is_accepting()
+
+    assert admitted(ids('Checking.<|tool_call>call:get_weather{city:<|"|>Oslo, "north" {x}<|"|>}<tool_call|>'))
+    assert not admitted(ids('<|tool_call>call:get_time{city:<|"|>Oslo<|"|>}<tool_call|>'))
+    # the quote marker spelt in plain text is not the marker: the string cannot hold it, nor end with it
+    plain_quote = tokenizer.encode('<|"|>', add_bos=False)
+    assert len(plain_quote) > 1
+    assert not admitted(ids('<|tool_call>call:get_weather{city:<|"|>Oslo') + plain_quote + ids("}<tool_call|>"))

@@ -55,9 +55,10 @@ class ToolFormat:
     def __init__(self, functions: Sequence[FunctionSpec] = ()):
         self.functions = tuple(functions)  # the offered functions, for a format whose parse() checks calls
 
-    @staticmethod
-    def recognizes(template_source: str) -> bool:
-        raise NotImplementedError
+    @classmethod
+    def recognizes(cls, template_source: str) -> bool:
+        """Whether the template teaches this format: by default, it writes the format's opening."""
+        return cls.openings[0] in template_source
 
     def parse(self, region: str) -> ParsedRegion:
         """The calls in one region's text (from its opening through its closing); ToolParseError if it holds none."""

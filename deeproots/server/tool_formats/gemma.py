@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import FunctionSpec, Marker, ParsedCall, ParsedRegion, ToolFormat, ToolParseError, json_rule
+from .base import FunctionSpec, Marker, ParsedCall, ParsedRegion, ToolFormat, ToolParseError
 
 OPEN, CLOSE, QUOTE = "<|tool_call>", "<tool_call|>", '<|"|>'
 CALL = "call:"
-# Text that never holds <|"|> (the automaton of "no <|"|> yet", unrolled; the string's text, which nothing escapes)
-_SEEN_OPEN = r'<(<|\|<|\|"<|\|"\|<)*'
-NO_QUOTE = rf'([^<]|{_SEEN_OPEN}([^<|]|\|[^<"]|\|"[^<|]|\|"\|[^<>]))*({_SEEN_OPEN}(\||\|"|\|"\|)?)?'
+# A string's text: anything that does not hold <|"|> (nothing escapes it). The regex is the automaton "how much of
+# <|"|> was just read", unrolled: MARKER_BEGUN reads a "<" and the marker's false starts after it (each ends in "<")
+MARKER_BEGUN = r'<(<|\|<|\|"<|\|"\|<)*'
+NO_QUOTE = rf'([^<]|{MARKER_BEGUN}([^<|]|\|[^<"]|\|"[^<|]|\|"\|[^<>]))*({MARKER_BEGUN}(\||\|"|\|"\|)?)?'
 QUOTE_REGEX = r'<\|"\|>'
 # A key as the template writes it: bare, up to the ":" (or, as its declarations write them, a quoted string)
 KEY_STOPS = ":,{}[]<>\n"
@@ -37,10 +38,6 @@ class GemmaFormat(ToolFormat):
     name = "gemma"
     openings = (OPEN,)
     closing = CLOSE
-
-    @staticmethod
-    def recognizes(template_source: str) -> bool:
-        return OPEN in template_source
 
     def parse(self, region: str) -> ParsedRegion:
         body = region.removeprefix(OPEN).removesuffix(CLOSE).strip()
@@ -89,7 +86,7 @@ class GemmaFormat(ToolFormat):
                             "response": tool_response(message["content"])}
                 last["tool_responses"] = [*last.get("tool_responses", []), response]
             elif (message["role"] == "assistant" and not message.get("tool_calls") and last is not None
-                  and last.get("tool_responses") and not last["content"]):
+                  and last.get("tool_responses") and not last.get("content")):
                 last["content"] = message["content"]
             else:
                 rewritten.append(dict(message))

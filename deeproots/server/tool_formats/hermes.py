@@ -12,10 +12,6 @@ class HermesFormat(ToolFormat):
     openings = (OPEN,)
     closing = CLOSE
 
-    @staticmethod
-    def recognizes(template_source: str) -> bool:
-        return OPEN in template_source
-
     def parse(self, region: str) -> ParsedRegion:
         body = region.removeprefix(OPEN).removesuffix(CLOSE)
         return ParsedRegion([named_call(loads_object(body.strip(), "the call"))])

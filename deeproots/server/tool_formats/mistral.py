@@ -17,10 +17,6 @@ class MistralFormat(ToolFormat):
     openings = (OPEN,)
     closing = None
 
-    @staticmethod
-    def recognizes(template_source: str) -> bool:
-        return OPEN in template_source
-
     def parse(self, region: str) -> ParsedRegion:
         try:
             value = json.loads(region.removeprefix(OPEN).strip())
