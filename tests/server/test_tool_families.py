@@ -142,3 +142,30 @@ def test_gemmas_lazy_grammar_holds_a_started_call_to_the_syntax_with_its_control
     plain_quote = tokenizer.encode('<|"|>', add_bos=False)
     assert len(plain_quote) > 1
     assert not admitted(ids('<|tool_call>call:get_weather{city:<|"|>Oslo') + plain_quote + ids("}<tool_call|>"))
+
+
+def test_gemmas_auto_call_that_fails_the_schema_comes_back_as_content(gemma4_checkpoint):
+    # logit_bias steers random weights (greedy): open a call, then empty strings, then close the object, so the
+    # lazy grammar engages and the call it holds to the syntax, {"": ""}, lacks the required city
+    tokenizer = deeproots.load(gemma4_checkpoint).tokenizer
+
+    def token(text: str) -> str:
+        (token_id,) = tokenizer.encode(text, add_bos=False, parse_special=True)
+        return str(token_id)
+
+    bias = {token("<|tool_call>"): 100, token('<|"|>'): 50, token("}"): 30}
+    expected = '<|tool_call>call:get_weather{<|"|><|"|>:<|"|><|"|>}<tool_call|>'
+    server = LiveServer(gemma4_checkpoint)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
+        body = dict(model=client.models.list().data[0].id, messages=CONVERSATION, tools=TOOLS, tool_choice="auto",
+                    parallel_tool_calls=False, max_tokens=40, temperature=0, logit_bias=bias,
+                    extra_body={"chat_template_kwargs": DATE})
+        choice = client.chat.completions.create(**body).choices[0]
+        assert (choice.message.content, choice.message.tool_calls, choice.finish_reason) == (expected, None, "stop")
+        with client.chat.completions.stream(**body) as events:
+            streamed = events.get_final_completion().choices[0]
+        assert (streamed.message.content, streamed.message.tool_calls, streamed.finish_reason) == \
+            (expected, None, "stop")
+    finally:
+        server.stop()
