@@ -82,7 +82,7 @@ def test_parser_reads_back_the_calls_the_template_writes(size):
     assert answer.content == "" and answer.finish_reason == "tool_calls"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(ARGUMENTS, st.integers(1, 9))
 def test_parser_reads_back_any_arguments_the_template_writes(arguments, size):
     _, answer = parse(assistant_text([("get_weather", arguments)]), size)
