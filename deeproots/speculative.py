@@ -1,0 +1,304 @@
+"""Speculative decoding: guess the next k tokens cheaply, check all k in ONE forward of the model (k + 1 rows).
+
+A sequence's drafts come from prompt lookup (the tokens that followed the latest earlier occurrence of its last
+n-gram in the prompt and the output so far: vLLM's `ngram` method, llama.cpp's `lookup`) or from a small draft
+model of the same vocabulary (draft.py). The model then runs the pending token and the k drafts as k + 1 rows;
+row j's logits are what plain decoding would see after the first j drafts, because every kernel computes a row
+the same way whatever else is in the call (row invariance) and the KV cache forgets the rejected rows exactly
+(`truncate`: nothing of a rejected row stays, it is overwritten by the next step).
+
+`verify` walks the rows in order through the sequence's own SequenceDecoder (penalties, logit bias, the
+constraint mask, end tokens, stop strings, limits), so every row is prepared exactly as plain decoding would:
+- greedy: a draft is kept while it is the argmax; the first other row's argmax is the token plain decoding
+  gives there, so the output is identical token for token;
+- temperature > 0: the rejection rule of Leviathan et al. and Chen et al.: draft x (drawn from q) is kept with
+  probability min(1, p(x) / q(x)), else the token is drawn from norm(max(0, p - q)); for prompt lookup q is a
+  point mass. p is the filtered distribution plain decoding draws from (sampling.distribution), so the output
+  follows the same distribution, though not the same random stream.
+- a constraint (JSON schema): a forbidden draft has p = 0 and is rejected. The constraint only ever consumes
+  tokens that are emitted, so it has nothing to roll back.
+
+How many drafts a sequence gets each step is chosen by a cost model (`CostModel`, `draft_lengths`): the
+measured seconds of a step against its rows, and each sequence's measured acceptance rate, give the expected
+tokens per second for every length; 0 (plain decoding) wins whenever speculating would lose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import RequestError
+from .generate import GenerationStep, SequenceDecoder, TokenLogprob
+from .sampling import distribution, draw_batch, draw_from, logprobs_batch
+
+SPEC_MODES = ("off", "lookup", "draft")
+
+
+@dataclass(frozen=True)
+class SpeculationConfig:
+    mode: str = "off"  # "lookup": prompt lookup; "draft": a draft model (loaded beside the model); "off"
+    draft_max: int = 8  # most drafts verified per step
+    ngram_max: int = 4  # longest suffix n-gram prompt lookup matches (vLLM's prompt_lookup_max)
+    ngram_min: int = 2  # shortest (prompt_lookup_min): a single token matches too often to pay
+    adaptive: bool = True  # the cost model picks each step's drafts; False: always up to draft_max (tests, bench)
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPEC_MODES:
+            raise RequestError(f"speculation must be one of {', '.join(SPEC_MODES)}, got {self.mode!r}")
+        if isinstance(self.draft_max, bool) or not isinstance(self.draft_max, int) or not 1 <= self.draft_max <= 32:
+            raise RequestError(f"draft_max must be an integer between 1 and 32, got {self.draft_max!r}")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise RequestError(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min} and {self.ngram_max}")
+
+
+def lookup_drafts(tokens: np.ndarray, limit: int, ngram_min: int, ngram_max: int) -> list[int]:
+    """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix n-gram of
+    tokens (T,) int64, n from ngram_max down to ngram_min; [] when none occurs."""
+    length = tokens.shape[0]
+    for n in range(min(ngram_max, length - 1), ngram_min - 1, -1):
+        suffix = tokens[length - n:]
+        # starts of earlier windows equal to the suffix, each followed by at least one token
+        starts = np.flatnonzero(tokens[:length - n] == suffix[0])
+        for offset in range(1, n):
+            starts = starts[tokens[starts + offset] == suffix[offset]]
+        if starts.size:
+            follow = int(starts[-1]) + n
+            return tokens[follow:follow + limit].tolist()
+    return []
+
+
+class Acceptance:
+    """A sequence's acceptance rate per draft token: decayed counts of trials (drafts up to and including the
+    first rejected one) and successes, with a prior of one success in two trials."""
+
+    DECAY = 0.9  # per observation: the rate follows the text as it changes (quoting, then free prose)
+
+    def __init__(self) -> None:
+        self.successes = 0.0
+        self.trials = 0.0
+        self.accepted = self.rejected = 0  # draft tokens verified, in total: what the usage reports
+
+    @property
+    def rate(self) -> float:
+        return (self.successes + 1.0) / (self.trials + 2.0)
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.successes = self.DECAY * self.successes + accepted
+        self.trials = self.DECAY * self.trials + accepted + (accepted < proposed)
+
+    def count(self, proposed: int, accepted: int) -> None:
+        """A verified step: its acceptance, and the totals reported to the user."""
+        self.record(proposed, accepted)
+        self.accepted += accepted
+        self.rejected += proposed - accepted
+
+
+class CostModel:
+    """Seconds of one step (forward and sampling) as a + b x rows, fitted to measured steps.
+
+    Each row count keeps its own running mean; the line is the least-squares fit through them. Until two row
+    counts are measured, an extra row is assumed to cost PRIOR_ROW_COST of a one-row step (the first verify
+    step measures it).
+    """
+
+    PRIOR_ROW_COST = 0.05
+    KEEP = 0.8  # weight of the old mean per new measurement
+
+    def __init__(self) -> None:
+        self.means: dict[int, float] = {}
+
+    def observe(self, rows: int, seconds: float) -> None:
+        old = self.means.get(rows)
+        self.means[rows] = seconds if old is None else self.KEEP * old + (1 - self.KEEP) * seconds
+
+    def line(self) -> tuple[float, float]:
+        """(a, b): seconds of a step of n rows is a + b x n."""
+        if len(self.means) < 2:
+            one = next(iter(self.means.values()), 1.0)  # no measurement: only ratios matter
+            return one * (1 - self.PRIOR_ROW_COST), one * self.PRIOR_ROW_COST
+        rows = np.array(list(self.means), dtype=np.float64)
+        seconds = np.array(list(self.means.values()))
+        b, a = np.polyfit(rows, seconds, 1)
+        return max(float(a), 1e-9), max(float(b), 0.0)
+
+
+def expected_tokens(rate: float, drafts: int) -> float:
+    """Tokens a verify step of `drafts` drafts emits on average, each draft kept with probability `rate` while
+    the ones before it were: 1 + rate + ... + rate^drafts."""
+    return float(sum(rate ** i for i in range(drafts + 1)))
+
+
+def draft_lengths(rates: Sequence[float], limits: Sequence[int], cost: CostModel,
+                  draft_seconds: float = 0.0) -> list[int]:
+    """Drafts for each sequence of a step that maximize the step's expected tokens per second.
+
+    rates[i]: sequence i's acceptance rate; limits[i]: the most drafts it may take; draft_seconds: what one
+    draft token costs to make (0 for prompt lookup). One pass, sequence by sequence, each choosing the length
+    that is best given the others' choices (plain decoding, 0, whenever nothing beats it).
+    """
+    a, b = cost.line()
+    lengths = [0] * len(rates)
+    tokens = float(len(rates))  # expected tokens of the step: one per sequence without drafts
+    seconds = a + b * len(rates)
+    for i, (rate, limit) in enumerate(zip(rates, limits)):
+        best, best_speed = 0, tokens / seconds
+        for k in range(1, limit + 1):
+            speed = (tokens - 1 + expected_tokens(rate, k)) / (seconds + k * (b + draft_seconds))
+            if speed > best_speed:
+                best, best_speed = k, speed
+        lengths[i] = best
+        tokens += expected_tokens(rate, best) - 1
+        seconds += best * (b + draft_seconds)
+    return lengths
+
+
+def verify(decoder: SequenceDecoder, logits: np.ndarray, drafts: Sequence[int],
+           draft_probs: Sequence[np.ndarray] | None, room: int) -> list[GenerationStep | Exception]:
+    """The tokens a verify step emits: logits (k + 1, vocab) are the model's rows for the pending token and the
+    k drafts; draft_probs[j] (vocab,) the distribution drafts[j] was drawn from (None: a point mass, prompt
+    lookup); `room` the cache's room before the step. Ends at the first rejected draft (its replacement is the
+    last token), or with the token after the last draft, or where the sequence finishes or fails."""
+    steps: list[GenerationStep | Exception] = []
+    for j, row in enumerate(np.asarray(logits, dtype=np.float32)):
+        try:
+            prepared = decoder.prepare(row)
+            draft = drafts[j] if j < len(drafts) else None
+            if draft is None:
+                token = draw_batch(prepared[None], [decoder.sampler])[0]
+            else:
+                token = _accept_or_replace(prepared, draft, None if draft_probs is None else draft_probs[j], decoder)
+            step = decoder.advance(token, _logprob(decoder, row, token), room - j - 1)
+        except Exception as error:  # the sequence fails here, as decode_batch reports a failed row
+            steps.append(error)
+            return steps
+        steps.append(step)
+        if step.finish_reason is not None or token != draft:
+            return steps
+    return steps
+
+
+def _accept_or_replace(prepared: np.ndarray, draft: int, q: np.ndarray | None, decoder: SequenceDecoder) -> int:
+    """The draft, or the token that replaces it (the rejection rule; greedy: the argmax)."""
+    sampler = decoder.sampler
+    if sampler.params.greedy:
+        return draw_batch(prepared[None], [sampler])[0]
+    p = distribution(prepared, sampler.params)  # (vocab,) float64
+    q_draft = 1.0 if q is None else float(q[draft])
+    if q_draft > 0.0 and sampler.uniform() * q_draft < p[draft]:
+        return draft
+    residual = p.copy() if q is None else np.maximum(p - q, 0.0)
+    if q is None:
+        residual[draft] = 0.0
+    if not residual.any():  # p equals q (or p is the point mass on the draft): p itself is the residual
+        residual = p
+    return draw_from(residual, sampler.uniform())
+
+
+def _logprob(decoder: SequenceDecoder, row: np.ndarray, token: int) -> TokenLogprob | None:
+    if decoder.top_logprobs is None:
+        return None
+    value, top = logprobs_batch(row[None], [token], [decoder.top_logprobs])[0]
+    return TokenLogprob(value, tuple(top))
+
+
+class SequenceSpeculation:
+    """One sequence's speculation: its acceptance, its draft-model cache (draft mode), and the lookup draft it
+    did not verify (checked against the token plain decoding gave: prompt lookup measures its acceptance even
+    while switched off)."""
+
+    def __init__(self, draft_state=None):
+        self.acceptance = Acceptance()
+        self.draft_state = draft_state
+        self.unverified: int | None = None
+
+
+@dataclass
+class Proposal:
+    drafts: list[int]  # the tokens to verify after the pending one
+    probs: list[np.ndarray] | None  # the distribution each was drawn from; None: point masses (lookup, greedy)
+
+
+class Speculator:
+    """Drafts for the sequences of a step, and what their verification teaches: one per model (engine or API).
+
+    `draft` is a draft.DraftModel in "draft" mode. Its time per draft token is measured and counted in the cost.
+    """
+
+    def __init__(self, config: SpeculationConfig, draft=None):
+        if (config.mode == "draft") != (draft is not None):
+            raise RequestError("speculation 'draft' needs a draft model (--draft-model), and only it does")
+        self.config = config
+        self.draft = draft
+        self.cost = CostModel()
+        self.accepted = self.rejected = 0  # draft tokens of every sequence so far (`--verbose`)
+
+    def start(self) -> SequenceSpeculation:
+        return SequenceSpeculation(self.draft.start() if self.draft else None)
+
+    def propose(self, states: Sequence[SequenceSpeculation], decoders: Sequence[SequenceDecoder],
+                rooms: Sequence[int]) -> list[Proposal]:
+        """Drafts for each sequence whose last sampled token (the end of its decoder's history) runs next;
+        rooms[i] is its cache's room before the step."""
+        limits = [max(0, min(self.config.draft_max, room - 1, decoder.max_tokens - decoder.produced - 1))
+                  for decoder, room in zip(decoders, rooms)]
+        rates = [state.acceptance.rate for state in states]
+        if self.draft is None:
+            found = [lookup_drafts(np.asarray(decoder.history, dtype=np.int64), limit, self.config.ngram_min,
+                                   self.config.ngram_max) if limit else [] for decoder, limit in zip(decoders, limits)]
+            lengths = self._lengths(rates, [len(drafts) for drafts in found], 0.0)
+            for state, drafts, k in zip(states, found, lengths):
+                state.unverified = drafts[0] if drafts and not k else None
+            return [Proposal(drafts[:k], None) for drafts, k in zip(found, lengths)]
+        lengths = self._lengths(rates, limits, self.draft.seconds_per_token)
+        return self.draft.propose([state.draft_state for state in states], decoders, lengths)
+
+    def _lengths(self, rates: list[float], limits: list[int], draft_seconds: float) -> list[int]:
+        return draft_lengths(rates, limits, self.cost, draft_seconds) if self.config.adaptive else list(limits)
+
+    def verified(self, state: SequenceSpeculation, proposal: Proposal, steps: Sequence[object]) -> int:
+        """After a verify step that emitted `steps`: how many drafts were kept; updates the acceptance."""
+        kept = 0
+        for step, draft in zip(steps, proposal.drafts):
+            if not isinstance(step, GenerationStep) or step.token_id != draft:
+                break
+            kept += 1
+        state.acceptance.count(len(proposal.drafts), kept)
+        self.accepted += kept
+        self.rejected += len(proposal.drafts) - kept
+        if self.draft is not None:
+            self.draft.keep(state.draft_state, len(proposal.drafts), kept)
+        return kept
+
+    def plain(self, state: SequenceSpeculation, token: int) -> None:
+        """After a plain decoding step that sampled `token`."""
+        if state.unverified is not None:
+            state.acceptance.record(1, int(token == state.unverified))
+        elif self.draft is not None:
+            state.acceptance.record(0, 0)  # unobserved: the rate drifts back to the prior, so drafting is retried
+        state.unverified = None
+
+    def verify(self, decoder: SequenceDecoder, logits: np.ndarray, proposal: Proposal,
+               room: int) -> list[GenerationStep | Exception]:
+        return verify(decoder, logits, proposal.drafts, proposal.probs, room)
+
+    def advance(self, model, decoder: SequenceDecoder, cache, state: SequenceSpeculation) -> list[GenerationStep]:
+        """One step of a single sequence (generate.generate): its last token and drafts through `model`, the
+        rejected rows dropped from `cache`; the steps emitted, and an exception last where the sequence failed."""
+        room, offset = cache.room(), cache.offset
+        proposal = self.propose([state], [decoder], [room])[0]
+        started = time.perf_counter()
+        tokens = np.asarray([decoder.history[-1], *proposal.drafts], dtype=np.int64)  # (k + 1,)
+        logits = model.forward(tokens, cache, all_logits=True)  # (k + 1, vocab)
+        if proposal.drafts:
+            steps = self.verify(decoder, logits, proposal, room)
+            cache.truncate(offset + len(steps))  # the rows of the pending token and the kept drafts
+            self.verified(state, proposal, steps)
+        else:
+            steps = [decoder.step(logits[-1], cache.room())]
+            self.plain(state, steps[0].token_id)
+        self.cost.observe(len(tokens), time.perf_counter() - started)
+        return steps
