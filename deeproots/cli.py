@@ -56,6 +56,23 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="print load time and tokens/s afterwards")
 
 
+def add_speculation_options(parser: argparse.ArgumentParser) -> None:
+    from .speculative import SPEC_MODES, SpeculationConfig
+
+    parser.add_argument("--spec", choices=SPEC_MODES, default="off",
+                        help="speculative decoding: lookup (drafts from n-grams of the prompt and output), draft "
+                             "(drafts from --draft-model) or off (default: off; docs/speculative.md)")
+    parser.add_argument("--draft-model", default=None, metavar="MODEL",
+                        help="the draft model of --spec draft: a store name or path, same vocabulary as the model")
+    parser.add_argument("--draft-max", type=int, default=SpeculationConfig.draft_max,
+                        help=f"most drafts verified per step (default: {SpeculationConfig.draft_max})")
+
+
+def speculation_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The speculation keywords of deeproots.load (and, as a SpeculationConfig, of the engine)."""
+    return dict(speculation=args.spec, draft_model=args.draft_model, draft_max=args.draft_max)
+
+
 def sampling_from(args: argparse.Namespace) -> dict[str, Any]:
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                 repeat_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
@@ -67,7 +84,9 @@ def load_model(args: argparse.Namespace):
     from .model import load
 
     started = time.perf_counter()
-    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
+    speculation = speculation_from(args) if hasattr(args, "spec") else {}
+    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
+                 **speculation)
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
@@ -77,6 +96,8 @@ def load_model(args: argparse.Namespace):
 def stream_answer(model, ids: list[int], args: argparse.Namespace, params) -> str:
     """Print the answer as it is generated; return its text. Ctrl-C ends the answer early."""
     pieces: list[str] = []
+    speculator = model.speculator
+    drafts_before = (speculator.accepted, speculator.rejected) if speculator else (0, 0)
     started = time.perf_counter()
     first_token_at, n_tokens = None, 0
     try:
@@ -95,6 +116,10 @@ def stream_answer(model, ids: list[int], args: argparse.Namespace, params) -> st
               f"({len(ids) / (first_token_at - started):.1f} tokens/s)\n"
               f"decode: {n_tokens} tokens, {max(n_tokens - 1, 0) / decode_time if decode_time else 0:.1f} tokens/s",
               file=sys.stderr)
+        if speculator:
+            accepted, rejected = speculator.accepted - drafts_before[0], speculator.rejected - drafts_before[1]
+            print(f"speculation ({speculator.config.mode}): {accepted} draft tokens accepted, {rejected} rejected",
+                  file=sys.stderr)
     return "".join(pieces)
 
 
@@ -355,11 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system", default=None, help="a system message for the chat template")
     add_model_option(run)
     add_sampling_options(run)
+    add_speculation_options(run)
     run.set_defaults(handler=cmd_run, loads_model=True)
 
     chat = commands.add_parser("chat", help="multi-turn conversation in the terminal")
     add_model_option(chat)
     add_sampling_options(chat)
+    add_speculation_options(chat)
     chat.set_defaults(handler=cmd_chat, loads_model=True)
 
     pull = commands.add_parser("pull", help="fetch a model into the store")

@@ -39,6 +39,8 @@ def add_server_commands(subparsers) -> None:
                        help="also answer requests whose Host header names NAME (repeatable); without it, a server "
                             "bound to loopback without a key answers only localhost, 127.x and [::1]")
     serve.add_argument("--parallel", type=int, default=8, help="sequences decoded together (default: 8)")
+    from ..cli import add_speculation_options
+    add_speculation_options(serve)  # --spec, --draft-model, --draft-max: as run's
     serve.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429 (default: 64)")
     serve.add_argument("--kv-budget", type=int, default=None,
                        help="KV cache tokens for all running sequences (default: parallel x ctx)")
@@ -89,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     model = load(args.model, context=args.ctx)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)
     engine = Engine(model.loaded, EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
-                                        kv_budget_tokens=args.kv_budget)).start()
+                                        kv_budget_tokens=args.kv_budget, **engine_speculation(args))).start()
     served_name = args.model if args.model in CATALOG else ModelStore().resolve(args.model, pull=False).stem
     app, gate = build_app(model, engine, served_name, api_keys=api_keys, cors_origins=args.cors_origin,
                           body=body, allowed_hosts=allowed_hosts(args, api_keys), log_prompts=args.log_prompts)
@@ -122,6 +124,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def engine_speculation(args: argparse.Namespace) -> dict:
+    """EngineConfig's speculation fields from --spec, --draft-model and --draft-max."""
+    from ..speculative import SpeculationConfig
+    from ..store import ModelStore
+
+    draft = ModelStore().resolve(args.draft_model) if args.draft_model else None
+    return dict(speculation=SpeculationConfig(args.spec, args.draft_max), draft_model=draft)
 
 
 def read_api_keys(args: argparse.Namespace) -> list[str]:

@@ -230,7 +230,7 @@ async def respond(request: Request, state: ServerState, served: ServedModel, bod
         exchange.finished(499)  # the client left; its sequences were cancelled
         return Response(status_code=499)
     exchange.finished(200)
-    return JSONResponse(shapes.final(exchange.choices, len(job.prompt_ids), run.cached_tokens))
+    return JSONResponse(shapes.final(exchange.choices, len(job.prompt_ids), run.cached_tokens, run.draft_tokens))
 
 
 class AdmittedStream(StreamingResponse):
@@ -266,7 +266,8 @@ async def stream(exchange: Exchange, run: ChoiceRun, options) -> AsyncIterator[s
         yield sse(failure.body())
         return
     if options and options.include_usage:
-        yield sse(shapes.usage_chunk(len(job.prompt_ids), exchange.completion_tokens, run.cached_tokens))
+        yield sse(shapes.usage_chunk(len(job.prompt_ids), exchange.completion_tokens, run.cached_tokens,
+                                      run.draft_tokens))
     yield sse("[DONE]")
     exchange.stream_status = 200
 

@@ -19,11 +19,16 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-    """Token counts; cached_tokens only ever counts hits in the request's own prefix-cache namespace."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, drafts: tuple[int, int] = (0, 0)) -> dict:
+    """Token counts; cached_tokens only ever counts hits in the request's own prefix-cache namespace. `drafts`:
+    speculative decoding's (accepted, rejected) draft tokens, reported under OpenAI's names when there were any."""
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+              "total_tokens": prompt_tokens + completion_tokens,
+              "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    if any(drafts):
+        counts["completion_tokens_details"] = {"accepted_prediction_tokens": drafts[0],
+                                               "rejected_prediction_tokens": drafts[1]}
+    return counts
 
 
 def reported_steps(steps: list[GenerationStep], tokenizer: Tokenizer) -> list[GenerationStep]:
@@ -68,9 +73,10 @@ class ChatShapes:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": "deeproots", "choices": choices}
 
-    def final(self, choices: list[Choice], prompt_tokens: int, cached_tokens: int) -> dict:
+    def final(self, choices: list[Choice], prompt_tokens: int, cached_tokens: int,
+              drafts: tuple[int, int] = (0, 0)) -> dict:
         return {**self._envelope(self.object, [self.final_choice(choice) for choice in choices]),
-                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices), cached_tokens)}
+                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices), cached_tokens, drafts)}
 
     def final_choice(self, choice: Choice) -> dict:
         return {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
@@ -87,9 +93,10 @@ class ChatShapes:
             "index": index, "delta": delta, "finish_reason": step.finish_reason,
             "logprobs": chat_logprobs([step], self.tokenizer) if self.with_logprobs else None}])
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+                    drafts: tuple[int, int] = (0, 0)) -> dict:
         return {**self._envelope(self.chunk_object, []),
-                "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
+                "usage": usage(prompt_tokens, completion_tokens, cached_tokens, drafts)}
 
 
 class CompletionShapes(ChatShapes):
