@@ -9,7 +9,6 @@ pass of the draft model per round; after the verification the cache forgets the 
 from __future__ import annotations
 
 import os
-import time
 from typing import Sequence
 
 import numpy as np
@@ -38,16 +37,17 @@ def check_same_vocabulary(draft: LoadedModel, target: LoadedModel) -> None:
 
 
 class DraftModel:
-    KEEP = 0.8  # weight of the old mean in the measured seconds per draft token
-
     def __init__(self, loaded: LoadedModel, context: int):
         self.loaded = loaded
         self.context = context
-        self.seconds_per_token = 0.0  # one single-token round of the draft model, measured
 
-    def start(self) -> KVCache:
-        """A sequence's draft cache."""
-        return self.loaded.new_cache(self.context)
+    def start(self, prompt_ids: Sequence[int]) -> KVCache:
+        """A sequence's draft cache, holding all of its prompt but the last token (which the first step feeds with
+        the first sampled one)."""
+        cache = self.loaded.new_cache(self.context)
+        if len(prompt_ids) > 1:
+            self.loaded.net.forward(np.asarray(prompt_ids[:-1], dtype=np.int64), cache)
+        return cache
 
     def propose(self, caches: Sequence[KVCache], decoders: Sequence[SequenceDecoder],
                 lengths: Sequence[int]) -> list[Proposal]:
@@ -56,9 +56,8 @@ class DraftModel:
         proposals = [Proposal([], None if decoder.sampler.params.greedy else []) for decoder in decoders]
         active = [i for i, k in enumerate(lengths) if k > 0]
         feeds = {i: decoders[i].history[caches[i].offset:] for i in active}  # what each draft cache lacks
-        for round_index in range(max(lengths, default=0)):
+        for _ in range(max(lengths, default=0)):
             active = [i for i in active if len(proposals[i].drafts) < lengths[i]]
-            started = time.perf_counter()
             tokens = np.asarray([t for i in active for t in feeds[i]], dtype=np.int64)  # (N,)
             logits = self.loaded.net.forward_batch(tokens, [caches[i] for i in active],
                                                    [len(feeds[i]) for i in active])  # (len(active), vocab)
@@ -66,10 +65,6 @@ class DraftModel:
                 token = self._draw(logits[row], decoders[i], proposals[i])
                 proposals[i].drafts.append(token)
                 feeds[i] = [token]
-            if round_index:
-                spent = (time.perf_counter() - started) / len(active)
-                self.seconds_per_token = self.KEEP * self.seconds_per_token + (1 - self.KEEP) * spent \
-                    if self.seconds_per_token else spent
         return proposals
 
     @staticmethod

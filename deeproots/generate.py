@@ -203,7 +203,7 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], c
     logits = model.forward(np.asarray(new_tokens, dtype=np.int64), cache)[-1]  # (vocab,)
     step = decoder.step(logits, cache.room())
     yield step
-    state = speculator.start() if speculator else None
+    state = speculator.start(prompt_ids) if speculator else None
     while step.finish_reason is None:
         if speculator is None:
             logits = model.forward(np.asarray([step.token_id], dtype=np.int64), cache)[-1]

@@ -26,6 +26,7 @@ tokens per second for every length; 0 (plain decoding) wins whenever speculating
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -98,31 +99,38 @@ class Acceptance:
 
 
 class CostModel:
-    """Seconds of one step (forward and sampling) as a + b x rows, fitted to measured steps.
+    """Seconds of one whole step (drafting, forward and sampling) by its rows, from measured steps.
 
-    Each row count keeps its own running mean; the line is the least-squares fit through them. Until two row
-    counts are measured, an extra row is assumed to cost PRIOR_ROW_COST of a one-row step (the first verify
-    step measures it).
+    Each row count keeps the median of its last RECENT steps (a burst of load from another process does not move
+    it); a row count measured fewer than MEASURED times is estimated from the line a + b x rows, the least-squares
+    fit through the medians. Until two row counts are measured, an extra row is assumed to cost PRIOR_ROW_COST
+    of a one-row step (the first verify step measures it).
     """
 
     PRIOR_ROW_COST = 0.05
-    KEEP = 0.8  # weight of the old mean per new measurement
+    RECENT = 9
+    MEASURED = 3
 
     def __init__(self) -> None:
-        self.means: dict[int, float] = {}
+        self.recent: dict[int, deque[float]] = {}
 
     def observe(self, rows: int, seconds: float) -> None:
-        old = self.means.get(rows)
-        self.means[rows] = seconds if old is None else self.KEEP * old + (1 - self.KEEP) * seconds
+        self.recent.setdefault(rows, deque(maxlen=self.RECENT)).append(seconds)
+
+    def seconds(self, rows: int) -> float:
+        times = self.recent.get(rows, ())
+        if len(times) >= self.MEASURED:
+            return float(np.median(times))
+        a, b = self.line()
+        return a + b * rows
 
     def line(self) -> tuple[float, float]:
         """(a, b): seconds of a step of n rows is a + b x n."""
-        if len(self.means) < 2:
-            one = next(iter(self.means.values()), 1.0)  # no measurement: only ratios matter
+        medians = {rows: float(np.median(times)) for rows, times in self.recent.items()}
+        if len(medians) < 2:
+            one = next(iter(medians.values()), 1.0)  # no measurement: only ratios matter
             return one * (1 - self.PRIOR_ROW_COST), one * self.PRIOR_ROW_COST
-        rows = np.array(list(self.means), dtype=np.float64)
-        seconds = np.array(list(self.means.values()))
-        b, a = np.polyfit(rows, seconds, 1)
+        b, a = np.polyfit(np.array(list(medians), dtype=np.float64), np.array(list(medians.values())), 1)
         return max(float(a), 1e-9), max(float(b), 0.0)
 
 
@@ -132,27 +140,24 @@ def expected_tokens(rate: float, drafts: int) -> float:
     return float(sum(rate ** i for i in range(drafts + 1)))
 
 
-def draft_lengths(rates: Sequence[float], limits: Sequence[int], cost: CostModel,
-                  draft_seconds: float = 0.0) -> list[int]:
+def draft_lengths(rates: Sequence[float], limits: Sequence[int], cost: CostModel) -> list[int]:
     """Drafts for each sequence of a step that maximize the step's expected tokens per second.
 
-    rates[i]: sequence i's acceptance rate; limits[i]: the most drafts it may take; draft_seconds: what one
-    draft token costs to make (0 for prompt lookup). One pass, sequence by sequence, each choosing the length
-    that is best given the others' choices (plain decoding, 0, whenever nothing beats it).
+    rates[i]: sequence i's acceptance rate; limits[i]: the most drafts it may take. One pass, sequence by
+    sequence, each choosing the length that is best given the others' choices (plain decoding, 0, whenever
+    nothing beats it).
     """
-    a, b = cost.line()
     lengths = [0] * len(rates)
-    tokens = float(len(rates))  # expected tokens of the step: one per sequence without drafts
-    seconds = a + b * len(rates)
+    tokens, rows = float(len(rates)), len(rates)  # the step's expected tokens and its rows: one per sequence
     for i, (rate, limit) in enumerate(zip(rates, limits)):
-        best, best_speed = 0, tokens / seconds
+        best, best_speed = 0, tokens / cost.seconds(rows)
         for k in range(1, limit + 1):
-            speed = (tokens - 1 + expected_tokens(rate, k)) / (seconds + k * (b + draft_seconds))
+            speed = (tokens - 1 + expected_tokens(rate, k)) / cost.seconds(rows + k)
             if speed > best_speed:
                 best, best_speed = k, speed
         lengths[i] = best
         tokens += expected_tokens(rate, best) - 1
-        seconds += best * (b + draft_seconds)
+        rows += best
     return lengths
 
 
@@ -225,8 +230,11 @@ class Proposal:
 class Speculator:
     """Drafts for the sequences of a step, and what their verification teaches: one per model (engine or API).
 
-    `draft` is a draft.DraftModel in "draft" mode. Its time per draft token is measured and counted in the cost.
+    `draft` is a draft.DraftModel in "draft" mode.
     """
+
+    BASELINE_STEPS = 3
+    PROBE_EVERY = 32
 
     def __init__(self, config: SpeculationConfig, draft=None):
         if (config.mode == "draft") != (draft is not None):
@@ -235,9 +243,11 @@ class Speculator:
         self.draft = draft
         self.cost = CostModel()
         self.accepted = self.rejected = 0  # draft tokens of every sequence so far (`--verbose`)
+        self.steps = 0
 
-    def start(self) -> SequenceSpeculation:
-        return SequenceSpeculation(self.draft.start() if self.draft else None)
+    def start(self, prompt_ids: Sequence[int]) -> SequenceSpeculation:
+        """A sequence's state, once its prompt has run (a draft model runs it too, outside the timed steps)."""
+        return SequenceSpeculation(self.draft.start(prompt_ids) if self.draft else None)
 
     def propose(self, states: Sequence[SequenceSpeculation], decoders: Sequence[SequenceDecoder],
                 rooms: Sequence[int]) -> list[Proposal]:
@@ -249,15 +259,23 @@ class Speculator:
         if self.draft is None:
             found = [lookup_drafts(np.asarray(decoder.history, dtype=np.int64), limit, self.config.ngram_min,
                                    self.config.ngram_max) if limit else [] for decoder, limit in zip(decoders, limits)]
-            lengths = self._lengths(rates, [len(drafts) for drafts in found], 0.0)
+            lengths = self._lengths(rates, [len(drafts) for drafts in found])
             for state, drafts, k in zip(states, found, lengths):
                 state.unverified = drafts[0] if drafts and not k else None
             return [Proposal(drafts[:k], None) for drafts, k in zip(found, lengths)]
-        lengths = self._lengths(rates, limits, self.draft.seconds_per_token)
+        lengths = self._lengths(rates, limits)
         return self.draft.propose([state.draft_state for state in states], decoders, lengths)
 
-    def _lengths(self, rates: list[float], limits: list[int], draft_seconds: float) -> list[int]:
-        return draft_lengths(rates, limits, self.cost, draft_seconds) if self.config.adaptive else list(limits)
+    def _lengths(self, rates: list[float], limits: list[int]) -> list[int]:
+        """Each sequence's drafts this step. The cost model needs plain steps to compare with: a step of as many
+        sequences without drafts runs whenever fewer than BASELINE_STEPS of them are measured, and every
+        PROBE_EVERY steps (its cost is only that of plain decoding)."""
+        self.steps += 1
+        if not self.config.adaptive:
+            return list(limits)
+        if len(self.cost.recent.get(len(rates), ())) < self.BASELINE_STEPS or self.steps % self.PROBE_EVERY == 0:
+            return [0] * len(rates)
+        return draft_lengths(rates, limits, self.cost)
 
     def verified(self, state: SequenceSpeculation, proposal: Proposal, steps: Sequence[object]) -> int:
         """After a verify step that emitted `steps`: how many drafts were kept; updates the acceptance."""
@@ -288,9 +306,9 @@ class Speculator:
     def advance(self, model, decoder: SequenceDecoder, cache, state: SequenceSpeculation) -> list[GenerationStep]:
         """One step of a single sequence (generate.generate): its last token and drafts through `model`, the
         rejected rows dropped from `cache`; the steps emitted, and an exception last where the sequence failed."""
+        started = time.perf_counter()
         room, offset = cache.room(), cache.offset
         proposal = self.propose([state], [decoder], [room])[0]
-        started = time.perf_counter()
         tokens = np.asarray([decoder.history[-1], *proposal.drafts], dtype=np.int64)  # (k + 1,)
         logits = model.forward(tokens, cache, all_logits=True)  # (k + 1, vocab)
         if proposal.drafts:

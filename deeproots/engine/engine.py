@@ -174,10 +174,10 @@ class Engine:
             self._retire(sequence)
         for request in admitted:
             self._start(request)
-        batch = self._plan()
+        started = time.perf_counter()
+        batch = self._plan()  # with this step's drafts: their time is part of the step's
         if not batch:
             return
-        started = time.perf_counter()
         # logits rows per sequence: the last token's, or with drafts the pending token's and every draft's
         wanted = [0 if sequence.embedding else len(sequence.proposal.drafts) + 1 if sequence.proposal else 1
                   for sequence, _ in batch]
@@ -241,7 +241,7 @@ class Engine:
                 self.scheduler.release(reserved)
             self._deliver([(request, error)])
             return
-        speculation = self.speculator.start() if self.speculator and decoder else None
+        speculation = self.speculator.start(request.prompt_ids) if self.speculator and decoder else None
         with self._lock:
             self.scheduler.start(Sequence(request, cache, decoder, speculation))
 

@@ -105,8 +105,11 @@ def test_cost_model_switches_drafts_off_when_they_lose():
     assert abs(a - 0.010) < 1e-9 and abs(b - 0.004) < 1e-9
     assert draft_lengths([0.05], [8], cost) == [0]  # drafts almost always rejected: plain decoding
     assert draft_lengths([0.95], [8], cost)[0] >= 4  # almost always kept: long drafts
-    assert draft_lengths([0.95], [8], cost, draft_seconds=1.0) == [0]  # drafts too dear to make
     assert draft_lengths([0.95, 0.95], [0, 3], cost) == [0, 3]  # capped by what each may take
+    dear = CostModel()
+    for rows in (1, 5, 9):
+        dear.observe(rows, 0.010 * rows)  # every row (a draft model's drafting included) costs a whole step
+    assert draft_lengths([0.95], [8], dear) == [0]
 
 
 def test_acceptance_rate_follows_the_observations():
