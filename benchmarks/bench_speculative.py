@@ -94,9 +94,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-spec-"))
     pairs = [("lookup", model, None)]
     if not args.no_draft:
-        quantize_file(path, folder / "q4_0.gguf", "q4_0", pure=True)
+        quantize_file(path, folder / "q4_0.gguf", "q4_0", pure=True, progress=False)
         for kind in args.draft_targets.split(","):
-            quantize_file(path, folder / f"{kind}.gguf", kind)
+            quantize_file(path, folder / f"{kind}.gguf", kind, progress=False)
             target = deeproots.load(folder / f"{kind}.gguf", context=2048, speculation="draft",
                                     draft_model=folder / "q4_0.gguf", draft_max=args.draft_max)
             pairs.append((f"draft q4_0 -> {kind}", target, target.speculator.draft))
