@@ -25,6 +25,7 @@ tokens per second for every length; 0 (plain decoding) wins whenever speculating
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,16 +61,17 @@ def lookup_drafts(tokens: np.ndarray, limit: int, ngram_min: int, ngram_max: int
     """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix n-gram of
     tokens (T,) int64, n from ngram_max down to ngram_min; [] when none occurs."""
     length = tokens.shape[0]
-    for n in range(min(ngram_max, length - 1), ngram_min - 1, -1):
-        suffix = tokens[length - n:]
-        # starts of earlier windows equal to the suffix, each followed by at least one token
-        starts = np.flatnonzero(tokens[:length - n] == suffix[0])
-        for offset in range(1, n):
-            starts = starts[tokens[starts + offset] == suffix[offset]]
-        if starts.size:
-            follow = int(starts[-1]) + n
-            return tokens[follow:follow + limit].tolist()
-    return []
+    # ends of earlier windows equal to the last n tokens, each followed by at least one token: n = 1, then narrowed
+    ends = np.flatnonzero(tokens[:length - 1] == tokens[-1])
+    best = int(ends[-1]) if ends.size and ngram_min == 1 else None
+    for n in range(2, min(ngram_max, length - 1) + 1):
+        ends = ends[ends >= n - 1]
+        ends = ends[tokens[ends - (n - 1)] == tokens[length - n]]
+        if not ends.size:
+            break
+        if n >= ngram_min:
+            best = int(ends[-1])  # the latest occurrence of the longest n-gram so far
+    return [] if best is None else tokens[best + 1:best + 1 + limit].tolist()
 
 
 class Acceptance:
@@ -113,25 +115,37 @@ class CostModel:
 
     def __init__(self) -> None:
         self.recent: dict[int, deque[float]] = {}
+        self._medians: dict[int, float] = {}
+        self._line: tuple[float, float] | None = None  # both recomputed after each observation, when asked
 
     def observe(self, rows: int, seconds: float) -> None:
-        self.recent.setdefault(rows, deque(maxlen=self.RECENT)).append(seconds)
+        times = self.recent.setdefault(rows, deque(maxlen=self.RECENT))
+        times.append(seconds)
+        self._medians[rows] = statistics.median(times)
+        self._line = None
 
     def seconds(self, rows: int) -> float:
-        times = self.recent.get(rows, ())
-        if len(times) >= self.MEASURED:
-            return float(np.median(times))
+        if len(self.recent.get(rows, ())) >= self.MEASURED:
+            return self._medians[rows]
         a, b = self.line()
         return a + b * rows
 
     def line(self) -> tuple[float, float]:
         """(a, b): seconds of a step of n rows is a + b x n."""
-        medians = {rows: float(np.median(times)) for rows, times in self.recent.items()}
-        if len(medians) < 2:
-            one = next(iter(medians.values()), 1.0)  # no measurement: only ratios matter
+        if self._line is None:
+            self._line = self._fit()
+        return self._line
+
+    def _fit(self) -> tuple[float, float]:
+        points = list(self._medians.items())
+        if len(points) < 2:
+            one = points[0][1] if points else 1.0  # no measurement: only ratios matter
             return one * (1 - self.PRIOR_ROW_COST), one * self.PRIOR_ROW_COST
-        b, a = np.polyfit(np.array(list(medians), dtype=np.float64), np.array(list(medians.values())), 1)
-        return max(float(a), 1e-9), max(float(b), 0.0)
+        mean_rows = sum(rows for rows, _ in points) / len(points)
+        mean_seconds = sum(seconds for _, seconds in points) / len(points)
+        b = sum((rows - mean_rows) * (seconds - mean_seconds) for rows, seconds in points) / \
+            sum((rows - mean_rows) ** 2 for rows, _ in points)
+        return max(mean_seconds - b * mean_rows, 1e-9), max(b, 0.0)
 
 
 def expected_tokens(rate: float, drafts: int) -> float:
@@ -219,6 +233,18 @@ class SequenceSpeculation:
         self.acceptance = Acceptance()
         self.draft_state = draft_state
         self.unverified: int | None = None
+        self._tokens = np.empty(0, dtype=np.int64)  # the history as int64, grown as it grows
+        self._known = 0
+
+    def tokens(self, history: list[int]) -> np.ndarray:
+        """history (the prompt and output so far, which only grows) as int64 (T,), converted once per token."""
+        if len(history) > self._tokens.shape[0]:
+            grown = np.empty(2 * len(history), dtype=np.int64)
+            grown[:self._known] = self._tokens[:self._known]
+            self._tokens = grown
+        self._tokens[self._known:len(history)] = history[self._known:]
+        self._known = len(history)
+        return self._tokens[:self._known]
 
 
 @dataclass
@@ -257,8 +283,8 @@ class Speculator:
                   for decoder, room in zip(decoders, rooms)]
         rates = [state.acceptance.rate for state in states]
         if self.draft is None:
-            found = [lookup_drafts(np.asarray(decoder.history, dtype=np.int64), limit, self.config.ngram_min,
-                                   self.config.ngram_max) if limit else [] for decoder, limit in zip(decoders, limits)]
+            found = [lookup_drafts(state.tokens(decoder.history), limit, self.config.ngram_min, self.config.ngram_max)
+                     if limit else [] for state, decoder, limit in zip(states, decoders, limits)]
             lengths = self._lengths(rates, [len(drafts) for drafts in found])
             for state, drafts, k in zip(states, found, lengths):
                 state.unverified = drafts[0] if drafts and not k else None

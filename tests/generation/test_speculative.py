@@ -228,3 +228,13 @@ def test_chi_square_check_catches_a_wrong_rule(smollm2, real_rows):
     for _ in range(TRIALS):
         counts[draw_from(q, rng.random())] += 1  # what a broken verify that keeps every draft emits
     assert chi_square_p_value(counts, p) < P_FLOOR
+
+
+def test_sequence_tokens_follow_a_growing_history():
+    from deeproots.speculative import SequenceSpeculation
+
+    state, history = SequenceSpeculation(), [3, 1, 4]
+    for token in [1, 5, 9, 2, 6, 5, 3, 5]:
+        assert state.tokens(history).tolist() == history
+        history.append(token)
+    assert state.tokens(history).tolist() == history
