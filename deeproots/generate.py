@@ -202,8 +202,8 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], c
     new_tokens = check_prompt(prompt_ids, cache)
     logits = model.forward(np.asarray(new_tokens, dtype=np.int64), cache)[-1]  # (vocab,)
     step = decoder.step(logits, cache.room())
+    state = speculator.start(prompt_ids) if speculator else None  # a draft model runs the prompt too
     yield step
-    state = speculator.start(prompt_ids) if speculator else None
     while step.finish_reason is None:
         if speculator is None:
             logits = model.forward(np.asarray([step.token_id], dtype=np.int64), cache)[-1]

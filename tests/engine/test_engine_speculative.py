@@ -5,10 +5,10 @@ output still validates, and a draft model (a Q4_0 requantization drafting for a 
 from __future__ import annotations
 
 import json
-import threading
 
 import jsonschema
 import pytest
+from test_engine_batching import Collector as EventCollector
 
 import deeproots
 from deeproots.convert import quantize_file
@@ -29,15 +29,7 @@ PROMPTS = [f"Copy this line exactly: {CARD}", "Write one sentence about the sea.
 LOOKUP = SpeculationConfig("lookup", 6, adaptive=False)
 
 
-class Collector:
-    def __init__(self):
-        self.events, self.done = [], threading.Event()
-
-    def __call__(self, event):
-        self.events.append(event)
-        if isinstance(event, Exception) or event.finish_reason is not None:
-            self.done.set()
-
+class Collector(EventCollector):
     def ids(self) -> list[int]:
         assert self.done.wait(300), "the engine did not finish the request in time"
         if isinstance(self.events[-1], Exception):
@@ -141,3 +133,13 @@ def test_a_draft_model_of_another_vocabulary_is_refused_naming_both(smollm2_path
     with pytest.raises(VocabularyMismatchError) as raised:
         deeproots.load(smollm2_path, context=256, speculation="draft", draft_model=gemma3_path)
     assert str(gemma3_path) in str(raised.value) and str(smollm2_path) in str(raised.value)
+
+
+@pytest.mark.slow
+def test_a_draft_model_when_sampling_verifies_its_drafts(q8_and_q4):
+    target_path, draft_path = q8_and_q4
+    target = deeproots.load(target_path, context=1024)
+    config = EngineConfig(speculation=SpeculationConfig("draft", 4, adaptive=False), draft_model=draft_path)
+    answers, requests = run_all(target, config, prompts=PROMPTS[:2], params=SamplingParams(temperature=0.8, seed=3),
+                                constrained=(), max_tokens=32)
+    assert all(answers) and sum(r.accepted_draft_tokens for r in requests) > 0
