@@ -3,7 +3,7 @@ prompts, alternating run by run in one process; medians.
 
     python benchmarks/bench_speculative.py [--rounds 5] [--max-tokens 128] [--draft-max 8] [--no-draft]
 
-Modes per prompt, in turn every round: plain decoding, prompt lookup (the adaptive default of `--spec lookup`),
+Modes per prompt, in turn every round (plain first in even rounds, second in odd ones): plain decoding, prompt lookup (the adaptive default of `--spec lookup`),
 and, unless --no-draft, a draft model: the default model requantized to Q4_0 (--pure) as the draft, and to each
 --draft-targets type as the model (`deeproots quantize` into a temporary folder), against plain decoding of that
 model. Greedy (temperature 0), so every mode gives the same tokens (checked). One sampled row (temperature 0.8,
@@ -111,12 +111,14 @@ def main() -> None:
         for kind, name, prompt, params in (cases if draft is None else cases[:-1]):
             ids = runner.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True)
             plain_rates, spec_rates, speculator = [], [], None
-            for round_index in range(args.rounds):  # alternating: plain, speculative, plain, ...
+            for round_index in range(args.rounds):  # alternating, in the order ABBA ABBA ... (no order bias)
                 if not params.greedy:  # a seed per round, the same for both: the texts differ, the medians compare
                     params = replace(params, seed=round_index)
-                plain_rate, plain_tokens = decode_rate(runner, ids, params, args.max_tokens, None)
                 speculator = Speculator(SpeculationConfig("draft" if draft else "lookup", args.draft_max), draft)
-                spec_rate, spec_tokens = decode_rate(runner, ids, params, args.max_tokens, speculator)
+                runs = [(None, "plain"), (speculator, "spec")]
+                measured = {label: decode_rate(runner, ids, params, args.max_tokens, spec)
+                            for spec, label in (runs if round_index % 2 == 0 else runs[::-1])}
+                (plain_rate, plain_tokens), (spec_rate, spec_tokens) = measured["plain"], measured["spec"]
                 if params.greedy and spec_tokens != plain_tokens:
                     raise SystemExit(f"{mode} / {name}: the speculative tokens differ from plain decoding's")
                 plain_rates.append(plain_rate)
