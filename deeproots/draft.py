@@ -85,13 +85,18 @@ class DraftModel:
         cache.truncate(cache.offset - (proposed - 1) + min(kept, proposed - 1))
 
 
-def make_speculator(target: LoadedModel, config: SpeculationConfig, draft_model: str | os.PathLike | None, *,
-                    reference: bool = False) -> Speculator | None:
-    """The speculator `config` asks for (None when off), loading the draft model in "draft" mode."""
+def check_speculation_options(config: SpeculationConfig, draft_model: str | os.PathLike | None) -> None:
+    """A draft model exactly when the mode is "draft"."""
     if config.mode == "draft" and draft_model is None:
         raise RequestError("speculation 'draft' needs a draft model (--draft-model MODEL)")
     if config.mode != "draft" and draft_model is not None:
         raise RequestError("a draft model is only used with speculation 'draft' (--spec draft)")
+
+
+def make_speculator(target: LoadedModel, config: SpeculationConfig, draft_model: str | os.PathLike | None, *,
+                    reference: bool = False) -> Speculator | None:
+    """The speculator `config` asks for (None when off), loading the draft model in "draft" mode."""
+    check_speculation_options(config, draft_model)
     if config.mode == "off":
         return None
     draft = None
