@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_options import (CHAT_DEFAULTS, add_context_option, add_model_option, add_sampling_options, natural_int,
-                          positive_int, resolve_settings, sampling_params)
+from .cli_options import (CHAT_DEFAULTS, add_context_option, add_model_option, add_sampling_options,
+                          add_speculation_options, natural_int, positive_int, resolve_settings, sampling_params,
+                          speculation_from)
 from .errors import DeeprootsError, InternalError, ModelNotFoundError, RequestError
 from .home import store_home
 from .preset import Preset, PresetStore
@@ -61,7 +62,8 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
     model_path = ModelStore().resolve(base, pull=True)  # a pull shows its own progress bar, before the load's line
     started = time.perf_counter()
     with load_progress(name):
-        model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
+        model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
+                     **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
@@ -355,12 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-f", "--file", default=None, help="read the prompt from this file (as llama.cpp's -f)")
     add_model_option(run)
     add_sampling_options(run)
+    add_speculation_options(run)
     run.set_defaults(handler=cmd_run, loads_model=True)
 
     chat = commands.add_parser("chat", help="multi-turn conversation in the terminal")
     chat.add_argument("model_word", nargs="?", metavar="MODEL", help="the model, as -m")
     add_model_option(chat)
     add_sampling_options(chat)
+    add_speculation_options(chat)
     chat.set_defaults(handler=cmd_chat, loads_model=True)
 
     pull = commands.add_parser("pull", help="fetch a model into the store, or import a file or folder into it")

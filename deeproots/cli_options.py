@@ -87,6 +87,26 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="print load time and tokens/s afterwards")
 
 
+def add_speculation_options(parser: argparse.ArgumentParser) -> None:
+    from .speculative import SPEC_MODES, SpeculationConfig
+
+    parser.add_argument("--spec", choices=SPEC_MODES, default="off",
+                        help="speculative decoding: lookup (drafts from n-grams of the prompt and output), draft "
+                             "(drafts from --draft-model) or off (default: off; docs/speculative.md)")
+    parser.add_argument("--draft-model", default=None, metavar="MODEL",
+                        help="the draft model of --spec draft: a store name or path, same vocabulary as the model")
+    parser.add_argument("--draft-max", type=int, default=SpeculationConfig.draft_max,
+                        help=f"most drafts verified per step (default: {SpeculationConfig.draft_max})")
+
+
+def speculation_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The speculation keywords of deeproots.load from --spec, --draft-model and --draft-max (none for commands
+    without them)."""
+    if not hasattr(args, "spec"):
+        return {}
+    return dict(speculation=args.spec, draft_model=args.draft_model, draft_max=args.draft_max)
+
+
 def resolve_settings(args: argparse.Namespace, preset: Preset | None) -> dict[str, Any]:
     """The run/chat settings (sampling, max_tokens, stop): command line, else preset, else CHAT_DEFAULTS."""
     given = preset.parameters if preset else {}

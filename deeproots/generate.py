@@ -8,7 +8,7 @@ clear, so a partial stop string is never emitted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from .cache.kv import KVCache
 from .errors import RequestError
 from .sampling import SamplingParams, draw_batch, logprobs_batch, make_sampler, prepare_logits
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .speculative import Speculator
 
 
 class CausalLM(Protocol):
@@ -191,14 +194,23 @@ def check_prompt(prompt_ids: Sequence[int], cache: KVCache) -> list[int]:
 
 
 def generate(model: CausalLM, tokenizer: Tokenizer, prompt_ids: Sequence[int], cache: KVCache,
-             params: SamplingParams, *, max_tokens: int, stop: Sequence[str] = ()) -> Iterator[GenerationStep]:
-    """Continue `prompt_ids`, whose first `cache.offset` tokens the cache already holds."""
+             params: SamplingParams, *, max_tokens: int, stop: Sequence[str] = (),
+             speculator: Speculator | None = None) -> Iterator[GenerationStep]:
+    """Continue `prompt_ids`, whose first `cache.offset` tokens the cache already holds; with a `speculator`
+    (speculative.py), each step verifies its drafts in one forward pass."""
     decoder = SequenceDecoder(tokenizer, prompt_ids, params, max_tokens=max_tokens, stop=stop)
     new_tokens = check_prompt(prompt_ids, cache)
     logits = model.forward(np.asarray(new_tokens, dtype=np.int64), cache)[-1]  # (vocab,)
-    while True:
-        step = decoder.step(logits, cache.room())
-        yield step
-        if step.finish_reason is not None:
-            return
-        logits = model.forward(np.asarray([step.token_id], dtype=np.int64), cache)[-1]
+    step = decoder.step(logits, cache.room())
+    state = speculator.start(prompt_ids) if speculator else None  # a draft model runs the prompt too
+    yield step
+    while step.finish_reason is None:
+        if speculator is None:
+            logits = model.forward(np.asarray([step.token_id], dtype=np.int64), cache)[-1]
+            steps: list[GenerationStep | Exception] = [decoder.step(logits, cache.room())]
+        else:
+            steps = speculator.advance(model, decoder, cache, state)
+        for step in steps:
+            if isinstance(step, Exception):
+                raise step
+            yield step

@@ -10,8 +10,10 @@ import numpy as np
 from .cache.kv import KVCache
 from .errors import RequestError, UnsupportedModelError
 from .generate import GenerationStep, generate
+from .draft import make_speculator
 from .loader import load_model_file
 from .sampling import SamplingParams
+from .speculative import SpeculationConfig
 from .store import ModelStore
 
 
@@ -19,7 +21,8 @@ class Model:
     """A loaded model with one KV cache of its own, kept between calls so a shared prefix is not run again."""
 
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
-                 threads: int | None = None, kv_type: str | None = None):
+                 threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8):
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
         loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
@@ -29,6 +32,8 @@ class Model:
         self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \
             loaded.kv_type
         self.cache = self.new_cache()
+        self.speculator = make_speculator(loaded, SpeculationConfig(speculation, draft_max), draft_model,
+                                          reference=reference)
         self._cached_ids: list[int] = []  # the tokens whose keys/values the cache holds
 
     def new_cache(self, max_tokens: int | None = None, kv_type: str | None = None) -> KVCache:
@@ -85,7 +90,8 @@ class Model:
         """The underlying token-by-token generator, reusing whatever prefix the cache shares with `ids`."""
         ids = list(ids)
         self._keep_common_prefix(ids)
-        for step in generate(self.net, self.tokenizer, ids, self.cache, params, max_tokens=max_tokens, stop=stop):
+        for step in generate(self.net, self.tokenizer, ids, self.cache, params, max_tokens=max_tokens, stop=stop,
+                             speculator=self.speculator):
             ids.append(step.token_id)
             self._cached_ids = ids[:self.cache.offset]
             yield step
@@ -111,12 +117,17 @@ class Model:
 
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
-         reference: bool = False, threads: int | None = None, kv_type: str | None = None) -> Model:
+         reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
+         draft_model: str | os.PathLike | None = None, draft_max: int = 8) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
     kernels' thread count (default: the physical cores); `kv_type` is "f16" (default), "f32" or "q8_0"
     (8.5 bits a value, llama.cpp's -ctk/-ctv q8_0; needs a head size that is a multiple of 32).
+    `speculation` is "off", "lookup" (prompt lookup drafts) or "draft" (drafts from `draft_model`, a store name or
+    path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
     """
-    return Model(ModelStore().resolve(name_or_path, pull=pull), context=context, reference=reference,
-                 threads=threads, kv_type=kv_type)
+    store = ModelStore()
+    draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
+    return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
+                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max)

@@ -47,6 +47,8 @@ def stream_answer(model, ids: list[int], settings: dict[str, Any], *, verbose: b
 
     writer = answer_writer(sys.stdout)
     pieces: list[str] = []
+    speculator = model.speculator
+    drafts_before = (speculator.accepted, speculator.rejected) if speculator else (0, 0)
     started = time.perf_counter()
     first_token_at, finish = None, "interrupted"
     try:
@@ -69,6 +71,10 @@ def stream_answer(model, ids: list[int], settings: dict[str, Any], *, verbose: b
               f"({len(ids) / (first_token_at - started):.1f} tokens/s)\n"
               f"decode: {n_tokens} tokens, {max(n_tokens - 1, 0) / decode_time if decode_time else 0:.1f} tokens/s",
               file=sys.stderr)
+        if speculator:
+            accepted, rejected = speculator.accepted - drafts_before[0], speculator.rejected - drafts_before[1]
+            print(f"speculation ({speculator.config.mode}): {accepted} draft tokens accepted, {rejected} rejected",
+                  file=sys.stderr)
     return Answer("".join(pieces), n_tokens, finish)
 
 

@@ -303,6 +303,33 @@ def draw_batch(logits: np.ndarray, samplers: Sequence[Sampler]) -> list[int]:
     return tokens
 
 
+def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The probabilities (vocab,) float64 that draw_batch draws one row from: `logits` (vocab,) already prepared
+    (prepare_logits), then temperature and the top-k / top-p / min-p filters as draw_batch applies them. Greedy
+    (or a temperature that overflows float32) is a point mass on the argmax. Speculative decoding's rejection
+    rule reads p(x) from it (speculative.py)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    probs = np.zeros(logits.shape[0], dtype=np.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        tempered = logits / np.float32(params.temperature) if not params.greedy else None
+    if tempered is None or not np.isfinite(tempered.max()):
+        probs[int(logits.argmax())] = 1.0
+        return probs
+    if params.top_k > 0 or params.top_p < 1.0:
+        values, ids = _filter_candidates(tempered[None], params.top_k, params.top_p, params.min_p)
+        probs[ids[0]] = np.exp(values[0] - values[0, 0])
+    else:
+        probs[:] = np.exp(tempered - tempered.max())
+        if params.min_p > 0.0:
+            probs[probs < params.min_p] = 0.0
+    return probs / probs.sum()
+
+
+def draw_from(weights: np.ndarray, u: float) -> int:
+    """The inverse-CDF draw from weights (vocab,) >= 0, not necessarily normalized, for the uniform u."""
+    return _inverse_cdf(weights, u)
+
+
 def _draw(logits: np.ndarray, min_p: float, u: float) -> int:
     """The inverse-CDF draw from softmax(logits (vocab,)) for the uniform u, after min_p alone (filter_logits'
     test, on the very weights it would leave: exp(logit - max) is each probability over the top one)."""

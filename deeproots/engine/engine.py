@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from ..errors import RequestError
+from ..draft import make_speculator
 from ..generate import SequenceDecoder, decode_batch
+from ..speculative import SpeculationConfig
 from ..loader import LoadedModel
 from .prefix_cache import PrefixCache
 from .request import EmbeddingRequest, EmbeddingResult, EngineStoppedError, GenerationRequest, Sequence, SequenceEvent
@@ -48,6 +51,8 @@ class EngineConfig:
     prefix_block: int = 32  # tokens per prefix-cache entry
     prefill_chunk: int = 256  # most prompt tokens a sequence runs per step (a multiple of prefix_block)
     prefix_capacity_tokens: int | None = None  # default: one context
+    speculation: SpeculationConfig = SpeculationConfig()  # speculative decoding (off by default)
+    draft_model: str | os.PathLike | None = None  # the draft model of speculation "draft"
 
     def __post_init__(self) -> None:
         if self.prefix_block < 1 or self.prefill_chunk < self.prefix_block or self.prefill_chunk % self.prefix_block:
@@ -73,6 +78,7 @@ class Engine:
         self.model = model
         self.config = config
         self.runner = BatchRunner(model.net)
+        self.speculator = make_speculator(model, config.speculation, config.draft_model)
         budget = config.kv_budget_tokens or config.max_running * model.context
         self.scheduler = Scheduler(max_running=config.max_running, max_queue=config.max_queue,
                                    kv_budget_tokens=budget, context=model.context)
@@ -168,12 +174,16 @@ class Engine:
             self._retire(sequence)
         for request in admitted:
             self._start(request)
-        batch = self._plan()
+        started = time.perf_counter()
+        batch = self._plan()  # with this step's drafts: their time is part of the step's
         if not batch:
             return
+        # logits rows per sequence: the last token's, or with drafts the pending token's and every draft's
+        wanted = [0 if sequence.embedding else len(sequence.proposal.drafts) + 1 if sequence.proposal else 1
+                  for sequence, _ in batch]
         try:
             logits, hidden = self.runner.run([(sequence.cache, tokens) for sequence, tokens in batch],
-                                             [sequence.embedding for sequence, _ in batch])
+                                             [sequence.embedding for sequence, _ in batch], wanted)
         except Exception as error:
             log.exception("forward pass failed; failing the %d sequences in it", len(batch))
             for sequence, _ in batch:
@@ -182,8 +192,10 @@ class Engine:
             return
         self._steps += 1
         sampling, rows = [], []  # sequences that sample now (decoding, or done with their prompt), their logits rows
+        verifying = []  # sequences with drafts, and their logits rows (k + 1, vocab)
         embedded = []  # embeddings whose whole input has run
-        row = -1  # the logits row of the sequence at hand: embeddings have none
+        row = 0  # the first logits row of the sequence at hand: embeddings have none
+        plain_step = all(not sequence.prefilling for sequence, _ in batch)  # a decode step: measured for the cost
         for index, (sequence, tokens) in enumerate(batch):
             sequence.pending = sequence.pending[len(tokens):]
             if sequence.prefilling:
@@ -193,18 +205,24 @@ class Engine:
                 if not sequence.pending:
                     embedded.append(sequence)
                 continue
-            row += 1
+            first, row = row, row + wanted[index]
             if sequence.prefilling:
                 if sequence.pending:
                     continue  # more prompt to run before this sequence samples
                 sequence.prefilling = False
                 self.prefix_cache.store(sequence.request.prompt_ids, sequence.cache, sequence.request.cache_namespace)
+            if sequence.proposal:
+                verifying.append((sequence, logits[first:row]))
+                continue
             sampling.append(sequence)
-            rows.append(row)
+            rows.append(row - 1)
         if sampling:
             self._decode(sampling, logits if len(rows) == len(logits) else logits[rows])
+        produced = len(rows) + self._verify(verifying)
+        if self.speculator and plain_step:
+            self.speculator.cost.observe(sum(len(tokens) for _, tokens in batch), time.perf_counter() - started)
         self._finish_embeddings(embedded)
-        self._recent.append((time.perf_counter(), len(rows)))
+        self._recent.append((time.perf_counter(), produced))
 
     def _finish_embeddings(self, sequences: list[Sequence]) -> None:
         for sequence in sequences:
@@ -223,8 +241,9 @@ class Engine:
                 self.scheduler.release(reserved)
             self._deliver([(request, error)])
             return
+        speculation = self.speculator.start(request.prompt_ids) if self.speculator and decoder else None
         with self._lock:
-            self.scheduler.start(Sequence(request, cache, decoder))
+            self.scheduler.start(Sequence(request, cache, decoder, speculation))
 
     def _decoder(self, request: GenerationRequest, cache) -> SequenceDecoder:
         """The request's sampler and detokenizer, after its cached prompt prefix was copied into `cache`."""
@@ -243,7 +262,22 @@ class Engine:
                 batch.append((sequence, sequence.pending[:chunk - sequence.cache.offset % block]))
             else:
                 batch.append((sequence, sequence.pending))
-        return batch
+        self._propose([sequence for sequence, _ in batch if sequence.speculation and not sequence.prefilling])
+        return [(sequence, tokens + sequence.proposal.drafts if sequence.proposal else tokens)
+                for sequence, tokens in batch]
+
+    def _propose(self, decoding: list[Sequence]) -> None:
+        """This step's drafts of the decoding sequences (none while the batch is full: every slot taken, or
+        requests waiting, when more rows would only slow the others down)."""
+        for sequence in decoding:
+            sequence.proposal = None
+        if not decoding or len(self.scheduler.running) >= self.config.max_running or self.scheduler.waiting:
+            return
+        proposals = self.speculator.propose([sequence.speculation for sequence in decoding],
+                                            [sequence.decoder for sequence in decoding],
+                                            [sequence.cache.room() for sequence in decoding])
+        for sequence, proposal in zip(decoding, proposals):
+            sequence.proposal = proposal if proposal.drafts else None
 
     def _decode(self, sequences: list[Sequence], logits) -> None:
         """Sample the next token of every sequence from its row of logits (B, vocab), all in one batched draw."""
@@ -256,11 +290,36 @@ class Engine:
                 self._retire(sequence)
                 continue
             self._generated_tokens += 1
+            if sequence.speculation:
+                self.speculator.plain(sequence.speculation, result.token_id)
             if result.finish_reason is not None:
                 self._retire(sequence)
             else:
                 sequence.pending = [result.token_id]
         self._deliver(events)
+
+    def _verify(self, verifying: list[tuple[Sequence, object]]) -> int:
+        """Check each sequence's drafts against its logits rows (k + 1, vocab); drop the rejected rows from its
+        cache. Returns the tokens emitted."""
+        events: list[tuple[GenerationRequest, SequenceEvent]] = []
+        for sequence, logits in verifying:
+            proposal, cache, request = sequence.proposal, sequence.cache, sequence.request
+            offset = cache.offset - len(proposal.drafts) - 1  # before this step's rows
+            steps = self.speculator.verify(sequence.decoder, logits, proposal, cache.max_tokens - offset)
+            cache.truncate(offset + len(steps))  # the pending token's row and the kept drafts'
+            kept = self.speculator.verified(sequence.speculation, proposal, steps)
+            request.accepted_draft_tokens += kept
+            request.rejected_draft_tokens += len(proposal.drafts) - kept
+            sequence.proposal = None
+            events.extend((request, step) for step in steps)
+            last = steps[-1]
+            self._generated_tokens += len(steps) - isinstance(last, Exception)
+            if isinstance(last, Exception) or last.finish_reason is not None:
+                self._retire(sequence)
+            else:
+                sequence.pending = [last.token_id]
+        self._deliver(events)
+        return sum(1 for _, step in events if not isinstance(step, Exception))
 
     def _deliver(self, events: list[tuple[GenerationRequest, SequenceEvent]]) -> None:
         """Report events: one dispatch() per dispatcher for all its events, else each request's on_event here."""

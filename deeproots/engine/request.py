@@ -14,6 +14,7 @@ from ..cache.kv import KVCache
 from ..errors import DeeprootsError
 from ..generate import GenerationStep, SequenceDecoder, TokenConstraint
 from ..sampling import SamplingParams
+from ..speculative import Proposal, SequenceSpeculation
 
 
 class QueueFullError(DeeprootsError):
@@ -64,6 +65,9 @@ class GenerationRequest(EngineRequest):
     constraint: Callable[[], TokenConstraint] | None = None  # makes this sequence's own constraint state
     cache_namespace: bytes = b""  # prefix-cache entries are shared only within one namespace
     cached_tokens: int = 0  # prompt tokens the engine took from the prefix cache (set when the sequence starts)
+    # speculative decoding: draft tokens kept and rejected so far (updated before the step's events go out)
+    accepted_draft_tokens: int = 0
+    rejected_draft_tokens: int = 0
 
 
 @dataclass
@@ -84,8 +88,10 @@ class Sequence:
     """A request the scheduler admitted: its KV cache, its decoder, and the tokens still to feed."""
 
     def __init__(self, request: GenerationRequest | EmbeddingRequest, cache: KVCache,
-                 decoder: SequenceDecoder | None):
+                 decoder: SequenceDecoder | None, speculation: SequenceSpeculation | None = None):
         self.request = request
+        self.speculation = speculation  # None: plain decoding (no speculator, or an embedding)
+        self.proposal: Proposal | None = None  # this step's drafts, when it has any
         self.cache = cache
         self.decoder = decoder  # None for an embedding
         self.pending = list(request.prompt_ids[cache.offset:])  # tokens to run: the uncached prompt, then the last sample

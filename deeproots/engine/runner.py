@@ -13,20 +13,22 @@ class BatchRunner:
     def __init__(self, net):
         self.net = net
 
-    def run(self, work: Sequence[tuple[KVCache, list[int]]],
-            embedding: Sequence[bool]) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+    def run(self, work: Sequence[tuple[KVCache, list[int]]], embedding: Sequence[bool],
+            logit_rows: Sequence[int] | None = None) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
         """Feed each cache its new tokens, all packed in one forward pass.
 
-        Returns the logits (G, vocab) of the last new token of each of the G sequences that are not embeddings
-        (None when there are none), in order, and, by index in `work`, the final hidden states (T, d_model) of every
-        new token of each embedding sequence.
+        Returns the logits (R, vocab) of the last logit_rows[i] new tokens (default 1; more for speculative
+        decoding's drafts) of each sequence that is not an embedding (None when there are none), in order, and, by
+        index in `work`, the final hidden states (T, d_model) of every new token of each embedding sequence.
         """
         tokens = np.array([token for _, ids in work for token in ids], dtype=np.int64)  # (N,)
         lengths = [len(ids) for _, ids in work]
         hidden = self.net.hidden_states(tokens, [cache for cache, _ in work], lengths)  # (N, d_model)
         ends = np.cumsum(lengths)
-        generating = [index for index, embeds in enumerate(embedding) if not embeds]
-        logits = self.net.logits(hidden[ends[generating] - 1]) if generating else None  # (G, vocab)
+        counts = logit_rows or [1] * len(work)
+        rows = [row for index, embeds in enumerate(embedding) if not embeds
+                for row in range(ends[index] - counts[index], ends[index])]
+        logits = self.net.logits(hidden[rows]) if rows else None  # (R, vocab)
         states = {index: self.net.backend.to_host(hidden[ends[index] - lengths[index]:ends[index]]).copy()
                   for index, embeds in enumerate(embedding) if embeds}  # copies: `hidden` is not kept
         return logits, states

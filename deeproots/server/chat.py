@@ -35,6 +35,7 @@ class ChatUsage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int  # prompt tokens of choice 0 taken from the prefix cache (the request's own namespace)
+    draft_tokens: tuple[int, int] = (0, 0)  # speculative decoding's (accepted, rejected) drafts over every choice
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class ChatRun:
                 events += rest
             yield ChatStep(index, tuple(events), step, answer)
         exchange = self.exchange
-        yield ChatUsage(exchange.prompt_tokens, exchange.completion_tokens, exchange.cached_tokens)
+        yield ChatUsage(exchange.prompt_tokens, exchange.completion_tokens, exchange.cached_tokens,
+                        exchange.draft_tokens)
 
     async def complete(self) -> tuple[list[ChatAnswer], ChatUsage] | None:
         """Every choice's answer and the usage; None when the client left first (the request is counted as 499)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache.kv import KV_TYPES
+from ..cli_options import add_speculation_options
 from ..config import DEFAULT_CONTEXT
 from ..errors import RequestError
 from ..store import CATALOG, DEFAULT_MODEL
@@ -56,6 +57,7 @@ def add_server_commands(subparsers) -> None:
                        help="also answer requests whose Host header names NAME (repeatable); without it, a server "
                             "bound to loopback without a key answers only localhost, 127.x and [::1]")
     serve.add_argument("--parallel", type=int, default=8, help="sequences decoded together (default: 8)")
+    add_speculation_options(serve)  # --spec, --draft-model, --draft-max: as run's, for every served model
     serve.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429 (default: 64)")
     serve.add_argument("--kv-budget", type=int, default=None,
                        help="KV cache tokens for all running sequences (default: parallel x ctx)")
@@ -138,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     protocol = limited_protocol(ConnectionLimits(args.max_connections, args.header_timeout))
     models = servable_models(args.models or [DEFAULT_MODEL], args.alias, ModelStore(), args.ctx)
     options = LoadOptions(EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
-                                       kv_budget_tokens=args.kv_budget),
+                                       kv_budget_tokens=args.kv_budget, **engine_speculation(args)),
                           threads=args.threads, kv_type=args.kv_type, reference=args.reference)
     pool = ModelPool(models, options, keep_alive=args.keep_alive, max_memory=args.max_memory)
     pool.preload(models.default)
@@ -176,6 +178,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         asyncio.run(main())
     finally:
         pool.stop_all()
+
+
+def engine_speculation(args: argparse.Namespace) -> dict:
+    """EngineConfig's speculation fields from --spec, --draft-model and --draft-max, checked before any load."""
+    from ..draft import check_speculation_options
+    from ..speculative import SpeculationConfig
+    from ..store import ModelStore
+
+    config = SpeculationConfig(args.spec, args.draft_max)
+    check_speculation_options(config, args.draft_model)
+    draft = ModelStore().resolve(args.draft_model, pull=True) if args.draft_model else None  # as -m pulls
+    return dict(speculation=config, draft_model=draft)
 
 
 def read_api_keys(args: argparse.Namespace) -> list[str]:

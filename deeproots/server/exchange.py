@@ -73,6 +73,10 @@ class Exchange:
     def cached_tokens(self) -> int:
         return self.run.cached_tokens
 
+    @property
+    def draft_tokens(self) -> tuple[int, int]:
+        return self.run.draft_tokens
+
     async def collect(self, items: AsyncIterator) -> bool:
         """Consume `items` (built on steps()) to the end for a whole response; False when the client left first
         (its sequences are cancelled and the request counted as 499). Errors are counted and raised as APIErrors."""

@@ -136,6 +136,12 @@ class ChoiceRun:
         """Prompt tokens of choice 0 taken from the prefix cache (set by the engine before the choice's first event)."""
         return self.requests[0].cached_tokens
 
+    @property
+    def draft_tokens(self) -> tuple[int, int]:
+        """Speculative decoding's (accepted, rejected) draft tokens over every choice."""
+        return (sum(request.accepted_draft_tokens for request in self.requests),
+                sum(request.rejected_draft_tokens for request in self.requests))
+
     def cancel(self) -> None:
         for request in self.requests:
             request.cancel()

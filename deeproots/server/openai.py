@@ -93,14 +93,16 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
                                         lambda error: sse(error.body()))
     if not await exchange.collect(exchange.steps()):
         return Response(status_code=499)  # the client left; its sequences were cancelled
-    return JSONResponse(shapes.final(exchange.choices, exchange.prompt_tokens, exchange.cached_tokens))
+    return JSONResponse(shapes.final(exchange.choices, exchange.prompt_tokens, exchange.cached_tokens,
+                                     exchange.draft_tokens))
 
 
 async def completion_chunks(exchange: Exchange, shapes: CompletionShapes, options) -> AsyncIterator[str]:
     async for index, step in exchange.steps():
         yield sse(shapes.chunk(index, step))
     if options and options.include_usage:
-        yield sse(shapes.usage_chunk(exchange.prompt_tokens, exchange.completion_tokens, exchange.cached_tokens))
+        yield sse(shapes.usage_chunk(exchange.prompt_tokens, exchange.completion_tokens, exchange.cached_tokens,
+                                     exchange.draft_tokens))
     yield sse("[DONE]")
 
 

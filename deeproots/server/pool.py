@@ -17,14 +17,16 @@ import re
 import time
 from collections import Counter
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..draft import VocabularyMismatchError
 from ..engine import Engine, EngineConfig
 from ..engine.grammar import GrammarCompiler
 from ..errors import DeeprootsError, InternalError, RequestError
 from ..inspect import human_bytes
 from ..memory import collect_unloaded_objects
 from ..model import Model
+from ..speculative import SpeculationConfig
 from .chat_plan import template_message
 from .errors import APIError
 from .schemas import ChatMessage
@@ -120,7 +122,12 @@ class LoadOptions:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
                       threads=self.threads, kv_type=self.kv_type)
-        return ServedModel(source.name, model, Engine(model.loaded, self.engine))
+        try:
+            engine = Engine(model.loaded, self.engine)
+        except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary
+            log.warning("%s runs without drafts: %s", source.name, error)
+            engine = Engine(model.loaded, replace(self.engine, speculation=SpeculationConfig(), draft_model=None))
+        return ServedModel(source.name, model, engine)
 
 
 @dataclass(eq=False)

@@ -24,11 +24,16 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-    """Token counts; cached_tokens only ever counts hits in the request's own prefix-cache namespace."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, drafts: tuple[int, int] = (0, 0)) -> dict:
+    """Token counts; cached_tokens only ever counts hits in the request's own prefix-cache namespace. `drafts`:
+    speculative decoding's (accepted, rejected) draft tokens, reported under OpenAI's names when there were any."""
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+              "total_tokens": prompt_tokens + completion_tokens,
+              "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    if any(drafts):
+        counts["completion_tokens_details"] = {"accepted_prediction_tokens": drafts[0],
+                                               "rejected_prediction_tokens": drafts[1]}
+    return counts
 
 
 def reported_steps(steps: list[GenerationStep], tokenizer: Tokenizer) -> list[GenerationStep]:
@@ -74,9 +79,10 @@ class Shapes:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": "deeproots", "choices": choices}
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+                    drafts: tuple[int, int] = (0, 0)) -> dict:
         return {**self._envelope(self.chunk_object, []),
-                "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
+                "usage": usage(prompt_tokens, completion_tokens, cached_tokens, drafts)}
 
 
 class ChatShapes(Shapes):
@@ -86,7 +92,8 @@ class ChatShapes(Shapes):
     def final(self, answers: list[ChatAnswer], choices: list[Choice], chat_usage) -> dict:
         return {**self._envelope(self.object, [self.final_choice(answer, choice)
                                                for answer, choice in zip(answers, choices)]),
-                "usage": usage(chat_usage.prompt_tokens, chat_usage.completion_tokens, chat_usage.cached_tokens)}
+                "usage": usage(chat_usage.prompt_tokens, chat_usage.completion_tokens, chat_usage.cached_tokens,
+                               chat_usage.draft_tokens)}
 
     def final_choice(self, answer: ChatAnswer, choice: Choice) -> dict:
         message: dict = {"role": "assistant", "content": answer.content if answer.content or not answer.tool_calls
@@ -143,7 +150,8 @@ async def chat_chunks(items, shapes: ChatShapes, n: int, options) -> AsyncIterat
             for chunk in shapes.chunks(item):
                 yield sse(chunk)
         elif options and options.include_usage:
-            yield sse(shapes.usage_chunk(item.prompt_tokens, item.completion_tokens, item.cached_tokens))
+            yield sse(shapes.usage_chunk(item.prompt_tokens, item.completion_tokens, item.cached_tokens,
+                                         item.draft_tokens))
     yield sse("[DONE]")
 
 
@@ -154,9 +162,10 @@ class CompletionShapes(Shapes):
         super().__init__(model, tokenizer, with_logprobs)
         self.text_offsets: dict[int, int] = {}  # per choice: text streamed so far, for logprobs.text_offset
 
-    def final(self, choices: list[Choice], prompt_tokens: int, cached_tokens: int) -> dict:
+    def final(self, choices: list[Choice], prompt_tokens: int, cached_tokens: int,
+              drafts: tuple[int, int] = (0, 0)) -> dict:
         return {**self._envelope(self.object, [self.final_choice(choice) for choice in choices]),
-                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices), cached_tokens)}
+                "usage": usage(prompt_tokens, sum(len(choice.steps) for choice in choices), cached_tokens, drafts)}
 
     def final_choice(self, choice: Choice) -> dict:
         return {"index": choice.index, "text": choice.text, "finish_reason": choice.finish_reason,

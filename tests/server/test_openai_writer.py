@@ -8,7 +8,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from deeproots.generate import GenerationStep
-from deeproots.server.chat import ChatStep
+from deeproots.server.chat import ChatStep, ChatUsage
 from deeproots.server.chat_parse import ChoiceParser, Thinking
 from deeproots.server.generation import Choice
 from deeproots.server.responses import ChatShapes
@@ -44,10 +44,8 @@ def test_chunks_reassemble_in_the_official_accumulator_to_the_whole_body(split):
             state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(json.dumps(chunk))))
     streamed = state.get_final_completion().choices[0]
 
-    class Usage:
-        prompt_tokens, completion_tokens, cached_tokens = 10, len(items), 0
-
-    whole = ChatCompletion.model_validate(shapes.final([items[-1].answer], [choice], Usage)).choices[0]
+    usage = ChatUsage(prompt_tokens=10, completion_tokens=len(items), cached_tokens=0)
+    whole = ChatCompletion.model_validate(shapes.final([items[-1].answer], [choice], usage)).choices[0]
     assert streamed.finish_reason == whole.finish_reason == "tool_calls"
     assert streamed.message.content == whole.message.content == "Checking."
     assert [(c.id, c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == \
