@@ -75,11 +75,9 @@ def test_route_is_softmax_then_top_k(normalize):
 
 
 @pytest.fixture(scope="module")
-def olmoe_q4_0(tiny_checkpoint, tmp_path_factory):
+def olmoe_q4_0(tiny_q4_0):
     """A q4_0 file of the tiny OLMoE (every expert's rows fit q4_0's 32-value blocks)."""
-    out = tmp_path_factory.mktemp("olmoe-q4_0") / "model-q4_0.gguf"
-    convert_folder(tiny_checkpoint("olmoe")[0], out, "q4_0", progress=False)
-    return out
+    return tiny_q4_0("olmoe")
 
 
 def hidden_rows(n: int) -> np.ndarray:
