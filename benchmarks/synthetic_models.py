@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deeproots.formats.gguf import GGUFFile
+from deeproots.convert import FILE_TYPES as LLAMA_FILE_TYPES
+from deeproots.convert import QUANTIZATION_VERSION, tensor_type
+from deeproots.formats.gguf import GGUFFile, GGUFValueType
 from deeproots.formats.gguf_writer import GGUFWriter
 from deeproots.quant import GGMLType
 from deeproots.quant.types import BLOCK_GEOMETRY
@@ -57,12 +59,11 @@ SHAPES = {
                                     n_experts=60, experts_per_token=4, expert_ffn=1408, shared_ffn=5632,
                                     qkv_bias=True),
 }
-FILE_TYPES = {"q4_0": GGMLType.Q4_0, "q4_k_m": GGMLType.Q4_K}
+FILE_TYPES = {"q4_0": "q4_0", "q4_k_m": "q4_k"}  # -> convert's --type of most matrices
 # where each type's f16 scales sit in its block (ggml's block structs)
 SCALE_OFFSETS = {GGMLType.Q4_0: (0,), GGMLType.Q5_0: (0,), GGMLType.Q8_0: (0,), GGMLType.Q4_K: (0, 2),
                  GGMLType.Q6_K: (208,)}
 SCALE = np.array([0.01], np.float16).view(np.uint8)  # (2,) the bytes of one f16 scale
-FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q6_K: GGMLType.Q8_0}  # rows that do not fit 256-value blocks
 
 
 def random_blocks(rng: np.random.Generator, ggml_type: GGMLType, n_values: int) -> np.ndarray:
@@ -75,21 +76,21 @@ def random_blocks(rng: np.random.Generator, ggml_type: GGMLType, n_values: int) 
     return blocks.reshape(-1)
 
 
-def more_bits(layer: int, n_layers: int) -> bool:
+def more_bits(layer: int | None, n_layers: int) -> bool:
     """llama-quantize's use_more_bits: the layers whose attn_v and ffn_down a q4_k_m file keeps in Q6_K."""
+    if layer is None:
+        return False
     return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
-def matrix_type(name: str, layer: int | None, row_length: int, shape: ModelShape, file_type: str) -> GGMLType:
-    base = FILE_TYPES[file_type]
-    if name == "output":
-        chosen = GGMLType.Q6_K
-    elif file_type == "q4_k_m" and layer is not None and name in ("attn_v", "ffn_down", "ffn_down_exps") \
-            and more_bits(layer, shape.n_layers):
-        chosen = GGMLType.Q6_K
-    else:
-        chosen = base
-    return FALLBACK[chosen] if row_length % BLOCK_GEOMETRY[chosen].block_size else chosen
+def matrix_type(name: str, layer: int | None, gguf_shape: tuple[int, ...], n_layers: int,
+                file_type: str) -> GGMLType:
+    """convert's type for the matrix (the output projection in Q6_K, fallbacks for rows that do not fit), with
+    q4_k_m's Q6_K layers."""
+    target = FILE_TYPES[file_type]
+    if file_type == "q4_k_m" and name in ("attn_v", "ffn_down", "ffn_down_exps") and more_bits(layer, n_layers):
+        target = "q6_k"
+    return tensor_type(target, gguf_shape, output=name == "output")
 
 
 def matrices(shape: ModelShape) -> list[tuple[str, int | None, tuple[int, ...]]]:
@@ -147,21 +148,23 @@ def write_model(path: Path, shape_name: str, file_type: str) -> None:
     arch = s.architecture
     writer.add("general.architecture", arch)
     writer.add("general.name", f"synthetic {shape_name} {file_type}")
+    writer.add("general.file_type", LLAMA_FILE_TYPES[FILE_TYPES[file_type]], GGUFValueType.UINT32)
+    writer.add("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
     for key, value in {"block_count": s.n_layers, "context_length": s.context_length, "embedding_length": s.d_model,
                        "feed_forward_length": s.shared_ffn or s.expert_ffn, "attention.head_count": s.n_heads,
                        "attention.head_count_kv": s.n_heads, "rope.freq_base": s.rope_theta,
                        "attention.layer_norm_rms_epsilon": s.norm_eps, "expert_count": s.n_experts,
                        "expert_used_count": s.experts_per_token, "expert_feed_forward_length": s.expert_ffn,
                        "vocab_size": s.vocab_size}.items():
-        writer.add(f"{arch}.{key}", value)
+        writer.add(f"{arch}.{key}", value, GGUFValueType.UINT32 if isinstance(value, int) else None)
     if s.shared_ffn is not None:
-        writer.add(f"{arch}.expert_shared_feed_forward_length", s.shared_ffn)
+        writer.add(f"{arch}.expert_shared_feed_forward_length", s.shared_ffn, GGUFValueType.UINT32)
     for key, value in tokenizer_metadata(s.vocab_size).items():
         writer.add(key, value)
     for name, values in vectors(s):
         writer.add_tensor(name, values, GGMLType.F32)
     for seed, (name, layer, gguf_shape) in enumerate(matrices(s)):
-        ggml_type = matrix_type(name, layer, gguf_shape[0], s, file_type)
+        ggml_type = matrix_type(name, layer, gguf_shape, s.n_layers, file_type)
         n_values = int(np.prod(gguf_shape))
         writer.add_tensor_later(f"blk.{layer}.{name}.weight" if layer is not None else f"{name}.weight", gguf_shape,
                                 ggml_type, lambda seed=seed, t=ggml_type, n=n_values:

@@ -21,7 +21,7 @@ from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
 from .formulas import RotaryEmbedding, gelu_mul
-from .linears import ConcatLinear, DenseLinear, PackedLinear, QuantizedEmbedding
+from .linears import ConcatLinear, DenseLinear, Experts, PackedExperts, PackedLinear, QuantizedEmbedding
 
 
 def _rotate_fast(rope: RotaryEmbedding, x: np.ndarray, start: int) -> None:
@@ -80,14 +80,14 @@ class CPUBackend(Backend):
         return ConcatLinear([self.linear(source, [name], in_features, [rows]) for name, rows in zip(names, out_features)])
 
     def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
-                       out_features: list[int]) -> list[Linear]:
+                       out_features: list[int]) -> Experts:
         """Expert e's matrices are slice e of each 3-d tensor's bytes (GGUF stores experts one after another):
         packed per expert from those slices, without a copy of the tensor, into one buffer for all the experts (or
         mapped from the packed cache, where they lie one after another too). Other types are dense float32."""
         infos = [source.info(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
         if not _packable(infos):
             parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
-            return [DenseLinear(np.concatenate([part[e] for part in parts])) for e in range(n_experts)]
+            return Experts([DenseLinear(np.concatenate([part[e] for part in parts])) for e in range(n_experts)])
 
         @functools.cache
         def stored() -> list[np.ndarray]:  # read once, and only if the packed cache lacks an expert
@@ -101,9 +101,10 @@ class CPUBackend(Backend):
             space = self._cache_space(n_experts * stride)
             return space if space is not None else aligned_empty(n_experts * stride)
 
-        return [self._packed(source, f"{'+'.join(names)}[{e}]", lambda e=e: [part[e] for part in stored()],
-                             ggml_type, shape, into=lambda e=e: buffer()[e * stride:(e + 1) * stride])
-                for e in range(n_experts)]
+        key = "+".join(names)
+        return PackedExperts([self._packed(source, f"{key}[{e}]", lambda e=e: [part[e] for part in stored()],
+                                           ggml_type, shape, into=lambda e=e: buffer()[e * stride:(e + 1) * stride])
+                              for e in range(n_experts)])
 
     def _packed(self, source: WeightSource, key: str, parts: Callable[[], list[np.ndarray]], ggml_type: int,
                 shape: tuple[int, int], into: Callable[[], np.ndarray] | None = None) -> PackedLinear:
