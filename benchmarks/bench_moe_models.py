@@ -1,12 +1,15 @@
 """Whole mixture-of-experts models against llama.cpp: synthetic files of real shapes, prefill and decode, side by side.
 
     python benchmarks/bench_moe_models.py [--models olmoe-1b-7b:q4_0,qwen1.5-moe-a2.7b:q4_k_m] [-p 512] [-n 128]
-                                          [-r 5] [--threads 2] [--folder /tmp/moe-files] [--keep]
+                                          [-r 5] [--threads 2] [--folder /tmp/moe-files] [--keep] [--processes]
 
 For each shape and file type, a file with random weights is written by our writer (benchmarks/synthetic_models.py),
 then `deeproots bench --vs llama.cpp`'s engines (deeproots/bench.py: llama.cpp through llama-cpp-python, the same
-file, the same tokens) run ppN and tgN alternately, repetition by repetition; medians are reported. The file and its
-packed cache (DEEPROOTS_HOME inside --folder) are deleted afterwards unless --keep.
+file, the same tokens) run ppN and tgN alternately, repetition by repetition; medians are reported. Where the two
+engines' weights (llama.cpp maps the file, deeproots its packed cache) do not both fit in the memory available, the
+engines alternate process by process instead, each run loading its weights and warming up (untimed) before one
+timed repetition, so neither is timed reading pages from disk. The file and its packed cache (DEEPROOTS_HOME inside
+--folder) are deleted afterwards unless --keep.
 
 The decode ceiling is the read bandwidth, measured in the same run (bench_kernels.read_bandwidth_gbs: the best of five
 sums over 512 MB on the same threads), divided by the bytes one token reads in the file: every matrix but the
@@ -18,11 +21,12 @@ except Q5_0, widened to Q8_0 at load (34/22 of its bytes), which the "deeproots 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 MODELS = ["olmoe-1b-7b:q4_0", "olmoe-1b-7b:q4_k_m", "qwen1.5-moe-a2.7b:q4_0", "qwen1.5-moe-a2.7b:q4_k_m"]
@@ -46,16 +50,59 @@ def active_bytes(path: Path) -> tuple[int, int]:
     return int(in_file), int(in_packed)
 
 
-def bench_file(path: Path, n_prompt: int, n_gen: int, repetitions: int, threads: int) -> dict[tuple[str, str], float]:
-    """Median tokens/s by (engine, test)."""
+def engines_for(path: Path, context: int, threads: int, which: tuple[str, ...]) -> list:
     import deeproots
-    from deeproots.bench import DeeprootsEngine, LlamaCppEngine, benchmark_tokens, run_benchmark
+    from deeproots.bench import DeeprootsEngine, LlamaCppEngine
 
+    engines = []
+    if "deeproots" in which:
+        engines.append(DeeprootsEngine(deeproots.load(path, context=context, threads=threads)))
+    if "llama.cpp" in which:
+        engines.append(LlamaCppEngine(path, context, threads))
+    return engines
+
+
+def timed_runs(path: Path, n_prompt: int, n_gen: int, repetitions: int, threads: int,
+               which: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    """tokens/s of each repetition, by engine and test, the engines alternating (bench.run_benchmark)."""
+    from deeproots.bench import benchmark_tokens, run_benchmark
+    from deeproots.formats.gguf import GGUFFile
+
+    with GGUFFile.open(path) as gguf:
+        vocab_size = len(gguf.metadata["tokenizer.ggml.tokens"])
     context = max(n_prompt, n_gen)
-    model = deeproots.load(path, context=context, threads=threads)
-    engines = [DeeprootsEngine(model), LlamaCppEngine(path, context, threads)]
-    results = run_benchmark(engines, benchmark_tokens(model.config.vocab_size, context), n_prompt, n_gen, repetitions)
-    return {(r.engine, r.test): statistics.median(r.tokens_per_second) for r in results}
+    results = run_benchmark(engines_for(path, context, threads, which), benchmark_tokens(vocab_size, context),
+                            n_prompt, n_gen, repetitions)
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in results:
+        out.setdefault(r.engine, {})[r.test] = r.tokens_per_second
+    return out
+
+
+def fits_together(path: Path) -> bool:
+    """Both engines' weights (about the file's size each) fit in the memory available now."""
+    available = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    return 2.2 * path.stat().st_size < available
+
+
+def bench_file(path: Path, n_prompt: int, n_gen: int, repetitions: int, threads: int,
+               processes: bool) -> tuple[dict, str]:
+    """(median tokens/s by (engine, test), how the engines alternated)."""
+    if not processes and fits_together(path):
+        runs = timed_runs(path, n_prompt, n_gen, repetitions, threads, ("deeproots", "llama.cpp"))
+        mode = "in one process"
+    else:
+        runs, mode = {}, "process by process"
+        for _ in range(repetitions):
+            for engine in ("deeproots", "llama.cpp"):
+                out = subprocess.run([sys.executable, __file__, "--child", engine, str(path), "-p", str(n_prompt),
+                                      "-n", str(n_gen), "--threads", str(threads)], check=True, capture_output=True,
+                                     text=True).stdout
+                for test, values in json.loads(out.splitlines()[-1]).items():
+                    runs.setdefault(engine, {}).setdefault(test, []).extend(values)
+    return {(engine, test): statistics.median(values) for engine, tests in runs.items()
+            for test, values in tests.items()}, mode
 
 
 def main() -> None:
@@ -67,9 +114,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/moe-files"))
     parser.add_argument("--keep", action="store_true", help="keep the files (and packed caches) written")
+    parser.add_argument("--processes", action="store_true", help="alternate the engines process by process even "
+                        "where both fit in memory")
+    parser.add_argument("--child", nargs=2, metavar=("ENGINE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:  # one engine: warm-up and one timed repetition
+        engine, path = args.child
+        print(json.dumps(timed_runs(Path(path), args.n_prompt, args.n_gen, 1, args.threads, (engine,))[engine]))
+        return
     args.folder.mkdir(parents=True, exist_ok=True)
-    os.environ["DEEPROOTS_HOME"] = str(Path(tempfile.mkdtemp(dir=args.folder)))  # the packed caches go there
+    home = args.folder / "home"
+    os.environ["DEEPROOTS_HOME"] = str(home)  # the packed caches go there
 
     import torch
     from bench_kernels import read_bandwidth_gbs
@@ -80,15 +135,16 @@ def main() -> None:
                .stdout.splitlines() if line.startswith("Model name"))
     print(f"{cpu}, {args.threads} threads; pp{args.n_prompt}, tg{args.n_gen}, medians of {args.repetitions}")
     print("| model | file | active MB/token (deeproots reads) | read GB/s | ceiling t/s | test | deeproots t/s "
-          "| llama.cpp t/s | ratio | of ceiling | load avg |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+          "| llama.cpp t/s | ratio | of ceiling | load avg | engines alternated |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for entry in args.models.split(","):
         shape, file_type = entry.split(":")
         path = args.folder / f"{shape}-{file_type}.gguf"
         if not path.exists():
             write_model(path, shape, file_type)
         in_file, in_packed = active_bytes(path)
-        medians = bench_file(path, args.n_prompt, args.n_gen, args.repetitions, args.threads)
+        medians, mode = bench_file(path, args.n_prompt, args.n_gen, args.repetitions, args.threads,
+                                  args.processes)
         bandwidth = read_bandwidth_gbs()
         ceiling = bandwidth * 1e9 / in_file
         for test in (f"pp{args.n_prompt}", f"tg{args.n_gen}"):
@@ -96,11 +152,10 @@ def main() -> None:
             of_ceiling = f"{ours / ceiling:.0%}" if test.startswith("tg") else ""
             print(f"| {shape} {file_type} | {path.stat().st_size / 1e9:.2f} GB | {in_file / 1e6:.0f} "
                   f"({in_packed / 1e6:.0f}) | {bandwidth:.1f} | {ceiling:.1f} | {test} | {ours:.2f} | {theirs:.2f} "
-                  f"| {ours / theirs:.2f}x | {of_ceiling} | {os.getloadavg()[0]:.1f} |", flush=True)
+                  f"| {ours / theirs:.2f}x | {of_ceiling} | {os.getloadavg()[0]:.1f} | {mode} |", flush=True)
         if not args.keep:
             path.unlink()
-            shutil.rmtree(os.environ["DEEPROOTS_HOME"], ignore_errors=True)
-            Path(os.environ["DEEPROOTS_HOME"]).mkdir()
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
