@@ -64,14 +64,16 @@ class MixtureOfExperts:
         of them in one grouped call per matrix."""
         n, k = ids.shape
         order = np.argsort(ids, axis=None, kind="stable")  # (N * k,) the (token, slot) pairs grouped by expert
-        chosen, counts = np.unique(ids.reshape(-1)[order], return_counts=True)  # ascending experts, their rows
-        starts = np.concatenate([[0], np.cumsum(counts)])  # (len(chosen) + 1,) where each expert's rows begin
+        sorted_ids = ids.reshape(-1)[order]
+        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))  # where each expert's rows begin, and N*k
+        chosen = sorted_ids[starts[:-1]]  # ascending
         gate_up = self.ffn_gate_up_exps.grouped(h[order // k], chosen, starts)  # (N * k, 2 * expert ffn_dim)
         expert_out = self.ffn_down_exps.grouped(self.ops.silu_mul(gate_up), chosen, starts)  # (N * k, d_model)
+        expert_out *= weights.reshape(-1)[order, None]
         by_pair = np.empty_like(expert_out)
         by_pair[order] = expert_out  # back in (token, slot) order
         # Summed over each token's own slots, in its own order: the same bits whoever shares its experts.
-        return (by_pair.reshape(n, k, -1) * weights[..., None]).sum(axis=1)  # (N, d_model)
+        return by_pair.reshape(n, k, -1).sum(axis=1)  # (N, d_model)
 
 
 class SharedExpert:

@@ -459,6 +459,13 @@ static int64_t packed_bytes(int type, int64_t N, int64_t K)
     return group > 0 ? mul((N + ROWS - 1) / ROWS, group) : -1;
 }
 
+/* packed_bytes, or -1 with InternalError raised where the type has no kernel for rows of K values. */
+static int64_t weight_bytes(const char *fn, int type, int64_t N, int64_t K)
+{
+    const int64_t bytes = packed_bytes(type, N, K);
+    return bytes >= 0 ? bytes : fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
+}
+
 /* linear(type, w, N, K, x, T, out): out (T, N) = x (T, K) @ W.T for W (N rows of K) packed as described in qgemm.h:
  * w uint8, packed_bytes long; x float32 and out float32 (written), C-contiguous. */
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -470,11 +477,9 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (arg_count(fn, nargs, 7, "type, w, N, K, x, T, out") || type_arg(fn, args[0], &type) ||
         size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K) || size_arg(fn, "T", args[5], 0, &T))
         return NULL;
-    const int64_t w_bytes = packed_bytes(type, N, K);
-    if (w_bytes < 0) {
-        fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
+    const int64_t w_bytes = weight_bytes(fn, type, N, K);
+    if (w_bytes < 0)
         return NULL;
-    }
     Py_buffer b[3] = {{0}};
     if (get_contiguous(fn, "w", args[1], U8, 0, w_bytes, &b[0]) ||
         get_contiguous(fn, "x", args[4], F32, 0, mul(mul(T, K), 4), &b[1]) ||
@@ -507,11 +512,9 @@ static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssi
     if (arg_count(fn, nargs, 7, "type, ws, N, K, x, starts, out") || type_arg(fn, args[0], &type) ||
         size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K))
         return NULL;
-    const int64_t w_bytes = packed_bytes(type, N, K);
-    if (w_bytes < 0) {
-        fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
+    const int64_t w_bytes = weight_bytes(fn, type, N, K);
+    if (w_bytes < 0)
         return NULL;
-    }
     if (!PyTuple_Check(args[1])) {
         fail(fn, "ws must be a tuple of one packed weight per expert, got %s", Py_TYPE(args[1])->tp_name);
         return NULL;
