@@ -1,224 +1,200 @@
-"""The `deeproots` command: run | chat | pull | list | rm | inspect."""
+"""The `deeproots` command: run | chat | pull | create | list (ls) | show | rm | inspect | bench | perplexity | ...
+
+main() is the one place where failures become messages and exit statuses (docs/cli.md): 0 done, 1 an error (one
+line on stderr saying what to do), 2 a usage mistake, 130 Ctrl-C. No traceback reaches a user unless asked for with
+--debug or DEEPROOTS_DEBUG=1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
 
-from .config import DEFAULT_CONTEXT, default_context
-from .errors import DeeprootsError
-from .store import CATALOG, DEFAULT_MODEL, ModelStore
+from .cli_options import (CHAT_DEFAULTS, add_context_option, add_model_option, add_sampling_options, natural_int,
+                          positive_int, resolve_settings, sampling_params)
+from .errors import DeeprootsError, InternalError, ModelNotFoundError, RequestError
+from .home import store_home
+from .preset import Preset, PresetStore
+from .repl import ChatSession, NamedModel, note, plain_text_mode, stream_answer
+from .store import CATALOG, DEFAULT_MODEL, NAME_PATTERN, ModelStore
+from .suggest import did_you_mean
 
-
-def add_model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                        help=f"a store name ({', '.join(sorted(CATALOG))}) or a path to a .gguf file or a Hugging Face folder "
-                             f"(default: {DEFAULT_MODEL})")
-    add_context_option(parser)
-    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
-    add_kv_type_option(parser, default=None,
-                       help="KV cache element type (default: f16; f32 with --reference); q8_0 stores 8.5 bits a value")
-    parser.add_argument("--reference", action="store_true",
-                        help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
-                             "(slow; for checking)")
+DEBUG_VARIABLE = "DEEPROOTS_DEBUG"
 
 
-def add_context_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ctx", type=int, default=None,
-                        help=f"context size in tokens (default: min(model's, {DEFAULT_CONTEXT}))")
+class UsageError(DeeprootsError):
+    """A command line that cannot mean anything: exit status 2, as argparse's own usage errors."""
 
 
-def add_kv_type_option(parser: argparse.ArgumentParser, *, flag: str = "--kv-type", **options: Any) -> None:
-    from .cache.kv import KV_TYPES
-
-    parser.add_argument(flag, choices=list(KV_TYPES), **options)
-
-
-def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    from .sampling import SamplingParams
-
-    defaults = SamplingParams()  # the library's defaults (llama.cpp's), stated once
-    parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate (default: 512)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help=f"0 is greedy (default: {defaults.temperature})")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, help=f"0 disables (default: {defaults.top_k})")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"1.0 disables (default: {defaults.top_p})")
-    parser.add_argument("--min-p", type=float, default=defaults.min_p, help=f"0 disables (default: {defaults.min_p})")
-    parser.add_argument("--repeat-penalty", type=float, default=defaults.repeat_penalty,
-                        help=f"1.0 disables (default: {defaults.repeat_penalty})")
-    parser.add_argument("--presence-penalty", type=float, default=defaults.presence_penalty)
-    parser.add_argument("--frequency-penalty", type=float, default=defaults.frequency_penalty)
-    parser.add_argument("--seed", type=int, default=None, help="fix the seed to reproduce a sampled answer")
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--verbose", action="store_true", help="print load time and tokens/s afterwards")
+# --- models by name ------------------------------------------------------------------------
+def is_model_name(word: str) -> bool:
+    """Whether a positional word names a model: a preset, a stored or pullable name, or an existing file or folder."""
+    if NAME_PATTERN.fullmatch(word) and (word in CATALOG or ModelStore().get(word) or PresetStore().get(word)):
+        return True
+    try:
+        path = Path(word).expanduser()
+        return path.is_file() or (path / "config.json").is_file()
+    except (OSError, ValueError):  # a prompt too long for a file name, or holding a NUL
+        return False
 
 
-def sampling_from(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repeat_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
-                frequency_penalty=args.frequency_penalty, seed=args.seed)
+def known_model_names() -> list[str]:
+    return sorted({*CATALOG, *(m.name for m in ModelStore().list()), *PresetStore().names()})
 
 
-def load_model(args: argparse.Namespace):
+def find_preset(name: str) -> Preset | None:
+    return PresetStore().get(name)
+
+
+def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> NamedModel:
+    """Load a model (a preset's base model, with its context and template) with the command's backend options."""
     from .memory import freeze_loaded_objects
     from .model import load
+    from .terminal import load_progress
 
+    base = preset.base if preset else name
+    context = args.ctx or (preset.parameters.get("ctx") if preset else None)
+    model_path = ModelStore().resolve(base, pull=True)  # a pull shows its own progress bar, before the load's line
     started = time.perf_counter()
-    model = load(args.model, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
+    with load_progress(name):
+        model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type)
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
-    return model
+    if preset and preset.template:
+        from .tokenizer.chat import TEMPLATE_KEY, ChatTemplate
+
+        model.template = ChatTemplate.from_gguf_metadata({**model.file.metadata, TEMPLATE_KEY: preset.template},
+                                                         model.tokenizer)
+    path = Path(base).expanduser()
+    saved_as = base if NAME_PATTERN.fullmatch(base) and not path.exists() else str(path.resolve())
+    return NamedModel(model, name, saved_as, preset)
 
 
-def stream_answer(model, ids: list[int], args: argparse.Namespace, params) -> str:
-    """Print the answer as it is generated; return its text. Ctrl-C ends the answer early."""
-    pieces: list[str] = []
-    started = time.perf_counter()
-    first_token_at, n_tokens = None, 0
+def load_model(args: argparse.Namespace):
+    """The model of a command that only computes with it (bench, perplexity)."""
+    name = args.model or DEFAULT_MODEL
+    return open_model(name, find_preset(name), args).model
+
+
+# --- run and chat --------------------------------------------------------------------------
+def run_model_and_prompt(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(model name, prompt) of `run [MODEL] [PROMPT...]`, -m, -p and -f; prompt None: stdin is a terminal (REPL)."""
+    words = list(args.words)
+    if args.model is None and words and is_model_name(words[0]):
+        args.model = words.pop(0)
+    elif args.model is None and len(words) == 1 and not any(c.isspace() for c in words[0]):
+        hint = did_you_mean(words[0], known_model_names(), cutoff=0.75)
+        if hint:
+            raise ModelNotFoundError(f"unknown model {words[0]!r}{hint} (to send it as the prompt, use -p)")
+    given = [source for source in (words and " ".join(words), args.prompt, args.file) if source]
+    if len(given) > 1:
+        raise UsageError("give the prompt once: as words, with -p or with -f")
+    if args.file:
+        prompt = utf8_text(Path(args.file).read_bytes(), args.file)
+    elif given:
+        prompt = given[0]
+    else:
+        prompt = None if sys.stdin.isatty() else utf8_text(sys.stdin.buffer.read(), "stdin")
+    return args.model or DEFAULT_MODEL, prompt
+
+
+def utf8_text(data: bytes, source: str) -> str:
     try:
-        for step in model.steps(ids, params, max_tokens=args.max_tokens, stop=args.stop):
-            first_token_at = first_token_at or time.perf_counter()
-            n_tokens += 1
-            pieces.append(step.text)
-            sys.stdout.write(step.text)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
-    print()
-    if args.verbose and first_token_at is not None:
-        decode_time = time.perf_counter() - first_token_at
-        print(f"prompt: {len(ids)} tokens, first token after {first_token_at - started:.3f} s "
-              f"({len(ids) / (first_token_at - started):.1f} tokens/s)\n"
-              f"decode: {n_tokens} tokens, {max(n_tokens - 1, 0) / decode_time if decode_time else 0:.1f} tokens/s",
-              file=sys.stderr)
-    return "".join(pieces)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(f"{source} is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") \
+            from None
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .sampling import SamplingParams
-
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    params = SamplingParams(**sampling_from(args))  # invalid values fail before the model loads
-    model = load_model(args)
-    if args.raw:
+    name, prompt = run_model_and_prompt(args)
+    if prompt is None:
+        start_chat(args, name)
+        return
+    preset = find_preset(name)
+    settings = resolve_settings(args, preset)
+    sampling_params(settings)  # invalid values fail before the model loads
+    named = open_model(name, preset, args)
+    model = named.model
+    if plain_text_mode(named, args.raw):
         ids = model.tokenize(prompt)
     else:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        system = args.system if args.system is not None else (preset.system if preset else None)
+        messages = [{"role": "system", "content": system}] if system else []
         ids = model.apply_chat_template(messages + [{"role": "user", "content": prompt}], tokenize=True)
-    stream_answer(model, ids, args, params)
-
-
-CHAT_HELP = """commands:
-  /set temperature|top_k|top_p|min_p|repeat_penalty|max_tokens|seed VALUE
-  /set system TEXT    set the system message
-  /clear              forget the conversation
-  /bye                leave (or Ctrl-D)
-  \"\"\"               begin and end multi-line input
-Ctrl-C stops the current answer."""
-
-
-def read_user_message(prompt: Callable[[str], str] = input) -> str:
-    line = prompt(">>> ")
-    if not line.strip().startswith('"""'):
-        return line
-    lines = [line.strip()[3:]]
-    while not lines[-1].rstrip().endswith('"""'):
-        lines.append(prompt("... "))
-    lines[-1] = lines[-1].rstrip()[:-3]
-    return "\n".join(lines).strip()
+    answer = stream_answer(model, ids, settings, verbose=args.verbose)
+    if answer.finish == "interrupted":
+        raise KeyboardInterrupt
+    if answer.finish == "context":
+        note(f"the context of {model.context} tokens filled up after {answer.n_tokens} tokens of answer; "
+             "raise it with --ctx for a longer one")
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from .sampling import SamplingParams
-
-    settings = sampling_from(args)
-    SamplingParams(**settings)
-    model = load_model(args)
-    system: str | None = None
-    history: list[dict[str, str]] = []
-    print("Type a message; /? for help.", file=sys.stderr)
-    while True:
-        try:
-            message = read_user_message()
-        except EOFError:
-            print()
-            return
-        except KeyboardInterrupt:
-            print("\nUse Ctrl-D or /bye to leave.", file=sys.stderr)
-            continue
-        command = message.strip()
-        if not command:
-            continue
-        if command in ("/bye", "/exit"):
-            return
-        if command in ("/?", "/help"):
-            print(CHAT_HELP)
-            continue
-        if command == "/clear":
-            history.clear()
-            print("Cleared the conversation.", file=sys.stderr)
-            continue
-        if command.startswith("/set "):
-            system = apply_setting(command[5:], settings, args, system)
-            continue
-        if command.startswith("/"):
-            print(f"Unknown command {command.split()[0]!r}; /? lists the commands.", file=sys.stderr)
-            continue
-        history.append({"role": "user", "content": message})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
-        ids = model.apply_chat_template(messages, tokenize=True)
-        try:
-            answer = stream_answer(model, ids, args, SamplingParams(**settings))
-        except DeeprootsError as error:
-            history.pop()
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        history.append({"role": "assistant", "content": answer})
+    start_chat(args, args.model or args.model_word or DEFAULT_MODEL)
 
 
-def apply_setting(text: str, settings: dict[str, Any], args: argparse.Namespace, system: str | None) -> str | None:
-    """Handle `/set NAME VALUE`; returns the (possibly new) system message."""
-    from .sampling import SamplingParams
+def start_chat(args: argparse.Namespace, name: str) -> None:
+    from .terminal import enable_line_editing
 
-    name, _, value = text.strip().partition(" ")
-    if name == "system":
-        print("Set the system message.", file=sys.stderr)
-        return value.strip() or None
-    numeric = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repeat_penalty": float,
-               "presence_penalty": float, "frequency_penalty": float, "seed": int, "max_tokens": int}
-    if name not in numeric:
-        print(f"Unknown setting {name!r}; settings: system, {', '.join(numeric)}", file=sys.stderr)
-        return system
-    try:
-        parsed = numeric[name](value)
-        if name == "max_tokens":
-            if parsed < 1:
-                raise ValueError
-            args.max_tokens = parsed
-        else:
-            SamplingParams(**{**settings, name: parsed})
-            settings[name] = parsed
-    except (ValueError, DeeprootsError) as error:
-        print(f"Invalid value for {name}: {value!r} {error}", file=sys.stderr)
-        return system
-    print(f"Set {name} to {parsed}.", file=sys.stderr)
-    return system
+    preset = find_preset(name)
+    settings = resolve_settings(args, preset)
+    sampling_params(settings)
+    named = open_model(name, preset, args)
+    if sys.stdin.isatty():
+        enable_line_editing(store_home() / "history")
+    system = args.system if args.system is not None else (preset.system if preset else None)
+    ChatSession(named, settings, system, args.raw, load=lambda other: open_model(other, find_preset(other), args),
+                verbose=args.verbose).run()
 
 
+# --- the store: pull, create, list, show, rm -----------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> None:
-    stored = ModelStore().pull(args.name)
+    store = ModelStore()
+    source = Path(args.name).expanduser()
+    if args.name not in CATALOG and (source.is_file() or source.is_dir()):
+        if not args.as_name:
+            raise UsageError(f"importing {source} needs a name for it: --name NAME")
+        stored = store.import_model(source, args.as_name)
+    elif args.as_name:
+        raise UsageError(f"--name is for importing a file or folder, and {args.name!r} is neither")
+    else:
+        stored = store.pull(args.name)
     print(f"{stored.name}: {stored.path} (sha256 {stored.sha256})")
+
+
+def cmd_create(args: argparse.Namespace) -> None:
+    from .preset import parse
+    from .tokenizer.chat import ChatTemplate
+
+    store = ModelStore()
+    path = Path(args.file)
+    preset = parse(utf8_text(path.read_bytes(), str(path)), str(path))
+    if args.name in CATALOG or store.get(args.name):
+        raise RequestError(f"a model is stored as {args.name!r}; choose another name for the preset")
+    if find_preset(preset.base):
+        raise RequestError(f"FROM {preset.base} names a preset; FROM takes a model (a store name or a file)")
+    beside = (path.parent / Path(preset.base).expanduser())  # a relative FROM path is read from the file's folder
+    if not (NAME_PATTERN.fullmatch(preset.base) and (preset.base in CATALOG or store.get(preset.base))):
+        preset.base = str(beside.resolve()) if beside.exists() else preset.base
+        store.resolve(preset.base, pull=False)  # an unknown name or missing file fails here, saying why
+    if preset.template is not None:
+        ChatTemplate(preset.template)  # a template that does not parse fails now, not at the first run
+    sampling_params({**CHAT_DEFAULTS, **preset.parameters})
+    saved = PresetStore().save(args.name, preset)
+    print(f"Created {args.name} from {preset.base} ({saved}); `deeproots run {args.name}` uses it.")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     from .inspect import human_bytes, summarize
 
-    models = ModelStore().list()
-    if not models:
+    models, presets = ModelStore().list(), PresetStore()
+    if not models and not presets.names():
         print(f"No models stored yet; `deeproots pull {DEFAULT_MODEL}` fetches the default one.")
         return
     print(f"{'NAME':<20} {'SIZE':>10} {'QUANT':<8} {'ARCH':<10} PATH")
@@ -226,43 +202,60 @@ def cmd_list(args: argparse.Namespace) -> None:
         summary = summarize(stored.path)
         print(f"{stored.name:<20} {human_bytes(stored.size):>10} {summary.quantization:<8} "
               f"{summary.architecture:<10} {stored.path}")
+    for name in presets.names():
+        print(f"{name:<20} {'preset':>10} {'':<8} {'':<10} FROM {presets.get(name).base}")
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
-    ModelStore().remove(args.name)
+    if find_preset(args.name):
+        PresetStore().remove(args.name)
+    else:
+        ModelStore().remove(args.name)
     print(f"Removed {args.name}.")
 
 
-def cmd_inspect(args: argparse.Namespace) -> None:
-    from .inspect import human_bytes, human_count, summarize
+def capabilities(template: str | None) -> str:
+    """What a model can be asked for, as `show` lists it; tools and thinking read from its chat template."""
+    found = ["completion"] + (["chat"] if template else [])
+    features = [label for label, mark in (("tools", "tools"), ("thinking", "<think>")) if template and mark in template]
+    return ", ".join(found) + (f" (its template handles {', '.join(features)})" if features else "")
 
-    summary = summarize(ModelStore().resolve(args.model, pull=False))
-    c = summary.config
-    rows = [
-        ("file", f"{summary.path} ({human_bytes(summary.file_size)})"),
-        ("name", summary.name),
-        ("architecture", summary.architecture),
-        ("parameters", human_count(summary.n_params)),
-        ("quantization", summary.quantization),
-        ("tensor types", ", ".join(f"{name} x{count}" for name, count in summary.tensor_types.items())),
-        ("context length", str(c.context_length) if c else "?"),
-        ("layers / width / heads", f"{c.n_layers} / {c.d_model} / {c.n_heads} (kv {c.n_kv_heads})" if c else "?"),
-        ("vocabulary", f"{summary.vocab_size} tokens"),
-        ("chat template", "yes" if summary.has_chat_template else "no (use --raw)"),
-    ]
-    context = args.ctx or default_context(c)
-    kv = summary.kv_cache_bytes(context, args.kv_type)
-    if kv is None:
-        memory = f"weights {human_bytes(summary.weight_bytes)}; no {args.kv_type} KV cache for this model"
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from .inspect import describe, print_rows, summarize
+
+    preset = find_preset(args.model)
+    summary = summarize(ModelStore().resolve(preset.base if preset else args.model, pull=False))
+    template = preset.template if preset and preset.template else summary.chat_template
+    system = preset.system if preset else None
+    settings = {**CHAT_DEFAULTS, **(preset.parameters if preset else {})}
+    parameters = [(name, f"{value}" + ("" if preset and name in preset.parameters else " (default)"))
+                  for name, value in settings.items()]
+    if args.template:
+        print(template or "(the file has no chat template; chat uses the built-in one for its family)")
+    elif args.license:
+        print(summary.license or "(the file does not state a license)")
+    elif args.parameters:
+        print_rows(parameters)
+    elif args.system:
+        print(system or "(no system message)")
     else:
-        memory = (f"{human_bytes(summary.weight_bytes + kv)} (weights {human_bytes(summary.weight_bytes)} + "
-                  f"{args.kv_type} KV cache {human_bytes(kv)})")
-    rows.append((f"memory at ctx {context}", memory))
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+        rows = [("preset", f"{args.model} (FROM {preset.base})")] if preset else []
+        rows += describe(summary, args.ctx or (preset.parameters.get("ctx") if preset else None), args.kv_type)
+        rows += [("license", summary.license or "(not stated in the file)"),
+                 ("capabilities", capabilities(template)), ("system", system or "(none)"), *parameters]
+        print_rows(rows)
+        print(f"\ntemplate:\n{template}" if template else "\ntemplate: (none in the file; chat uses the built-in one "
+                                                          "for its family)")
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .inspect import describe, print_rows, summarize
+
+    print_rows(describe(summarize(ModelStore().resolve(args.model, pull=False)), args.ctx, args.kv_type))
+
+
+# --- tools ---------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> None:
     import json
 
@@ -272,7 +265,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .inspect import human_bytes, human_count, summarize
     from .kernels import get_num_threads
 
-    args.ctx = args.ctx or max(args.n_prompt, args.n_gen, 1)
+    if not args.n_prompt and not args.n_gen:
+        raise UsageError("-p and -n are both 0: nothing to measure")
+    args.ctx = args.ctx or max(args.n_prompt, args.n_gen)
     model = load_model(args)
     threads = args.threads or get_num_threads()
     engines = [DeeprootsEngine(model), *(DeeprootsEngine(model, kv_type) for kv_type in args.vs_kv_type)]
@@ -347,40 +342,59 @@ PURE_HELP = "store the output projection in the target type too (default: Q6_K o
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeproots", description="Run open-weight LLMs from GGUF files.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"deeproots {package_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an unexpected error (or set {DEBUG_VARIABLE}=1)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="answer one prompt, streaming the text")
-    run.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
-    run.add_argument("--raw", action="store_true", help="complete the prompt as plain text, no chat template")
-    run.add_argument("--system", default=None, help="a system message for the chat template")
+    run = commands.add_parser("run", help="answer one prompt, streaming the text (no prompt at a terminal: chat)")
+    run.add_argument("words", nargs="*", metavar="[MODEL] [PROMPT]",
+                     help="a model (a store name, preset or path) and the prompt; the prompt is read from stdin "
+                          "when omitted, or a chat starts when stdin is a terminal")
+    run.add_argument("-p", "--prompt", default=None, help="the prompt (as llama.cpp's -p)")
+    run.add_argument("-f", "--file", default=None, help="read the prompt from this file (as llama.cpp's -f)")
     add_model_option(run)
     add_sampling_options(run)
     run.set_defaults(handler=cmd_run, loads_model=True)
 
     chat = commands.add_parser("chat", help="multi-turn conversation in the terminal")
+    chat.add_argument("model_word", nargs="?", metavar="MODEL", help="the model, as -m")
     add_model_option(chat)
     add_sampling_options(chat)
     chat.set_defaults(handler=cmd_chat, loads_model=True)
 
-    pull = commands.add_parser("pull", help="fetch a model into the store")
-    pull.add_argument("name", choices=sorted(CATALOG),
-                      help="; ".join(f"{name}: {entry.description}" for name, entry in sorted(CATALOG.items())))
+    pull = commands.add_parser("pull", help="fetch a model into the store, or import a file or folder into it")
+    pull.add_argument("name", help="; ".join(f"{name}: {entry.description}" for name, entry in sorted(CATALOG.items()))
+                      + "; or a path to a .gguf file or Hugging Face folder to import (with --name)")
+    pull.add_argument("--name", dest="as_name", default=None, help="the store name of an imported file or folder")
     pull.set_defaults(handler=cmd_pull)
 
-    commands.add_parser("list", help="stored models").set_defaults(handler=cmd_list)
+    create = commands.add_parser("create", help="store a preset: a base model with system prompt and parameters")
+    create.add_argument("name", help="the preset's name, for run/chat/show/rm")
+    create.add_argument("-f", "--file", default="Presetfile", help="the Presetfile (default: ./Presetfile)")
+    create.set_defaults(handler=cmd_create)
 
-    rm = commands.add_parser("rm", help="remove a stored model")
+    commands.add_parser("list", aliases=["ls"], help="stored models and presets").set_defaults(handler=cmd_list)
+
+    show = commands.add_parser("show", help="a model's template, parameters, license, capabilities and metadata")
+    show.add_argument("model", help="a store name, a preset or a path to a .gguf file or a Hugging Face folder")
+    for flag in ("template", "parameters", "license", "system"):
+        show.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
+    add_inspect_options(show)
+    show.set_defaults(handler=cmd_show)
+
+    rm = commands.add_parser("rm", help="remove a stored model or preset")
     rm.add_argument("name")
     rm.set_defaults(handler=cmd_rm)
 
     bench = commands.add_parser("bench", help="prefill and decode tokens/s, llama-bench style")
     add_model_option(bench)
-    bench.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for ppN (default: 512)")
-    bench.add_argument("-n", "--n-gen", type=int, default=128, help="decoded tokens for tgN (default: 128)")
-    bench.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: 5)")
+    bench.add_argument("-p", "--n-prompt", type=natural_int, default=512, help="prompt tokens for ppN (default: 512)")
+    bench.add_argument("-n", "--n-gen", type=natural_int, default=128, help="decoded tokens for tgN (default: 128)")
+    bench.add_argument("-r", "--repetitions", type=positive_int, default=5, help="runs per test (default: 5)")
     bench.add_argument("--vs", action="append", default=[], choices=["llama.cpp", "transformers"],
                        help="also run another engine on the same file, alternating with ours (repeatable)")
-    add_kv_type_option(bench, flag="--vs-kv-type", action="append", default=[],
+    bench.add_argument("--vs-kv-type", action="append", default=[], choices=list(kv_types()),
                        help="also run ours with this KV cache type, alternating (repeatable)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench, loads_model=True)
@@ -411,26 +425,114 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file or a Hugging Face folder")
-    inspect.add_argument("--ctx", type=int, default=None, help="context size for the memory estimate")
-    add_kv_type_option(inspect, default="f16", help="KV cache type for the memory estimate (default f16, as run's)")
+    add_inspect_options(inspect)
     inspect.set_defaults(handler=cmd_inspect)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "loads_model", False):
-        gc.disable()  # until the model is loaded: see memory.freeze_loaded_objects
+def kv_types() -> tuple[str, ...]:
+    from .cache.kv import KV_TYPES
+
+    return tuple(KV_TYPES)
+
+
+def add_inspect_options(parser: argparse.ArgumentParser) -> None:
+    add_context_option(parser)
+    parser.add_argument("--kv-type", choices=list(kv_types()), default="f16",
+                        help="KV cache type for the memory estimate (default f16, as run's)")
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deeproots")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+# --- errors: one place, one line -----------------------------------------------------------
+def describe_os_error(error: OSError) -> str:
+    """One line for a failed file operation; one inside the store says how to point the store elsewhere."""
+    reason = error.strerror or str(error)
+    if not error.filename:
+        return reason
+    filename, home = str(error.filename), str(store_home())
+    if filename.startswith(home) or home.startswith(filename.rstrip(os.sep) + os.sep):
+        return (f"cannot use the store folder {home}: {reason} ({filename}); "
+                "set DEEPROOTS_HOME to a folder you can write to")
+    return f"{reason}: {filename}"
+
+
+def unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The usage message for a first word that is no command, with the closest command; None when it is one."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    names = next(action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    if word is None or word in names:
+        return None
+    return f"deeproots: unknown command {word!r}{did_you_mean(word, names)}; `deeproots --help` lists the commands"
+
+
+def run_handler(args: argparse.Namespace, debug: bool) -> int:
+    """Run the command; every failure becomes one line on stderr and an exit status."""
     try:
         args.handler(args)
+        return 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 0
+    except UsageError as error:
+        print(f"deeproots {args.command}: {error}", file=sys.stderr)
+        return 2
+    except InternalError as error:
+        return report_bug(error, debug)
     except DeeprootsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except OSError as error:
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        print(f"error: out of memory ({error or 'an allocation failed'}); a smaller --ctx, --kv-type q8_0 or a smaller "
+              "model needs less", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback unless asked for
+        return report_bug(error, debug)
+
+
+def report_bug(error: Exception, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(error)
+    hint = "" if debug else f"; --debug or {DEBUG_VARIABLE}=1 shows the traceback"
+    print(f"error: unexpected {type(error).__name__}: {error} (a bug in deeproots: please report it with the command "
+          f"you ran{hint})", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    message = unknown_command(parser, argv)
+    if message:
+        print(message, file=sys.stderr)
+        return 2
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "run" or any(arg.startswith("-") for arg in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # `run MODEL -n 5 PROMPT`: argparse ends the positional words at the first option
+        args.words += extra
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    if getattr(args, "loads_model", False):
+        gc.disable()  # until the model is loaded: see memory.freeze_loaded_objects
+    try:
+        return run_handler(args, debug)
     finally:
         gc.enable()  # also when the load failed
-    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DeeprootsError, ModelNotFoundError, RequestError, UnsupportedModelError
@@ -119,7 +120,7 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
 
     from .formats.gguf import DEFAULT_ALIGNMENT
     from .formats.gguf_writer import GGUFWriter
-    from .inspect import size_on_disk
+    from .store import disk_size
     from .quant import dequantize, quantize
 
     if target not in FILE_TYPES:
@@ -158,7 +159,7 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return WriteSummary(out_path, size_on_disk(source.path), os.path.getsize(out_path), dict(tensor_types),
+    return WriteSummary(out_path, disk_size(Path(source.path)), os.path.getsize(out_path), dict(tensor_types),
                         dict(fallbacks), time.perf_counter() - started, output_tensor)
 
 

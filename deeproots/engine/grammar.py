@@ -8,7 +8,7 @@ than generate unconstrained text.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import llguidance
 import numpy as np
@@ -62,16 +62,28 @@ class GrammarCompiler:
                 json.dumps(schema if schema is not None else {"type": "object"}), overrides=JSON_OPTIONS)
         except ValueError as error:
             raise RequestError(f"response_format: invalid JSON schema: {error}") from error
+        return self._validated(grammar, "response_format: unsupported or invalid JSON schema")
+
+    def lark(self, source: str, what: str) -> JsonGrammar:
+        """A grammar in llguidance's Lark syntax (e.g. tool calls with inline %json schemas); RequestError, starting
+        with `what`, when llguidance refuses it."""
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_lark(source)
+        except ValueError as error:
+            raise RequestError(f"{what}: {error}") from error
+        return self._validated(grammar, what)
+
+    def _validated(self, grammar: str, what: str) -> JsonGrammar:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer)
         if is_error:
-            raise RequestError(f"response_format: unsupported or invalid JSON schema: {messages[0]}")
+            raise RequestError(f"{what}: {messages[0]}")
         compiled = JsonGrammar(self, grammar)
         compiled.check_first_step()
         return compiled
 
 
 class JsonGrammar:
-    """A validated grammar; each sequence gets its own constraint (matcher state) from it."""
+    """A validated grammar (a JSON schema's or a Lark one); each sequence gets its own constraint (matcher state)."""
 
     def __init__(self, compiler: GrammarCompiler, grammar: str):
         self.compiler = compiler
@@ -113,3 +125,54 @@ class GrammarConstraint:
     def _check(self) -> None:
         if self.matcher.is_error():  # llguidance's first line names the failure; the rest is its parser state
             raise ConstraintError(f"the output constraint failed: {self.matcher.get_error().splitlines()[0]}")
+
+
+class LazyConstraint:
+    """A grammar that applies only from a trigger on (llama.cpp's lazy grammars): until one of `triggers` appears in
+    the output, every token is allowed; then the grammar is fed the output from the trigger and constrains the rest.
+
+    `answer_start(text)` tells where the answer starts, or None while the model is still thinking: triggers are only
+    looked for in the answer (a call inside the thinking is not a call). If the model's own text at the trigger
+    already breaks the grammar, the constraint steps aside (the text then goes back to the client as content, never
+    an error)."""
+
+    def __init__(self, grammar: JsonGrammar, tokenizer: Tokenizer, triggers: tuple[str, ...],
+                 answer_start: Callable[[str], int | None]):
+        self.grammar, self.tokenizer = grammar, tokenizer
+        self.triggers, self.answer_start = triggers, answer_start
+        self.output = bytearray()
+        self.inner: GrammarConstraint | None = None
+        self.stepped_aside = False
+        self._everything = np.ones(grammar.compiler.vocab_size, dtype=bool)  # (vocab,)
+
+    def allowed(self) -> np.ndarray:
+        return self.inner.allowed() if self.inner else self._everything
+
+    def accept(self, token_id: int) -> None:
+        if self.inner:
+            self.inner.accept(token_id)
+            return
+        if self.stepped_aside:
+            return
+        self.output += self.tokenizer.token_bytes(token_id)
+        text = self.output.decode("utf-8", errors="ignore")
+        start = self._trigger_at(text)
+        if start is not None:
+            self._engage(text[start:])
+
+    def _trigger_at(self, text: str) -> int | None:
+        answer = self.answer_start(text)
+        if answer is None:
+            return None
+        hits = [i for i in (text.find(trigger, answer) for trigger in self.triggers) if i >= 0]
+        return min(hits) if hits else None
+
+    def _engage(self, text: str) -> None:
+        inner = self.grammar.constraint()
+        try:
+            for token_id in self.tokenizer.encode(text, add_bos=False, parse_special=True):
+                inner.accept(token_id)
+        except ConstraintError:
+            self.stepped_aside = True
+            return
+        self.inner = inner

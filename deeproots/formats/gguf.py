@@ -428,6 +428,23 @@ def _parse_header(buf: Any, size: int) -> _Header:
     return _Header(version, metadata, metadata_types, tensors_by_name, alignment, data_offset)
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a GGUF file without its tensors: what a tokenizer or a chat template needs, readable from a
+    file whose tensor data is cut off (GGUFFile.open refuses such a file, naming the first tensor past its end)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+            parser = _HeaderParser(mapping, len(mapping))
+            _, _, kv_count = _parse_prologue(parser)
+            metadata, _ = _parse_metadata(parser, kv_count)
+            parser.decode_deferred()
+            return metadata
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        raise ModelNotFoundError(f"no model file at {path!r}: {error.strerror}") from None
+    except ValueError as error:  # mmap of an empty file
+        raise ModelFormatError("file is empty", field="magic", offset=0) from error
+
+
 class GGUFFile:
     """An open GGUF file: parsed metadata and tensor infos over a read-only memory map.
 

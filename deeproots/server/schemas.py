@@ -52,9 +52,29 @@ class TextPart(Body):
     text: str
 
 
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # as OpenAI's function names
+MAX_TOOLS = 128  # as OpenAI
+
+
+class FunctionCall(Body):
+    name: ToolName
+    arguments: str = Field("{}", max_length=1 << 20)  # JSON text of an object, as the model wrote it
+
+
+class ToolCallPart(Body):
+    """A call an assistant message made (sent back by the client with the rest of the conversation)."""
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallPart] | None = Field(None, max_length=MAX_TOOLS)  # assistant
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # tool: the call it answers
+    reasoning_content: str | None = None  # an assistant's earlier thinking, as we send it (for templates that read it)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -73,12 +93,38 @@ class ResponseFormat(Body):
     json_schema: JsonSchemaFormat | None = None
 
 
+class FunctionDefinition(Body):
+    name: ToolName
+    description: str | None = Field(None, max_length=1 << 16)
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None
+
+
+class Tool(Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Body):
+    name: str = Field(max_length=256)
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None  # None: auto with tools
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, max_length=64)  # vLLM's: extra template variables
 
 
 class CompletionRequest(SamplingFields):

@@ -1,5 +1,5 @@
 """The web chat page: its static files at `/` and `/ui/...` (open, like any page: they hold no data), the
-conversations REST API under `/api/conversations` and the served model's description at `/api/model` (both
+conversations REST API under `/api/conversations` and a model's description at `/api/model` (both
 behind the API key like the rest).
 
 The page itself talks to the OpenAI routes (/v1/models, /v1/chat/completions with stream=true) for generation;
@@ -22,9 +22,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..inspect import summarize
 from .conversations import EXPORT_FORMAT, EXPORT_VERSION, ConversationNotFoundError, ConversationStore
 from .errors import APIError, ClassifiedRoute
+from .servable import ServableModels
 
 STATIC = Path(__file__).parent / "static"
 # No inline script or style anywhere: the page's own files only, and fetches to this server only.
@@ -153,16 +153,20 @@ def conversations_router(store: ConversationStore) -> APIRouter:
     return router
 
 
-def model_router(model, served_name: str) -> APIRouter:
-    """GET /api/model: what `deeproots inspect` knows about the served model, for the page's header."""
+def model_router(models: ServableModels) -> APIRouter:
+    """GET /api/model[?id=NAME]: what `deeproots inspect` knows about a servable model (default: the server's
+    default), for the page's header, whether it is loaded or not."""
     router = APIRouter(route_class=ClassifiedRoute)
-    summary = summarize(model.path)  # reads the file's metadata once, at start-up
 
     @router.get("/api/model")
-    def model_info() -> dict:
-        return {"id": served_name, "name": summary.name, "architecture": summary.architecture,
+    def model_info(id: Annotated[str | None, Query(max_length=200)] = None) -> dict:
+        source = models.resolve(id)
+        summary = source.summary  # the file's header, read once per model
+        if summary is None:
+            raise APIError(500, f"cannot read the model file {source.path}", type="server_error")
+        return {"id": source.name, "name": summary.name, "architecture": summary.architecture,
                 "parameters": summary.n_params, "quantization": summary.quantization,
-                "file_size": summary.file_size, "context": model.context,
+                "file_size": summary.file_size, "context": source.context,
                 "has_chat_template": summary.has_chat_template}
 
     return router

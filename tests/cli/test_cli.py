@@ -82,7 +82,8 @@ def test_inspect_sizes_the_kv_cache_of_the_chosen_type(smollm2_path):
 def test_run_on_a_gguf_file_never_imports_torch(smollm2_path):
     """Importing PyTorch alone takes over a second; `run` reaches its first token without it (docs/benchmarks.md)."""
     code = ("import sys; from deeproots.cli import main; "
-            f"main(['run', '--raw', '--temperature', '0', '--max-tokens', '4', '-m', {str(smollm2_path)!r}, "
+            f"main(['run', '--raw', '--temperature', '0', '--repeat-penalty', '1', '--max-tokens', '4', '-m', "
+            f"{str(smollm2_path)!r}, "
             "'The three primary colors are']); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -104,12 +105,13 @@ def transformers_greedy_chat(hf_model, question: str, max_tokens: int) -> str:
 
 def test_chat_answers_and_obeys_commands(smollm2_path, hf_smollm2):
     question = "What is 2+2? Answer with one number."
-    session = f"/set temperature 0\n/set bogus 1\n{question}\n/clear\n/bye\n"
+    session = f"/set temperature 0\n/set parameter repeat_penalty 1\n/set bogus 1\n{question}\n/clear\n/bye\n"
     # --reference: the float32 path reproduces transformers' greedy tokens exactly (the fast one may flip near-ties)
     result = deeproots("chat", "-m", str(smollm2_path), "--max-tokens", "16", "--reference", stdin=session)
     assert result.returncode == 0, result.stderr
     assert "Set temperature to 0.0" in result.stderr
-    assert "Unknown setting 'bogus'" in result.stderr
+    assert "Set repeat_penalty to 1.0" in result.stderr
+    assert "unknown parameter 'bogus'" in result.stderr
     replies = result.stdout.split(">>> ")  # stdin is not a terminal: prompts and replies share the line
     assert transformers_greedy_chat(hf_smollm2, question, 16) + "\n" in replies, result.stdout
     assert "Cleared the conversation" in result.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deeproots.cache.kv import KVCache
-from deeproots.engine.grammar import GrammarCompiler
+from deeproots.engine.grammar import GrammarCompiler, LazyConstraint
 from deeproots.errors import RequestError
 from deeproots.generate import SequenceDecoder
 from deeproots.sampling import SamplingParams
@@ -24,8 +24,10 @@ def compiler(smollm2):
     return GrammarCompiler(smollm2.tokenizer, smollm2.config.vocab_size)
 
 
-def constrained_text(model, constraint, params, prompt="Describe a person as JSON.") -> tuple[str, str]:
-    ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": prompt}]), add_bos=False,
+def constrained_text(model, constraint, params, prompt="Describe a person as JSON.", prefix="") -> tuple[str, str]:
+    """The constrained answer to `prompt`, after `prefix` (text the answer starts with, fed to the model here and
+    to the constraint by the caller)."""
+    ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": prompt}]) + prefix, add_bos=False,
                          parse_special=True)
     c = model.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, len(ids) + 120)
@@ -70,3 +72,65 @@ def test_schemas_that_admit_no_value_are_refused_when_compiled(compiler, schema)
     with pytest.raises(RequestError, match="admits no value") as refused:
         compiler.json_schema(schema)
     assert "Parser" not in str(refused.value) and "\n" not in str(refused.value)  # none of llguidance's state dump
+
+
+# --- lazy constraints (tool calls in `auto` mode) ---------------------------------------------------------------
+
+WEATHER_ARGUMENTS = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                     "required": ["city"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def hermes_grammar(compiler):
+    from deeproots.server.tool_formats import FunctionSpec
+    from deeproots.server.tool_formats.hermes import HermesFormat
+
+    source = HermesFormat().grammar([FunctionSpec("get_weather", None, WEATHER_ARGUMENTS)], parallel=False,
+                                    required=False, marker=lambda text: json.dumps(text))
+    return compiler.lark("start: calls\n" + source, "tools")
+
+
+def lazy(grammar, model, answer_start=lambda text: 0):
+    return LazyConstraint(grammar, model.tokenizer, ("<tool_call>",), answer_start)
+
+
+def feed(constraint, model, text: str) -> None:
+    for token_id in model.tokenize(text, add_bos=False):
+        constraint.accept(token_id)
+
+
+def test_lazy_constraint_leaves_prose_free_then_holds_a_started_call_to_the_schema(smollm2, hermes_grammar):
+    constraint = lazy(hermes_grammar, smollm2)
+    feed(constraint, smollm2, "Let me look that up.")
+    assert constraint.allowed().all()  # prose: untouched
+    prefix = "Let me look that up. <tool_call>"
+    constraint = lazy(hermes_grammar, smollm2)
+    feed(constraint, smollm2, prefix)
+    assert not constraint.allowed().all()
+    # the model continues from the opening under the constraint: whatever it samples is a valid call
+    text, finish = constrained_text(smollm2, constraint, SamplingParams(temperature=1.0, seed=3),
+                                    prompt="What is the weather in Oslo?", prefix=prefix)
+    assert finish == "stop"
+    body = json.loads(text.removesuffix("</tool_call>").strip())
+    assert body["name"] == "get_weather"
+    jsonschema.validate(body["arguments"], WEATHER_ARGUMENTS)
+
+
+def test_lazy_constraint_steps_aside_when_the_text_at_the_trigger_breaks_the_grammar(smollm2, hermes_grammar):
+    # the token that completes the opening already goes on against the grammar: "<tool_call>," ends in ">,"
+    constraint = lazy(hermes_grammar, smollm2)
+    feed(constraint, smollm2, "a <tool_call")
+    constraint.accept(smollm2.tokenize(">,", add_bos=False)[0])
+    assert constraint.stepped_aside and constraint.allowed().all()
+    feed(constraint, smollm2, " and <tool_call>\n")  # once aside, for good: the answer goes back as content
+    assert constraint.allowed().all()
+
+
+def test_a_call_inside_the_thinking_does_not_engage_the_constraint(smollm2, hermes_grammar):
+    from deeproots.server.chat_parse import Thinking
+
+    constraint = lazy(hermes_grammar, smollm2, Thinking().answer_start)
+    feed(constraint, smollm2, "<think>maybe <tool_call> here?</think>")
+    assert constraint.allowed().all() and not constraint.stepped_aside
+    feed(constraint, smollm2, "\n\n<tool_call>")
+    assert not constraint.allowed().all()

@@ -36,7 +36,7 @@ def test_greedy_ids_match_transformers(smollm2_reference):
 def test_cli_raw_greedy_prints_the_golden_text(smollm2_path):
     result = subprocess.run(
         [sys.executable, "-m", "deeproots.cli", "run", "--raw", "--reference", "-m", str(smollm2_path), "--temperature", "0",
-         "--max-tokens", str(len(HF_GREEDY_IDS)), PROMPT],
+         "--repeat-penalty", "1", "--max-tokens", str(len(HF_GREEDY_IDS)), PROMPT],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == HF_GREEDY_TEXT + "\n"

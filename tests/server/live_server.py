@@ -1,4 +1,5 @@
-"""A real `deeproots serve` process on 127.0.0.1 (a free port) with the default model, for the server tests."""
+"""A real `deeproots serve` process on 127.0.0.1 (a free port) with the default model (and whatever else the store
+holds, loaded on demand), for the server tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -47,9 +49,14 @@ class LiveServer:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, model: str | None = None) -> float:
+        """A metric's value: summed over its series (per-model engine metrics carry a `model` label), or of one
+        model's series; 0 when it has none (no model loaded)."""
         text = httpx.get(self.url + "/metrics", headers=self.headers).text
-        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+        series = [line for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+        if model is not None:
+            series = [line for line in series if f'model="{model}"' in line]
+        return sum(float(line.split()[-1]) for line in series)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -57,3 +64,19 @@ class LiveServer:
             self.process.wait()
         if self.log:
             self.log.close()
+
+
+def serving(model_path: Path, *extra: str) -> Iterator[LiveServer]:
+    """A fixture's server: `yield from serving(path)` starts it and stops it when the fixture's scope ends."""
+    server = LiveServer(model_path, *extra)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def openai_client(server: LiveServer):
+    """The official openai client on the server's /v1 (no retries: a test sees each answer as it came)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)

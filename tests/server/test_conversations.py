@@ -230,3 +230,7 @@ def test_model_info_is_what_the_file_says(server, smollm2_path):
     assert info["parameters"] == sum(int(tensor.n_elements) for tensor in reader.tensors)
     assert info["context"] == 1024 and info["file_size"] == smollm2_path.stat().st_size  # LiveServer's --ctx
     assert httpx.get(server.url + "/api/model").status_code == 401
+    by_id = ok(httpx.get(server.url + "/api/model", params={"id": smollm2_path.stem}, headers=server.headers))
+    assert by_id == info
+    unknown = httpx.get(server.url + "/api/model", params={"id": "SmolLM2-135M"}, headers=server.headers)
+    assert unknown.status_code == 404 and "did you mean" in unknown.json()["error"]["message"]

@@ -16,7 +16,10 @@ from deeproots.engine import Engine, EngineConfig
 from deeproots.errors import InternalError
 from deeproots.server.errors import ClassifiedRoute, as_api_error
 from deeproots.server.generation import ChoiceRun, GenerationJob
-from deeproots.server.openai import ServerState, create_app
+from deeproots.server.openai import create_app
+from deeproots.server.pool import ModelPool
+from deeproots.server.servable import ModelSource, ServableModels
+from deeproots.server.state import ServerState
 from deeproots.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow  # a real server process
@@ -94,8 +97,8 @@ def engine(smollm2):
 @pytest.mark.parametrize("error", [InternalError("a kernel was handed a buffer of the wrong size"),
                                    ValueError("an unexpected bug")])
 def test_an_internal_failure_in_a_route_is_a_500_with_an_error_id_logged_with_its_traceback(
-        smollm2, engine, caplog, error):
-    app = create_app(ServerState(smollm2, engine, MODEL))
+        smollm2_path, caplog, error):
+    app = create_app(ServerState(ModelPool(ServableModels({MODEL: ModelSource(MODEL, smollm2_path)}, MODEL))))
 
     async def broken() -> dict:
         raise error

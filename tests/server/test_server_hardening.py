@@ -78,7 +78,8 @@ def metrics_text(server, key: str | None = None) -> str:
 
 
 def metric(text: str, name: str) -> float:
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+    """Summed over its series (the engine's metrics have one per loaded model)."""
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 # --- slow clients ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The chat page in a real browser (Debian's chromium through Playwright for Python, never a downloaded one), on a
 real server with the real default model: streaming, stop, regenerate, branches, reload, a second browser, export
-and import, hostile text, keyboard-only use, themes and a phone-width layout. Plus `serve --open`."""
+and import, hostile text, keyboard-only use, themes and a phone-width layout, the model picker. Plus
+`serve --open`."""
 
 import json
 import os
@@ -390,6 +391,29 @@ def test_dark_theme_is_kept_and_the_phone_layout_fits(browser, server):
     phone.click("#close-sidebar")
     composer = phone.evaluate("() => document.getElementById('send').getBoundingClientRect().right")
     assert composer <= 390
+
+
+def test_the_model_picker_chats_with_the_model_chosen(browser, home, smollm2_path, gemma3_path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPROOTS_HOME", str(home))  # an empty store: the two -m models are all it serves
+        server = LiveServer(smollm2_path, "-m", str(gemma3_path), "--parallel", "2")
+    try:
+        page = new_page(browser, server)
+        open_page(page, server)
+        smollm2, gemma = smollm2_path.stem, gemma3_path.stem
+        offered = page.eval_on_selector_all("#model-picker option", "options => options.map((o) => o.value)")
+        assert offered == [smollm2, gemma]  # the default first
+        page.select_option("#model-picker", gemma)
+        page.wait_for_function("() => document.getElementById('model-info').textContent.includes('gemma3')")
+        set_settings(page, temperature=0, max_tokens=8)
+        page.fill("#prompt", "Hello")
+        page.press("#prompt", "Enter")
+        wait_idle(page)
+        assert server.metric("deeproots_generation_tokens_total", gemma) > 0
+        assert server.metric("deeproots_generation_tokens_total", smollm2) == 0
+        assert not page.errors
+    finally:
+        server.stop()
 
 
 def test_serve_open_starts_the_default_browser_on_the_page(smollm2_path, tmp_path):

@@ -14,7 +14,8 @@ const SETTINGS_ITEM = 'deeproots.settings';
 const THEME_ITEM = 'deeproots.theme';
 
 const state = {
-  model: null,          // {id, max_model_len} from /v1/models
+  models: [],           // /v1/models' entries: what the server can answer with, its default first
+  model: null,          // the one chatting: {id, max_model_len}
   conversation: null,   // {id, title, current_leaf, messages: [...]} as the server keeps it
   streaming: null,      // {parentId, content, controller} while an answer streams
   search: '',
@@ -454,10 +455,18 @@ function count(n) {
 }
 
 async function loadModel() {
-  const { data } = await call('/v1/models');
-  state.model = data[0] ?? null;
+  const { data } = await call('/v1/models');  // the server's default first
+  state.models = data;
+  const picker = $('model-picker');
+  picker.replaceChildren(...data.map((model) => new Option(model.id, model.id)));
+  picker.hidden = data.length < 2;
+  await showModel(data[0]);
+}
+
+async function showModel(model) {
+  state.model = model ?? null;
   if (!state.model) return;
-  const info = await call('/api/model');  // what `deeproots inspect` shows
+  const info = await call(`/api/model?id=${encodeURIComponent(model.id)}`);  // what `deeproots inspect` shows
   $('model-info').textContent = `${state.model.id} · ${info.architecture} · ${count(info.parameters)} parameters`
     + ` · ${info.quantization} · ${info.context} tokens context`;
   $('model-info').title = $('model-info').textContent;  // whole, where the header cuts it short
@@ -531,6 +540,10 @@ function wire() {
     $('settings-toggle').setAttribute('aria-expanded', String(!$('settings').hidden));
   });
   $('preset').addEventListener('change', choosePreset);
+  $('model-picker').addEventListener('change', () => guarded(async () => {
+    await showModel(state.models.find((model) => model.id === $('model-picker').value));
+    renderMessages();
+  }));
   for (const id of ['temperature', 'top-p']) {
     $(id).addEventListener('input', () => { $('preset').value = 'custom'; saveSettings(); });
   }
