@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from synthetic_models import random_blocks
 from timing import median_us
 
 from deeproots.backends.cpu import CPUBackend
@@ -30,13 +31,6 @@ D_MODEL, N_EXPERTS, TOP_K, EXPERT_FFN = 2048, 64, 8, 1024
 Q4_0_BLOCK_VALUES, Q4_0_BLOCK_BYTES = 32, 18
 
 
-def random_q4_0(rng: np.random.Generator, n_values: int) -> np.ndarray:
-    """Random Q4_0 blocks with a scale of 0.01: (n_values / 32 * 18,) uint8."""
-    blocks = rng.integers(0, 256, (n_values // Q4_0_BLOCK_VALUES, Q4_0_BLOCK_BYTES), dtype=np.uint8)
-    blocks[:, :2] = np.array([0.01], np.float16).view(np.uint8)
-    return blocks.reshape(-1)
-
-
 def write_layer(path: Path) -> None:
     rng = np.random.default_rng(0)
     writer = GGUFWriter()
@@ -44,11 +38,11 @@ def write_layer(path: Path) -> None:
     writer.add_tensor("blk.0.ffn_gate_inp.weight", rng.standard_normal((N_EXPERTS, D_MODEL), np.float32), GGMLType.F32)
     for name, (rows, width) in {"gate": (EXPERT_FFN, D_MODEL), "up": (EXPERT_FFN, D_MODEL),
                                 "down": (D_MODEL, EXPERT_FFN)}.items():
-        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", random_q4_0(rng, N_EXPERTS * rows * width), GGMLType.Q4_0,
-                          (width, rows, N_EXPERTS))
+        experts = random_blocks(rng, GGMLType.Q4_0, N_EXPERTS * rows * width)
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", experts, GGMLType.Q4_0, (width, rows, N_EXPERTS))
         dense = (TOP_K * rows, width) if name != "down" else (rows, TOP_K * width)
-        writer.add_tensor(f"blk.0.ffn_{name}.weight", random_q4_0(rng, dense[0] * dense[1]), GGMLType.Q4_0,
-                          dense[::-1])
+        writer.add_tensor(f"blk.0.ffn_{name}.weight", random_blocks(rng, GGMLType.Q4_0, dense[0] * dense[1]),
+                          GGMLType.Q4_0, dense[::-1])
     writer.write(path)
 
 

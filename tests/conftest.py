@@ -72,7 +72,6 @@ def smollm2_reference(smollm2_path):
     return deeproots.load(smollm2_path, context=2048, reference=True)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, hf_smollm2):
     """make(model_type) -> (folder, transformers model): a tiny random HF checkpoint (tiny_checkpoints.py)."""
@@ -80,3 +79,20 @@ def tiny_checkpoint(tmp_path_factory, hf_smollm2):
     from tiny_checkpoints import CheckpointMaker
 
     return CheckpointMaker(tmp_path_factory, hf_smollm2[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_q4_0(tiny_checkpoint, tmp_path_factory):
+    """convert(model_type) -> path: a tiny checkpoint converted to q4_0 (packed weights, the fast kernels), once."""
+    from deeproots.convert import convert_folder
+
+    made = {}
+
+    def convert(model_type: str) -> Path:
+        if model_type not in made:
+            out = tmp_path_factory.mktemp(f"{model_type}-q4_0") / "model-q4_0.gguf"
+            convert_folder(tiny_checkpoint(model_type)[0], out, "q4_0", progress=False)
+            made[model_type] = out
+        return made[model_type]
+
+    return convert

@@ -87,9 +87,10 @@ class Backend(ABC):
 
     @abstractmethod
     def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
-                       out_features: list[int]) -> list[Linear]:
-        """One product per expert e computing slice e of each named 3-d tensor (n_experts, out_features[i],
-        in_features) side by side: (T, in_features) -> (T, sum(out_features))."""
+                       out_features: list[int]):
+        """The experts (backends/linears.py's Experts): one product per expert e computing slice e of each named 3-d
+        tensor (n_experts, out_features[i], in_features) side by side, (T, in_features) -> (T, sum(out_features)),
+        and `grouped(x, chosen, starts)`, several experts' products over rows of their own."""
 
     @abstractmethod
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):

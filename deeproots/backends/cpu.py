@@ -21,7 +21,7 @@ from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
 from .formulas import RotaryEmbedding, gelu_mul
-from .linears import ConcatLinear, DenseLinear, PackedLinear, QuantizedEmbedding
+from .linears import ConcatLinear, DenseLinear, Experts, PackedExperts, PackedLinear, QuantizedEmbedding
 
 
 def _rotate_fast(rope: RotaryEmbedding, x: np.ndarray, start: int) -> None:
@@ -80,14 +80,14 @@ class CPUBackend(Backend):
         return ConcatLinear([self.linear(source, [name], in_features, [rows]) for name, rows in zip(names, out_features)])
 
     def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
-                       out_features: list[int]) -> list[Linear]:
+                       out_features: list[int]) -> Experts:
         """Expert e's matrices are slice e of each 3-d tensor's bytes (GGUF stores experts one after another):
         packed per expert from those slices, without a copy of the tensor, into one buffer for all the experts (or
         mapped from the packed cache, where they lie one after another too). Other types are dense float32."""
         infos = [source.info(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
         if not _packable(infos):
             parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
-            return [DenseLinear(np.concatenate([part[e] for part in parts])) for e in range(n_experts)]
+            return Experts([DenseLinear(np.concatenate([part[e] for part in parts])) for e in range(n_experts)])
 
         @functools.cache
         def stored() -> list[np.ndarray]:  # read once, and only if the packed cache lacks an expert
@@ -98,18 +98,20 @@ class CPUBackend(Backend):
 
         @functools.cache
         def buffer() -> np.ndarray:  # allocated only if some expert is packed anew
-            return aligned_empty(n_experts * stride)
+            space = self._cache_space(n_experts * stride)
+            return space if space is not None else aligned_empty(n_experts * stride)
 
-        return [self._packed(source, f"{'+'.join(names)}[{e}]", lambda e=e: [part[e] for part in stored()],
-                             ggml_type, shape, into=lambda e=e: buffer()[e * stride:(e + 1) * stride])
-                for e in range(n_experts)]
+        key = "+".join(names)
+        return PackedExperts([self._packed(source, f"{key}[{e}]", lambda e=e: [part[e] for part in stored()],
+                                           ggml_type, shape, into=lambda e=e: buffer()[e * stride:(e + 1) * stride])
+                              for e in range(n_experts)])
 
     def _packed(self, source: WeightSource, key: str, parts: Callable[[], list[np.ndarray]], ggml_type: int,
                 shape: tuple[int, int], into: Callable[[], np.ndarray] | None = None) -> PackedLinear:
         """One weight stacking the rows of `parts()` (their stored bytes), cached on disk under `key`: mapped from
-        the cache when it has it, else packed from the file (and moved to `into()`, an aligned slice of a buffer
-        that holds its siblings: experts packed one after another in one buffer read faster than apart, see
-        benchmarks/bench_moe_layer.py)."""
+        the cache when it has it, else packed from the file into the cache file being written (or `into()`, an
+        aligned slice of a buffer that holds its siblings: experts packed one after another in one buffer read
+        faster than apart, see benchmarks/bench_moe_layer.py)."""
         packed_type = kernel_type(ggml_type)
         cached = self.packed_cache.get(key, packed_type, *shape) if self.packed_cache is not None else None
         if cached is not None:
@@ -118,8 +120,9 @@ class CPUBackend(Backend):
         if ggml_type == GGMLType.Q5_0:
             raw = [q5_0_as_q8_0(part) for part in raw]
         weight = kernels.pack_weight(raw, packed_type, shape)
-        if into is not None:
-            target = into()[:weight.nbytes]
+        target = into() if into is not None else self._cache_space(weight.nbytes)
+        if target is not None:
+            target = target[:weight.nbytes]
             target[:] = weight.data
             weight = kernels.PackedWeight(weight.ggml_type, weight.in_features, weight.out_features, target)
         if self.packed_cache is not None:
@@ -127,6 +130,11 @@ class CPUBackend(Backend):
         # The packed copy is what runs now: drop the file's pages as we go, so load never holds both.
         source.release_pages()
         return PackedLinear(weight)
+
+    def _cache_space(self, nbytes: int) -> np.ndarray | None:
+        """Aligned room for packed bytes in the packed cache file being written: its pages are the file's, which the
+        kernel can write back and drop, not the process's. None without a cache file (then they stay in memory)."""
+        return self.packed_cache.reserve(nbytes) if self.packed_cache is not None else None
 
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int) -> QuantizedEmbedding:
         """Rows dequantized as tokens ask for them: the table stays in its block format."""

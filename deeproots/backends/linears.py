@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats.gguf import TensorInfo
-from ..kernels import PackedWeight, quantized_linear
+from ..kernels import PackedWeight, experts_linear, quantized_linear
 from ..quant import dequantize
 
 
@@ -37,6 +37,32 @@ class ConcatLinear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([part(x) for part in self.parts], axis=-1)  # (T, sum of out_features)
+
+
+class Experts:
+    """A mixture's experts: one product per expert (`experts[e](x)`), and several experts' products over rows of
+    their own (`grouped`): here one product after another, the reference the packed experts are held to."""
+
+    def __init__(self, experts: list[DenseLinear | PackedLinear]):
+        self.experts = experts
+
+    def __getitem__(self, expert: int) -> DenseLinear | PackedLinear:
+        return self.experts[expert]
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """x (M, in_features), rows starts[j]:starts[j + 1] for expert chosen[j] -> (M, out_features)."""
+        return np.concatenate([self.experts[e](x[a:b]) for e, a, b in zip(chosen, starts[:-1], starts[1:])])
+
+
+class PackedExperts(Experts):
+    """Packed experts of one type and shape: `grouped` is one threaded kernel call (kernels.experts_linear) for
+    all the chosen experts, with each row's bits as its expert's product alone gives them."""
+
+    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return experts_linear(np.ascontiguousarray(x), tuple(self.experts[e].weight for e in chosen), starts)
 
 
 class QuantizedEmbedding:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
 from .formulas import RotaryEmbedding, causal_attention, gelu_mul, rms_norm, silu_mul
-from .linears import DenseLinear
+from .linears import DenseLinear, Experts
 
 REFERENCE = Primitives(rms_norm=rms_norm, rotate_=RotaryEmbedding.rotate_, attention=causal_attention,
                        silu_mul=silu_mul, gelu_mul=gelu_mul,
@@ -28,10 +28,10 @@ class ReferenceBackend(Backend):
                                            for name, rows in zip(names, out_features)]))
 
     def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
-                       out_features: list[int]) -> list[Linear]:
+                       out_features: list[int]) -> Experts:
         parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
         stacked = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # (E, sum(out_features), in)
-        return [DenseLinear(weight) for weight in stacked]  # views of one expert each
+        return Experts([DenseLinear(weight) for weight in stacked])  # views of one expert each
 
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int) -> np.ndarray:
         return source.tensor(name, (vocab_size, width))  # (vocab, width), indexed by token ids

@@ -10,6 +10,11 @@ files in `<store>/packed/`: KEY.packed (the weights' bytes, each at a 64-byte al
 name -> type, shape, offset, size), written after the bytes, so an index always describes complete bytes. Nothing in
 them is trusted: an entry that does not fit the file, the weight asked for or the kernel's layout makes the load
 repack that weight and rewrite the cache. Set DEEPROOTS_PACKED_CACHE=0 to neither read nor write caches.
+
+A load that packs writes each weight straight into the new cache file, through a shared map of it (`reserve`), and
+runs on those pages: they are the file's, which the kernel writes back and may drop and re-read, so even the first
+load of a model nearly the size of RAM holds little memory of its own (docs/benchmarks.md measures it on a 3.9 GB
+mixture of experts). Where the file cannot be written, weights are packed into the process's memory instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from ..quant import GGMLType
 PACK_FORMAT = 1  # bump whenever a packed layout (csrc/qgemm.h) changes
 ALIGNMENT = 64  # what the kernels expect of a weight's first byte
 CACHE_ENV = "DEEPROOTS_PACKED_CACHE"
+# Packed weights take at most this many times their bytes in the model file (Q5_0 widens to Q8_0: 34/22), plus
+# alignment: the address space the file being written is mapped with (sparse: disk blocks are taken as used).
+GROWTH_BOUND, GROWTH_SLACK = 2, 64 << 20
 
 
 def packed_cache_dir() -> Path:
@@ -47,6 +55,8 @@ class PackedCache:
         self._mapping: mmap.mmap | None = None
         self._weights: dict[str, PackedWeight] = {}  # everything this load uses, in order
         self._repacked = False  # some weight was not on disk: save() rewrites the cache
+        self._writer: _CacheWriter | None = None  # the new cache file, opened by the first reserve()
+        self._writer_tried = False
         self._load()
 
     @classmethod
@@ -90,41 +100,111 @@ class PackedCache:
         self._weights[name] = weight
         return weight
 
+    def reserve(self, nbytes: int) -> np.ndarray | None:
+        """Writable, 64-byte aligned space for packed bytes in the cache file this load writes; None when the file
+        cannot be written (the caller packs into memory instead)."""
+        if not self._writer_tried:
+            self._writer_tried = True
+            capacity = GROWTH_BOUND * os.path.getsize(self.source) + GROWTH_SLACK
+            self._writer = _CacheWriter.create(self.data_path.with_name(f"{self.data_path.name}.{os.getpid()}.tmp"),
+                                               capacity)
+        return self._writer.reserve(nbytes) if self._writer is not None else None
+
     def add(self, name: str, weight: PackedWeight) -> None:
-        """A weight this load had to pack: save() writes the cache anew."""
+        """A weight this load had to pack (best into space from reserve()): save() writes the cache anew."""
         self._weights[name] = weight
         self._repacked = True
 
     def save(self) -> None:
-        """Write every weight of this load to disk when any was repacked; a failure to write only costs speed."""
-        if not self._repacked:
+        """Complete the new cache file when any weight was repacked (those of this load that lie elsewhere, mapped
+        from the old cache or packed into memory, are copied in), then its index; a failure only costs speed."""
+        writer = self._writer
+        if not self._repacked or writer is None:
             return
-        index, offset = {}, 0
+        self._repacked = False
+        index = {}
         for name, weight in self._weights.items():
-            offset = -(-offset // ALIGNMENT) * ALIGNMENT
+            offset = writer.offset_of(weight.data)
+            if offset is None:
+                space = writer.reserve(weight.nbytes)
+                if space is None:
+                    writer.discard()
+                    return
+                space[:] = weight.data
+                offset = writer.offset_of(space)
             index[name] = [int(weight.ggml_type), weight.in_features, weight.out_features, offset, weight.nbytes]
-            offset += weight.nbytes
-        suffix = f".{os.getpid()}.tmp"  # two processes loading the same file at once write apart, then replace
-        data_tmp, index_tmp = (path.with_name(path.name + suffix) for path in (self.data_path, self.index_path))
+        index_tmp = self.index_path.with_name(f"{self.index_path.name}.{os.getpid()}.tmp")
         try:
-            self.data_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(data_tmp, "wb") as file:
-                for name, weight in self._weights.items():
-                    file.seek(index[name][3])
-                    file.write(weight.data)
-                file.truncate(offset)
-            index_tmp.write_text(json.dumps({"format": PACK_FORMAT, "source": self.source, "size": offset,
+            writer.finish()
+            index_tmp.write_text(json.dumps({"format": PACK_FORMAT, "source": self.source, "size": writer.size,
                                              "weights": index}))
-            os.replace(data_tmp, self.data_path)  # the bytes first: an index never names bytes not yet there
+            os.replace(writer.path, self.data_path)  # the bytes first: an index never names bytes not yet there
             os.replace(index_tmp, self.index_path)
         except OSError:
-            for path in (data_tmp, index_tmp):
-                path.unlink(missing_ok=True)
+            writer.discard()
+            index_tmp.unlink(missing_ok=True)
             return
-        finally:
-            self._repacked = False
         # Caches of this file's earlier versions, and of files that are gone, would only take disk space.
         _remove_caches(lambda source: source == self.source or not os.path.exists(source), keep=self.index_path)
+
+
+class _CacheWriter:
+    """A cache data file being written through a shared read-write map of `capacity` bytes (a sparse file until
+    reserve() allocates its blocks: a full disk is an OSError there, never a SIGBUS on a page written later).
+    Two processes packing the same model write their own files (the pid in the name), then replace."""
+
+    def __init__(self, path: Path, file, mapping: mmap.mmap):
+        self.path, self._file, self._mapping = path, file, mapping
+        self._base = np.frombuffer(mapping, dtype=np.uint8)  # (capacity,)
+        self.size = 0  # bytes reserved so far
+
+    @classmethod
+    def create(cls, path: Path, capacity: int) -> _CacheWriter | None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(path, "w+b")
+        except OSError:
+            return None
+        try:
+            file.truncate(capacity)
+            return cls(path, file, mmap.mmap(file.fileno(), capacity, access=mmap.ACCESS_WRITE))
+        except (OSError, ValueError):
+            file.close()
+            path.unlink(missing_ok=True)
+            return None
+
+    def reserve(self, nbytes: int) -> np.ndarray | None:
+        offset = -(-self.size // ALIGNMENT) * ALIGNMENT
+        if offset + nbytes > len(self._base) or self._file.closed:
+            return None
+        try:
+            _allocate(self._file.fileno(), offset, nbytes)
+        except OSError:
+            return None
+        self.size = offset + nbytes
+        return self._base[offset:offset + nbytes]
+
+    def offset_of(self, data: np.ndarray) -> int | None:
+        """Where `data` lies in this file, if it is a view of its map."""
+        offset = data.ctypes.data - self._base.ctypes.data
+        return offset if 0 <= offset and offset + data.nbytes <= self.size else None
+
+    def finish(self) -> None:
+        """Cut the file to the bytes reserved (the map's pages past them are never read)."""
+        self._file.truncate(self.size)
+        self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _allocate(fd: int, offset: int, nbytes: int) -> None:
+    """Take the disk blocks of [offset, offset + nbytes) now (OSError when the disk is full)."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, offset, nbytes)
+    else:  # no fallocate (macOS): write the zeros
+        os.pwrite(fd, bytes(nbytes), offset)
 
 
 def forget_caches_of(folder: Path) -> None:

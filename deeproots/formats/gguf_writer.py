@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,8 @@ class _PendingTensor:
     name: str
     shape: tuple[int, ...]
     ggml_type: GGMLType
-    data: bytes
+    nbytes: int
+    data: Callable[[], bytes | np.ndarray]  # the stored bytes, asked for when the file is written
 
 
 class GGUFWriter:
@@ -209,11 +210,6 @@ class GGUFWriter:
         shape defaults to the array's shape reversed into GGUF order), or raw uint8 bytes for any
         type (then `shape`, in GGUF order, is required)."""
         ggml_type = GGMLType(ggml_type)
-        encoded_name = name.encode("utf-8")
-        if not encoded_name or len(encoded_name) > MAX_TENSOR_NAME_BYTES:
-            raise ModelFormatError(f"tensor name must be 1..{MAX_TENSOR_NAME_BYTES} bytes", field=name)
-        if name in self._tensors:
-            raise ModelFormatError("duplicate tensor name", field=name)
         data = np.asarray(data)
         native_dtype = _NATIVE_TENSOR_DTYPES.get(ggml_type)
         if data.dtype != np.uint8 and native_dtype is not None:
@@ -225,6 +221,23 @@ class GGUFWriter:
             raise ModelFormatError(f"{ggml_type.name} data must be raw uint8 bytes, got {data.dtype}", field=name)
         elif shape is None:
             raise ModelFormatError("raw byte data needs an explicit shape in GGUF order", field=name)
+        stored = np.ascontiguousarray(data).tobytes()
+        self._add(name, shape, ggml_type, data.nbytes, lambda: stored)
+
+    def add_tensor_later(self, name: str, shape: tuple[int, ...], ggml_type: GGMLType,
+                         data: Callable[[], np.ndarray]) -> None:
+        """Adds a tensor whose raw uint8 bytes `data()` makes while the file is written, one tensor at a time, so
+        a file of many GB never sits in memory whole (benchmarks/synthetic_models.py writes random weights so)."""
+        ggml_type = GGMLType(ggml_type)
+        self._add(name, shape, ggml_type, tensor_nbytes(ggml_type, math.prod(shape)), data)
+
+    def _add(self, name: str, shape: tuple[int, ...], ggml_type: GGMLType, nbytes: int,
+             data: Callable[[], bytes | np.ndarray]) -> None:
+        encoded_name = name.encode("utf-8")
+        if not encoded_name or len(encoded_name) > MAX_TENSOR_NAME_BYTES:
+            raise ModelFormatError(f"tensor name must be 1..{MAX_TENSOR_NAME_BYTES} bytes", field=name)
+        if name in self._tensors:
+            raise ModelFormatError("duplicate tensor name", field=name)
         shape = tuple(int(dim) for dim in shape)
         if not 1 <= len(shape) <= MAX_DIMS or min(shape) < 1:
             raise ModelFormatError(f"shape {shape} must have 1..{MAX_DIMS} dimensions, each >= 1", field=name)
@@ -233,10 +246,10 @@ class GGUFWriter:
             raise ModelFormatError(f"row length {shape[0]} is not a multiple of the block size {block_size}",
                                    field=name)
         expected = tensor_nbytes(ggml_type, math.prod(shape))
-        if data.nbytes != expected:
+        if nbytes != expected:
             raise ModelFormatError(f"{ggml_type.name} tensor of shape {shape} takes {expected} bytes, "
-                                   f"got {data.nbytes}", field=name)
-        self._tensors[name] = _PendingTensor(name, shape, ggml_type, np.ascontiguousarray(data).tobytes())
+                                   f"got {nbytes}", field=name)
+        self._tensors[name] = _PendingTensor(name, shape, ggml_type, nbytes, data)
 
     def _chunks(self) -> Iterator[bytes]:
         u32, u64 = SCALAR_STRUCTS[GGUFValueType.UINT32], SCALAR_STRUCTS[GGUFValueType.UINT64]
@@ -247,12 +260,16 @@ class GGUFWriter:
             header.append(_encode_string(tensor.name, tensor.name) + u32.pack(len(tensor.shape))
                           + b"".join(u64.pack(dim) for dim in tensor.shape)
                           + u32.pack(tensor.ggml_type) + u64.pack(offset))
-            offset = align_up(offset + len(tensor.data), self.alignment)
+            offset = align_up(offset + tensor.nbytes, self.alignment)
         head = b"".join(header)
         yield head + bytes(align_up(len(head), self.alignment) - len(head))
         for tensor in self._tensors.values():
-            yield tensor.data
-            yield bytes(align_up(len(tensor.data), self.alignment) - len(tensor.data))
+            data = memoryview(tensor.data()).cast("B")
+            if data.nbytes != tensor.nbytes:
+                raise ModelFormatError(f"tensor data of {data.nbytes} bytes, the shape takes {tensor.nbytes}",
+                                       field=tensor.name)
+            yield data
+            yield bytes(align_up(tensor.nbytes, self.alignment) - tensor.nbytes)
 
     def to_bytes(self) -> bytes:
         return b"".join(self._chunks())

@@ -5,6 +5,7 @@ from .attention import cached_attention
 from .elementwise import rms_norm, rotary_embedding_, silu_mul
 from .packed import (
     PackedWeight,
+    experts_linear,
     get_num_threads,
     kernel_types,
     pack_weight,
@@ -16,6 +17,7 @@ from .packed import (
 __all__ = [
     "PackedWeight",
     "cached_attention",
+    "experts_linear",
     "get_num_threads",
     "kernel_types",
     "pack_weight",

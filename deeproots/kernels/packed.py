@@ -37,6 +37,7 @@ from .layouts import pack_float, pack_quantized
 _QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 _FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
 _linear = _cpu.linear  # looked up once: the decode path calls it ~200 times per token
+_linear_experts = _cpu.linear_experts
 
 
 def physical_cores() -> int:
@@ -172,3 +173,27 @@ def quantized_linear(x: np.ndarray, weight: PackedWeight, out: np.ndarray | None
         raise _bad_input(x, weight, out)
     _linear(weight._type, weight.data, weight.out_features, k, x, t, result)
     return result
+
+
+def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.ndarray) -> np.ndarray:
+    """y (M, N): rows starts[j]:starts[j + 1] of x (M, K) times weights[j] (all of one type and shape), for every j,
+    in one threaded call: each row gets the bits quantized_linear gives it alone (same kernels, same error bound).
+
+    x: float32, C-contiguous; starts: (len(weights) + 1,) int64 from 0 to M, never decreasing.
+    """
+    first = weights[0] if isinstance(weights, tuple) and weights else None
+    if not isinstance(first, PackedWeight) or any(
+            not isinstance(w, PackedWeight) or (w._type, w.in_features, w.out_features) !=
+            (first._type, first.in_features, first.out_features) for w in weights):
+        raise RequestError("weights must be a non-empty tuple of PackedWeights of one type and shape")
+    error = bad_array("x", x, 2) or bad_contiguous("x", x, (x.shape[0], first.in_features))
+    if error is None and (not isinstance(starts, np.ndarray) or starts.dtype != np.int64
+                          or starts.shape != (len(weights) + 1,) or starts[0] != 0 or starts[-1] != x.shape[0]
+                          or np.any(np.diff(starts) < 0)):
+        error = RequestError(f"starts must be {len(weights) + 1} int64 row offsets from 0 to {x.shape[0]}")
+    if error is not None:
+        raise error
+    out = np.empty((x.shape[0], first.out_features), np.float32)
+    _linear_experts(first._type, tuple(w.data for w in weights), first.out_features, first.in_features, x,
+                    np.ascontiguousarray(starts), out)
+    return out

@@ -6,8 +6,9 @@ Qwen 2 MoE adds a shared expert (`ffn_{gate,up,down}_shexp`) that every token ta
 its own (`ffn_gate_inp_shexp`).
 
 The products are grouped by expert: the rows routed to one expert are gathered and multiplied together, so a step
-reads only the weights of the experts some token chose, each once. A token's result depends only on its own row:
-the kernels are row-invariant and its experts' contributions are added in expert order, whoever shares them.
+reads only the weights of the experts some token chose, each once, and all the chosen experts of one matrix run in
+one call (on the CPU backend one threaded kernel call, kernels.experts_linear). A token's result depends only on its
+own row: the kernels are row-invariant and its experts' contributions are added in its own slot order.
 """
 
 from __future__ import annotations
@@ -59,13 +60,20 @@ class MixtureOfExperts:
         return route(self.ffn_gate_inp(h), self.experts.used_count, self.experts.normalize_weights)
 
     def experts_output(self, h: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """sum over k of weights[:, k] * expert ids[:, k](h): one product per chosen expert, over its rows only."""
-        out = np.zeros_like(h)  # (N, d_model)
-        for expert in np.unique(ids):  # ascending: the order each token's contributions are added in
-            rows, slot = np.nonzero(ids == expert)  # the rows routed to this expert, and where in their top-k
-            hidden = self.ops.silu_mul(self.ffn_gate_up_exps[expert](h[rows]))  # (M, expert ffn_dim)
-            out[rows] += weights[rows, slot, None] * self.ffn_down_exps[expert](hidden)
-        return out
+        """sum over k of weights[:, k] * expert ids[:, k](h): each chosen expert's product over its rows only, all
+        of them in one grouped call per matrix."""
+        n, k = ids.shape
+        order = np.argsort(ids, axis=None, kind="stable")  # (N * k,) the (token, slot) pairs grouped by expert
+        sorted_ids = ids.reshape(-1)[order]
+        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))  # where each expert's rows begin, and N*k
+        chosen = sorted_ids[starts[:-1]]  # ascending
+        gate_up = self.ffn_gate_up_exps.grouped(h[order // k], chosen, starts)  # (N * k, 2 * expert ffn_dim)
+        expert_out = self.ffn_down_exps.grouped(self.ops.silu_mul(gate_up), chosen, starts)  # (N * k, d_model)
+        expert_out *= weights.reshape(-1)[order, None]
+        by_pair = np.empty_like(expert_out)
+        by_pair[order] = expert_out  # back in (token, slot) order
+        # Summed over each token's own slots, in its own order: the same bits whoever shares its experts.
+        return by_pair.reshape(n, k, -1).sum(axis=1)  # (N, d_model)
 
 
 class SharedExpert:

@@ -37,14 +37,20 @@ def packed_weights(model) -> list:
     return [weight.weight for block in model.net.blocks for weight in (block.attn_qkv, block.ffn_down)]
 
 
+def mapped_file(array: np.ndarray) -> bool:
+    """The array's bytes are a view of a file's memory map (not the process's own memory)."""
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(getattr(array, "obj", None), mmap.mmap)
+
+
 @pytest.mark.slow  # two loads, one packing
 def test_second_load_maps_what_the_first_packed(model_copy):
     first = deeproots.load(model_copy, context=64)
     assert cache_files() == [".json", ".packed"]
     second = deeproots.load(model_copy, context=64)
-    # The first load's weights live in memory it packed into; the second's are views of the cache file's map.
-    assert all(isinstance(weight.data.base, np.ndarray) for weight in packed_weights(first))
-    assert all(isinstance(getattr(weight.data.base, "obj", None), mmap.mmap) for weight in packed_weights(second))
+    # The first load packed into the cache file it wrote, the second maps it: both run on the file's pages.
+    assert all(mapped_file(weight.data) for weight in packed_weights(first) + packed_weights(second))
     for a, b in zip(packed_weights(first), packed_weights(second)):
         assert (a.ggml_type, a.in_features, a.out_features) == (b.ggml_type, b.in_features, b.out_features)
         assert np.array_equal(a.data, b.data)
@@ -98,9 +104,21 @@ def test_a_changed_model_file_gets_a_new_cache_which_replaces_the_old(model_copy
 
 def test_the_cache_can_be_switched_off(model_copy, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, "0")
-    deeproots.load(model_copy, context=64)
+    model = deeproots.load(model_copy, context=64)
     assert cache_files() == []
     assert PackedCache.for_file(model_copy) is None
+    assert not any(mapped_file(weight.data) for weight in packed_weights(model))  # packed into memory
+
+
+@pytest.mark.slow  # two loads, both packing
+def test_a_cache_that_cannot_be_written_costs_only_speed(model_copy, tmp_path, monkeypatch):
+    """A home that is a file: no cache folder can be made, so the weights are packed into memory, as without one."""
+    reference = deeproots.load(model_copy, context=64).logits(PROMPT_IDS)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("DEEPROOTS_HOME", str(tmp_path / "not-a-folder"))
+    model = deeproots.load(model_copy, context=64)
+    assert not any(mapped_file(weight.data) for weight in packed_weights(model))
+    np.testing.assert_array_equal(model.logits(PROMPT_IDS), reference)
 
 
 @pytest.mark.slow  # the float32 reference load

@@ -245,6 +245,7 @@ def round_trip_tensors() -> list[tuple[str, np.ndarray, GGMLType, tuple | None, 
     q4_k = rng.integers(0, 256, 144 * 2, dtype=np.uint8)
     i32 = np.arange(-5, 5, dtype=np.int32)
     four_d = rng.standard_normal((2, 3, 1, 4)).astype(np.float32)
+    q6_k = rng.integers(0, 256, 210 * 3, dtype=np.uint8)
     return [
         ("f32.matrix", f32, GGMLType.F32, None, f32.tobytes(), (64, 3)),
         ("f16.converted", f64_as_f16, GGMLType.F16, None, f64_as_f16.astype(np.float16).tobytes(), (8, 2)),
@@ -253,6 +254,7 @@ def round_trip_tensors() -> list[tuple[str, np.ndarray, GGMLType, tuple | None, 
         ("q4_k.raw", q4_k, GGMLType.Q4_K, (256, 2), q4_k.tobytes(), (256, 2)),
         ("i32.vector", i32, GGMLType.I32, None, i32.tobytes(), (10,)),
         ("f32.four_d", four_d, GGMLType.F32, None, four_d.tobytes(), (4, 1, 3, 2)),
+        ("later.q6_k", q6_k, GGMLType.Q6_K, (256, 3), q6_k.tobytes(), (256, 3)),  # made while the file is written
     ]
 
 
@@ -263,7 +265,10 @@ def written(request, tmp_path_factory):
         writer.add(key, value, **options)
     writer.add(NESTED_KEY, NESTED_VALUE)
     for name, data, ggml_type, shape, _, _ in round_trip_tensors():
-        writer.add_tensor(name, data, ggml_type, shape=shape)
+        if name.startswith("later."):
+            writer.add_tensor_later(name, shape, ggml_type, lambda data=data: data)
+        else:
+            writer.add_tensor(name, data, ggml_type, shape=shape)
     path = tmp_path_factory.mktemp("written") / "round_trip.gguf"
     writer.write(path)
     return request.param, writer, path
@@ -403,6 +408,9 @@ def bad_writer_calls():
         "shape_does_not_hold_values": with_tensor("t", f32, GGMLType.F32, shape=(8, 2)),
         "five_dims": with_tensor("t", np.zeros((1, 1, 1, 1, 2), np.float32), GGMLType.F32),
         "zero_dim": with_tensor("t", np.zeros((0, 2), np.float32), GGMLType.F32),
+        "later_bytes_wrong_size": lambda writer: (
+            writer.add_tensor_later("t", (32,), GGMLType.Q4_0, lambda: np.zeros(17, np.uint8)), writer.to_bytes()),
+        "later_row_not_multiple_of_block": lambda writer: writer.add_tensor_later("t", (16, 2), GGMLType.Q4_0, bytes),
     }
 
 

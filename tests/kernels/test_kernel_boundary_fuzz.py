@@ -31,7 +31,8 @@ FUZZ = settings(max_examples=40, deadline=None, database=None)  # a few seconds 
 class Arg:
     """How an argument of a valid call may be broken: `kind` is in (contiguous read), out (contiguous write), sin /
     sout (strided read / write: exact shape, contiguous last dimension), size (any other value is wrong), free (only
-    `bad` values are wrong), float, caches (a tuple of 4-d cache arrays, written)."""
+    `bad` values are wrong), float, caches (a tuple of 4-d cache arrays, written), weights (a tuple of contiguous
+    byte arrays, read)."""
 
     kind: str
     bad: tuple = ()
@@ -69,6 +70,17 @@ def linear_call(rng, t: int, k: int, n: int):
     w = randn(rng, n, k)
     args = [T_F32, w.view(U8).reshape(-1), n, k, randn(rng, t, k), t, np.zeros((t, n), F32)]
     kinds = [Arg("free", (-1, 7, 256, 2**31)), Arg("in"), Arg("size"), Arg("size"), Arg("in"), Arg("size"),
+             Arg("out")]
+    return args, kinds
+
+
+def linear_experts_call(rng, rows: list[int], k: int, n: int):
+    """One F32 weight (n, k) per expert; expert j takes the next rows[j] rows of x."""
+    ws = tuple(randn(rng, n, k).view(U8).reshape(-1) for _ in rows)
+    m = sum(rows)
+    starts = np.concatenate([[0], np.cumsum(rows)]).astype(I64)
+    args = [T_F32, ws, n, k, randn(rng, m, k), starts, np.zeros((m, n), F32)]
+    kinds = [Arg("free", (-1, 7, 256, 2**31)), Arg("weights"), Arg("size"), Arg("size"), Arg("in"), Arg("in"),
              Arg("out")]
     return args, kinds
 
@@ -134,6 +146,9 @@ def silu_mul_call(rng, t: int, f: int):
 small = st.integers(1, 5)
 CALLS = {
     "linear": (lambda d, rng: linear_call(rng, d.draw(small), 32 * d.draw(small), d.draw(st.integers(1, 40)))),
+    "linear_experts": (lambda d, rng: linear_experts_call(rng, d.draw(st.lists(st.integers(0, 3), min_size=1,
+                                                                                 max_size=4)),
+                                                          32 * d.draw(small), d.draw(st.integers(1, 40)))),
     "pack_blocks": (lambda d, rng: pack_blocks_call(rng, d.draw(st.integers(1, 40)), 32 * d.draw(small))),
     "attention": (lambda d, rng: attention_call(rng, 2 * d.draw(st.integers(1, 2)), d.draw(st.integers(1, 2)),
                                                 d.draw(small), d.draw(st.integers(0, 70)), 4 * d.draw(small))),
@@ -174,9 +189,16 @@ def bad_caches(caches: tuple) -> list:
     return [(x, *caches[1:]) for x in one] + [list(caches), caches[:-1], (*caches, c), None]
 
 
+def bad_weights(weights: tuple) -> list:
+    one = [[x, *weights[1:]] for x in bad_arrays(weights[0], "in")]
+    return [tuple(ws) for ws in one] + [list(weights), weights[:-1], (*weights, weights[0]), None]
+
+
 def bad_values(value, arg: Arg) -> list:
     if arg.kind in ("in", "out", "sin", "sout"):
         return bad_arrays(value, arg.kind)
+    if arg.kind == "weights":
+        return bad_weights(value)
     if arg.kind == "caches":
         return bad_caches(value)
     if arg.kind == "float":
@@ -261,6 +283,23 @@ def test_group_bytes_is_sixteen_file_rows():
 
 
 # ---- the happy path against independent references ----
+
+@pytest.mark.parametrize("rows", [[1], [2, 0, 3], [0, 5, 1, 1]])
+def test_linear_experts_matches_numpy(rows):
+    args, _ = linear_experts_call(np.random.default_rng(len(rows)), rows, 64, 24)
+    call("linear_experts", args)
+    _, ws, n, k, x, starts, out = args
+    for w, a, b in zip(ws, starts[:-1], starts[1:]):
+        np.testing.assert_allclose(out[a:b], x[a:b] @ w.view(F32).reshape(n, k).T, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_experts_refuses_starts_out_of_order():
+    args, _ = linear_experts_call(np.random.default_rng(0), [2, 1], 32, 8)
+    for starts in ([0, 2, 1], [1, 2, 3], [0, 3, 2]):
+        args[5] = np.array(starts, I64)
+        with pytest.raises(InternalError, match="starts"):
+            call("linear_experts", args)
+
 
 @pytest.mark.parametrize("t,k,n", [(1, 32, 1), (3, 64, 17), (5, 96, 40)])
 def test_linear_matches_numpy(t, k, n):

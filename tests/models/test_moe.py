@@ -13,6 +13,7 @@ import torch
 from tiny_checkpoints import MOE_ARCHITECTURES
 
 import deeproots
+from deeproots.backends.linears import Experts, PackedExperts
 from deeproots.config import config_from_gguf
 from deeproots.convert import convert_folder
 from deeproots.errors import ModelFormatError, UnsupportedModelError
@@ -75,11 +76,9 @@ def test_route_is_softmax_then_top_k(normalize):
 
 
 @pytest.fixture(scope="module")
-def olmoe_q4_0(tiny_checkpoint, tmp_path_factory):
+def olmoe_q4_0(tiny_q4_0):
     """A q4_0 file of the tiny OLMoE (every expert's rows fit q4_0's 32-value blocks)."""
-    out = tmp_path_factory.mktemp("olmoe-q4_0") / "model-q4_0.gguf"
-    convert_folder(tiny_checkpoint("olmoe")[0], out, "q4_0", progress=False)
-    return out
+    return tiny_q4_0("olmoe")
 
 
 def hidden_rows(n: int) -> np.ndarray:
@@ -102,6 +101,15 @@ def test_grouped_products_match_token_by_token(olmoe_q4_0, reference):
     moe = deeproots.load(olmoe_q4_0, reference=reference).net.blocks[0].moe
     h = hidden_rows(40)
     np.testing.assert_allclose(moe(h), token_by_token(moe, h), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_call_is_the_per_expert_loop_bit_for_bit(olmoe_q4_0):
+    """The packed experts' one-call product (kernels.experts_linear) against the loop of one product per expert."""
+    experts = deeproots.load(olmoe_q4_0).net.blocks[0].moe.ffn_gate_up_exps
+    assert isinstance(experts, PackedExperts)
+    chosen, starts = np.array([0, 3, 4, 7]), np.array([0, 5, 6, 17, 40])
+    h = hidden_rows(40)
+    np.testing.assert_array_equal(experts.grouped(h, chosen, starts), Experts.grouped(experts, h, chosen, starts))
 
 
 def test_fast_path_row_does_not_depend_on_the_batch(olmoe_q4_0):

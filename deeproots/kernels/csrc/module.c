@@ -137,6 +137,97 @@ static int run_linear(job_t *job)
     return atomic_load(&job->failed) ? -1 : 0;
 }
 
+/* ---- Expert-grouped products: one threaded call for the rows of several experts ----
+ * Expert j multiplies rows [starts[j], starts[j+1]) of x by its own weight w[j] (all of one type and shape) into the
+ * same rows of out. Parts split the units (16-row groups, or float row tiles) of all experts at once, each unit
+ * weighted by its expert's row count + 1 (the rows' arithmetic and the weight's bytes), so a decode step's 8 experts
+ * take one dispatch instead of 8, and prefill's uneven experts are shared out by work. A row's result is the one
+ * linear gives it alone (the same kernels over the same quantized row). */
+typedef struct {
+    int type;
+    int64_t N, K, E, M, units, cost; /* units per expert; cost: sum over experts of units * (rows + 1) */
+    const uint8_t **w;               /* (E,) packed weights */
+    const int64_t *starts;           /* (E + 1,) row offsets into x and out */
+    const float *x;
+    float *out;
+    act_t act; /* all M rows quantized, when shared */
+    int shared;
+    _Atomic int failed;
+} experts_job_t;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+/* Units [u0, u1) of expert j over its rows. */
+static void expert_units(const experts_job_t *job, const act_t *a, int64_t j, int64_t u0, int64_t u1)
+{
+    const int64_t s = job->starts[j], rows = job->starts[j + 1] - s, N = job->N, K = job->K;
+    if (is_float_type(job->type)) {
+        const int64_t n1 = u1 * FLOAT_ROWS < N ? u1 * FLOAT_ROWS : N;
+        fgemm_rows(job->type, job->w[j], u0 * FLOAT_ROWS, n1, N, K, job->x + s * K, rows, job->out + s * N);
+        return;
+    }
+    const act_t sub = {a->q + s * K, a->d + s * a->nb, a->s + s * a->nb, a->sq + 2 * s * a->nb, rows, K, a->nb};
+    qgemm_groups(job->type, job->w[j], u0, u1, N, &sub, job->out + s * N);
+}
+
+static void experts_part(void *ctx, int i, int n)
+{
+    experts_job_t *job = ctx;
+    act_t own;
+    const act_t *a = &job->act;
+    if (!is_float_type(job->type) && !job->shared) {
+        if (!act_alloc(&own, job->M, job->K)) {
+            atomic_store(&job->failed, 1);
+            return;
+        }
+        quantize_into(&own, job->x, 0, job->M);
+        a = &own;
+    }
+    /* this part owns the units whose cost position (before it) lies in [lo, hi) */
+    const int64_t lo = job->cost * i / n, hi = job->cost * (i + 1) / n;
+    int64_t position = 0;
+    for (int64_t j = 0; j < job->E && position < hi; j++) {
+        const int64_t weight = job->starts[j + 1] - job->starts[j] + 1;
+        if (weight > 1) {
+            const int64_t u0 = ceil_div(lo - position, weight), u1 = ceil_div(hi - position, weight);
+            if (u0 < job->units && u0 < u1)
+                expert_units(job, a, j, u0, u1 < job->units ? u1 : job->units);
+            position += job->units * weight;
+        }
+    }
+}
+
+static void experts_quant_part(void *ctx, int i, int n)
+{
+    const experts_job_t *job = ctx;
+    quantize_into(&job->act, job->x, job->M * i / n, job->M * (i + 1) / n);
+}
+
+/* Returns 0, or -1 when scratch memory could not be allocated. */
+static int run_experts(experts_job_t *job)
+{
+    const int floats = is_float_type(job->type);
+    const int64_t nb = job->K / QBLOCK;
+    job->units = floats ? (job->N + FLOAT_ROWS - 1) / FLOAT_ROWS : (job->N + ROWS - 1) / ROWS;
+    job->cost = 0;
+    for (int64_t j = 0; j < job->E; j++)
+        if (job->starts[j + 1] > job->starts[j])
+            job->cost += job->units * (job->starts[j + 1] - job->starts[j] + 1);
+    /* work in 16-row x 32-value blocks x rows (saturating: only a thread count comes of it) */
+    int64_t work;
+    if (__builtin_mul_overflow(job->units * (floats ? FLOAT_ROWS : ROWS) / ROWS * (nb + 1), job->M, &work))
+        work = INT64_MAX;
+    const int parts = threads_for(work, job->cost);
+    job->shared = !floats && job->M * nb > PRIVATE_QUANT_BLOCKS;
+    if (job->shared) {
+        if (!act_alloc(&job->act, job->M, job->K))
+            return -1;
+        pool_run(experts_quant_part, job, threads_for(job->M * nb, job->M));
+    }
+    pool_run(experts_part, job, parts);
+    return atomic_load(&job->failed) ? -1 : 0;
+}
+
 /* ---- The trust boundary: every argument is checked here, in C, before a kernel sees it. ----
  * A wrong call raises deeproots.errors.InternalError naming the entry point, the argument, what was expected and what
  * came (the callers in the deeproots.kernels modules validate user input first, with RequestError). Arrays come
@@ -368,6 +459,13 @@ static int64_t packed_bytes(int type, int64_t N, int64_t K)
     return group > 0 ? mul((N + ROWS - 1) / ROWS, group) : -1;
 }
 
+/* packed_bytes, or -1 with InternalError raised where the type has no kernel for rows of K values. */
+static int64_t weight_bytes(const char *fn, int type, int64_t N, int64_t K)
+{
+    const int64_t bytes = packed_bytes(type, N, K);
+    return bytes >= 0 ? bytes : fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
+}
+
 /* linear(type, w, N, K, x, T, out): out (T, N) = x (T, K) @ W.T for W (N rows of K) packed as described in qgemm.h:
  * w uint8, packed_bytes long; x float32 and out float32 (written), C-contiguous. */
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -379,11 +477,9 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (arg_count(fn, nargs, 7, "type, w, N, K, x, T, out") || type_arg(fn, args[0], &type) ||
         size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K) || size_arg(fn, "T", args[5], 0, &T))
         return NULL;
-    const int64_t w_bytes = packed_bytes(type, N, K);
-    if (w_bytes < 0) {
-        fail(fn, "no kernel for type %d with rows of K = %lld values", type, (long long)K);
+    const int64_t w_bytes = weight_bytes(fn, type, N, K);
+    if (w_bytes < 0)
         return NULL;
-    }
     Py_buffer b[3] = {{0}};
     if (get_contiguous(fn, "w", args[1], U8, 0, w_bytes, &b[0]) ||
         get_contiguous(fn, "x", args[4], F32, 0, mul(mul(T, K), 4), &b[1]) ||
@@ -402,6 +498,76 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (rc)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
+}
+
+/* linear_experts(type, ws, N, K, x, starts, out): for each j, out[starts[j]:starts[j+1]] = x[the same rows] @ W_j.T,
+ * W_j = ws[j] (a tuple of E packed weights of N rows of K, each uint8 and packed_bytes long); x (M, K) float32 and out
+ * (M, N) float32 (written), C-contiguous; starts (E + 1,) int64 from 0 to M, never decreasing. */
+static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    static const char fn[] = "linear_experts";
+    int type = 0;
+    int64_t N = 0, K = 0;
+    if (arg_count(fn, nargs, 7, "type, ws, N, K, x, starts, out") || type_arg(fn, args[0], &type) ||
+        size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K))
+        return NULL;
+    const int64_t w_bytes = weight_bytes(fn, type, N, K);
+    if (w_bytes < 0)
+        return NULL;
+    if (!PyTuple_Check(args[1])) {
+        fail(fn, "ws must be a tuple of one packed weight per expert, got %s", Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    const Py_ssize_t E = PyTuple_GET_SIZE(args[1]);
+    Py_buffer *b = calloc((size_t)(3 + E), sizeof *b); /* starts, x, out, then the E weights */
+    const uint8_t **w = malloc((size_t)(E > 0 ? E : 1) * sizeof *w);
+    PyObject *result = NULL;
+    if (!b || !w) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (get_contiguous(fn, "starts", args[5], I64, 0, mul(E + 1, 8), &b[0]))
+        goto done;
+    const int64_t *starts = b[0].buf, M = starts[E];
+    for (Py_ssize_t j = 0; j < E; j++)
+        if (starts[j] > starts[j + 1]) {
+            fail(fn, "starts must not decrease, got %lld then %lld", (long long)starts[j], (long long)starts[j + 1]);
+            goto done;
+        }
+    if (starts[0] != 0 || M > DIM_MAX) {
+        fail(fn, "starts must run from 0 to at most %lld rows, got %lld to %lld", (long long)DIM_MAX,
+             (long long)starts[0], (long long)M);
+        goto done;
+    }
+    if (get_contiguous(fn, "x", args[4], F32, 0, mul(mul(M, K), 4), &b[1]) ||
+        get_contiguous(fn, "out", args[6], F32, 1, mul(mul(M, N), 4), &b[2]))
+        goto done;
+    for (Py_ssize_t j = 0; j < E; j++) {
+        if (get_contiguous(fn, "ws[j]", PyTuple_GET_ITEM(args[1], j), U8, 0, w_bytes, &b[3 + j]))
+            goto done;
+        w[j] = b[3 + j].buf;
+    }
+    experts_job_t job = {.type = type, .N = N, .K = K, .E = E, .M = M, .w = w, .starts = starts, .x = b[1].buf,
+                         .out = b[2].buf};
+    int rc = 0;
+    if (M > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = run_experts(&job);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (b)
+        release(b, 3 + E);
+    free(b);
+    free(w);
+    return result;
 }
 
 /* group_bytes(type, K) -> bytes of one packed 16-row group, or -1 where the type has no quantized kernel. */
@@ -851,6 +1017,8 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
+    {"linear_experts", (PyCFunction)(void (*)(void))py_linear_experts, METH_FASTCALL,
+     "each expert's rows of x times its own packed weight, in one call"},
     {"group_bytes", (PyCFunction)(void (*)(void))py_group_bytes, METH_FASTCALL, "bytes per packed 16-row group"},
     {"pack_blocks", (PyCFunction)(void (*)(void))py_pack_blocks, METH_FASTCALL, "repack Q4_0/Q4_1/Q8_0 file rows"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "causal GQA over a KV cache"},

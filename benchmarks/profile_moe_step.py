@@ -1,0 +1,77 @@
+"""Where the time of a mixture-of-experts forward goes: router, expert products, the gather and scatter around them,
+attention, the output projection.
+
+    python benchmarks/profile_moe_step.py FILE.gguf [--prompt 128] [--steps 32] [--threads 2]
+
+Wraps each part of every block in a timer (perf_counter, a few hundred nanoseconds a call) and runs one prefill of
+--prompt random tokens, then --steps decode steps; prints milliseconds per forward (prefill) and per token
+(decode). "gather, scatter" is the mixture's own work besides its products: sorting the (token, slot) pairs by
+expert, gathering their rows, putting the products back in token order and summing each token's slots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import numpy as np
+
+import deeproots
+
+
+def timed(totals: dict[str, float], part: str, fn):
+    def wrapper(*args):
+        started = time.perf_counter()
+        result = fn(*args)
+        totals[part] += time.perf_counter() - started
+        return result
+    return wrapper
+
+
+def instrument(model, totals: dict[str, float]) -> None:
+    for block in model.net.blocks:
+        moe = block.moe
+        block.attention = timed(totals, "attention (q/k/v/o products, norms, RoPE, attention)", block.attention)
+        moe.route = timed(totals, "router (product, softmax, top-k)", moe.route)
+        moe.experts_output = timed(totals, "experts total", moe.experts_output)
+        moe.ffn_gate_up_exps.grouped = timed(totals, "  expert gate/up products", moe.ffn_gate_up_exps.grouped)
+        moe.ffn_down_exps.grouped = timed(totals, "  expert down products", moe.ffn_down_exps.grouped)
+        if moe.shared is not None:
+            moe.shared = timed(totals, "shared expert", moe.shared)
+    model.net.logits = timed(totals, "output projection", model.net.logits)
+
+
+def report(totals: dict[str, float], label: str, per: int, total: float) -> None:
+    print(f"{label}: {total / per * 1e3:.2f} ms per {'token' if per > 1 else 'forward'}")
+    gather = totals["experts total"] - totals["  expert gate/up products"] - totals["  expert down products"]
+    for part, seconds in [*totals.items(), ("  gather, scatter, SiLU", gather)]:
+        print(f"  {part:55} {seconds / per * 1e3:8.2f} ms  {seconds / total:4.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    model = deeproots.load(args.file, context=args.prompt + args.steps, threads=args.threads)
+    totals: dict[str, float] = collections.defaultdict(float)
+    instrument(model, totals)
+    tokens = np.random.default_rng(0).integers(model.config.vocab_size, size=args.prompt + args.steps)
+    model.net.forward(tokens[:8], model.new_cache(8))  # warm-up: pages, thread pool
+    totals.clear()
+    cache = model.new_cache(args.prompt + args.steps)
+    started = time.perf_counter()
+    model.net.forward(tokens[:args.prompt], cache)
+    report(totals, f"prefill of {args.prompt} tokens", 1, time.perf_counter() - started)
+    totals.clear()
+    started = time.perf_counter()
+    for t in range(args.prompt, args.prompt + args.steps):
+        model.net.forward(tokens[t:t + 1], cache)
+    report(totals, f"decode, {args.steps} steps", args.steps, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
