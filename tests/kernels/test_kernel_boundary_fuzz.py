@@ -170,8 +170,9 @@ def bad_arrays(a: np.ndarray, kind: str) -> list:
     flat = a.reshape(-1)
     wrong = [a.astype(np.float64), a.astype(other), int(a.ctypes.data), None, a.tolist() if a.size < 64 else [0.0]]
     if kind in ("in", "out"):  # exact length, C-contiguous: gaps along any axis of more than one element are wrong
-        wrong += [np.resize(flat, flat.size + 1), flat[:-1].copy()]
-        wrong += [strided(a, axis) for axis in {0, a.ndim - 1} if a.shape[axis] > 1]
+        wrong += [np.resize(flat, flat.size + 1)]
+        if a.size:  # an empty array cut shorter or strided is still the right (empty) buffer
+            wrong += [flat[:-1].copy()] + [strided(a, axis) for axis in {0, a.ndim - 1} if a.shape[axis] > 1]
     else:  # exact shape, contiguous last dimension
         wrong += [a[:-1], np.concatenate([a, a[:1]]), a.reshape(a.shape[0], -1)]
         wrong += [strided(a, a.ndim - 1)] if a.shape[-1] > 1 else []
