@@ -8,22 +8,21 @@ ollama_shapes writes the answer. Durations are nanoseconds, as Ollama reports th
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..inspect import human_count, summarize
 from .errors import APIError, ClassifiedRoute
+from .model_routes import iso_time, ollama_model
 from .ollama_request import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaGenerateRequest,
                              OllamaShowRequest, chat_fields, generate_fields, json_body, keep_alive_seconds)
 from .ollama_shapes import GenerateShapes, OllamaShapes, nanoseconds, now
 from .one_answer import answer
 from .openai import embedding_inputs, embedding_vectors
 from .pool import ServedModel
+from .servable import ModelSource
 from .state import State
 from .translate import as_chat_request
 
@@ -65,25 +64,23 @@ async def version() -> dict:
 @router.post("/api/show")
 async def show(body: Annotated[OllamaShowRequest, json_body(OllamaShowRequest)], state: State) -> dict:
     served = await state.served(body.model or body.name)
-    return await asyncio.to_thread(model_card, served)
+    return await asyncio.to_thread(model_card, served, state.pool.models.resolve(served.name))
 
 
-def model_card(served: ServedModel) -> dict:
-    """What Ollama's /api/show tells about a model: its details, its file's scalar metadata, its chat template."""
-    model = served.model
-    summary = summarize(model.path)
+def model_card(served: ServedModel, source: ModelSource) -> dict:
+    """What Ollama's /api/show tells about a model: /api/tags' details, its file's scalar metadata (the header read
+    once per model, source.summary), its chat template."""
+    model, summary = served.model, source.summary
     metadata = {key: value for key, value in model.file.metadata.items() if isinstance(value, (str, int, float, bool))}
     architecture = summary.architecture
     return {
         "modelfile": f"FROM {model.path}\n", "parameters": "", "license": "",
         "template": model.template.source if model.template is not None else "",
-        "details": {"parent_model": "", "format": "gguf" if str(model.path).endswith(".gguf") else "safetensors",
-                    "family": architecture, "families": [architecture],
-                    "parameter_size": human_count(summary.n_params), "quantization_level": summary.quantization},
+        "details": ollama_model(source)["details"],
         "model_info": {**metadata, "general.architecture": architecture, "general.parameter_count": summary.n_params,
                        f"{architecture}.context_length": model.context},
         "capabilities": ["completion", "embedding"] if model.template is not None else ["embedding"],
-        "modified_at": datetime.fromtimestamp(os.path.getmtime(model.path), timezone.utc).isoformat()}
+        "modified_at": iso_time(source.modified)}
 
 
 @router.post("/api/embed")
