@@ -9,11 +9,10 @@ taken from the prefix cache.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Sequence
 
 from .chat import ChatUsage
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart, new_id
 from ..tokenizer import Tokenizer
 from .errors import APIError
 from .generation import Choice
@@ -51,7 +50,7 @@ class MessageShapes:
     media_type = "text/event-stream"
 
     def __init__(self, model: str, tokenizer: Tokenizer | None = None, stop_sequences: Sequence[str] = ()):
-        self.id, self.model = f"msg_{uuid.uuid4().hex[:24]}", model
+        self.id, self.model = new_id("msg"), model
         self.tokenizer, self.stop_sequences = tokenizer, stop_sequences
         self.exchange = None  # the admitted run: its prompt length (for message_start) and its steps
         self.blocks: list[str] = []  # the type of each content block opened so far

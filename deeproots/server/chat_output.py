@@ -56,5 +56,10 @@ class ChatAnswer:
     finish_reason: str  # "stop" | "length" | "tool_calls"
 
 
+def new_id(prefix: str, separator: str = "_") -> str:
+    """A fresh id in the shape the APIs use: "call_<24 hex>", "msg_...", "chatcmpl-..." (OpenAI's older ids)."""
+    return f"{prefix}{separator}{uuid.uuid4().hex[:24]}"
+
+
 def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+    return new_id("call")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from .chat import ChatUsage
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, new_id
 from .errors import APIError
 from .translate import call_arguments
 
@@ -35,7 +34,7 @@ class OllamaShapes:
     media_type = "application/x-ndjson"
 
     def __init__(self, model: str):
-        self.id, self.model = f"ollama-{uuid.uuid4().hex[:24]}", model
+        self.id, self.model = new_id("ollama", "-"), model
         self.exchange = None  # the admitted run's clock: when it started and when its first token came
 
     def started(self, exchange) -> None:

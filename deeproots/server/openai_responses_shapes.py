@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 from .chat import ChatUsage
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, ToolCallDelta, ToolCallStart, new_id
 from .errors import APIError
 from .openai_responses_request import NamedFunction, ResponsesRequest
 
 
 ITEM_PREFIXES = {"reasoning": "rs", "message": "msg", "function_call": "fc"}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
 def reasoning_item(item_id: str, text: str) -> dict[str, Any]:

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from typing import AsyncIterator
 
 from ..generate import GenerationStep
 from ..tokenizer import Tokenizer
 from .chat import ChatStep
-from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallStart
+from .chat_output import ChatAnswer, ChatEvent, ReasoningDelta, TextDelta, ToolCallStart, new_id
 from .generation import Choice
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def sse(payload: dict | str) -> str:
@@ -72,7 +67,7 @@ class Shapes:
     object, chunk_object, id_prefix = "", "", ""
 
     def __init__(self, model: str, tokenizer: Tokenizer, with_logprobs: bool):
-        self.id, self.created, self.model = new_id(self.id_prefix), int(time.time()), model
+        self.id, self.created, self.model = new_id(self.id_prefix, "-"), int(time.time()), model
         self.tokenizer, self.with_logprobs = tokenizer, with_logprobs
 
     def _envelope(self, object_name: str, choices: list[dict]) -> dict:
