@@ -2,9 +2,11 @@
 
     python benchmarks/bench_moe_memory.py [--file F.gguf] [--shape olmoe-1b-7b] [--type q4_0] [--tokens 1000]
 
-Without --file, a synthetic file of the shape is written first (benchmarks/synthetic_models.py). Two loads, each in
-a process of its own, with a packed cache folder of their own (DEEPROOTS_HOME in a temporary folder beside the
-file): the first packs every expert from the file and writes the packed cache; the second maps the packed cache.
+Without --file, a synthetic file of the shape is written first (benchmarks/synthetic_models.py). Three loads, each
+in a process of its own, with a packed cache folder of their own (DEEPROOTS_HOME in a temporary folder beside the
+file): the baseline, without the packed cache (DEEPROOTS_PACKED_CACHE=0), packs every weight into the process's own
+memory, as every first load did before the packed cache was written through a shared map; the first load with the
+cache packs every expert into the cache file it writes; the second maps that cache.
 Each reports /proc/self/status after load and after decoding: VmRSS, split into RssAnon (the process's own memory:
 what a model near the size of RAM must not need) and RssFile (mapped file pages: the kernel can drop and re-read
 them), and VmHWM, the peak.
@@ -45,8 +47,8 @@ def measure(path: str, n_tokens: int, threads: int) -> dict:
             "after_decode": memory_mb()}
 
 
-def run_child(path: Path, home: Path, n_tokens: int, threads: int) -> dict:
-    env = {**os.environ, "DEEPROOTS_HOME": str(home)}
+def run_child(path: Path, home: Path, n_tokens: int, threads: int, packed_cache: bool) -> dict:
+    env = {**os.environ, "DEEPROOTS_HOME": str(home), "DEEPROOTS_PACKED_CACHE": "1" if packed_cache else "0"}
     out = subprocess.run([sys.executable, __file__, "--child", str(path), "--tokens", str(n_tokens),
                           "--threads", str(threads)], env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
@@ -76,8 +78,10 @@ def main() -> None:
     print(f"{path} ({path.stat().st_size / 1e6:,.0f} MB), {args.tokens} tokens, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(dir=args.folder) as home:
-        for label in ("first load (packs, writes the packed cache)", "later load (maps the packed cache)"):
-            result = run_child(path, Path(home), args.tokens, args.threads)
+        for label, packed_cache in (("baseline: no packed cache (packs into the process's memory)", False),
+                                    ("first load (packs, writes the packed cache)", True),
+                                    ("later load (maps the packed cache)", True)):
+            result = run_child(path, Path(home), args.tokens, args.threads, packed_cache)
             print(f"{label}: load {result['load_s']:.1f} s, decode {result['decode_tokens_per_s']:.1f} tokens/s")
             for point in ("at_load", "after_decode"):
                 print(f"  {point:13} " + ", ".join(f"{name} {value:,.0f} MB" for name, value in result[point].items()))
