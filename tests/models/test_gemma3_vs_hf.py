@@ -31,7 +31,8 @@ def gemma3(gemma3_path):
 def test_logits_agree_with_transformers(gemma3_reference, gemma3, hf_gemma3):
     hf_tokenizer, hf_model = hf_gemma3
     # The first text is longer than the sliding window, so local layers drop their oldest keys.
-    texts = [TEXTS[0] + " " + TEXTS[1], *TEXTS[2:]]
+    # Two texts (prose + code, then numbers and non-Latin scripts): each costs transformers seconds over 262k logits.
+    texts = [TEXTS[0] + " " + TEXTS[1], TEXTS[4]]
     assert len(hf_tokenizer(texts[0])["input_ids"]) > gemma3.config.sliding_window
     reference, fast = agreements([gemma3_reference, gemma3], hf_logits(hf_model), hf_tokenizer, texts)
     top1, max_diff, mean_diff = reference

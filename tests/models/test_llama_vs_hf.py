@@ -13,20 +13,43 @@ from hf_agreement import TEXTS, agreement, hf_logits
 pytestmark = pytest.mark.slow  # transformers on the default model, thousands of positions
 
 
-def test_reference_path_agrees_with_transformers(smollm2_reference, hf_smollm2):
-    hf_tokenizer, hf_model = hf_smollm2
-    top1, max_diff, mean_diff = agreement(smollm2_reference, hf_logits(hf_model), hf_tokenizer)
+class Memo:
+    """A model's logits per token sequence, computed once for this module's tests (each text costs seconds)."""
+
+    def __init__(self, logits):
+        self._logits, self._seen = logits, {}
+
+    def logits(self, ids):
+        key = tuple(ids)
+        if key not in self._seen:
+            self._seen[key] = self._logits(ids)
+        return self._seen[key]
+
+
+@pytest.fixture(scope="module")
+def reference_path(smollm2_reference):
+    return Memo(smollm2_reference.logits)
+
+
+@pytest.fixture(scope="module")
+def transformers_logits(hf_smollm2):
+    return Memo(hf_logits(hf_smollm2[1])).logits
+
+
+def test_reference_path_agrees_with_transformers(reference_path, transformers_logits, hf_smollm2):
+    hf_tokenizer, _ = hf_smollm2
+    top1, max_diff, mean_diff = agreement(reference_path, transformers_logits, hf_tokenizer)
     assert top1 >= 0.99
     assert max_diff < 1e-3
     assert mean_diff < 1e-4
 
 
-def test_fast_path_agrees_with_reference_path(smollm2, smollm2_reference, hf_smollm2):
-    hf_tokenizer, hf_model = hf_smollm2
-    top1, _, mean_diff = agreement(smollm2, smollm2_reference.logits, hf_tokenizer)
+def test_fast_path_agrees_with_reference_path(smollm2, reference_path, transformers_logits, hf_smollm2):
+    hf_tokenizer, _ = hf_smollm2
+    top1, _, mean_diff = agreement(smollm2, reference_path.logits, hf_tokenizer)
     assert top1 >= 0.99
     assert mean_diff < 0.3
-    top1_hf, _, _ = agreement(smollm2, hf_logits(hf_model), hf_tokenizer)  # reported beside llama.cpp's
+    top1_hf, _, _ = agreement(smollm2, transformers_logits, hf_tokenizer)  # reported beside llama.cpp's
     assert top1_hf >= 0.99
 
 
