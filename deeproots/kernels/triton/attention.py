@@ -1,0 +1,57 @@
+"""Decode attention over the device KV cache: one query position per sequence, every cached key, in one pass.
+
+One program per query head reads its KV head's keys and values in BLOCK_L chunks with an online softmax (running
+max and sum), so the (L,) scores are never stored. A sliding window keeps keys p - window < j <= p, the query at
+p = L - 1; the keys before it are not read at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_L = 64
+
+
+@triton.jit
+def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, L, first, group, stride_kh, stride_kl, scale,
+                             D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    head = tl.program_id(0)
+    kv_head = head // group
+    dims = tl.arange(0, BLOCK_D)
+    d_mask = dims < D
+    q = tl.load(q_ptr + head * D + dims, mask=d_mask, other=0.0) * scale  # (BLOCK_D,)
+    running_max = tl.full((), float("-inf"), tl.float32)
+    running_sum = tl.zeros((), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(first, L, BLOCK_L):
+        keys = start + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+        k_mask = keys < L
+        offsets = kv_head.to(tl.int64) * stride_kh + keys.to(tl.int64)[:, None] * stride_kl + dims[None, :]
+        mask = k_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
+        scores = tl.where(k_mask, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
+        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        correction = tl.exp(running_max - new_max)
+        p = tl.exp(scores - new_max)
+        v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        acc = acc * correction + tl.sum(p[:, None] * v, axis=0)
+        running_sum = running_sum * correction + tl.sum(p, axis=0)
+        running_max = new_max
+    tl.store(out_ptr + head * D + dims, acc / running_sum, mask=d_mask)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                     window: int | None = None) -> torch.Tensor:
+    """q (n_heads, 1, D) float32; k, v (n_kv_heads, L, D) float16/float32 (a cache's views: rows contiguous)
+    -> (1, n_heads * D), as formulas.causal_attention for T = 1."""
+    n_heads, _, D = q.shape
+    n_kv, L, _ = k.shape
+    if k.stride(2) != 1 or v.stride() != k.stride():
+        k, v = k.contiguous(), v.contiguous()
+    out = torch.empty((1, n_heads * D), dtype=torch.float32, device=q.device)
+    first = max(L - window, 0) if window else 0
+    _decode_attention_kernel[(n_heads,)](q.contiguous(), k, v, out, L, first, n_heads // n_kv, k.stride(0), k.stride(1),
+                                         scale, D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_L=BLOCK_L)
+    return out

@@ -1,0 +1,53 @@
+"""RMSNorm and decode attention kernels (kernels/triton/) against the numpy formulas (backends/formulas.py) on random
+inputs of odd and aligned sizes.
+
+Bounds: RMSNorm, 4 float32 roundings of d-term sums (the formula's mean is float64): |diff| <= 1e-5 relative to
+the largest output. Attention: an online softmax over L keys in float32 against a two-pass one, float16 keys and
+values read exactly: |diff| <= 1e-5 (outputs are averages of values of size ~1).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from deeproots.backends.formulas import causal_attention, rms_norm
+from deeproots.kernels.triton.attention import BLOCK_L, decode_attention
+from deeproots.kernels.triton.norm import rms_norm as triton_rms_norm
+
+
+@pytest.mark.parametrize("rows, d", [(1, 64), (5, 96), (3, 33)])
+def test_rms_norm_matches_formula(rows, d, device):
+    rng = np.random.default_rng(d)
+    x = (rng.standard_normal((rows, d)) * 3).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    ours = triton_rms_norm(torch.from_numpy(x).to(device), torch.from_numpy(w).to(device), 1e-6).cpu().numpy()
+    expected = rms_norm(x, w, 1e-6)
+    assert np.abs(ours - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("n_heads, n_kv, L, D, window, dtype", [
+    (4, 2, 1, 32, None, np.float32),  # the first token
+    (4, 2, BLOCK_L + 7, 32, None, np.float16),  # a partial second chunk, grouped heads, an f16 cache
+    (3, 3, 2 * BLOCK_L, 24, None, np.float32),  # head size not a power of two, aligned length
+    (4, 1, BLOCK_L + 9, 16, 5, np.float16),  # a sliding window shorter than the cache
+    (2, 2, 10, 16, 64, np.float32),  # a window longer than the cache
+])
+def test_decode_attention_matches_formula(n_heads, n_kv, L, D, window, dtype, device):
+    rng = np.random.default_rng(L)
+    q = rng.standard_normal((n_heads, 1, D)).astype(np.float32)
+    k = rng.standard_normal((n_kv, L, D)).astype(dtype)
+    v = rng.standard_normal((n_kv, L, D)).astype(dtype)
+    scale = 1 / np.sqrt(D)
+    ours = decode_attention(*(torch.from_numpy(a).to(device) for a in (q, k, v)), scale, window).cpu().numpy()
+    assert np.abs(ours - causal_attention(q, k, v, scale, window=window)).max() <= 1e-5
+
+
+def test_decode_attention_reads_a_strided_cache_view(device):
+    """The cache's layer view (n_kv, L, D) of a (n_kv, max_tokens, D) buffer: rows contiguous, heads strided."""
+    rng = np.random.default_rng(0)
+    buffer = rng.standard_normal((2, 50, 16)).astype(np.float32)
+    q = rng.standard_normal((4, 1, 16)).astype(np.float32)
+    stored = torch.from_numpy(buffer).to(device)
+    ours = decode_attention(torch.from_numpy(q).to(device), stored[:, :20], stored[:, :20], 0.25).cpu().numpy()
+    expected = causal_attention(q, buffer[:, :20], buffer[:, :20], 0.25)
+    assert np.abs(ours - expected).max() <= 1e-5
