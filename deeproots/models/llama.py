@@ -59,8 +59,10 @@ class LlamaBlock:
 
     def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
         """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
-        normed = self.ops.rms_norm(np.ascontiguousarray(heads).reshape(-1, weight.shape[0]), weight,
-                                   self.config.norm_eps)
+        # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy and
+        # torch alike), the second views them as spans of the weight's width.
+        rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
+        normed = self.ops.rms_norm(rows, weight, self.config.norm_eps)
         heads[...] = normed.reshape(heads.shape)
 
     def attention(self, h: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:

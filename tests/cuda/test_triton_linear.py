@@ -35,7 +35,7 @@ def check(ggml_type: int, m: int, k: int, n: int, device: str, seed: int = 0) ->
     raw = random_raw(ggml_type, k, n, rng)
     x = rng.standard_normal((m, k)).astype(np.float32)
     ours = quantized_linear(torch.from_numpy(x).to(device), torch.from_numpy(raw.reshape(-1)).to(device), ggml_type,
-                            k, n).cpu().numpy().astype(np.float64)
+                            k, n, block_n=16).cpu().numpy().astype(np.float64)  # several programs, a partial one
     expected = reference_linear(x, raw, ggml_type, (k, n))  # (m, n) float64
     w = dequantize(raw.reshape(-1), ggml_type, (k, n)).astype(np.float64)  # (n, k)
     bound = (2 * 2.0**-11 + (k + 2) * U) * (np.abs(x) @ np.abs(w).T) + 2.0**-20
@@ -54,6 +54,19 @@ def test_skinny_product_matches_reference(ggml_type, m, device):
 def test_tiled_product_matches_reference(ggml_type, device):
     block_size, _ = geometry(ggml_type)
     check(ggml_type, SKINNY_ROWS + 3, block_size if block_size == 256 else 64, 70, device, seed=1)  # partial tiles
+
+
+def test_default_blocks_match_reference(device):
+    """The launch's own block sizes (wide programs under the interpreter, narrow ones on a GPU), skinny and tiled."""
+    block_size, _ = geometry(Q.Q4_K)
+    for m in (2, SKINNY_ROWS + 1):
+        rng = np.random.default_rng(m)
+        raw = random_raw(Q.Q4_K, block_size, 1100, rng)
+        x = rng.standard_normal((m, block_size)).astype(np.float32)
+        ours = quantized_linear(torch.from_numpy(x).to(device), torch.from_numpy(raw.reshape(-1)).to(device), Q.Q4_K,
+                                block_size, 1100).cpu().numpy()
+        expected = reference_linear(x, raw, Q.Q4_K, (block_size, 1100))
+        assert np.abs(ours - expected).max() <= 1e-3 * np.abs(expected).max()
 
 
 def test_mismatched_shapes_are_an_internal_error(device):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...backends.device_memory import DEVICE_BLOCK_TYPES
 from ...quant import GGMLType
 from ...quant.types import BLOCK_GEOMETRY
 
-# The block formats the kernels read in place (Q5_0 is widened to Q8_0 at upload, losslessly).
-TILE_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
+TILE_TYPES = DEVICE_BLOCK_TYPES  # the block formats the kernels read in place (Q5_0 is widened to Q8_0 at upload)
 TILE = 32  # columns a tile spans: one legacy block, one sub-block of a K-quant super-block
 
 Q4_0: tl.constexpr = tl.constexpr(int(GGMLType.Q4_0))

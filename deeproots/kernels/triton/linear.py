@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from ...errors import InternalError
 from .blocks import TILE, dequantize_tile, geometry
@@ -52,10 +53,17 @@ def _tiled_kernel(x_ptr, w_ptr, y_ptr, M, N, K, row_bytes, FMT: tl.constexpr, BL
     tl.store(y_ptr + m.to(tl.int64)[:, None] * N + rows[None, :], acc, mask=m_mask[:, None] & row_mask[None, :])
 
 
-def quantized_linear(x: torch.Tensor, weight: torch.Tensor, ggml_type: int, in_features: int,
-                     out_features: int) -> torch.Tensor:
+SKINNY_BLOCK_N, TILED_BLOCK = 32, 64  # on a GPU: output columns per program (skinny), tile sides (tiled)
+# Triton's interpreter runs one program after another in Python: there, few wide programs are seconds faster.
+INTERPRETED_BLOCK_N = 4096
+INTERPRETED = isinstance(_skinny_kernel, InterpretedFunction)
+
+
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, ggml_type: int, in_features: int, out_features: int,
+                     block_n: int | None = None) -> torch.Tensor:
     """x (M, in_features) float32 @ W.T -> (M, out_features) float32; `weight` the (out_features * row bytes,)
-    uint8 blocks of W (rows of in_features values) on x's device."""
+    uint8 blocks of W (rows of in_features values) on x's device. `block_n` (a power of two >= 16) overrides the
+    output columns a program computes (tests use it to cover many programs under the interpreter)."""
     block_size, type_size = geometry(ggml_type)
     row_bytes = in_features // block_size * type_size
     if x.dim() != 2 or x.shape[1] != in_features or in_features % TILE or weight.numel() != out_features * row_bytes:
@@ -67,12 +75,12 @@ def quantized_linear(x: torch.Tensor, weight: torch.Tensor, ggml_type: int, in_f
     if M == 0:
         return y
     if M <= SKINNY_ROWS:
-        block_n = 32
+        block_n = block_n or (INTERPRETED_BLOCK_N if INTERPRETED else SKINNY_BLOCK_N)
         grid = (triton.cdiv(out_features, block_n),)
         _skinny_kernel[grid](x, weight, y, M, out_features, in_features, row_bytes, ggml_type, block_size, type_size,
                              BLOCK_M=max(triton.next_power_of_2(M), 1), BLOCK_N=block_n)
     else:
-        block_m, block_n = 64, 64
+        block_m, block_n = TILED_BLOCK, block_n or (INTERPRETED_BLOCK_N if INTERPRETED else TILED_BLOCK)
         grid = (triton.cdiv(out_features, block_n), triton.cdiv(M, block_m))
         _tiled_kernel[grid](x, weight, y, M, out_features, in_features, row_bytes, ggml_type, block_size, type_size,
                             BLOCK_M=block_m, BLOCK_N=block_n)
