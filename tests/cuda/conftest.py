@@ -15,3 +15,19 @@ if DEVICE == "cpu":
 def device() -> str:
     """The torch device the CUDA backend's kernels run on in these tests."""
     return DEVICE
+
+
+@pytest.fixture(scope="session")
+def q8_0_file(tiny_checkpoint, tmp_path_factory):
+    """convert(model_type) -> a Q8_0 GGUF of the tiny checkpoint of that architecture (tests/tiny_checkpoints.py)."""
+    from deeproots.convert import convert_folder
+
+    made = {}
+
+    def convert(model_type: str):
+        if model_type not in made:
+            folder, _ = tiny_checkpoint(model_type)
+            made[model_type] = tmp_path_factory.mktemp(model_type) / "model-q8_0.gguf"
+            convert_folder(folder, made[model_type], "q8_0", progress=False)
+        return made[model_type]
+    return convert

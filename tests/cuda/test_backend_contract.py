@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from tiny_checkpoints import ARCHITECTURES, MOE_ARCHITECTURES
 
-from deeproots.convert import convert_folder
 from deeproots.errors import UnsupportedModelError
 from deeproots.loader import load_model_file
 
@@ -23,16 +22,6 @@ TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen
 DENSE = sorted(set(ARCHITECTURES) - set(MOE_ARCHITECTURES))
 BOUNDS = {"cpu": (0.2, 0.85), "cuda": (5e-3, 0.95)}  # backend -> (max |diff|, top-1 agreement)
 DECODED = 2
-
-
-@pytest.fixture(scope="module")
-def q8_0_file(tiny_checkpoint, tmp_path_factory):
-    def convert(model_type: str):
-        folder, _ = tiny_checkpoint(model_type)
-        out = tmp_path_factory.mktemp(model_type) / "model-q8_0.gguf"
-        convert_folder(folder, out, "q8_0", progress=False)
-        return out
-    return convert
 
 
 def logits_of(loaded, ids: np.ndarray) -> np.ndarray:

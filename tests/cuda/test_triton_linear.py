@@ -44,10 +44,13 @@ def check(ggml_type: int, m: int, k: int, n: int, device: str, seed: int = 0) ->
 
 
 @pytest.mark.parametrize("ggml_type", TILE_TYPES, ids=lambda t: Q(t).name)
-@pytest.mark.parametrize("m", [1, 3, SKINNY_ROWS])  # the skinny kernel: one row, odd rows, its most
+# the skinny kernel: odd rows; one row and its most (seconds each under the interpreter)
+SLOW = pytest.mark.slow
+@pytest.mark.parametrize("m", [3, pytest.param(1, marks=SLOW), pytest.param(SKINNY_ROWS, marks=SLOW)])
 def test_skinny_product_matches_reference(ggml_type, m, device):
     block_size, _ = geometry(ggml_type)
-    check(ggml_type, m, 2 * block_size if block_size == 256 else 96, 37, device)  # 37 output rows: a partial block
+    # 37 output rows: a partial program; one super-block (all 8 sub-blocks) or three legacy blocks per row
+    check(ggml_type, m, block_size if block_size == 256 else 96, 37, device)
 
 
 @pytest.mark.parametrize("ggml_type", TILE_TYPES, ids=lambda t: Q(t).name)
@@ -56,6 +59,7 @@ def test_tiled_product_matches_reference(ggml_type, device):
     check(ggml_type, SKINNY_ROWS + 3, block_size if block_size == 256 else 64, 70, device, seed=1)  # partial tiles
 
 
+@pytest.mark.slow  # 1100 output rows
 def test_default_blocks_match_reference(device):
     """The launch's own block sizes (wide programs under the interpreter, narrow ones on a GPU), skinny and tiled."""
     block_size, _ = geometry(Q.Q4_K)

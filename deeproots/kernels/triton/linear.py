@@ -75,10 +75,12 @@ def quantized_linear(x: torch.Tensor, weight: torch.Tensor, ggml_type: int, in_f
     if M == 0:
         return y
     if M <= SKINNY_ROWS:
-        block_n = block_n or (INTERPRETED_BLOCK_N if INTERPRETED else SKINNY_BLOCK_N)
+        block_m = triton.next_power_of_2(M)
+        # the (BLOCK_M, BLOCK_N, 32) product within Triton's 2^20 elements a tensor
+        block_n = block_n or (min(INTERPRETED_BLOCK_N, 2**15 // block_m) if INTERPRETED else SKINNY_BLOCK_N)
         grid = (triton.cdiv(out_features, block_n),)
         _skinny_kernel[grid](x, weight, y, M, out_features, in_features, row_bytes, ggml_type, block_size, type_size,
-                             BLOCK_M=max(triton.next_power_of_2(M), 1), BLOCK_N=block_n)
+                             BLOCK_M=block_m, BLOCK_N=block_n)
     else:
         block_m, block_n = TILED_BLOCK, block_n or (INTERPRETED_BLOCK_N if INTERPRETED else TILED_BLOCK)
         grid = (triton.cdiv(out_features, block_n), triton.cdiv(M, block_m))
