@@ -43,9 +43,11 @@ def check(ggml_type: int, m: int, k: int, n: int, device: str, seed: int = 0) ->
     assert worst <= 1.0, f"{Q(ggml_type).name} M={m} K={k} N={n}: error reaches {worst:.3f} of the bound"
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("ggml_type", TILE_TYPES, ids=lambda t: Q(t).name)
 # the skinny kernel: odd rows; one row and its most (seconds each under the interpreter)
-SLOW = pytest.mark.slow
 @pytest.mark.parametrize("m", [3, pytest.param(1, marks=SLOW), pytest.param(SKINNY_ROWS, marks=SLOW)])
 def test_skinny_product_matches_reference(ggml_type, m, device):
     block_size, _ = geometry(ggml_type)
