@@ -57,8 +57,20 @@ class Report:
                 self.data[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         if isinstance(self.data[name], dict):
             self.data[name]["seconds"] = round(time.monotonic() - started, 1)
+        free_device_memory()
         self.path.write_text(json.dumps(self.data, indent=2))
         print(f"[gpu_check] {name}: {time.monotonic() - started:.1f} s", flush=True)
+
+
+def free_device_memory() -> None:
+    """What a section's models held goes back before the next one loads its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def env() -> dict:
@@ -70,10 +82,14 @@ def env() -> dict:
 
 
 def tests(timeout: float) -> dict:
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "DEEPROOTS_TEST_DEVICE": "cuda"})
-    return {"returncode": result.returncode, "tail": result.stdout[-4000:] + result.stderr[-2000:]}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15", "tests/cuda"]
+    try:
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, "DEEPROOTS_TEST_DEVICE": "cuda"})
+    except subprocess.TimeoutExpired as expired:  # what ran is still a finding
+        out = (expired.stdout or b"").decode(errors="replace") if isinstance(expired.stdout, bytes) else expired.stdout
+        return {"timed_out_after_s": timeout, "tail": (out or "")[-6000:]}
+    return {"returncode": result.returncode, "tail": result.stdout[-6000:] + result.stderr[-2000:]}
 
 
 def hbm() -> dict:
