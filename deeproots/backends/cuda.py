@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache.device_kv import DeviceKVCache
+from ..cache.device_kv import DeviceKVCache, dequantize_q8_0
 from ..cache.kv import KVCache, KVLayout
 from ..errors import DeviceError, UnsupportedModelError
 from ..formats.gguf import TensorInfo
@@ -118,6 +118,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
         return decode_attention(q, k, v, scale, window)
     n_heads, T, _ = q.shape
     L, group = k.shape[1], n_heads // k.shape[0]
+    if k.dtype == torch.uint8:  # q8_0 rows
+        k, v = dequantize_q8_0(k), dequantize_q8_0(v)
     k = k.float().repeat_interleave(group, dim=0)  # (n_heads, L, head_dim)
     v = v.float().repeat_interleave(group, dim=0)
     positions = torch.arange(L - T, L, device=q.device)[:, None]  # (T, 1) the queries' absolute positions

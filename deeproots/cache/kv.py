@@ -88,13 +88,16 @@ class KVCache:
         end = self.offset + keys.shape[1]
         if end > self.max_tokens:
             raise RequestError(f"the KV cache holds {self.max_tokens} tokens; this step needs {end}")
-        if self.kv_type == "q8_0":
-            quantize_q8_0_rows(keys, self.keys[layer, :, self.offset:end])
-            quantize_q8_0_rows(values, self.values[layer, :, self.offset:end])
-        else:
-            self.keys[layer, :, self.offset:end] = keys
-            self.values[layer, :, self.offset:end] = values
+        self._write(self.keys[layer, :, self.offset:end], keys)
+        self._write(self.values[layer, :, self.offset:end], values)
         return self.keys[layer, :, :end], self.values[layer, :, :end]
+
+    def _write(self, rows: np.ndarray, new: np.ndarray) -> None:
+        """Store new (n_kv_heads, T, head_dim) float32 into the cache's rows (n_kv_heads, T, row), quantized in q8_0."""
+        if self.kv_type == "q8_0":
+            quantize_q8_0_rows(new, rows)
+        else:
+            rows[...] = new
 
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of positions start..stop of every layer, (n_layers, n_kv_heads, stop - start, row) each: what

@@ -51,3 +51,17 @@ def test_mixture_of_experts_is_refused_by_name(tiny_checkpoint, device):
     folder, _ = tiny_checkpoint("mixtral")
     with pytest.raises(UnsupportedModelError, match="mixtures of experts"):
         load_model_file(folder, backend="cuda", device=device)
+
+
+def test_q8_0_kv_cache_on_device_matches_reference(q8_0_file, device):
+    """Qwen 3's 32-value heads fit Q8_0 blocks: both backends store keys and values as q8_0 rows. A key that lands
+    within float32 rounding of a half step can round to the next int8 (1/254 of its block's largest value), so the
+    bound is 2e-2, not the f16 cache's 5e-3."""
+    path = q8_0_file("qwen3")
+    reference = load_model_file(path, backend="reference", kv_type="q8_0")
+    ids = np.asarray(reference.tokenizer.encode(TEXT), dtype=np.int64)
+    expected = reference.net.forward(ids, reference.new_cache(len(ids)), all_logits=True)
+    ours = logits_of(load_model_file(path, backend="cuda", device=device, kv_type="q8_0"), ids)
+    print(f"\nqwen3 cuda q8_0 KV: max |diff| {np.abs(ours - expected).max():.2e}")
+    assert np.abs(ours - expected).max() < 2e-2
+    assert (ours.argmax(-1) == expected.argmax(-1)).mean() >= 0.95

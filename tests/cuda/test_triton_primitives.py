@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deeproots.backends.formulas import causal_attention, rms_norm
+from deeproots.cache.kv import KVCache
 from deeproots.kernels.triton.attention import BLOCK_L, decode_attention
 from deeproots.kernels.triton.norm import rms_norm as triton_rms_norm
 
@@ -40,6 +41,19 @@ def test_decode_attention_matches_formula(n_heads, n_kv, L, D, window, dtype, de
     scale = 1 / np.sqrt(D)
     ours = decode_attention(*(torch.from_numpy(a).to(device) for a in (q, k, v)), scale, window).cpu().numpy()
     assert np.abs(ours - causal_attention(q, k, v, scale, window=window)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_decode_attention_reads_q8_0_rows(window, device):
+    """Keys and values as a q8_0 cache stores them (cache/kv.py: ggml's quantizer): the formula dequantizes them."""
+    rng = np.random.default_rng(2)
+    cache = KVCache(1, 2, 64, BLOCK_L + 5, "q8_0")
+    k, v = cache.update(0, rng.standard_normal((2, BLOCK_L + 5, 64)).astype(np.float32),
+                        rng.standard_normal((2, BLOCK_L + 5, 64)).astype(np.float32))  # (2, L, 68) uint8
+    q = rng.standard_normal((4, 1, 64)).astype(np.float32)
+    ours = decode_attention(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (q, k, v)), 0.125,
+                            window).cpu().numpy()
+    assert np.abs(ours - causal_attention(q, k, v, 0.125, window=window)).max() <= 1e-5
 
 
 def test_decode_attention_reads_a_strided_cache_view(device):

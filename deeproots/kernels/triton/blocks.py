@@ -38,7 +38,7 @@ def _byte(ptr, offsets, mask):
 
 
 @triton.jit
-def _f16(ptr, offsets, mask):
+def load_f16(ptr, offsets, mask):
     """The little-endian float16 at byte offsets, as float32."""
     bits = (_byte(ptr, offsets, mask) | (_byte(ptr, offsets + 1, mask) << 8)).to(tl.uint16)
     return bits.to(tl.float16, bitcast=True).to(tl.float32)
@@ -65,27 +65,27 @@ def dequantize_tile(w_ptr, rows, row_mask, row_bytes, k0, FMT: tl.constexpr, BLO
     base = rows.to(tl.int64)[:, None] * row_bytes + block * TYPE_SIZE  # (BLOCK_N, 1) the block's first byte
     k = (k0 % BLOCK_SIZE) + tl.arange(0, 32)[None, :]  # (1, 32) columns within the block
     if FMT == Q4_0:  # f16 d, 16 bytes: low nibbles are values 0..15, high nibbles 16..31
-        d = _f16(w_ptr, base, mask)
+        d = load_f16(w_ptr, base, mask)
         q = (_byte(w_ptr, base + 2 + k % 16, mask) >> (4 * (k // 16))) & 0xF
         tile = (q - 8).to(tl.float32) * d
     elif FMT == Q4_1:  # f16 d, f16 m, 16 bytes of nibbles: d * q + m
-        d = _f16(w_ptr, base, mask)
-        m = _f16(w_ptr, base + 2, mask)
+        d = load_f16(w_ptr, base, mask)
+        m = load_f16(w_ptr, base + 2, mask)
         q = (_byte(w_ptr, base + 4 + k % 16, mask) >> (4 * (k // 16))) & 0xF
         tile = q.to(tl.float32) * d + m
     elif FMT == Q8_0:  # f16 d, 32 int8
-        d = _f16(w_ptr, base, mask)
+        d = load_f16(w_ptr, base, mask)
         q = tl.load(w_ptr + base + 2 + k, mask=mask, other=0).to(tl.int8, bitcast=True)
         tile = q.to(tl.float32) * d
     elif FMT == Q4_K:  # f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes: 64 values per 32 bytes
-        d = _f16(w_ptr, base, mask)
-        dmin = _f16(w_ptr, base + 2, mask)
+        d = load_f16(w_ptr, base, mask)
+        dmin = load_f16(w_ptr, base + 2, mask)
         scale, minimum = _k4_scale_min(w_ptr, base + 4, k // 32, mask)
         q = (_byte(w_ptr, base + 16 + 32 * (k // 64) + k % 32, mask) >> (4 * ((k % 64) // 32))) & 0xF
         tile = d * scale * q.to(tl.float32) - dmin * minimum
     elif FMT == Q5_K:  # as Q4_K, with a fifth bit per value in 32 bytes qh (bit k // 32 of qh[k % 32])
-        d = _f16(w_ptr, base, mask)
-        dmin = _f16(w_ptr, base + 2, mask)
+        d = load_f16(w_ptr, base, mask)
+        dmin = load_f16(w_ptr, base + 2, mask)
         scale, minimum = _k4_scale_min(w_ptr, base + 4, k // 32, mask)
         low = (_byte(w_ptr, base + 48 + 32 * (k // 64) + k % 32, mask) >> (4 * ((k % 64) // 32))) & 0xF
         high = (_byte(w_ptr, base + 16 + k % 32, mask) >> (k // 32)) & 1
@@ -98,6 +98,6 @@ def dequantize_tile(w_ptr, rows, row_mask, row_bytes, k0, FMT: tl.constexpr, BLO
         ql = (_byte(w_ptr, base + 64 * half + lane + 32 * (quarter % 2), mask) >> (4 * (quarter // 2))) & 0xF
         qh = (_byte(w_ptr, base + 128 + 32 * half + lane, mask) >> (2 * quarter)) & 3
         scale = tl.load(w_ptr + base + 192 + 8 * half + lane // 16 + 2 * quarter, mask=mask, other=0)
-        d = _f16(w_ptr, base + 208, mask)
+        d = load_f16(w_ptr, base + 208, mask)
         tile = d * scale.to(tl.int8, bitcast=True).to(tl.float32) * ((ql | (qh << 4)) - 32).to(tl.float32)
     return tile
