@@ -15,7 +15,8 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
   platformdirs==4.14.9 llguidance==1.9.1 gguf==0.19.0
 rm -rf .gpu-models
 for name in "$@"; do  # store names, e.g. smollm2-135m gemma3-270m
-  folder=$($PY -c "import sys; from deeproots.store import ModelStore; print(ModelStore().resolve(sys.argv[1]).parent)" "$name")
+  path=$($PY -c "import sys; from deeproots.store import ModelStore as S; print(S().resolve(sys.argv[1]))" "$name")
+  folder=$(dirname "$path")
   mkdir -p ".gpu-models/$name"
   cp "$folder/manifest.json" ".gpu-models/$name/"
   file=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['file'])" "$folder/manifest.json")
@@ -23,4 +24,4 @@ for name in "$@"; do  # store names, e.g. smollm2-135m gemma3-270m
 done
 echo "carry, one call each:"
 find .gpu-models -name '*.gguf.*' | sort | sed 's/^/  /'
-echo "then: run bash benchmarks/gpu_check.sh \$OUT with carry [\".whl\", \".gpu-models/NAME/manifest.json\" ...]"
+echo "then: bash benchmarks/gpu_check.sh \$OUT, carry [\".whl\", \".gpu-models/NAME/manifest.json\", ...]"
