@@ -2,8 +2,8 @@
 
 Matrices stay in their GGUF block bytes on the device (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; Q5_0 widened to Q8_0),
 uploaded once, and the fused dequantize + product kernels (kernels/triton/linear.py) read them there; F16/BF16/F32
-matrices stay as they are and go through torch; other types are dequantized to float32 (exact) at load. RMSNorm
-and decode attention are Triton kernels, prefill attention is PyTorch's SDPA, RoPE and gating are torch ops.
+matrices stay as they are and go through torch; other types are dequantized to float32 (exact) at load. RMSNorm,
+RoPE, SiLU/GELU gating and decode attention are Triton kernels; prefill attention is PyTorch's SDPA.
 
 The backend takes a torch device: "cuda" on a GPU, or "cpu", where the same kernels run under Triton's
 interpreter (TRITON_INTERPRET=1): that is how CI tests this file without a GPU. Mixtures of experts are not placed
@@ -23,8 +23,10 @@ from ..cache.kv import KVCache, KVLayout
 from ..errors import DeviceError, UnsupportedModelError
 from ..formats.gguf import TensorInfo
 from ..kernels.triton.attention import decode_attention
+from ..kernels.triton.gating import gated
 from ..kernels.triton.linear import quantized_linear
 from ..kernels.triton.norm import rms_norm
+from ..kernels.triton.rope import rotate_ as rope_rotate_
 from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
@@ -93,17 +95,8 @@ class DevicePrimitives:
         """Rotate x (T, heads, head_dim), a view, in place; row t holds position start + t."""
         if id(rope) not in self.tables:  # the rope is kept with its tables, so its id is not reused
             self.tables[id(rope)] = rope, device_tensor(rope.cos, self.device), device_tensor(rope.sin, self.device)
-        _, cos_table, sin_table = self.tables[id(rope)]
-        T = x.shape[0]
-        cos, sin = cos_table[start:start + T, None], sin_table[start:start + T, None]  # (T, 1, rope_dim / 2)
-        rotated = x[..., :rope.rope_dim]
-        if rope.style == "interleaved":
-            first, second = rotated[..., 0::2], rotated[..., 1::2]
-        else:
-            first, second = rotated.chunk(2, dim=-1)
-        out_first, out_second = first * cos - second * sin, first * sin + second * cos
-        first.copy_(out_first)  # views of x: this writes x
-        second.copy_(out_second)
+        _, cos, sin = self.tables[id(rope)]
+        rope_rotate_(x, cos, sin, start, rope.rope_dim, rope.style == "interleaved")
 
     def primitives(self) -> Primitives:
         return Primitives(rms_norm=rms_norm, rotate_=self.rotate_, attention=attention, silu_mul=silu_mul,
@@ -132,13 +125,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return gated(gate_up, gelu=False)
 
 
 def gelu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.gelu(gate, approximate="tanh") * up
+    return gated(gate_up, gelu=True)
 
 
 class CUDABackend(Backend):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from deeproots.backends.formulas import causal_attention, rms_norm
+from deeproots.backends.formulas import RotaryEmbedding, causal_attention, gelu_mul, rms_norm, silu_mul
 from deeproots.cache.kv import KVCache
 from deeproots.kernels.triton.attention import BLOCK_L, decode_attention
+from deeproots.kernels.triton.gating import gated
 from deeproots.kernels.triton.norm import rms_norm as triton_rms_norm
+from deeproots.kernels.triton.rope import rotate_ as triton_rotate_
 
 
 @pytest.mark.parametrize("rows, d", [(1, 64), (5, 96), (3, 33)])
@@ -65,3 +67,28 @@ def test_decode_attention_reads_a_strided_cache_view(device):
     ours = decode_attention(torch.from_numpy(q).to(device), stored[:, :20], stored[:, :20], 0.25).cpu().numpy()
     expected = causal_attention(q, buffer[:, :20], buffer[:, :20], 0.25)
     assert np.abs(ours - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("style, rope_dim, head_dim", [("interleaved", 16, 16), ("neox", 32, 32),
+                                                       ("neox", 12, 20)])  # partial rotation, odd pair count
+def test_rope_matches_formula_in_place_on_a_qkv_view(style, rope_dim, head_dim, device):
+    rope = RotaryEmbedding(rope_dim, 10000.0, 40, style=style)
+    rng = np.random.default_rng(rope_dim)
+    qkv = rng.standard_normal((5, 3 + 2 * 1, head_dim)).astype(np.float32)  # (T, q + k + v heads, head_dim)
+    expected = qkv.copy()
+    rope.rotate_(expected[:, :4], 7)
+    ours = torch.from_numpy(qkv).to(device)
+    triton_rotate_(ours[:, :4], torch.from_numpy(rope.cos).to(device), torch.from_numpy(rope.sin).to(device), 7,
+                   rope_dim, style == "interleaved")
+    assert np.abs(ours.cpu().numpy() - expected).max() <= 1e-5  # v heads untouched: exactly
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's numpy: exp(100) is inf, as meant
+@pytest.mark.parametrize("formula, gelu", [(silu_mul, False), (gelu_mul, True)])
+@pytest.mark.parametrize("rows, ffn", [(1, 64), (3, 1100)])  # one block, a partial second
+def test_gating_matches_formula(formula, gelu, rows, ffn, device):
+    x = (np.random.default_rng(ffn).standard_normal((rows, 2 * ffn)) * 4).astype(np.float32)
+    x[0, :4] = [-100.0, 100.0, -20.0, 0.0]  # saturating gates
+    ours = gated(torch.from_numpy(x).to(device), gelu).cpu().numpy()
+    expected = formula(x)
+    assert np.abs(ours - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
