@@ -7,9 +7,10 @@ is skipped and says so):
 - hbm: the roofline, a device-to-device copy (bytes read + written per second);
 - logits: whole-model logits on the device against the CPU reference backend (top-1 agreement, max |diff|) for the
   real models in the store (SmolLM2 135M, Gemma 3 270M, when carried there: docs/gpu.md);
-- bench: pp512 / tg128 of deeproots --device cuda (deeproots.bench's engines and its alternating runner) beside HF
-  transformers (bf16, static cache, torch.compile) on the same shapes, for the real models and synthetic
-  Llama-3.2-1B / Llama-3-8B files (benchmarks/synthetic_models.py), with tg's share of the HBM roofline.
+- bench: pp512 / tg128 of deeproots --device cuda (deeproots.bench's engines and its alternating runner), with and
+  without its CUDA graphs, beside HF transformers (bf16, static cache, torch.compile) on the same shapes, for the
+  real models and synthetic Llama-3.2-1B / Llama-3-8B files (benchmarks/synthetic_models.py), with tg's share of
+  the HBM roofline.
 
     python benchmarks/gpu_check.py OUTDIR [--budget SECONDS]
 """
@@ -139,6 +140,26 @@ def logits(name: str) -> dict:
             "logit_range": float(np.abs(expected).max())}
 
 
+class EagerDecode:
+    """deeproots on the same loaded model with its CUDA graphs off: every decode step launched from Python."""
+
+    def __init__(self, model):
+        from deeproots.bench import DeeprootsEngine
+
+        self.inner, self.graphs = DeeprootsEngine(model), model.loaded.backend.graphs
+        self.name = self.inner.name + " (no CUDA graphs)"
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.inner.prefill(tokens)
+
+    def decode(self, tokens: list[int]) -> None:
+        self.graphs.enabled = False
+        try:
+            self.inner.decode(tokens)
+        finally:
+            self.graphs.enabled = True
+
+
 class TransformersStatic:
     """HF transformers on the same shape (config from the file's metadata), random bf16 weights on the GPU: prefill
     eager, decode by generate() with a static cache and torch.compile'd forward."""
@@ -178,7 +199,7 @@ def bench(path: Path, hbm_rate: float | None, with_transformers: bool, repetitio
     from deeproots.bench import DeeprootsEngine, benchmark_tokens, run_benchmark
 
     model = deeproots.load(path, device="cuda", context=1024, pull=False)
-    engines = [DeeprootsEngine(model)]
+    engines = [DeeprootsEngine(model), EagerDecode(model)]
     if with_transformers and model.config.architecture == "llama":
         engines.append(TransformersStatic(model.config))
     results = run_benchmark(engines, benchmark_tokens(model.config.vocab_size, 512), 512, 128, repetitions)
@@ -189,8 +210,9 @@ def bench(path: Path, hbm_rate: float | None, with_transformers: bool, repetitio
     ours = {r.test: float(np.median(r.tokens_per_second)) for r in results if r.engine == engines[0].name}
     if hbm_rate:  # every weight byte read once per decoded token
         report["tg_share_of_hbm_roofline"] = ours["tg128"] * file_bytes / hbm_rate
-    if len(engines) > 1:
-        theirs = {r.test: float(np.median(r.tokens_per_second)) for r in results if r.engine == engines[1].name}
+    report["graph_captures"] = len(model.loaded.backend.graphs.captured)
+    if len(engines) > 2:
+        theirs = {r.test: float(np.median(r.tokens_per_second)) for r in results if r.engine == engines[2].name}
         report["deeproots_over_transformers"] = {test: ours[test] / theirs[test] for test in ours}
     return report
 

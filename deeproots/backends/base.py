@@ -33,10 +33,8 @@ class Primitives:
     attend_sequences: Callable[..., np.ndarray]
 
 
-def per_sequence(rotate_: Callable, attention: Callable,
-                 concatenate: Callable = np.concatenate) -> Callable[..., np.ndarray]:
-    """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another
-    (`concatenate` joins their outputs: torch.cat for device tensors)."""
+def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.ndarray]:
+    """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another."""
     def attend_sequences(rope, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
                          scale: float, window: int | None) -> np.ndarray:
         n_kv = (qkv.shape[1] - n_heads) // 2
@@ -49,7 +47,7 @@ def per_sequence(rotate_: Callable, attention: Callable,
                                         rows[:, n_heads + n_kv:].swapaxes(0, 1))  # (n_kv_heads, L, head_dim)
             outputs.append(attention(q, keys, values, scale, window=window))  # (T, n_heads * D)
             start += T
-        return concatenate(outputs) if len(outputs) > 1 else outputs[0]
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
     return attend_sequences
 
 
@@ -101,6 +99,11 @@ class Backend(ABC):
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """An empty cache for `max_tokens` positions, in host memory on the CPU backends."""
         return KVCache(*layout, max_tokens, kv_type=kv_type or self.default_kv_type)
+
+    def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
+        """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA
+        backend's graphs), the caches advanced; None: the network runs the step itself, as on the CPU."""
+        return None
 
     def check_memory(self, tensors: list[TensorInfo], kv_bytes: int) -> None:
         """Before a load: refuse one whose weights (the file's `tensors`) and a cache of `kv_bytes` cannot fit where

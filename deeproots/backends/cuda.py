@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..cache.device_kv import DeviceKVCache, dequantize_q8_0
 from ..cache.kv import KVCache, KVLayout
-from ..errors import DeviceError, UnsupportedModelError
+from ..errors import DeviceError, RequestError, UnsupportedModelError
 from ..formats.gguf import TensorInfo
 from ..kernels.triton.attention import decode_attention
 from ..kernels.triton.gating import gated
@@ -29,7 +29,8 @@ from ..kernels.triton.norm import rms_norm
 from ..kernels.triton.rope import rotate_ as rope_rotate_
 from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
-from .base import Backend, Linear, Primitives, WeightSource, per_sequence
+from .base import Backend, Linear, Primitives, WeightSource
+from .cuda_graphs import DecodeGraphs
 from .device_memory import DEVICE_BLOCK_TYPES, device_type, device_weight_bytes
 from .formulas import RotaryEmbedding
 from .linears import QuantizedEmbedding
@@ -85,23 +86,62 @@ class DeviceEmbedding:
 
 
 class DevicePrimitives:
-    """The primitives over device tensors; RoPE's cos/sin tables are uploaded once per RotaryEmbedding."""
+    """The primitives over device tensors. RoPE's cos/sin tables are uploaded once per RotaryEmbedding; a step's
+    positions (every packed row's) are one device tensor, made once per step and read by every layer's kernels."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.tables: dict[int, tuple[RotaryEmbedding, torch.Tensor, torch.Tensor]] = {}
+        self.step: tuple[tuple, torch.Tensor] | None = None  # (the step's key, its positions (N,) on the device)
+
+    def _tables(self, rope: RotaryEmbedding) -> tuple[torch.Tensor, torch.Tensor]:
+        if id(rope) not in self.tables:  # the rope is kept with its tables, so its id is not reused
+            self.tables[id(rope)] = rope, device_tensor(rope.cos, self.device), device_tensor(rope.sin, self.device)
+        return self.tables[id(rope)][1:]
 
     def rotate_(self, rope: RotaryEmbedding, x: torch.Tensor, start: int) -> None:
         """Rotate x (T, heads, head_dim), a view, in place; row t holds position start + t."""
-        if id(rope) not in self.tables:  # the rope is kept with its tables, so its id is not reused
-            self.tables[id(rope)] = rope, device_tensor(rope.cos, self.device), device_tensor(rope.sin, self.device)
-        _, cos, sin = self.tables[id(rope)]
-        rope_rotate_(x, cos, sin, start, rope.rope_dim, rope.style == "interleaved")
+        positions = torch.arange(start, start + x.shape[0], device=self.device)
+        rope_rotate_(x, *self._tables(rope), positions, rope.rope_dim, rope.style == "interleaved")
+
+    def positions(self, caches, lengths) -> torch.Tensor:
+        """(N,) int64 on the device: each packed row's position, the same tensor for every layer of the step (the
+        caches advance after the last layer). CUDA graphs (cuda_graphs.py) set it to their static buffer."""
+        key = tuple((id(cache), cache.offset, T) for cache, T in zip(caches, lengths))
+        if self.step is None or self.step[0] != key:
+            rows = np.concatenate([np.arange(cache.offset, cache.offset + T) for cache, T in zip(caches, lengths)])
+            self.step = key, device_tensor(rows.astype(np.int64), self.device)
+        return self.step[1]
+
+    def attend_sequences(self, rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths,
+                         layer: int, scale: float, window: int | None) -> torch.Tensor:
+        """base.Primitives.attend_sequences: RoPE over every row in one launch; then per sequence, a decoding one
+        (one row) writes its cache and attends at device positions, a longer one updates and runs SDPA."""
+        n_kv = (qkv.shape[1] - n_heads) // 2
+        positions = self.positions(caches, lengths)  # (N,)
+        rope_rotate_(qkv[:, :n_heads + n_kv], *self._tables(rope), positions, rope.rope_dim,
+                     rope.style == "interleaved")
+        outputs, start = [], 0
+        for cache, T in zip(caches, lengths):
+            rows = qkv[start:start + T]
+            q = rows[:, :n_heads].transpose(0, 1)  # (n_heads, T, head_dim)
+            keys = rows[:, n_heads:n_heads + n_kv].transpose(0, 1)  # (n_kv_heads, T, head_dim)
+            values = rows[:, n_heads + n_kv:].transpose(0, 1)
+            if T == 1:
+                if cache.room() < 1:
+                    raise RequestError(f"the KV cache holds {cache.max_tokens} tokens; this step needs one more")
+                position = positions[start:start + 1]  # (1,)
+                cache.write_at(layer, position, keys, values)
+                outputs.append(decode_attention(q, cache.keys[layer], cache.values[layer], scale, window,
+                                                length=position + 1))
+            else:
+                outputs.append(attention(q, *cache.update(layer, keys, values), scale, window))
+            start += T
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def primitives(self) -> Primitives:
         return Primitives(rms_norm=rms_norm, rotate_=self.rotate_, attention=attention, silu_mul=silu_mul,
-                          gelu_mul=gelu_mul,
-                          attend_sequences=per_sequence(self.rotate_, attention, concatenate=torch.cat))
+                          gelu_mul=gelu_mul, attend_sequences=self.attend_sequences)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -140,13 +180,18 @@ class CUDABackend(Backend):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DeviceError(f"no CUDA device: PyTorch {torch.__version__} sees no GPU; run with --device cpu")
-        self.primitives = DevicePrimitives(self.device).primitives()
+        device_primitives = DevicePrimitives(self.device)
+        self.primitives = device_primitives.primitives()
+        self.graphs = DecodeGraphs(device_primitives, self.device)  # used on a CUDA device only
 
     def from_host(self, array: np.ndarray) -> torch.Tensor:
         return device_tensor(array, self.device)
 
     def to_host(self, array: torch.Tensor) -> np.ndarray:
         return array.float().cpu().numpy()
+
+    def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
+        return self.graphs.run(net, tokens, caches)
 
     def check_memory(self, tensors: list[TensorInfo], kv_bytes: int) -> None:
         """Refuse a load whose weights (as device_memory.py counts them) and cache would not fit in the device's

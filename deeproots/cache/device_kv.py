@@ -47,5 +47,14 @@ class DeviceKVCache(KVCache):
     def _write(self, rows: torch.Tensor, new: torch.Tensor) -> None:
         rows[...] = quantize_q8_0(new) if self.kv_type == "q8_0" else new
 
+    def write_at(self, layer: int, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store one position's keys/values (n_kv_heads, 1, head_dim) at `position`, a (1,) int64 device tensor: the
+        decode step's write, which a captured CUDA graph replays at the position the tensor holds then. The caller
+        checks the room (the offset is the host's)."""
+        self.keys[layer].index_copy_(1, position, quantize_q8_0(keys) if self.kv_type == "q8_0" else
+                                     keys.to(self.keys.dtype))
+        self.values[layer].index_copy_(1, position, quantize_q8_0(values) if self.kv_type == "q8_0" else
+                                       values.to(self.values.dtype))
+
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, start:stop].clone(), self.values[:, :, start:stop].clone()

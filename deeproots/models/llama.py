@@ -145,6 +145,10 @@ class Llama:
         Returns host (numpy) logits (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last
         token, which spares prefill the output projection of every other position.
         """
+        if not all_logits and all(T == 1 for T in lengths):  # a decode step: the backend may replay it (CUDA graphs)
+            logits = self.backend.decode_step(self, tokens, caches)
+            if logits is not None:
+                return logits
         hidden = self.hidden_states(tokens, caches, lengths)
         if not all_logits:
             hidden = hidden[np.cumsum(lengths) - 1]  # (B, d_model): last row of each sequence

@@ -78,8 +78,9 @@ def test_rope_matches_formula_in_place_on_a_qkv_view(style, rope_dim, head_dim, 
     expected = qkv.copy()
     rope.rotate_(expected[:, :4], 7)
     ours = torch.from_numpy(qkv).to(device)
-    triton_rotate_(ours[:, :4], torch.from_numpy(rope.cos).to(device), torch.from_numpy(rope.sin).to(device), 7,
-                   rope_dim, style == "interleaved")
+    positions = torch.arange(7, 12, device=device)
+    triton_rotate_(ours[:, :4], torch.from_numpy(rope.cos).to(device), torch.from_numpy(rope.sin).to(device),
+                   positions, rope_dim, style == "interleaved")
     assert np.abs(ours.cpu().numpy() - expected).max() <= 1e-5  # v heads untouched: exactly
 
 

@@ -2,7 +2,8 @@
 
 One program per query head reads its KV head's keys and values in BLOCK_L chunks with an online softmax (running
 max and sum), so the (L,) scores are never stored. A sliding window keeps keys p - window < j <= p, the query at
-p = L - 1; the keys before it are not read at all. A q8_0 cache's rows (per 32 values an f16 scale and 32 int8) are
+p = L - 1; the keys before it are not read at all. L is read from a device tensor, so the launch does not change
+as the cache grows (a captured CUDA graph replays over the longer cache). A q8_0 cache's rows (per 32 values an f16 scale and 32 int8) are
 dequantized as they are read.
 """
 
@@ -31,9 +32,15 @@ def _load_rows(ptr, rows, dims, mask, Q8: tl.constexpr):
 
 
 @triton.jit
-def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, L, first, group, stride_kh, stride_kl, scale,
-                             D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, Q8: tl.constexpr):
+def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, length_ptr, window, group, stride_kh, stride_kl, scale,
+                             D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, Q8: tl.constexpr,
+                             WINDOW: tl.constexpr):
     head = tl.program_id(0)
+    L = tl.load(length_ptr).to(tl.int32)
+    if WINDOW:
+        first = tl.maximum(L - window, 0)
+    else:
+        first = 0
     kv_head = head // group
     dims = tl.arange(0, BLOCK_D)
     d_mask = dims < D
@@ -58,17 +65,19 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, L, first, group, stri
     tl.store(out_ptr + head * D + dims, acc / running_sum, mask=d_mask)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     window: int | None = None) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
+                     length: torch.Tensor | None = None) -> torch.Tensor:
     """q (n_heads, 1, D) float32; k, v (n_kv_heads, L, D) float16/float32, or (n_kv_heads, L, D / 32 * 34) uint8
-    q8_0 rows (a cache's views: rows contiguous) -> (1, n_heads * D), as formulas.causal_attention for T = 1."""
+    q8_0 rows (a cache's views: rows contiguous) -> (1, n_heads * D), as formulas.causal_attention for T = 1 over
+    the first `length` (a (1,) int tensor on the device; default: all L) keys."""
     n_heads, _, D = q.shape
     n_kv, L = k.shape[:2]
+    if length is None:
+        length = torch.full((1,), L, dtype=torch.int32, device=q.device)
     if k.stride(2) != 1 or v.stride() != k.stride():
         k, v = k.contiguous(), v.contiguous()
     out = torch.empty((1, n_heads * D), dtype=torch.float32, device=q.device)
-    first = max(L - window, 0) if window else 0
-    _decode_attention_kernel[(n_heads,)](q.contiguous(), k, v, out, L, first, n_heads // n_kv, k.stride(0), k.stride(1),
-                                         scale, D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_L=BLOCK_L,
-                                         Q8=k.dtype == torch.uint8)
+    _decode_attention_kernel[(n_heads,)](q.contiguous(), k, v, out, length, window or 0, n_heads // n_kv, k.stride(0),
+                                         k.stride(1), scale, D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_L=BLOCK_L,
+                                         Q8=k.dtype == torch.uint8, WINDOW=bool(window))
     return out
