@@ -5,8 +5,8 @@ A graph is captured per batch-size bucket (1, 2, 4, 8, 16) and set of KV caches,
 embedded tokens in, every row's position (which the RoPE, cache-write and attention kernels read from the device,
 so a replay runs at the positions the buffer holds then), the logits out. A batch short of its bucket is padded with
 a scratch cache of one position, whose rows are zeros and whose outputs are dropped. The caches' offsets stay the
-host's: checked and advanced here around each replay. Graphs are kept for the most recent sets of caches (the
-engine's set changes when a sequence joins or leaves). Only a CUDA device captures; elsewhere `run` declines and the
+host's: checked and advanced here around each replay. Graphs are kept for the most recent KEPT_GRAPHS sets of caches,
+holding those caches alive. Only a CUDA device captures; elsewhere `run` declines and the
 step runs eagerly, as it also does when a capture fails (logged once).
 """
 
@@ -38,6 +38,9 @@ class CapturedStep:
     x: torch.Tensor  # (bucket, d_model) the embedded tokens the graph reads
     positions: torch.Tensor  # (bucket,) int64: each row's position
     logits: torch.Tensor  # (bucket, vocab) what the graph writes
+    # The caches whose buffers the graph writes and reads, held so that none is freed (and its id, the graph's key,
+    # reused by another cache) while the graph is kept.
+    caches: list
 
 
 class DecodeGraphs:
@@ -98,7 +101,7 @@ class DecodeGraphs:
     def _capture(self, net, tokens: np.ndarray, caches, offsets: list[int]) -> CapturedStep:
         bucket = len(caches)
         step = CapturedStep(torch.cuda.CUDAGraph(), torch.zeros((bucket, net.config.d_model), device=self.device),
-                            torch.zeros(bucket, dtype=torch.int64, device=self.device), None)
+                            torch.zeros(bucket, dtype=torch.int64, device=self.device), None, list(caches))
         self._fill(net, step, tokens, offsets)
         # every layer's attend_sequences reads the step's positions from the static buffer
         self.primitives.step = tuple((id(cache), offset, 1) for cache, offset in zip(caches, offsets)), step.positions
