@@ -3,8 +3,8 @@
 One program per query head reads its KV head's keys and values in BLOCK_L chunks with an online softmax (running
 max and sum), so the (L,) scores are never stored. A sliding window keeps keys p - window < j <= p, the query at
 p = L - 1; the keys before it are not read at all. L is read from a device tensor, so the launch does not change
-as the cache grows (a captured CUDA graph replays over the longer cache). A q8_0 cache's rows (per 32 values an f16 scale and 32 int8) are
-dequantized as they are read.
+as the cache grows (a captured CUDA graph replays over the longer cache). A q8_0 cache's rows (per 32 values an
+f16 scale and 32 int8) are dequantized as they are read.
 """
 
 from __future__ import annotations
