@@ -57,6 +57,15 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
                              "(slow; for checking)")
+    add_device_option(parser)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    from .device import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (the C kernels), cuda (Triton kernels on an NVIDIA GPU: PyTorch with CUDA and "
+                             "deeproots[cuda]) or auto (cuda when PyTorch sees a GPU); default: cpu")
 
 
 def add_context_option(parser: argparse.ArgumentParser) -> None:

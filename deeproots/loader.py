@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, backend_named
-from .cache.kv import KVCache, KVLayout, check_kv_type
+from .cache.kv import KVCache, KVLayout, check_kv_type, kv_cache_nbytes
 from .cache.packed import PackedCache
 from .config import ModelConfig, config_from_gguf, default_context
 from .errors import RequestError
@@ -46,8 +46,9 @@ class LoadedModel:
 
 
 def load_model_file(path: str | os.PathLike, *, context: int | None = None, backend: str = "cpu",
-                    threads: int | None = None, kv_type: str | None = None) -> LoadedModel:
-    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES)."""
+                    threads: int | None = None, kv_type: str | None = None, device: str = "cuda") -> LoadedModel:
+    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES); `device` is
+    the cuda backend's torch device ("cpu": its kernels under Triton's interpreter, for tests)."""
     if kv_type is not None:
         check_kv_type(kv_type)  # before the load, not after it
     file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
@@ -69,10 +70,12 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
         set_num_threads(threads)
     # The CPU backend maps a GGUF file's weights from their packed cache once a load has written it.
     packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) else None
-    placer = backend_named(backend, packed_cache=packed_cache)
+    placer = backend_named(backend, packed_cache=packed_cache, device=device)
+    kv_type = kv_type or placer.default_kv_type
+    placer.check_memory(list(file.tensors.values()),
+                        kv_cache_nbytes(config.n_layers, config.n_kv_heads, config.head_dim, context, kv_type))
     weights = GGUFWeights(file, placer)
     net = architecture(config, weights, context)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
-    return LoadedModel(path, file, config, tokenizer, template, net, placer, context,
-                       kv_type or placer.default_kv_type)
+    return LoadedModel(path, file, config, tokenizer, template, net, placer, context, kv_type)

@@ -10,6 +10,7 @@ import numpy as np
 from .cache.kv import KVCache
 from .errors import RequestError, UnsupportedModelError
 from .generate import GenerationStep, generate
+from .device import backend_for_device
 from .draft import make_speculator
 from .loader import load_model_file
 from .sampling import SamplingParams
@@ -22,12 +23,13 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 8):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu"):
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
-        loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
-                                               threads=threads, kv_type=kv_type)
-        self.path, self.reference = path, reference
+        backend = "reference" if reference else backend_for_device(device)
+        loaded = self.loaded = load_model_file(path, context=context, backend=backend, threads=threads,
+                                               kv_type=kv_type)
+        self.path, self.reference, self.backend = path, reference, backend
         self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer
         self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \
             loaded.kv_type
@@ -118,7 +120,7 @@ class Model:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-         draft_model: str | os.PathLike | None = None, draft_max: int = 8) -> Model:
+         draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu") -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
@@ -126,8 +128,10 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
     (8.5 bits a value, llama.cpp's -ctk/-ctv q8_0; needs a head size that is a multiple of 32).
     `speculation` is "off", "lookup" (prompt lookup drafts) or "draft" (drafts from `draft_model`, a store name or
     path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
+    `device` is "cpu", "cuda" (the CUDA backend: Triton kernels on a GPU, docs/gpu.md) or "auto" (cuda when PyTorch
+    sees a GPU, else cpu).
     """
     store = ModelStore()
     draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
     return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
-                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max)
+                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, device=device)
