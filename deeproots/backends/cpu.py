@@ -32,13 +32,13 @@ _attend_each_fast = per_sequence(_rotate_fast, kernels.cached_attention)
 
 
 def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
-                           scale: float, window: int | None) -> np.ndarray:
+                           scale: float, window: int | None, sinks: np.ndarray | None = None) -> np.ndarray:
     """One sequence: the loop. Several: one compiled call doing what the loop does, the same bits
     (kernels.attention.batched_attention), without a dozen Python-level calls per sequence and layer."""
     if len(caches) == 1:
-        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window)
+        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window, sinks)
     return batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, rope.cos, rope.sin, rope.rope_dim,
-                             rope.style == "interleaved")
+                             rope.style == "interleaved", sinks)
 
 
 # GELU gating (Gemma) stays numpy: a few ops per layer, too few to earn a kernel yet.
