@@ -6,7 +6,8 @@ folder is presented that way by formats/hf_folder.py) and hand it to one functio
 Tensor types follow llama.cpp's llama-quantize:
 - Vectors (norms, biases: one dimension above 1) are stored as F32 whatever the target, and so are the routers of
   a mixture of experts (`blk.N.ffn_gate_inp.weight`: a few rows that choose each token's experts), as llama.cpp's
-  converter and llama-quantize keep them.
+  converter and llama-quantize keep them, and gpt-oss's per-expert biases (`blk.N.ffn_*_exps.bias`: a vector per
+  expert, added after the product, not multiplied by the activations).
 - Every other tensor takes the target type: copied byte for byte when it already has it, otherwise dequantized to
   float32 and quantized, one tensor at a time.
 - Fallback: a row length that is not a multiple of the target's block size takes llama.cpp's substitute, a
@@ -78,12 +79,13 @@ class WriteSummary:
         return "\n".join(lines)
 
 
-def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False, router: bool = False) -> GGMLType:
+def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False, router: bool = False,
+                bias: bool = False) -> GGMLType:
     """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`; `output`:
-    it is the model's output projection, `router`: an expert router (see the module's docstring)."""
+    it is the model's output projection, `router`: an expert router, `bias`: biases (see the module's docstring)."""
     from .quant.types import BLOCK_GEOMETRY, GGMLType
 
-    if router or math.prod(shape[1:]) == 1:  # a router, or a vector (ggml counts trailing dimensions of 1 out)
+    if router or bias or math.prod(shape[1:]) == 1:  # a router, biases, or a vector (ggml counts trailing 1s out)
         return GGMLType.F32
     if output and target in QUANTIZED_TARGETS:
         candidates = [GGMLType.Q8_0] if target == "q8_0" else [GGMLType.Q6_K, GGMLType.Q8_0]
@@ -141,7 +143,8 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
     output_tensor = None
     for name, info in tqdm(source.tensors.items(), desc="tensors", unit=" tensors", disable=not progress):
         raw = source.tensor_data(name)
-        out_type = tensor_type(target, info.shape, output=name == output_name, router=name.endswith(ROUTER_TENSOR))
+        out_type = tensor_type(target, info.shape, output=name == output_name, router=name.endswith(ROUTER_TENSOR),
+                               bias=name.endswith(".bias"))
         if out_type != info.ggml_type:  # through float32, this one tensor only
             raw = quantize(dequantize(raw, info.ggml_type, info.shape), out_type).reshape(-1)
         writer.add_tensor(name, raw, out_type, info.shape)

@@ -8,12 +8,12 @@ reference backend runs them, and every compiled kernel (cpu.py's primitives) is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from ..cache.kv import dequantize_rows
+from ..config import YarnScaling
 from ..errors import RequestError
 
 
@@ -23,31 +23,21 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * scale.astype(np.float32) * weight
 
 
-@dataclass(frozen=True)
-class YarnScaling:
-    """YaRN's RoPE extension (`rope.scaling.type` "yarn"): each frequency blends its interpolated (divided by
-    `factor`) and original value by where its wavelength falls between the beta_fast and beta_slow rotations over the
-    `original_context`; cos and sin are scaled by 0.1 ln(factor) + 1. `truncate` rounds the blend's edge dimensions
-    outward, as llama.cpp always does and transformers by default (gpt-oss's config turns it off)."""
-    factor: float
-    original_context: int
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
-    truncate: bool = True
+def yarn_frequencies(yarn: YarnScaling, rope_dim: int, theta: float) -> tuple[np.ndarray, float]:
+    """YaRN's (inverse frequencies (rope_dim/2,) float64, cos/sin scale), as transformers' _compute_yarn_parameters:
+    each frequency blends its interpolated (divided by the factor) and original value by where its wavelength falls
+    between beta_fast and beta_slow rotations over the original context; cos and sin grow by 0.1 ln(factor) + 1."""
+    def correction_dim(rotations: float) -> float:  # the dimension whose wavelength fits `rotations` times
+        return rope_dim * math.log(yarn.original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
-    def frequencies(self, rope_dim: int, theta: float) -> tuple[np.ndarray, float]:
-        """(inverse frequencies (rope_dim/2,) float64, the cos/sin scale), as transformers' _compute_yarn_parameters."""
-        def correction_dim(rotations: float) -> float:  # the dimension whose wavelength fits `rotations` times
-            return rope_dim * math.log(self.original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
-        if self.truncate:
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, rope_dim - 1)
-        extrapolated = 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
-        ramp = np.clip((np.arange(rope_dim // 2) - low) / (high - low if high != low else 0.001), 0, 1)
-        inv_freq = extrapolated / self.factor * ramp + extrapolated * (1 - ramp)
-        return inv_freq, (0.1 * math.log(self.factor) + 1.0 if self.factor > 1 else 1.0)
+    low, high = correction_dim(yarn.beta_fast), correction_dim(yarn.beta_slow)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rope_dim - 1)
+    extrapolated = 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
+    ramp = np.clip((np.arange(rope_dim // 2) - low) / (high - low if high != low else 0.001), 0, 1)
+    inv_freq = extrapolated / yarn.factor * ramp + extrapolated * (1 - ramp)
+    return inv_freq, (0.1 * math.log(yarn.factor) + 1.0 if yarn.factor > 1 else 1.0)
 
 
 class RotaryEmbedding:
@@ -69,7 +59,7 @@ class RotaryEmbedding:
             self.cos = np.cos(angles).astype(np.float32)
             self.sin = np.sin(angles).astype(np.float32)
         else:
-            inv_freq, magnitude = yarn.frequencies(rope_dim, theta)
+            inv_freq, magnitude = yarn_frequencies(yarn, rope_dim, theta)
             angles = np.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
             self.cos = (np.cos(angles) * magnitude).astype(np.float32)
             self.sin = (np.sin(angles) * magnitude).astype(np.float32)

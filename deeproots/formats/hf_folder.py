@@ -21,13 +21,15 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, expert_slice, gguf_tensor_name, hf_architecture
+from .names import (GEMMA3_GLOBAL_LAYER_EVERY, FusedExpertPart, HFArchitecture, expert_slice, fused_expert_parts,
+                    gguf_tensor_name, hf_architecture)
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 10_000_000
 GGML_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}  # safetensors dtype -> GGML
-_SUPPORTED_ROPE_TYPES = ("default", "linear")
+_SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn")  # yarn: gpt-oss only (the family tested with it)
+_GPT_OSS_SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}  # what models/gpt_oss.py computes
 
 
 def read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
@@ -83,19 +85,37 @@ def _rope_metadata(config: dict[str, Any], arch: str, head_dim: int) -> dict[str
     if rope_type == "linear":
         metadata[f"{arch}.rope.scaling.type"] = "linear"
         metadata[f"{arch}.rope.scaling.factor"] = float(_number(rope, "factor"))
+    if rope_type == "yarn":
+        metadata.update(_yarn_metadata(rope, arch))
     return metadata
 
 
-def _check_layer_pattern(config: dict[str, Any]) -> None:
-    """Gemma 3's sliding/global layer order must be the one the model class builds."""
+def _yarn_metadata(rope: dict[str, Any], arch: str) -> dict[str, Any]:
+    """llama.cpp's `rope.scaling.*` keys of YaRN, for the family whose YaRN we compute as transformers does."""
+    if arch != "gpt-oss":
+        raise UnsupportedModelError(f"RoPE type 'yarn' is supported for gpt-oss only, not {arch}")
+    if rope.get("truncate", True) is not False:  # transformers' default; gpt-oss's configs set false
+        raise UnsupportedModelError("gpt-oss's YaRN with truncate true is not supported (its configs say false)")
+    for key in ("attention_factor", "mscale", "mscale_all_dim"):
+        if rope.get(key) is not None:
+            raise UnsupportedModelError(f"YaRN's {key} is not supported")
+    metadata = {f"{arch}.rope.scaling.type": "yarn", f"{arch}.rope.scaling.factor": float(_number(rope, "factor")),
+                f"{arch}.rope.scaling.original_context_length": int(_number(rope, "original_max_position_embeddings"))}
+    for key in ("beta_fast", "beta_slow"):
+        if rope.get(key) is not None:
+            metadata[f"{arch}.rope.scaling.yarn_{key}"] = float(_number(rope, key))
+    return metadata
+
+
+def _check_layer_pattern(config: dict[str, Any], every: int, family: str) -> None:
+    """The sliding/global layer order must be the one the model class builds: one global layer every `every`."""
     layer_types = config.get("layer_types")
     if layer_types is None:
         return
-    expected = ["full_attention" if (i + 1) % GEMMA3_GLOBAL_LAYER_EVERY == 0 else "sliding_attention"
-                for i in range(len(layer_types))]
+    expected = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(len(layer_types))]
     if layer_types != expected:
-        raise UnsupportedModelError(f"layer_types {layer_types} differ from Gemma 3's pattern of one global "
-                                    f"layer every {GEMMA3_GLOBAL_LAYER_EVERY}")
+        raise UnsupportedModelError(f"layer_types {layer_types} differ from {family}'s pattern of one global "
+                                    f"layer every {every}")
 
 
 def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> dict[str, Any]:
@@ -130,8 +150,14 @@ def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> 
     if spec.sliding_window and config.get("sliding_window") is not None:
         metadata[f"{arch}.attention.sliding_window"] = int(_number(config, "sliding_window"))
     metadata.update(_expert_metadata(config, arch))
+    if arch == "gpt-oss":
+        _check_layer_pattern(config, 2, "gpt-oss")
+        for key, value in _GPT_OSS_SWIGLU.items():
+            if config.get(key, value) != value:
+                raise UnsupportedModelError(f"config.json {key} {config[key]!r} is not supported (only {value})")
+        metadata[f"{arch}.expert_feed_forward_length"] = metadata[f"{arch}.feed_forward_length"]
     if arch == "gemma3":
-        _check_layer_pattern(config)
+        _check_layer_pattern(config, GEMMA3_GLOBAL_LAYER_EVERY, "Gemma 3")
         local_rope = _rope_parameters(config, "sliding_attention")
         metadata[f"{arch}.rope.freq_base_swa"] = float(_number(local_rope, "rope_theta", 10000.0))
         scalar = _number(config, "query_pre_attn_scalar", head_dim)
@@ -233,6 +259,13 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
         if sliced is not None:
             experts.setdefault(sliced[0], {})[sliced[1]] = hf_name
             continue
+        fused = fused_expert_parts(hf_name)
+        if fused is not None:
+            layer, parts = fused
+            for part in parts:
+                name = f"blk.{layer}.{part.gguf_name}"
+                sources[name] = _fused_expert_part(file, hf_name, file_info, part, name)
+            continue
         name = gguf_tensor_name(hf_name, spec)
 
 
@@ -258,6 +291,34 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
     for name, slices in experts.items():
         sources[name] = _stacked_experts(checkpoint, name, slices)
     return sources
+
+
+def _fused_expert_part(file: SafetensorsFile, hf_name: str, info: SafetensorsTensorInfo, part: FusedExpertPart,
+                       name: str) -> tuple[Callable[[], np.ndarray], TensorInfo]:
+    """One GGUF tensor cut from an all-experts tensor (experts, ..., columns): every other column (gate or up), and
+    (experts, in, out) turned to llama.cpp's (experts, out, in); elements are moved, never converted."""
+    ggml_type = GGML_TYPES.get(info.dtype)
+    if ggml_type is None:
+        raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {info.dtype}; supported: {', '.join(GGML_TYPES)}")
+    shape = list(info.shape)
+    if part.interleaved is not None:
+        if shape[-1] % 2:
+            raise ModelFormatError(f"tensor {hf_name!r} has an odd number of gate and up columns {shape[-1]}",
+                                   field=hf_name)
+        shape[-1] //= 2
+    if part.transpose:
+        shape[-2], shape[-1] = shape[-1], shape[-2]
+    element = np.dtype(f"u{tensor_nbytes(ggml_type, 1)}")  # the stored bits, whatever the float type
+
+    def load() -> np.ndarray:  # (nbytes,) uint8 of the part, row-major
+        values = file.tensor_bytes(hf_name).view(element).reshape(info.shape)
+        if part.interleaved is not None:
+            values = values[..., part.interleaved::2]
+        if part.transpose:
+            values = values.swapaxes(-1, -2)
+        return np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+
+    return load, TensorInfo(name, tuple(reversed(shape)), ggml_type, 0, tensor_nbytes(ggml_type, math.prod(shape)))
 
 
 def _stacked_experts(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]], name: str,
