@@ -125,3 +125,58 @@ def test_expert_tensors_that_do_not_fit_name_the_tensor(tmp_path, tiny_checkpoin
         del tensors[f"model.layers.0.mlp.experts.{name}"]
     save_file(tensors, folder / "model.safetensors")  # experts without biases: a model of its own, which loads
     assert deeproots.load(folder, reference=True).net.blocks[0].moe.gate_up_bias is None
+
+
+# Every token takes all 8 experts: the tiny checkpoint's top-2 router has a near-tie at token 1 (a 1e-3 change of its
+# embedding moves transformers' own logits by 0.83 from there on, through attention), which any rounding of the
+# activations may tip; with all experts the output is continuous in the weights, so rounding shows as rounding.
+ALL_EXPERTS = {"num_experts_per_tok": 8}
+
+
+@pytest.fixture(scope="module")
+def mxfp4_file(tiny_checkpoint, tmp_path_factory):
+    """The tiny gpt-oss converted with its experts in MXFP4 (the rest q8_0), as gpt-oss ships them."""
+    from deeproots.convert import convert_folder
+
+    out = tmp_path_factory.mktemp("mxfp4") / "model-mxfp4_moe.gguf"
+    convert_folder(tiny_checkpoint("gpt_oss", **ALL_EXPERTS)[0], out, "mxfp4_moe", progress=False)
+    return out
+
+
+@pytest.mark.slow  # transformers checkpoints
+def test_mxfp4_experts_are_written_as_gguf_reads_them(mxfp4_file, tiny_checkpoint):
+    import gguf  # the test extra's independent reader
+
+    tensors = {tensor.name: tensor for tensor in gguf.GGUFReader(mxfp4_file).tensors}
+    for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        assert tensors[f"blk.0.{name}.weight"].tensor_type.name == "MXFP4"
+    for name in ("attn_q.weight", "ffn_gate_inp.weight", "ffn_gate_exps.bias", "attn_sinks.weight"):
+        assert tensors[f"blk.0.{name}"].tensor_type.name == ("Q8_0" if name == "attn_q.weight" else "F32")
+    # Expert 5's up matrix: the odd columns of HF's gate_up_proj[5], transposed, within MXFP4's rounding.
+    up = gguf.dequantize(tensors["blk.1.ffn_up_exps.weight"].data, gguf.GGMLQuantizationType.MXFP4)[5]
+    reference = tiny_checkpoint("gpt_oss", **ALL_EXPERTS)[1].model.layers[1].mlp.experts.gate_up_proj[5, :, 1::2].T.detach().numpy()
+    assert np.abs(up - reference).max() <= np.abs(reference).max() / 6  # half MXFP4's widest step (8 -> 12) of 12
+
+
+@pytest.mark.slow  # llama.cpp
+def test_llama_cpp_runs_the_mxfp4_file_as_we_do(mxfp4_file):
+    """llama.cpp's own MXFP4 code and ours give the same logits for the same file (our reference path)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = deeproots.load(mxfp4_file, reference=True)
+    ids = model.tokenize(TEXT)
+    ours = model.logits(ids)
+    llm = llama_cpp.Llama(model_path=str(mxfp4_file), n_ctx=256, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = np.array(llm.scores[:len(ids)])  # (T, vocab)
+    # llama.cpp quantizes the activations to 8 bits for its q8_0 and MXFP4 products and keeps K and V in f16: seen
+    # 0.026 of logits up to 2.1 (our fast path, which does likewise, differs from it by 0.024)
+    assert np.abs(ours - theirs).max() < 0.03 * np.abs(ours).max()
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.95
+
+
+@pytest.mark.slow  # transformers checkpoints
+def test_fast_path_runs_mxfp4_experts_like_the_reference(mxfp4_file):
+    reference, fast = deeproots.load(mxfp4_file, reference=True), deeproots.load(mxfp4_file)
+    ids = reference.tokenize(TEXT)
+    expected = reference.logits(ids)
+    assert np.abs(fast.logits(ids) - expected).max() < 0.05 * np.abs(expected).max()
