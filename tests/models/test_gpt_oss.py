@@ -176,7 +176,11 @@ def test_llama_cpp_runs_the_mxfp4_file_as_we_do(mxfp4_file):
 
 @pytest.mark.slow  # transformers checkpoints
 def test_fast_path_runs_mxfp4_experts_like_the_reference(mxfp4_file):
+    """The CPU backend runs MXFP4 experts packed as Q8_0 (the int8 kernels), not as dense float32."""
+    from deeproots.backends.linears import PackedExperts
+
     reference, fast = deeproots.load(mxfp4_file, reference=True), deeproots.load(mxfp4_file)
+    assert isinstance(fast.net.blocks[0].moe.ffn_gate_up_exps, PackedExperts)
     ids = reference.tokenize(TEXT)
     expected = reference.logits(ids)
     assert np.abs(fast.logits(ids) - expected).max() < 0.05 * np.abs(expected).max()

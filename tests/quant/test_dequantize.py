@@ -199,3 +199,22 @@ def test_unknown_type_number_is_unsupported():
 
 def test_empty_tensor_gives_empty_values():
     assert dequantize(np.zeros(0, np.uint8), GGMLType.Q8_0, (32, 0)).shape == (0, 32)
+
+
+@pytest.mark.parametrize("exponents, exact", [((104, 147), True), ((60, 104), False), ((147, 200), False)])
+def test_mxfp4_as_q8_0_keeps_the_values(exponents, exact):
+    """gguf-py reads the Q8_0 blocks as the MXFP4 ones: bit for bit with the exponents f16 covers, else within its
+    documented rounding (below 2^-24: an error under 2^-25) or clipping (above)."""
+    from deeproots.quant.mxfp4 import mxfp4_as_q8_0
+
+    rng = np.random.default_rng(exponents[0])
+    raw = rng.integers(0, 256, (64, 17), dtype=np.uint8)
+    raw[:, 0] = rng.integers(*exponents, 64)
+    expected = gguf_dequantize(raw.reshape(-1), GGMLType.MXFP4, 1)[0]
+    ours = gguf_dequantize(mxfp4_as_q8_0(raw), GGMLType.Q8_0, 1)[0]
+    if exact:
+        assert_bit_exact(ours, expected)
+    elif exponents[0] < 104:
+        assert np.abs(ours - expected).max() <= 2.0**-25
+    else:
+        assert (np.abs(ours) <= np.abs(expected)).all() and (np.sign(ours) * np.sign(expected) >= 0).all()
