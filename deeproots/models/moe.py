@@ -118,12 +118,8 @@ class SharedExpert:
 def _expert_biases(weights: GGUFWeights, names: list[str], count: int, widths: list[int]) -> np.ndarray | None:
     """Per-expert bias rows of the named 2-d tensors (count, widths[i]) side by side: (count, sum(widths)) float32,
     or None when the file has none of them (a partial set is a ModelFormatError naming the missing one)."""
-    present = [weights.has(name) for name in names]
-    if not any(present):
+    if not weights.has_all(names):
         return None
-    if not all(present):
-        missing = names[present.index(False)]
-        raise ModelFormatError(f"tensor {missing!r} is missing while its siblings are present", field=missing)
     return weights.backend.vector(np.concatenate([weights.tensor(name, (count, width))
                                                   for name, width in zip(names, widths)], axis=1))
 

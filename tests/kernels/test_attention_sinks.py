@@ -27,7 +27,7 @@ def transformers_attention(q, k, v, scale, sinks, window=None) -> np.ndarray:
 
     if k.dtype == np.uint8:
         k, v = dequantize_rows(k), dequantize_rows(v)
-    (H, T, D), (G, L, _) = q.shape, k.shape
+    (H, T, _), (G, L, _) = q.shape, k.shape
     module = types.SimpleNamespace(num_key_value_groups=H // G, sinks=torch.from_numpy(sinks.astype(np.float64)),
                                    training=False)
     mask = torch.where(torch.from_numpy(visible_keys(T, L, window)), 0.0, -torch.inf).double()[None, None]
