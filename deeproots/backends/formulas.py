@@ -54,15 +54,12 @@ class RotaryEmbedding:
         self.style = style
         inv_freq = 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
         positions = np.arange(max_positions, dtype=np.float64) / scale
-        if yarn is None:
-            angles = np.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
-            self.cos = np.cos(angles).astype(np.float32)
-            self.sin = np.sin(angles).astype(np.float32)
-        else:
+        magnitude = 1.0  # exact: without YaRN the tables are the plain ones, bit for bit
+        if yarn is not None:
             inv_freq, magnitude = yarn_frequencies(yarn, rope_dim, theta)
-            angles = np.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
-            self.cos = (np.cos(angles) * magnitude).astype(np.float32)
-            self.sin = (np.sin(angles) * magnitude).astype(np.float32)
+        angles = np.outer(positions, inv_freq)  # (max_positions, rope_dim/2)
+        self.cos = (np.cos(angles) * magnitude).astype(np.float32)
+        self.sin = (np.sin(angles) * magnitude).astype(np.float32)
 
     def rotate_(self, x: np.ndarray, start: int) -> None:
         """Rotate x (T, n_heads, head_dim) in place; row t holds position start + t."""
@@ -88,8 +85,9 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     query head h reads key/value head h // (n_heads / n_kv_heads). `window` > 0 is sliding-window attention:
     position p sees only keys p - window < j <= p (None or 0: all keys). A float16 cache is read in float32, a
     q8_0 cache's uint8 rows dequantized. `sinks` (n_heads,) float32 (gpt-oss): a learned logit per head that joins
-    each row's softmax denominator with no value, so a row may attend to less than all of its keys. Returns (T, n_heads * D), the layout the output projection takes. The
-    fast path uses kernels.cached_attention, which has the same signature and is tested against this.
+    each row's softmax denominator with no value, so a row may attend to less than all of its keys. Returns
+    (T, n_heads * D), the layout the output projection takes. The fast path uses kernels.cached_attention, which has
+    the same signature and is tested against this.
     """
     if window is not None and (type(window) is not int or window < 0):
         raise RequestError(f"window must be None, 0 (no window) or a positive int of keys, got {window!r}")

@@ -114,7 +114,8 @@ def attention_batch_call(rng, h: int, g: int, d: int, ts: list[int], offsets: li
             randn(rng, h)]
     kinds = [Arg("in"), Arg("caches"), Arg("caches"), Arg("free", (-1, n_layers, 2**40 + 1)), Arg("sout"),
              Arg("size"), Arg("size"), Arg("size"), Arg("size"), Arg("float"), Arg("free", (-1, 2**64, 1.5)),
-             Arg("out"), Arg("in"), Arg("in"), Arg("size"), Arg("free", (2, -1, None)), Arg("optional in")]  # ..., sinks
+             Arg("out"), Arg("in"), Arg("in"), Arg("size"), Arg("free", (2, -1, None)),
+             Arg("optional in")]  # sinks
     return args, kinds
 
 

@@ -117,7 +117,8 @@ def test_expert_tensors_that_do_not_fit_name_the_tensor(tmp_path, tiny_checkpoin
     tensors = load_file(folder / "model.safetensors")
     with pytest.raises(ModelFormatError, match="blk.0.ffn_gate_inp.weight holds 8 experts.*gpt-oss.expert_count"):
         deeproots.load(copy_of(tmp_path / "count", tiny_checkpoint, num_local_experts=6))
-    tensors["model.layers.0.mlp.experts.gate_up_proj_bias"] = tensors["model.layers.0.mlp.experts.gate_up_proj_bias"][:, :-2]
+    bias = "model.layers.0.mlp.experts.gate_up_proj_bias"
+    tensors[bias] = tensors[bias][:, :-2]
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(ModelFormatError, match="blk.0.ffn_gate_exps.bias"):
         deeproots.load(folder)
@@ -154,7 +155,8 @@ def test_mxfp4_experts_are_written_as_gguf_reads_them(mxfp4_file, tiny_checkpoin
         assert tensors[f"blk.0.{name}"].tensor_type.name == ("Q8_0" if name == "attn_q.weight" else "F32")
     # Expert 5's up matrix: the odd columns of HF's gate_up_proj[5], transposed, within MXFP4's rounding.
     up = gguf.dequantize(tensors["blk.1.ffn_up_exps.weight"].data, gguf.GGMLQuantizationType.MXFP4)[5]
-    reference = tiny_checkpoint("gpt_oss", **ALL_EXPERTS)[1].model.layers[1].mlp.experts.gate_up_proj[5, :, 1::2].T.detach().numpy()
+    experts = tiny_checkpoint("gpt_oss", **ALL_EXPERTS)[1].model.layers[1].mlp.experts
+    reference = experts.gate_up_proj[5, :, 1::2].T.detach().numpy()
     assert np.abs(up - reference).max() <= np.abs(reference).max() / 6  # half MXFP4's widest step (8 -> 12) of 12
 
 
