@@ -846,8 +846,9 @@ static int batch_arrays(const char *fn, PyObject *const *args, int64_t N, batch_
  * D), the rows of each after the previous one's; sinks None or (n_heads,) float32 (attention.h). desc is B x 2
  * int64: each sequence's row count T and cache offset; keys and values are tuples of each sequence's cache arrays
  * (n_layers, n_kv_heads, max_tokens, row), C-contiguous. Per sequence, as rope, the cache update and attention
- * do one by one: RoPE on its q and k heads (positions offset ..), its k and v rows stored at the cache offset, then attention of its rows over keys 0 .. offset + T into out
- * (N, n_heads * D) at its first row; the attention of all sequences runs as one dispatch. */
+ * do one by one: RoPE on its q and k heads (positions offset ..), its k and v rows stored at the cache offset,
+ * then attention of its rows over keys 0 .. offset + T into out (N, n_heads * D) at its first row; the attention
+ * of all sequences runs as one dispatch. */
 static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
