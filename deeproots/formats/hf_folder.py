@@ -21,8 +21,8 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import (GEMMA3_GLOBAL_LAYER_EVERY, FusedExpertPart, HFArchitecture, expert_slice, fused_expert_parts,
-                    gguf_tensor_name, hf_architecture)
+from .names import (GEMMA3_GLOBAL_LAYER_EVERY, MXFP4_SUFFIXES, FusedExpertPart, HFArchitecture, expert_slice,
+                    fused_expert_parts, gguf_tensor_name, hf_architecture, mxfp4_expert_half)
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
@@ -252,12 +252,17 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
     tied = bool(config.get("tie_word_embeddings", False))
     sources: dict[str, tuple[Callable[[], np.ndarray], TensorInfo]] = {}
     experts: dict[str, dict[int, str]] = {}  # GGUF 3-d tensor -> expert index -> HF name of its slice
+    mxfp4: dict[str, dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]]] = {}  # matrix -> its two halves
     for hf_name, (file, file_info) in checkpoint.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed buffers; a tied head is the embedding table
         sliced = expert_slice(hf_name)
         if sliced is not None:
             experts.setdefault(sliced[0], {})[sliced[1]] = hf_name
+            continue
+        half = mxfp4_expert_half(hf_name)
+        if half is not None:
+            mxfp4.setdefault(half[0], {})[half[1]] = file, file_info
             continue
         fused = fused_expert_parts(hf_name)
         if fused is not None:
@@ -290,7 +295,43 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
         sources[name] = source, info
     for name, slices in experts.items():
         sources[name] = _stacked_experts(checkpoint, name, slices)
+    for hf_name, halves in mxfp4.items():
+        layer, parts = fused_expert_parts(hf_name)
+        for part in parts:
+            name = f"blk.{layer}.{part.gguf_name}"
+            sources[name] = _mxfp4_expert_part(hf_name, halves, part, name)
     return sources
+
+
+def _mxfp4_expert_part(hf_name: str, halves: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]],
+                       part: FusedExpertPart, name: str) -> tuple[Callable[[], np.ndarray], TensorInfo]:
+    """One GGUF MXFP4 tensor from a checkpoint's MXFP4 matrix (NAME_blocks, NAME_scales): every other row for gate or
+    up, each block's exponent byte then its 32 codes repacked from HF's order (byte j: codes 2j, 2j + 1) to ggml's
+    (byte j: codes j, j + 16), as llama.cpp's converter repacks them."""
+    missing = [hf_name + suffix for suffix in MXFP4_SUFFIXES if suffix not in halves]
+    if missing:
+        raise ModelFormatError(f"tensor {missing[0]!r} is missing beside its MXFP4 sibling", field=missing[0])
+    (blocks_file, blocks), (scales_file, scales) = halves["_blocks"], halves["_scales"]
+    if blocks.dtype != "U8" or scales.dtype != "U8" or len(blocks.shape) != 4 or blocks.shape[-1] != 16 or \
+            tuple(blocks.shape[:3]) != tuple(scales.shape) or (part.interleaved is not None and blocks.shape[1] % 2):
+        raise ModelFormatError(f"tensor {hf_name!r}: MXFP4 blocks {blocks.dtype} {blocks.shape} and scales "
+                               f"{scales.dtype} {scales.shape} do not pair (experts, rows, groups, 16) with "
+                               f"(experts, rows, groups) bytes", field=hf_name + "_blocks")
+    n_experts, rows, groups = scales.shape
+    rows //= 1 if part.interleaved is None else 2
+    shape = (n_experts, rows, groups * 32)  # row-major (experts, out, in)
+
+    def load() -> np.ndarray:  # (nbytes,) uint8: (experts, rows, groups) blocks of 17 bytes
+        codes = blocks_file.tensor_bytes(hf_name + "_blocks").reshape(blocks.shape)
+        exponents = scales_file.tensor_bytes(hf_name + "_scales").reshape(scales.shape)
+        if part.interleaved is not None:
+            codes, exponents = codes[:, part.interleaved::2], exponents[:, part.interleaved::2]
+        ordered = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(*codes.shape[:3], 32)  # codes 0 .. 31
+        qs = ordered[..., :16] | (ordered[..., 16:] << 4)
+        return np.concatenate([exponents[..., None], qs], axis=-1).reshape(-1)
+
+    return load, TensorInfo(name, tuple(reversed(shape)), GGMLType.MXFP4, 0,
+                            tensor_nbytes(GGMLType.MXFP4, math.prod(shape)))
 
 
 def _fused_expert_part(file: SafetensorsFile, hf_name: str, info: SafetensorsTensorInfo, part: FusedExpertPart,

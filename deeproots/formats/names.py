@@ -117,12 +117,25 @@ def expert_slice(hf_name: str) -> tuple[str, int] | None:
     return f"blk.{match[1]}.{EXPERT_TENSORS[match[3]]}.weight", int(match[2])
 
 
+# gpt-oss's released checkpoints store those matrices as MXFP4: NAME_blocks (experts, out, in / 32, 16) bytes of e2m1
+# codes and NAME_scales (experts, out, in / 32) E8M0 exponents, already (experts, out, in).
+MXFP4_SUFFIXES = ("_blocks", "_scales")
+
+
 def fused_expert_parts(hf_name: str) -> tuple[int, tuple[FusedExpertPart, ...]] | None:
     """(layer, the parts) of a checkpoint tensor holding all of a layer's experts, or None for any other tensor."""
     match = _LAYER_NAME.fullmatch(hf_name)
     if match is None or match[2] not in FUSED_EXPERT_TENSORS:
         return None
     return int(match[1]), FUSED_EXPERT_TENSORS[match[2]]
+
+
+def mxfp4_expert_half(hf_name: str) -> tuple[str, str] | None:
+    """(the matrix's HF name, "_blocks" or "_scales") of one half of an MXFP4 expert matrix, or None."""
+    for suffix in MXFP4_SUFFIXES:
+        if hf_name.endswith(suffix) and fused_expert_parts(hf_name[:-len(suffix)]) is not None:
+            return hf_name[:-len(suffix)], suffix
+    return None
 
 
 def gguf_tensor_name(hf_name: str, spec: HFArchitecture) -> str:

@@ -186,3 +186,39 @@ def test_fast_path_runs_mxfp4_experts_like_the_reference(mxfp4_file):
     ids = reference.tokenize(TEXT)
     expected = reference.logits(ids)
     assert np.abs(fast.logits(ids) - expected).max() < 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.slow  # transformers checkpoints
+def test_mxfp4_checkpoint_matches_transformers_dequantized(tmp_path, tiny_checkpoint):
+    """A folder whose experts are MXFP4 blocks and scales, as openai/gpt-oss-* ship them (random codes here), against
+    transformers running the same weights dequantized by its own convert_moe_packed_tensors."""
+    import copy
+
+    from safetensors.numpy import load_file, save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    folder, hf_model = tiny_checkpoint("gpt_oss")
+    mxfp4 = tmp_path / "mxfp4"
+    shutil.copytree(folder, mxfp4)
+    tensors = load_file(mxfp4 / "model.safetensors")
+    dequantized = copy.deepcopy(hf_model)
+    rng = np.random.default_rng(0)
+    for index, layer in enumerate(dequantized.model.layers):
+        for name in ("gate_up_proj", "down_proj"):
+            key = f"model.layers.{index}.mlp.experts.{name}"
+            n_experts, inputs, outputs = tensors.pop(key).shape  # HF's (experts, in, out)
+            blocks = rng.integers(0, 256, (n_experts, outputs, inputs // 32, 16), dtype=np.uint8)
+            scales = rng.integers(120, 124, (n_experts, outputs, inputs // 32), dtype=np.uint8)  # 2^-7 .. 2^-4
+            tensors[key + "_blocks"], tensors[key + "_scales"] = blocks, scales
+            weight = convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32)
+            getattr(layer.mlp.experts, name).data = weight  # (experts, in, out)
+    save_file(tensors, mxfp4 / "model.safetensors")
+    model = deeproots.load(mxfp4, reference=True)
+    ids = model.tokenize(TEXT)
+    with torch.no_grad():
+        expected = dequantized(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(model.logits(ids) - expected).max() < 1e-4
+    del tensors["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(tensors, mxfp4 / "model.safetensors")
+    with pytest.raises(ModelFormatError, match="down_proj_scales"):
+        deeproots.load(mxfp4)
