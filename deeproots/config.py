@@ -22,6 +22,22 @@ class ExpertConfig:
     normalize_weights: bool  # the top-k probabilities are rescaled to sum to 1
 
 
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN's RoPE extension (`{arch}.rope.scaling.type` "yarn"; backends/formulas.yarn_frequencies). `truncate`
+    rounds the blend's edge dimensions outward, as llama.cpp always does and transformers by default; gpt-oss's
+    config turns it off (UNTRUNCATED_YARN)."""
+    factor: float
+    original_context: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+
+
+# Families whose YaRN blends over exact (not rounded) edge dimensions: gpt-oss's config says truncate: false, and
+# its GGUF files have no key for it.
+UNTRUNCATED_YARN = frozenset({"gpt-oss"})
+
 # Whether a family rescales its top-k router probabilities when the file has no `{arch}.expert_weights_norm`:
 # llama.cpp's per-architecture choice (Mixtral and Qwen 3 MoE do; Qwen 2 MoE and OLMoE do not).
 NORMALIZED_EXPERT_WEIGHTS = frozenset({"llama", "qwen3moe"})
@@ -46,6 +62,7 @@ class ModelConfig:
     sliding_window: int | None = None  # a query sees this many newest keys (itself included) on sliding layers
     rope_theta_local: float | None = None  # RoPE base of sliding-window layers where it differs (Gemma 3)
     experts: ExpertConfig | None = None  # a mixture of experts replaces the MLP (Mixtral, Qwen MoE, OLMoE)
+    rope_yarn: YarnScaling | None = None  # YaRN frequencies (gpt-oss) in place of the plain ones
 
 
 DEFAULT_CONTEXT = 4096  # tokens a load gets unless told otherwise; the model's own maximum when it is smaller
@@ -109,7 +126,22 @@ def config_from_gguf(metadata: Mapping[str, Any], vocab_size: int) -> ModelConfi
         sliding_window=optional("attention.sliding_window", int),
         rope_theta_local=optional("rope.freq_base_swa", float),
         experts=_experts(metadata, arch, ffn_dim),
+        rope_yarn=_yarn(metadata, arch) if scaling_type == "yarn" else None,
     )
+
+
+def _yarn(metadata: Mapping[str, Any], arch: str) -> YarnScaling:
+    """The `{arch}.rope.scaling.*` keys of YaRN, with llama.cpp's defaults for the betas."""
+    def number(name: str, default: float | None = None) -> float:
+        key = f"{arch}.rope.scaling.{name}"
+        if key not in metadata and default is not None:
+            return default
+        return _required(metadata, key, float)
+
+    return YarnScaling(factor=number("factor"),
+                       original_context=_required(metadata, f"{arch}.rope.scaling.original_context_length", int),
+                       beta_fast=number("yarn_beta_fast", 32.0), beta_slow=number("yarn_beta_slow", 1.0),
+                       truncate=arch not in UNTRUNCATED_YARN)
 
 
 def _experts(metadata: Mapping[str, Any], arch: str, ffn_dim: int) -> ExpertConfig | None:

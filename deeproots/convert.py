@@ -6,13 +6,16 @@ folder is presented that way by formats/hf_folder.py) and hand it to one functio
 Tensor types follow llama.cpp's llama-quantize:
 - Vectors (norms, biases: one dimension above 1) are stored as F32 whatever the target, and so are the routers of
   a mixture of experts (`blk.N.ffn_gate_inp.weight`: a few rows that choose each token's experts), as llama.cpp's
-  converter and llama-quantize keep them.
+  converter and llama-quantize keep them, and gpt-oss's per-expert biases (`blk.N.ffn_*_exps.bias`: a vector per
+  expert, added after the product, not multiplied by the activations).
 - Every other tensor takes the target type: copied byte for byte when it already has it, otherwise dequantized to
   float32 and quantized, one tensor at a time.
 - Fallback: a row length that is not a multiple of the target's block size takes llama.cpp's substitute, a
   32-value format of at least the target's precision: Q4_K -> Q5_0, Q6_K -> Q8_0 (the k-quants need rows of 256;
   SmolLM2's are 576 wide). A row that fits neither (no substitute, or not a multiple of 32) is stored as F16.
   llama.cpp refuses such a row for the 32-value targets; F16 loses nothing and keeps the file loadable.
+- `mxfp4_moe` (llama-quantize's MXFP4_MOE, gpt-oss's own format for its experts): the experts' 3-d matrices
+  (`blk.N.ffn_*_exps.weight`) are stored as MXFP4, every other tensor as for `q8_0`.
 - The output projection (`output.weight`, or `token_embd.weight` when the model ties it to the embeddings) of a
   quantized target is stored as Q6_K, or as Q8_0 when its rows do not fit Q6_K's 256-value blocks or the target
   is Q8_0: llama.cpp's rule (llama_tensor_get_type), because the logits are where a coarse grid costs most
@@ -45,7 +48,11 @@ if TYPE_CHECKING:
     from .quant.types import GGMLType
 
 # --type -> llama.cpp's LLAMA_FTYPE for a file mostly of that type; a Q4_K file is labelled MOSTLY_Q4_K_M.
-FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 15, "q6_k": 18}
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 15, "q6_k": 18,
+              "mxfp4_moe": 38}
+# A target whose experts take a type of their own -> (the experts' type, the target the other tensors follow).
+EXPERT_TARGETS = {"mxfp4_moe": ("MXFP4", "q8_0")}
+EXPERT_TENSOR_SUFFIX = "_exps.weight"  # blk.N.ffn_{gate,up,down}_exps.weight: every expert's matrix, stacked
 # llama.cpp's substitute for a target whose blocks do not fit a row (llama_tensor_get_type).
 FALLBACK_TYPES = {"q4_k": "Q5_0", "q6_k": "Q8_0"}
 QUANTIZED_TARGETS = frozenset({"q8_0", "q4_0", "q4_1", "q4_k", "q6_k"})
@@ -78,13 +85,19 @@ class WriteSummary:
         return "\n".join(lines)
 
 
-def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False, router: bool = False) -> GGMLType:
+def tensor_type(target: str, shape: tuple[int, ...], *, output: bool = False, router: bool = False,
+                bias: bool = False, expert: bool = False) -> GGMLType:
     """The type a tensor of `shape` (GGUF order, row length first) is written in for `--type target`; `output`:
-    it is the model's output projection, `router`: an expert router (see the module's docstring)."""
+    it is the model's output projection, `router`: an expert router, `bias`: biases, `expert`: the experts' 3-d
+    matrices (see the module's docstring)."""
     from .quant.types import BLOCK_GEOMETRY, GGMLType
 
-    if router or math.prod(shape[1:]) == 1:  # a router, or a vector (ggml counts trailing dimensions of 1 out)
+    if router or bias or math.prod(shape[1:]) == 1:  # a router, biases, or a vector (ggml counts trailing 1s out)
         return GGMLType.F32
+    if target in EXPERT_TARGETS:
+        expert_type, target = GGMLType[EXPERT_TARGETS[target][0]], EXPERT_TARGETS[target][1]
+        if expert and shape[0] % BLOCK_GEOMETRY[expert_type].block_size == 0:
+            return expert_type
     if output and target in QUANTIZED_TARGETS:
         candidates = [GGMLType.Q8_0] if target == "q8_0" else [GGMLType.Q6_K, GGMLType.Q8_0]
     else:
@@ -139,16 +152,19 @@ def write_gguf(source: Any, out_path: str | os.PathLike, target: str, *, progres
     fallbacks: Counter[str] = Counter()
     output_name = None if pure else "output.weight" if "output.weight" in source.tensors else "token_embd.weight"
     output_tensor = None
+    intended = EXPERT_TARGETS.get(target, (target,))  # the type names a tensor takes unless it falls back
+    intended = tuple(name.upper() for name in intended)
     for name, info in tqdm(source.tensors.items(), desc="tensors", unit=" tensors", disable=not progress):
         raw = source.tensor_data(name)
-        out_type = tensor_type(target, info.shape, output=name == output_name, router=name.endswith(ROUTER_TENSOR))
+        out_type = tensor_type(target, info.shape, output=name == output_name, router=name.endswith(ROUTER_TENSOR),
+                               bias=name.endswith(".bias"), expert=name.endswith(EXPERT_TENSOR_SUFFIX))
         if out_type != info.ggml_type:  # through float32, this one tensor only
             raw = quantize(dequantize(raw, info.ggml_type, info.shape), out_type).reshape(-1)
         writer.add_tensor(name, raw, out_type, info.shape)
         tensor_types[out_type.name] += 1
-        if name == output_name and out_type.name != target.upper():
+        if name == output_name and out_type.name not in intended:
             output_tensor = (name, out_type.name)
-        elif out_type.name not in (target.upper(), "F32"):  # F32 is the rule for vectors, not a fallback
+        elif out_type.name not in (*intended, "F32"):  # F32 is the rule for vectors, not a fallback
             fallbacks[out_type.name] += 1
     partial = out_path + PARTIAL_SUFFIX
     try:

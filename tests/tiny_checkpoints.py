@@ -28,9 +28,13 @@ ARCHITECTURES = {
     "qwen3_moe": ("Qwen3MoeConfig", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                      "head_dim": 32, "norm_topk_prob": True}),  # as the released models
     "olmoe": ("OlmoeConfig", {"num_experts": 8, "num_experts_per_tok": 2}),  # q/k norms over all heads
+    # sinks, biases everywhere, sliding and full layers alternating, YaRN (factor 32 over an original 4096), the
+    # clamped SwiGLU: the experts' width is intermediate_size, narrowed here
+    "gpt_oss": ("GptOssConfig", {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32,
+                                 "head_dim": 32, "sliding_window": 5}),
 }
 # The families whose MLPs are mixtures of experts
-MOE_ARCHITECTURES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
+MOE_ARCHITECTURES = ("gpt_oss", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
 LONGEST_WINDOW = 5
 
 

@@ -24,19 +24,20 @@ from ..formats.gguf import TensorInfo
 class Primitives:
     rms_norm: Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (x (T, d), weight (d,), eps) -> (T, d)
     rotate_: Callable[..., None]  # (rope, x (T, heads, D), start), in place
-    # (q (n_heads, T, D), k, v (n_kv_heads, L, D), scale, window=None) -> (T, n_heads * D)
+    # (q (n_heads, T, D), k, v (n_kv_heads, L, D), scale, window=None, sinks=None) -> (T, n_heads * D)
     attention: Callable[..., np.ndarray]
     silu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
     gelu_mul: Callable[[np.ndarray], np.ndarray]  # (T, 2F) [gate | up] -> (T, F)
     # One layer's RoPE, cache update and attention for sequences packed in qkv (N, n_heads + 2 n_kv_heads, D):
-    # (rope, qkv, n_heads, caches, lengths, layer, scale, window) -> (N, n_heads * D); caches' offsets do not move
+    # (rope, qkv, n_heads, caches, lengths, layer, scale, window, sinks=None) -> (N, n_heads * D); caches' offsets
+    # do not move; sinks (n_heads,) or None: see formulas.causal_attention
     attend_sequences: Callable[..., np.ndarray]
 
 
 def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.ndarray]:
     """attend_sequences as a loop over the sequences: RoPE, cache update, attention, one sequence after another."""
     def attend_sequences(rope, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
-                         scale: float, window: int | None) -> np.ndarray:
+                         scale: float, window: int | None, sinks: np.ndarray | None = None) -> np.ndarray:
         n_kv = (qkv.shape[1] - n_heads) // 2
         outputs, start = [], 0
         for cache, T in zip(caches, lengths):
@@ -45,7 +46,7 @@ def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.nda
             q = rows[:, :n_heads].swapaxes(0, 1)  # (n_heads, T, head_dim)
             keys, values = cache.update(layer, rows[:, n_heads:n_heads + n_kv].swapaxes(0, 1),
                                         rows[:, n_heads + n_kv:].swapaxes(0, 1))  # (n_kv_heads, L, head_dim)
-            outputs.append(attention(q, keys, values, scale, window=window))  # (T, n_heads * D)
+            outputs.append(attention(q, keys, values, scale, window=window, sinks=sinks))  # (T, n_heads * D)
             start += T
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
     return attend_sequences

@@ -19,6 +19,7 @@ from ..kernels.attention import batched_attention
 from ..kernels.layouts import aligned_empty
 from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
+from ..quant.mxfp4 import mxfp4_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
 from .formulas import RotaryEmbedding, gelu_mul
 from .linears import ConcatLinear, DenseLinear, Experts, PackedExperts, PackedLinear, QuantizedEmbedding
@@ -32,13 +33,13 @@ _attend_each_fast = per_sequence(_rotate_fast, kernels.cached_attention)
 
 
 def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int, caches, lengths, layer: int,
-                           scale: float, window: int | None) -> np.ndarray:
+                           scale: float, window: int | None, sinks: np.ndarray | None = None) -> np.ndarray:
     """One sequence: the loop. Several: one compiled call doing what the loop does, the same bits
     (kernels.attention.batched_attention), without a dozen Python-level calls per sequence and layer."""
     if len(caches) == 1:
-        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window)
+        return _attend_each_fast(rope, qkv, n_heads, caches, lengths, layer, scale, window, sinks)
     return batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, rope.cos, rope.sin, rope.rope_dim,
-                             rope.style == "interleaved")
+                             rope.style == "interleaved", sinks)
 
 
 # GELU gating (Gemma) stays numpy: a few ops per layer, too few to earn a kernel yet.
@@ -46,9 +47,14 @@ FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=ker
                   silu_mul=kernels.silu_mul, gelu_mul=gelu_mul, attend_sequences=_attend_sequences_fast)
 
 
+# Formats a kernel runs as Q8_0 blocks of the same values (Q5_0: 34/22 of the bytes; MXFP4, gpt-oss's experts: 34/17,
+# against 4 x 32/17 as the dense float32 that was the alternative).
+AS_Q8_0 = {GGMLType.Q5_0: q5_0_as_q8_0, GGMLType.MXFP4: mxfp4_as_q8_0}
+
+
 def kernel_type(ggml_type: int) -> int:
-    """The block format a kernel runs this type as: Q5_0 widens to Q8_0 without loss."""
-    return GGMLType.Q8_0 if ggml_type == GGMLType.Q5_0 else ggml_type
+    """The block format a kernel runs this type as: Q5_0 and MXFP4 widen to Q8_0 (quant/legacy.py, quant/mxfp4.py)."""
+    return GGMLType.Q8_0 if ggml_type in AS_Q8_0 else ggml_type
 
 
 def _packable(infos: list[TensorInfo]) -> bool:
@@ -117,8 +123,8 @@ class CPUBackend(Backend):
         if cached is not None:
             return PackedLinear(cached)
         raw = parts()
-        if ggml_type == GGMLType.Q5_0:
-            raw = [q5_0_as_q8_0(part) for part in raw]
+        if ggml_type in AS_Q8_0:
+            raw = [AS_Q8_0[ggml_type](part) for part in raw]
         weight = kernels.pack_weight(raw, packed_type, shape)
         target = into() if into is not None else self._cache_space(weight.nbytes)
         if target is not None:

@@ -21,13 +21,15 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import GEMMA3_GLOBAL_LAYER_EVERY, HFArchitecture, expert_slice, gguf_tensor_name, hf_architecture
+from .names import (GEMMA3_GLOBAL_LAYER_EVERY, MXFP4_SUFFIXES, FusedExpertPart, HFArchitecture, expert_slice,
+                    fused_expert_parts, gguf_tensor_name, hf_architecture, mxfp4_expert_half)
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 10_000_000
 GGML_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}  # safetensors dtype -> GGML
-_SUPPORTED_ROPE_TYPES = ("default", "linear")
+_SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn")  # yarn: gpt-oss only (the family tested with it)
+_GPT_OSS_SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}  # what models/gpt_oss.py computes
 
 
 def read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
@@ -83,19 +85,37 @@ def _rope_metadata(config: dict[str, Any], arch: str, head_dim: int) -> dict[str
     if rope_type == "linear":
         metadata[f"{arch}.rope.scaling.type"] = "linear"
         metadata[f"{arch}.rope.scaling.factor"] = float(_number(rope, "factor"))
+    if rope_type == "yarn":
+        metadata.update(_yarn_metadata(rope, arch))
     return metadata
 
 
-def _check_layer_pattern(config: dict[str, Any]) -> None:
-    """Gemma 3's sliding/global layer order must be the one the model class builds."""
+def _yarn_metadata(rope: dict[str, Any], arch: str) -> dict[str, Any]:
+    """llama.cpp's `rope.scaling.*` keys of YaRN, for the family whose YaRN we compute as transformers does."""
+    if arch != "gpt-oss":
+        raise UnsupportedModelError(f"RoPE type 'yarn' is supported for gpt-oss only, not {arch}")
+    if rope.get("truncate", True) is not False:  # transformers' default; gpt-oss's configs set false
+        raise UnsupportedModelError("gpt-oss's YaRN with truncate true is not supported (its configs say false)")
+    for key in ("attention_factor", "mscale", "mscale_all_dim"):
+        if rope.get(key) is not None:
+            raise UnsupportedModelError(f"YaRN's {key} is not supported")
+    metadata = {f"{arch}.rope.scaling.type": "yarn", f"{arch}.rope.scaling.factor": float(_number(rope, "factor")),
+                f"{arch}.rope.scaling.original_context_length": int(_number(rope, "original_max_position_embeddings"))}
+    for key in ("beta_fast", "beta_slow"):
+        if rope.get(key) is not None:
+            metadata[f"{arch}.rope.scaling.yarn_{key}"] = float(_number(rope, key))
+    return metadata
+
+
+def _check_layer_pattern(config: dict[str, Any], every: int, family: str) -> None:
+    """The sliding/global layer order must be the one the model class builds: one global layer every `every`."""
     layer_types = config.get("layer_types")
     if layer_types is None:
         return
-    expected = ["full_attention" if (i + 1) % GEMMA3_GLOBAL_LAYER_EVERY == 0 else "sliding_attention"
-                for i in range(len(layer_types))]
+    expected = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(len(layer_types))]
     if layer_types != expected:
-        raise UnsupportedModelError(f"layer_types {layer_types} differ from Gemma 3's pattern of one global "
-                                    f"layer every {GEMMA3_GLOBAL_LAYER_EVERY}")
+        raise UnsupportedModelError(f"layer_types {layer_types} differ from {family}'s pattern of one global "
+                                    f"layer every {every}")
 
 
 def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> dict[str, Any]:
@@ -130,8 +150,14 @@ def _model_metadata(config: dict[str, Any], spec: HFArchitecture, name: str) -> 
     if spec.sliding_window and config.get("sliding_window") is not None:
         metadata[f"{arch}.attention.sliding_window"] = int(_number(config, "sliding_window"))
     metadata.update(_expert_metadata(config, arch))
+    if arch == "gpt-oss":
+        _check_layer_pattern(config, 2, "gpt-oss")
+        for key, value in _GPT_OSS_SWIGLU.items():
+            if config.get(key, value) != value:
+                raise UnsupportedModelError(f"config.json {key} {config[key]!r} is not supported (only {value})")
+        metadata[f"{arch}.expert_feed_forward_length"] = metadata[f"{arch}.feed_forward_length"]
     if arch == "gemma3":
-        _check_layer_pattern(config)
+        _check_layer_pattern(config, GEMMA3_GLOBAL_LAYER_EVERY, "Gemma 3")
         local_rope = _rope_parameters(config, "sliding_attention")
         metadata[f"{arch}.rope.freq_base_swa"] = float(_number(local_rope, "rope_theta", 10000.0))
         scalar = _number(config, "query_pre_attn_scalar", head_dim)
@@ -226,12 +252,24 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
     tied = bool(config.get("tie_word_embeddings", False))
     sources: dict[str, tuple[Callable[[], np.ndarray], TensorInfo]] = {}
     experts: dict[str, dict[int, str]] = {}  # GGUF 3-d tensor -> expert index -> HF name of its slice
+    mxfp4: dict[str, dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]]] = {}  # matrix -> its two halves
     for hf_name, (file, file_info) in checkpoint.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed buffers; a tied head is the embedding table
         sliced = expert_slice(hf_name)
         if sliced is not None:
             experts.setdefault(sliced[0], {})[sliced[1]] = hf_name
+            continue
+        half = mxfp4_expert_half(hf_name)
+        if half is not None:
+            mxfp4.setdefault(half[0], {})[half[1]] = file, file_info
+            continue
+        fused = fused_expert_parts(hf_name)
+        if fused is not None:
+            layer, parts = fused
+            for part in parts:
+                name = f"blk.{layer}.{part.gguf_name}"
+                sources[name] = _fused_expert_part(file, hf_name, file_info, part, name)
             continue
         name = gguf_tensor_name(hf_name, spec)
 
@@ -257,7 +295,71 @@ def _tensor_sources(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTens
         sources[name] = source, info
     for name, slices in experts.items():
         sources[name] = _stacked_experts(checkpoint, name, slices)
+    for hf_name, halves in mxfp4.items():
+        layer, parts = fused_expert_parts(hf_name)
+        for part in parts:
+            name = f"blk.{layer}.{part.gguf_name}"
+            sources[name] = _mxfp4_expert_part(hf_name, halves, part, name)
     return sources
+
+
+def _mxfp4_expert_part(hf_name: str, halves: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]],
+                       part: FusedExpertPart, name: str) -> tuple[Callable[[], np.ndarray], TensorInfo]:
+    """One GGUF MXFP4 tensor from a checkpoint's MXFP4 matrix (NAME_blocks, NAME_scales): every other row for gate or
+    up, each block's exponent byte then its 32 codes repacked from HF's order (byte j: codes 2j, 2j + 1) to ggml's
+    (byte j: codes j, j + 16), as llama.cpp's converter repacks them."""
+    missing = [hf_name + suffix for suffix in MXFP4_SUFFIXES if suffix not in halves]
+    if missing:
+        raise ModelFormatError(f"tensor {missing[0]!r} is missing beside its MXFP4 sibling", field=missing[0])
+    (blocks_file, blocks), (scales_file, scales) = halves["_blocks"], halves["_scales"]
+    if blocks.dtype != "U8" or scales.dtype != "U8" or len(blocks.shape) != 4 or blocks.shape[-1] != 16 or \
+            tuple(blocks.shape[:3]) != tuple(scales.shape) or (part.interleaved is not None and blocks.shape[1] % 2):
+        raise ModelFormatError(f"tensor {hf_name!r}: MXFP4 blocks {blocks.dtype} {blocks.shape} and scales "
+                               f"{scales.dtype} {scales.shape} do not pair (experts, rows, groups, 16) with "
+                               f"(experts, rows, groups) bytes", field=hf_name + "_blocks")
+    n_experts, rows, groups = scales.shape
+    rows //= 1 if part.interleaved is None else 2
+    shape = (n_experts, rows, groups * 32)  # row-major (experts, out, in)
+
+    def load() -> np.ndarray:  # (nbytes,) uint8: (experts, rows, groups) blocks of 17 bytes
+        codes = blocks_file.tensor_bytes(hf_name + "_blocks").reshape(blocks.shape)
+        exponents = scales_file.tensor_bytes(hf_name + "_scales").reshape(scales.shape)
+        if part.interleaved is not None:
+            codes, exponents = codes[:, part.interleaved::2], exponents[:, part.interleaved::2]
+        ordered = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(*codes.shape[:3], 32)  # codes 0 .. 31
+        qs = ordered[..., :16] | (ordered[..., 16:] << 4)
+        return np.concatenate([exponents[..., None], qs], axis=-1).reshape(-1)
+
+    return load, TensorInfo(name, tuple(reversed(shape)), GGMLType.MXFP4, 0,
+                            tensor_nbytes(GGMLType.MXFP4, math.prod(shape)))
+
+
+def _fused_expert_part(file: SafetensorsFile, hf_name: str, info: SafetensorsTensorInfo, part: FusedExpertPart,
+                       name: str) -> tuple[Callable[[], np.ndarray], TensorInfo]:
+    """One GGUF tensor cut from an all-experts tensor (experts, ..., columns): every other column (gate or up), and
+    (experts, in, out) turned to llama.cpp's (experts, out, in); elements are moved, never converted."""
+    ggml_type = GGML_TYPES.get(info.dtype)
+    if ggml_type is None:
+        raise UnsupportedModelError(f"tensor {hf_name!r} has dtype {info.dtype}; supported: {', '.join(GGML_TYPES)}")
+    shape = list(info.shape)
+    if part.interleaved is not None:
+        if shape[-1] % 2:
+            raise ModelFormatError(f"tensor {hf_name!r} has an odd number of gate and up columns {shape[-1]}",
+                                   field=hf_name)
+        shape[-1] //= 2
+    if part.transpose:
+        shape[-2], shape[-1] = shape[-1], shape[-2]
+    element = np.dtype(f"u{tensor_nbytes(ggml_type, 1)}")  # the stored bits, whatever the float type
+
+    def load() -> np.ndarray:  # (nbytes,) uint8 of the part, row-major
+        values = file.tensor_bytes(hf_name).view(element).reshape(info.shape)
+        if part.interleaved is not None:
+            values = values[..., part.interleaved::2]
+        if part.transpose:
+            values = values.swapaxes(-1, -2)
+        return np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+
+    return load, TensorInfo(name, tuple(reversed(shape)), ggml_type, 0, tensor_nbytes(ggml_type, math.prod(shape)))
 
 
 def _stacked_experts(checkpoint: dict[str, tuple[SafetensorsFile, SafetensorsTensorInfo]], name: str,

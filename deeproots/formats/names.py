@@ -35,6 +35,8 @@ HF_ARCHITECTURES: dict[str, HFArchitecture] = {
     "qwen2_moe": HFArchitecture("qwen2moe", "silu"),
     "qwen3_moe": HFArchitecture("qwen3moe", "silu"),
     "olmoe": HFArchitecture("olmoe", "silu"),
+    # its hidden_act names no activation it uses: the experts' clamped SwiGLU is fixed (models/gpt_oss.py)
+    "gpt_oss": HFArchitecture("gpt-oss", "silu", post_attention_norm="post_attention_norm", sliding_window=True),
 }
 
 GLOBAL_TENSORS = {
@@ -65,11 +67,35 @@ LAYER_TENSORS = {
     "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+    # gpt-oss
+    "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.sinks": "attn_sinks.weight",
+    "mlp.router.weight": "ffn_gate_inp.weight",
+    "mlp.router.bias": "ffn_gate_inp.bias",
+    "mlp.experts.down_proj_bias": "ffn_down_exps.bias",
 }
 # One expert's matrix inside model.layers.N. -> the GGUF 3-d tensor (experts, rows, row length) it is a slice of.
 EXPERT_TENSORS = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps",  # Mixtral
                   "gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
 _EXPERT_NAME = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight")
+
+
+@dataclass(frozen=True)
+class FusedExpertPart:
+    """One GGUF tensor cut from a checkpoint tensor holding all the experts at once (gpt-oss's GptOssExperts)."""
+    gguf_name: str  # inside blk.N.
+    interleaved: int | None  # gate (0) or up (1): every other column of the last dimension; None: all of it
+    transpose: bool  # HF stores (experts, in, out): llama.cpp's 3-d tensors are (experts, out, in)
+
+
+# HF name inside model.layers.N. -> the GGUF tensors llama.cpp's converter makes of it.
+FUSED_EXPERT_TENSORS = {
+    "mlp.experts.gate_up_proj": (FusedExpertPart("ffn_gate_exps.weight", 0, True),
+                                 FusedExpertPart("ffn_up_exps.weight", 1, True)),
+    "mlp.experts.gate_up_proj_bias": (FusedExpertPart("ffn_gate_exps.bias", 0, False),
+                                      FusedExpertPart("ffn_up_exps.bias", 1, False)),
+    "mlp.experts.down_proj": (FusedExpertPart("ffn_down_exps.weight", None, True),),
+}
 # Gemma 3 attends globally on layers 5, 11, 17, ... (llama.cpp's swa pattern; GGUF files carry no key for it).
 GEMMA3_GLOBAL_LAYER_EVERY = 6
 _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -89,6 +115,27 @@ def expert_slice(hf_name: str) -> tuple[str, int] | None:
     if match is None or match[3] not in EXPERT_TENSORS:
         return None
     return f"blk.{match[1]}.{EXPERT_TENSORS[match[3]]}.weight", int(match[2])
+
+
+# gpt-oss's released checkpoints store those matrices as MXFP4: NAME_blocks (experts, out, in / 32, 16) bytes of e2m1
+# codes and NAME_scales (experts, out, in / 32) E8M0 exponents, already (experts, out, in).
+MXFP4_SUFFIXES = ("_blocks", "_scales")
+
+
+def fused_expert_parts(hf_name: str) -> tuple[int, tuple[FusedExpertPart, ...]] | None:
+    """(layer, the parts) of a checkpoint tensor holding all of a layer's experts, or None for any other tensor."""
+    match = _LAYER_NAME.fullmatch(hf_name)
+    if match is None or match[2] not in FUSED_EXPERT_TENSORS:
+        return None
+    return int(match[1]), FUSED_EXPERT_TENSORS[match[2]]
+
+
+def mxfp4_expert_half(hf_name: str) -> tuple[str, str] | None:
+    """(the matrix's HF name, "_blocks" or "_scales") of one half of an MXFP4 expert matrix, or None."""
+    for suffix in MXFP4_SUFFIXES:
+        if hf_name.endswith(suffix) and fused_expert_parts(hf_name[:-len(suffix)]) is not None:
+            return hf_name[:-len(suffix)], suffix
+    return None
 
 
 def gguf_tensor_name(hf_name: str, spec: HFArchitecture) -> str:

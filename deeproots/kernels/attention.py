@@ -2,6 +2,7 @@
 
     out = cached_attention(q, k, v, scale)   # q (n_heads, T, D) f32; k, v (n_kv_heads, L, D) f32 or f16 -> out (T, n_heads*D)
     out = cached_attention(q, k, v, scale, window=4096)   # sliding-window attention (Gemma 3, Mistral)
+    out = cached_attention(q, k, v, scale, sinks=sinks)   # sinks (n_heads,) f32: gpt-oss's attention sinks
     out = batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, cos, sin, rope_dim, interleaved)
         # several sequences' RoPE, KV cache update and cached_attention in one call: the same bits as one by one
 
@@ -22,7 +23,8 @@ different greedy text. Here the output row of absolute position p is the same bi
 at fixed absolute offsets, from the chunk holding the row's first visible key (those below it in that chunk get weight
 0; the chunks before it are skipped, which also makes long-context decode with a window cheaper); per chunk the f32
 scores, their max, exp(score - running max) and its sum, then the value rows in key order (online softmax: the running
-sum and output are rescaled when the max grows); finally a division by the sum.
+sum and output are rescaled when the max grows); with sinks, the head's sink logit joins the sum as one more term
+(rescaled the same way); finally a division by the sum.
 The row order is fixed per build: AVX-512, AVX2 and portable-C builds may differ from each other in the last bits.
 
 Error bound, per output element d of a row with n visible keys, against exact arithmetic on the same f32 (or f16,
@@ -63,7 +65,8 @@ def _row_size(kv_type: int | None, d: int) -> int:
     return d // QK * Q8_0_BYTES if d % QK == 0 else -1
 
 
-def _bad_input(q: object, k: object, v: object, scale: object, out: object, window: object) -> RequestError:
+def _bad_input(q: object, k: object, v: object, scale: object, out: object, window: object,
+               sinks: object = None) -> RequestError:
     """The first thing wrong with attention's arguments (only built on the failure path)."""
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, np.ndarray):
@@ -97,7 +100,16 @@ def _bad_input(q: object, k: object, v: object, scale: object, out: object, wind
             return error
     if window is not None and (type(window) is not int or window < 0):
         return RequestError(f"window must be None, 0 (no window) or a positive int of keys, got {window!r}")
+    if sinks is not None and not _good_sinks(sinks, h):
+        return RequestError(f"sinks must be None or a C-contiguous float32 array of shape ({h},), got "
+                            f"{getattr(sinks, 'dtype', type(sinks).__name__)} {getattr(sinks, 'shape', '')}")
     return RequestError("bad arguments to attention")
+
+
+def _good_sinks(sinks: object, n_heads: int) -> bool:
+    """None, or one float32 logit per query head, contiguous (the kernel reads sinks[h])."""
+    return sinks is None or (isinstance(sinks, np.ndarray) and sinks.dtype == _F32 and sinks.shape == (n_heads,)
+                             and sinks.flags.c_contiguous)
 
 
 def _rows_of_whole_elements(strides: tuple, itemsize: int) -> bool:
@@ -108,12 +120,14 @@ def _rows_of_whole_elements(strides: tuple, itemsize: int) -> bool:
 
 
 def cached_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
-                     out: np.ndarray | None = None, window: int | None = None) -> np.ndarray:
+                     out: np.ndarray | None = None, window: int | None = None,
+                     sinks: np.ndarray | None = None) -> np.ndarray:
     """Causal GQA of q (n_heads, T, D) over k, v (n_kv_heads, L, D); returns out (T, n_heads * D) float32.
 
     q float32; k and v both float32, both float16, or both uint8 Q8_0 rows (n_kv_heads, L, D / 32 * 34); numpy
     arrays with a contiguous last dimension (other strides free: cache views and transposed qkv views are fine).
-    `window` > 0 limits each row to its `window` newest keys (sliding-window attention); None or 0: all keys. `out`,
+    `window` > 0 limits each row to its `window` newest keys (sliding-window attention); None or 0: all keys. `sinks`
+    (n_heads,) float32: a logit per head joining each row's softmax sum with no value (None: none). `out`,
     when given, must be C-contiguous and not overlap the inputs; it is returned.
     """
     # One fused check (numpy attribute reads cost ~50 ns each; decode makes one call per layer per token).
@@ -139,14 +153,15 @@ def cached_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
                  and _rows_of_whole_elements(vs, size))
             and isinstance(scale, (float, int))
             and type(keys) is int and keys >= 0
+            and (sinks is None or _good_sinks(sinks, h))
         )
         result = output_buffer(ok, out, t, h * d)
     except (AttributeError, TypeError, ValueError):
         result = None
     if result is None:
-        raise _bad_input(q, k, v, scale, out, window)
+        raise _bad_input(q, k, v, scale, out, window, sinks)
     if t:
-        _attention(q, k, v, kv_type, h, g, t, length, d, float(scale), result, keys)  # strides: the views' own
+        _attention(q, k, v, kv_type, h, g, t, length, d, float(scale), result, keys, sinks)  # strides: the views' own
     return result
 
 
@@ -213,7 +228,7 @@ def _writeable_contiguous(a: np.ndarray) -> bool:
 
 def batched_attention(qkv: np.ndarray, n_heads: int, caches, lengths, layer: int, scale: float,
                       window: int | None, cos: np.ndarray, sin: np.ndarray, rope_dim: int,
-                      interleaved: bool) -> np.ndarray:
+                      interleaved: bool, sinks: np.ndarray | None = None) -> np.ndarray:
     """One layer's attention for several sequences packed in qkv (N, n_heads + 2 n_kv_heads, D), a writeable float32
     numpy array (rows of any stride, heads side by side): sequence b owns the next lengths[b] rows and caches[b]
     (KVCache-like: keys, values, offset, max_tokens). Per sequence, exactly as its own calls would do: RoPE of its q and
@@ -236,14 +251,15 @@ def batched_attention(qkv: np.ndarray, n_heads: int, caches, lengths, layer: int
             and cos.dtype == _F32 and sin.dtype == _F32 and cos.flags.c_contiguous and sin.flags.c_contiguous
             and sin.shape == (positions, half) and type(rope_dim) is int and 0 < rope_dim <= d
             and rope_dim == 2 * half and longest <= positions and isinstance(interleaved, bool)
+            and _good_sinks(sinks, n_heads)
         )
     except (AttributeError, TypeError, ValueError):
         ok = False
     if not ok:
         raise RequestError("batched_attention: qkv must be float32 (N, n_heads + 2 n_kv_heads, D) matching the "
-                           "caches, with rope tables covering every position")
+                           "caches, with rope tables covering every position (and sinks None or (n_heads,) float32)")
     out = np.empty((n, n_heads * d), _F32)
     keys, values = tuple([cache.keys for cache in caches]), tuple([cache.values for cache in caches])
     _attention_batch(desc, keys, values, layer, qkv, n_heads, g, d, kv_type, float(scale), window or 0, out, cos, sin,
-                     rope_dim, interleaved)
+                     rope_dim, interleaved, sinks)
     return out

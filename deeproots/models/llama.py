@@ -2,7 +2,8 @@
 
 The optional parts other families add are switched on by the tensors and metadata a file has:
 q/k/v biases (Qwen 2), per-head q/k norms (Qwen 3, Gemma 3), a sliding window (Mistral, Gemma 3),
-an attention scale other than 1/sqrt(head_dim). qwen.py and gemma3.py build on these classes.
+an attention scale other than 1/sqrt(head_dim), an output-projection bias and attention sinks (gpt-oss).
+qwen.py, gemma3.py and gpt_oss.py build on these classes.
 
 Attribute names follow the GGUF tensor names (blk.N.attn_q, ffn_gate, ...). A forward pass takes
 the new tokens of one or more sequences packed into one (N,) int64 array: the matrix products run over
@@ -25,6 +26,9 @@ from .weights import GGUFWeights
 
 
 class LlamaBlock:
+    ffn_norm_name = "ffn_norm"  # the norm before the MLP (gpt-oss's files call it post_attention_norm)
+    moe_class = MixtureOfExperts
+
     def __init__(self, config: ModelConfig, weights: GGUFWeights, index: int, rope: RotaryEmbedding,
                  window: int | None):
         c, prefix = config, f"blk.{index}."
@@ -44,9 +48,12 @@ class LlamaBlock:
         self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [self.qk_norm_width(c.n_heads)])
         self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [self.qk_norm_width(c.n_kv_heads)])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
-        self.ffn_norm = weights.vector(prefix + "ffn_norm.weight", c.d_model)
-        # A router tensor means a mixture of experts in place of the MLP (Mixtral, Qwen MoE, OLMoE).
-        self.moe = MixtureOfExperts(c, weights, prefix) if weights.has(prefix + "ffn_gate_inp.weight") else None
+        # gpt-oss: a bias on the output projection (d_model,), and a sink logit per head (n_heads,); or None
+        self.attn_output_bias = weights.optional_stack([prefix + "attn_output.bias"], [c.d_model])
+        self.attn_sinks = weights.optional_stack([prefix + "attn_sinks.weight"], [c.n_heads])
+        self.ffn_norm = weights.vector(prefix + self.ffn_norm_name + ".weight", c.d_model)
+        # A router tensor means a mixture of experts in place of the MLP (Mixtral, Qwen MoE, OLMoE, gpt-oss).
+        self.moe = self.moe_class(c, weights, prefix) if weights.has(prefix + "ffn_gate_inp.weight") else None
         if self.moe is None:
             # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
             self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],
@@ -77,11 +84,18 @@ class LlamaBlock:
         if self.attn_k_norm is not None:
             self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
         return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.index, self.attention_scale,
-                                    self.window)  # RoPE, cache update and attention, sequence by sequence
+                                    self.window, self.attn_sinks)  # RoPE, cache update and attention, per sequence
+
+    def project(self, attended: np.ndarray) -> np.ndarray:
+        """The output projection of attention's (N, n_heads * head_dim) -> (N, d_model), with its bias if any."""
+        out = self.attn_output(attended)
+        if self.attn_output_bias is not None:
+            out += self.attn_output_bias
+        return out
 
     def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
-        x = x + self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
+        x = x + self.project(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
         return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
 
     def mlp(self, h: np.ndarray) -> np.ndarray:
@@ -94,6 +108,7 @@ class LlamaBlock:
 class Llama:
     rope_style = "interleaved"  # see RotaryEmbedding: llama GGUF files permute q and k rows
     block_class = LlamaBlock
+    honours_yarn = False  # YaRN keys are read by the families tested with them (gpt-oss); the others keep plain RoPE
 
     def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
         c = config
@@ -106,7 +121,8 @@ class Llama:
         for index in range(c.n_layers):
             theta, scale, window = self.layer_attention(index)
             if (theta, scale) not in ropes:
-                ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style)
+                ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style,
+                                                      yarn=c.rope_yarn if self.honours_yarn else None)
             self.blocks.append(self.block_class(c, weights, index, ropes[theta, scale], window))
         self.output_norm = weights.vector("output_norm.weight", c.d_model)
         # Small models tie the output projection to the token embeddings.

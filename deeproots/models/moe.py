@@ -1,9 +1,10 @@
-"""A mixture of experts in place of a block's MLP (Mixtral, Qwen 2 / 3 MoE, OLMoE), by llama.cpp's tensor names.
+"""A mixture of experts in place of a block's MLP (Mixtral, Qwen 2 / 3 MoE, OLMoE, gpt-oss), by llama.cpp's names.
 
 A router (`ffn_gate_inp`) scores every expert for every token; each token goes to its top-k experts, whose gated
 MLPs (slices of the 3-d `ffn_{gate,up,down}_exps` tensors) are summed with the router's probabilities as weights.
 Qwen 2 MoE adds a shared expert (`ffn_{gate,up,down}_shexp`) that every token takes, scaled by a sigmoid gate of
-its own (`ffn_gate_inp_shexp`).
+its own (`ffn_gate_inp_shexp`). gpt-oss adds biases to the router (`ffn_gate_inp.bias`) and to every expert's
+products (`ffn_{gate,up,down}_exps.bias`, one row per expert); models/gpt_oss.py has its routing and gating.
 
 The products are grouped by expert: the rows routed to one expert are gathered and multiplied together, so a step
 reads only the weights of the experts some token chose, each once, and all the chosen experts of one matrix run in
@@ -41,6 +42,11 @@ class MixtureOfExperts:
         c, e = config, self.experts
         self.ops = weights.primitives
         self.ffn_gate_inp = weights.linear(prefix + "ffn_gate_inp.weight", c.d_model, e.count)  # (N, E) logits
+        self.ffn_gate_inp_bias = weights.optional_stack([prefix + "ffn_gate_inp.bias"], [e.count])  # (E,) or None
+        # per expert, the biases of gate and up side by side (E, 2 * expert ffn_dim) and of down (E, d_model); or None
+        self.gate_up_bias = _expert_biases(weights, [prefix + "ffn_gate_exps.bias", prefix + "ffn_up_exps.bias"],
+                                           e.count, [e.ffn_dim, e.ffn_dim])
+        self.down_bias = _expert_biases(weights, [prefix + "ffn_down_exps.bias"], e.count, [c.d_model])
         # per expert, gate and up in one product: (M, d_model) -> (M, 2 * expert ffn_dim)
         self.ffn_gate_up_exps = weights.expert_linears([prefix + "ffn_gate_exps.weight", prefix + "ffn_up_exps.weight"],
                                                        e.count, c.d_model, [e.ffn_dim, e.ffn_dim])
@@ -55,9 +61,20 @@ class MixtureOfExperts:
             out += self.shared(h)
         return out
 
+    def router_logits(self, h: np.ndarray) -> np.ndarray:
+        """(N, d_model) -> (N, n_experts), with the router's bias if it has one."""
+        logits = self.ffn_gate_inp(h)
+        if self.ffn_gate_inp_bias is not None:
+            logits += self.ffn_gate_inp_bias
+        return logits
+
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The experts each row of h (N, d_model) goes to and their weights: (N, top_k) ids and (N, top_k) float32."""
-        return route(self.ffn_gate_inp(h), self.experts.used_count, self.experts.normalize_weights)
+        return route(self.router_logits(h), self.experts.used_count, self.experts.normalize_weights)
+
+    def gate(self, gate_up: np.ndarray) -> np.ndarray:
+        """An expert's gating of its [gate | up] rows (M, 2 * expert ffn_dim) -> (M, expert ffn_dim): SiLU."""
+        return self.ops.silu_mul(gate_up)
 
     def experts_output(self, h: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """sum over k of weights[:, k] * expert ids[:, k](h): each chosen expert's product over its rows only, all
@@ -68,7 +85,11 @@ class MixtureOfExperts:
         starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))  # where each expert's rows begin, and N*k
         chosen = sorted_ids[starts[:-1]]  # ascending
         gate_up = self.ffn_gate_up_exps.grouped(h[order // k], chosen, starts)  # (N * k, 2 * expert ffn_dim)
-        expert_out = self.ffn_down_exps.grouped(self.ops.silu_mul(gate_up), chosen, starts)  # (N * k, d_model)
+        if self.gate_up_bias is not None:
+            gate_up += self.gate_up_bias[sorted_ids]  # each row its own expert's bias
+        expert_out = self.ffn_down_exps.grouped(self.gate(gate_up), chosen, starts)  # (N * k, d_model)
+        if self.down_bias is not None:
+            expert_out += self.down_bias[sorted_ids]
         expert_out *= weights.reshape(-1)[order, None]
         by_pair = np.empty_like(expert_out)
         by_pair[order] = expert_out  # back in (token, slot) order
@@ -92,6 +113,15 @@ class SharedExpert:
         with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: the sigmoid is then 0
             gate = 1.0 / (1.0 + np.exp(-self.ffn_gate_inp_shexp(h)))  # (N, 1)
         return gate * self.ffn_down_shexp(self.ops.silu_mul(self.ffn_gate_up_shexp(h)))
+
+
+def _expert_biases(weights: GGUFWeights, names: list[str], count: int, widths: list[int]) -> np.ndarray | None:
+    """Per-expert bias rows of the named 2-d tensors (count, widths[i]) side by side: (count, sum(widths)) float32,
+    or None when the file has none of them (a partial set is a ModelFormatError naming the missing one)."""
+    if not weights.has_all(names):
+        return None
+    return weights.backend.vector(np.concatenate([weights.tensor(name, (count, width))
+                                                  for name, width in zip(names, widths)], axis=1))
 
 
 def _expert_config(config: ModelConfig, weights: GGUFWeights, prefix: str) -> ExpertConfig:

@@ -15,6 +15,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "qwen2moe": ("deeproots.models.qwen", "Qwen"),  # experts and a shared expert: models/moe.py, from the tensors
     "qwen3moe": ("deeproots.models.qwen", "Qwen"),
     "olmoe": ("deeproots.models.olmoe", "Olmoe"),
+    "gpt-oss": ("deeproots.models.gpt_oss", "GptOss"),
 }
 # Files that name a sibling architecture with the same tensors and maths.
 ALIASES: dict[str, str] = {

@@ -62,14 +62,18 @@ class GGUFWeights:
         """A 1-d float32 tensor (a norm weight) (size,), where the backend's primitives read it."""
         return self.backend.vector(self.tensor(name, (size,)))
 
-    def optional_stack(self, names: list[str], sizes: list[int]) -> np.ndarray | None:
-        """1-d tensors (biases, norm weights) side by side as float32 (sum(sizes),); None when the file has none."""
+    def has_all(self, names: list[str]) -> bool:
+        """Whether the file has these optional sibling tensors: all (True) or none (False); some is an error."""
         present = [self.has(name) for name in names]
-        if not any(present):
-            return None
-        if not all(present):
+        if any(present) and not all(present):
             missing = names[present.index(False)]
             raise ModelFormatError(f"tensor {missing!r} is missing while its siblings are present", field=missing)
+        return all(present)
+
+    def optional_stack(self, names: list[str], sizes: list[int]) -> np.ndarray | None:
+        """1-d tensors (biases, norm weights) side by side as float32 (sum(sizes),); None when the file has none."""
+        if not self.has_all(names):
+            return None
         return self.backend.vector(np.concatenate([self.tensor(name, (size,)) for name, size in zip(names, sizes)]))
 
     def linear(self, name: str, in_features: int, out_features: int):

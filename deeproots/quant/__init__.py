@@ -5,7 +5,7 @@
 Importing the family modules registers their formats.
 """
 
-from . import float_types, kquants, legacy  # noqa: F401  (register the formats)
+from . import float_types, kquants, legacy, mxfp4  # noqa: F401  (register the formats)
 from .base import BlockFormat, Field, block_format, quantizable_types, supported_types
 from .tensors import dequantize, quantize
 from .types import GGMLType

@@ -32,7 +32,7 @@ class Arg:
     """How an argument of a valid call may be broken: `kind` is in (contiguous read), out (contiguous write), sin /
     sout (strided read / write: exact shape, contiguous last dimension), size (any other value is wrong), free (only
     `bad` values are wrong), float, caches (a tuple of 4-d cache arrays, written), weights (a tuple of contiguous
-    byte arrays, read)."""
+    byte arrays, read), optional in (as in, or None)."""
 
     kind: str
     bad: tuple = ()
@@ -95,9 +95,9 @@ def attention_call(rng, h: int, g: int, t: int, extra: int, d: int):
     length = t + extra
     q = randn(rng, t, h, d).transpose(1, 0, 2)  # (H, T, D) view of a (T, H, D) array, as decode passes
     k, v = randn(rng, g, length, d), randn(rng, g, length + 3, d)[:, 3:]  # v: a cache-like view of a longer buffer
-    args = [q, k, v, T_F32, h, g, t, length, d, 0.125, np.zeros((t, h * d), F32), 0]
+    args = [q, k, v, T_F32, h, g, t, length, d, 0.125, np.zeros((t, h * d), F32), 0, randn(rng, h)]
     kinds = [Arg("sin"), Arg("sin"), Arg("sin"), Arg("size"), Arg("size"), Arg("size"), Arg("size"), Arg("size"),
-             Arg("size"), Arg("float"), Arg("out"), Arg("free", (-1, 2**64, 1.5, None))]
+             Arg("size"), Arg("float"), Arg("out"), Arg("free", (-1, 2**64, 1.5, None)), Arg("optional in")]  # sinks
     return args, kinds
 
 
@@ -110,10 +110,12 @@ def attention_batch_call(rng, h: int, g: int, d: int, ts: list[int], offsets: li
     values = tuple(randn(rng, n_layers, g, max_tokens, d) for _ in ts)
     positions = max_tokens + 1
     cos, sin = randn(rng, positions, rope_dim // 2), randn(rng, positions, rope_dim // 2)
-    args = [desc, keys, values, 1, qkv, h, g, d, T_F32, 0.25, 0, np.zeros((n, h * d), F32), cos, sin, rope_dim, True]
+    args = [desc, keys, values, 1, qkv, h, g, d, T_F32, 0.25, 0, np.zeros((n, h * d), F32), cos, sin, rope_dim, True,
+            randn(rng, h)]
     kinds = [Arg("in"), Arg("caches"), Arg("caches"), Arg("free", (-1, n_layers, 2**40 + 1)), Arg("sout"),
              Arg("size"), Arg("size"), Arg("size"), Arg("size"), Arg("float"), Arg("free", (-1, 2**64, 1.5)),
-             Arg("out"), Arg("in"), Arg("in"), Arg("size"), Arg("free", (2, -1, None))]
+             Arg("out"), Arg("in"), Arg("in"), Arg("size"), Arg("free", (2, -1, None)),
+             Arg("optional in")]  # sinks
     return args, kinds
 
 
@@ -198,6 +200,8 @@ def bad_weights(weights: tuple) -> list:
 def bad_values(value, arg: Arg) -> list:
     if arg.kind in ("in", "out", "sin", "sout"):
         return bad_arrays(value, arg.kind)
+    if arg.kind == "optional in":  # as "in", but None (the default: none) is valid
+        return [bad for bad in bad_arrays(value, "in") if bad is not None]
     if arg.kind == "weights":
         return bad_weights(value)
     if arg.kind == "caches":
@@ -314,15 +318,16 @@ def test_linear_matches_numpy(t, k, n):
 def test_attention_matches_numpy(h, g, t, extra, d):
     args, _ = attention_call(np.random.default_rng(h + t + extra + d), h, g, t, extra, d)
     call("attention", args)
-    q, k, v, scale, out = args[0].astype(np.float64), args[1], args[2], args[9], args[10]
+    q, k, v, scale, out, sinks = args[0].astype(np.float64), args[1], args[2], args[9], args[10], args[12]
     length = t + extra
     want = np.empty((t, h, d))
     for head in range(h):
         kv = head // (h // g)
         scores = scale * q[head] @ k[kv].T  # (T, L)
         scores[np.arange(length)[None, :] > np.arange(length - t, length)[:, None]] = -np.inf  # causal
-        p = np.exp(scores - scores.max(axis=1, keepdims=True))
-        want[:, head] = (p / p.sum(axis=1, keepdims=True)) @ v[kv]
+        top = np.maximum(scores.max(axis=1, keepdims=True), sinks[head])  # the sink joins the denominator only
+        p = np.exp(scores - top)
+        want[:, head] = (p / (p.sum(axis=1, keepdims=True) + np.exp(sinks[head] - top))) @ v[kv]
     np.testing.assert_allclose(out, want.reshape(t, h * d), rtol=1e-5, atol=1e-6)
 
 

@@ -269,3 +269,21 @@ def test_packed_weight_keeps_the_file_size():
     weight = pack_weight(raw, Q.Q4_1, (576, 1536))
     assert isinstance(weight, PackedWeight) and weight.nbytes == raw.nbytes
     assert weight.data.ctypes.data % 64 == 0 and not weight.data.flags.writeable
+
+
+@pytest.mark.parametrize("t, k, n", [(1, 64, 17), (7, 576, 40), (64, 2880, 3)])
+def test_mxfp4_runs_as_q8_0_within_the_bound(t, k, n):
+    """gpt-oss's MXFP4 experts, as the CPU backend packs them (Q8_0 blocks of the same values), against x @ W.T in
+    float64 over gguf-py's dequantization of the MXFP4 bytes."""
+    import gguf  # the test extra's independent dequantizer
+
+    from deeproots.quant.mxfp4 import mxfp4_as_q8_0
+
+    rng = np.random.default_rng(t + k + n)
+    raw = rng.integers(0, 256, (n, k // 32, 17), dtype=np.uint8)
+    raw[..., 0] = rng.integers(118, 126, raw.shape[:2])  # 2^-10 .. 2^-3, as trained weights
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = gguf.quants.dequantize(raw.reshape(n, -1), gguf.GGMLQuantizationType.MXFP4).astype(np.float64)  # (N, K)
+    repacked = mxfp4_as_q8_0(raw).reshape(n, -1)
+    np.testing.assert_array_equal(reference_linear(x, repacked, Q.Q8_0, (k, n)), x.astype(np.float64) @ w.T)
+    check_raw(Q.Q8_0, repacked, x)

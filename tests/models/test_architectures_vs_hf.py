@@ -69,6 +69,9 @@ CONVERTED_BOUNDS = {"f32": (1e-4, 1.0), "f16": (1e-2, 0.95), "q8_0": (0.2, 0.85)
 # rounding of each other switches expert (seen on OLMoE, its router kept in F32: at 1 token-layer of TEXT, max |diff|
 # 0.19 there, 0.04 elsewhere).
 MOE_CONVERTED_BOUNDS = {**CONVERTED_BOUNDS, "q8_0": (0.4, 0.85)}
+# gpt-oss's tiny checkpoint is more sensitive still: its router has a near-tie at token 1 (a 1e-3 change of that
+# token's embedding moves transformers' own logits by 0.83 from there on, through attention), which q8_0 tips.
+CONVERTED_BOUNDS_OF = {"gpt_oss": {**MOE_CONVERTED_BOUNDS, "q8_0": (1.0, 0.85)}}
 
 
 @pytest.mark.parametrize("target", sorted(CONVERTED_BOUNDS))
@@ -80,8 +83,9 @@ def test_converted_gguf_matches_transformers(checkpoint, target, tmp_path):
     ids = model.tokenize(TEXT)
     max_diff, top1 = compare(model.logits(ids), hf_logits(hf_model, ids))
     print(f"\n{target}: max |diff| {max_diff:.2e}, top-1 {top1:.3f}")
-    moe = hf_model.config.model_type in MOE_ARCHITECTURES
-    diff_bound, top1_bound = (MOE_CONVERTED_BOUNDS if moe else CONVERTED_BOUNDS)[target]
+    model_type = hf_model.config.model_type
+    bounds = MOE_CONVERTED_BOUNDS if model_type in MOE_ARCHITECTURES else CONVERTED_BOUNDS
+    diff_bound, top1_bound = CONVERTED_BOUNDS_OF.get(model_type, bounds)[target]
     assert max_diff < diff_bound
     assert top1 >= top1_bound
 

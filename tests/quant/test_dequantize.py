@@ -16,6 +16,7 @@ FORMATS = [
     GGMLType.F32, GGMLType.F16, GGMLType.BF16,
     GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
     GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+    GGMLType.MXFP4,
 ]  # fmt: skip
 
 # Byte offsets of the f16 scale fields in each block, from the structs in ggml-common.h.
@@ -30,6 +31,7 @@ F16_SCALE_OFFSETS = {
     GGMLType.Q4_K: (0, 2),
     GGMLType.Q5_K: (0, 2),
     GGMLType.Q6_K: (128 + 64 + 16,),
+    GGMLType.MXFP4: (),  # its scale is the E8M0 byte 0: see finite_blocks
 }
 
 
@@ -69,6 +71,8 @@ def finite_blocks(ggml_type: GGMLType, n_blocks: int, rng: np.random.Generator) 
     for offset in F16_SCALE_OFFSETS[ggml_type]:
         scales = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16)
         blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    if ggml_type == GGMLType.MXFP4:
+        blocks[:, 0] = rng.integers(100, 140, n_blocks)  # 2^-28 .. 2^11: no overflow to inf
     return blocks.reshape(-1)
 
 
@@ -126,6 +130,14 @@ def test_q4_0_by_hand():
     block = np.concatenate([np.float16(2.0).reshape(1).view(np.uint8), [j | (15 - j) << 4 for j in range(16)]])
     expected = [2.0 * (j - 8) for j in range(16)] + [2.0 * (7 - j) for j in range(16)]
     np.testing.assert_array_equal(dequantize(block.astype(np.uint8), GGMLType.Q4_0, (32,)), expected)
+
+
+def test_mxfp4_by_hand():
+    """e = 129 scales the doubled e2m1 levels by 2^(129 - 128) = 2: codes 0..15 then 15..0."""
+    block = np.array([129] + [j | (15 - j) << 4 for j in range(16)], np.uint8)
+    levels = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]  # OCP MX spec's e2m1 values, doubled
+    expected = [2.0 * levels[j] for j in range(16)] + [2.0 * levels[15 - j] for j in range(16)]
+    np.testing.assert_array_equal(dequantize(block, GGMLType.MXFP4, (32,)), expected)
 
 
 def test_reads_a_memmap(tmp_path):
@@ -187,3 +199,22 @@ def test_unknown_type_number_is_unsupported():
 
 def test_empty_tensor_gives_empty_values():
     assert dequantize(np.zeros(0, np.uint8), GGMLType.Q8_0, (32, 0)).shape == (0, 32)
+
+
+@pytest.mark.parametrize("exponents, exact", [((104, 147), True), ((60, 104), False), ((147, 200), False)])
+def test_mxfp4_as_q8_0_keeps_the_values(exponents, exact):
+    """gguf-py reads the Q8_0 blocks as the MXFP4 ones: bit for bit with the exponents f16 covers, else within its
+    documented rounding (below 2^-24: an error under 2^-25) or clipping (above)."""
+    from deeproots.quant.mxfp4 import mxfp4_as_q8_0
+
+    rng = np.random.default_rng(exponents[0])
+    raw = rng.integers(0, 256, (64, 17), dtype=np.uint8)
+    raw[:, 0] = rng.integers(*exponents, 64)
+    expected = gguf_dequantize(raw.reshape(-1), GGMLType.MXFP4, 1)[0]
+    ours = gguf_dequantize(mxfp4_as_q8_0(raw), GGMLType.Q8_0, 1)[0]
+    if exact:
+        assert_bit_exact(ours, expected)
+    elif exponents[0] < 104:
+        assert np.abs(ours - expected).max() <= 2.0**-25
+    else:
+        assert (np.abs(ours) <= np.abs(expected)).all() and (np.sign(ours) * np.sign(expected) >= 0).all()

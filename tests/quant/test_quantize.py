@@ -16,7 +16,7 @@ from deeproots.quant.scale_search import scale_and_min, symmetric_scale
 # Formats gguf-py can quantize: ours must produce the same bytes.
 GGUF_QUANTIZABLE = [
     GGMLType.F32, GGMLType.F16, GGMLType.BF16,
-    GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+    GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.MXFP4,
 ]  # fmt: skip
 
 

@@ -70,9 +70,11 @@ INLINE float dot_row(const int type, const int64_t D, const float *q, const uint
 }
 
 /* out (D) = sum_j softmax_j(scale * q . k_j) v_j over keys j in [first, n); k and v point at key 0, rows `k_row` and
- * `v_row` bytes apart. out doubles as the running accumulator. */
+ * `v_row` bytes apart. `sink` (or NULL): a logit that joins the softmax's sum with no value. out doubles as the
+ * running accumulator. */
 INLINE void attend_row(const int type, const int64_t D, const float *q, const uint8_t *k, int64_t k_row,
-                       const uint8_t *v, int64_t v_row, int64_t first, int64_t n, float scale, float *out)
+                       const uint8_t *v, int64_t v_row, int64_t first, int64_t n, float scale, const float *sink,
+                       float *out)
 {
     float m = -INFINITY, l = 0.0f; /* running max of the scores, running sum of exp(score - m) */
     for (int64_t d = 0; d < D; d++)
@@ -116,6 +118,12 @@ INLINE void attend_row(const int type, const int64_t D, const float *q, const ui
         }
         m = m_new;
     }
+    if (sink) { /* one more term of the sum, rescaled like a chunk's when it exceeds the running max */
+        const float m_new = *sink > m ? *sink : m, alpha = expf(m - m_new);
+        l = l * alpha + expf(*sink - m_new);
+        for (int64_t d = 0; d < D; d++)
+            out[d] *= alpha;
+    }
     for (int64_t d = 0; d < D; d++)
         out[d] /= l;
 }
@@ -128,7 +136,8 @@ INLINE void attend_unit(const attn_t *a, const int type, const int64_t D, int64_
     const int64_t i = u / a->n_heads, h = u % a->n_heads, g = h / group;
     const int64_t n = a->L - a->T + i + 1, first = a->window && n > a->window ? n - a->window : 0;
     attend_row(type, D, a->q + h * a->q_head + i * a->q_row, a->k + g * a->k_head * es, a->k_row * es,
-               a->v + g * a->v_head * es, a->v_row * es, first, n, a->scale, a->out + (i * a->n_heads + h) * D);
+               a->v + g * a->v_head * es, a->v_row * es, first, n, a->scale, a->sinks ? a->sinks + h : NULL,
+               a->out + (i * a->n_heads + h) * D);
 }
 
 /* Units u = part, part + parts, ... of the B calls a[0 .. B) taken as one list of units, call after call:

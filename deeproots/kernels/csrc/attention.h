@@ -17,11 +17,13 @@ typedef struct {
     float scale;
     float *out;                /* (T, n_heads * D), contiguous */
     int64_t window;            /* keys a row sees, counting its own (sliding-window attention); 0: all */
+    const float *sinks;        /* (n_heads,) a logit per head joining each row's softmax denominator with no value
+                                  (gpt-oss's attention sinks), or NULL: none */
 } attn_t;
 
 /* out[i, h*D : (h+1)*D] = softmax_j(scale * q[h, i] . k[g, j]) @ v[g, j] over keys p - window < j <= p, where
- * p = L - T + i, g = h / (n_heads / n_kv_heads), on up to `threads` threads; each row's result is independent of T
- * and threads. */
+ * p = L - T + i, g = h / (n_heads / n_kv_heads) (with sinks, exp(sinks[h]) joins the softmax's sum), on up to
+ * `threads` threads; each row's result is independent of T and threads. */
 void attention_run(const attn_t *a, int threads);
 
 /* attention_run of the B calls a[0 .. B) (all of one kv_type and D) at once: their (call, head, row) units go to the

@@ -662,7 +662,20 @@ static int kv_type_arg(const char *fn, PyObject *o, int64_t D, int *type, int64_
                 QBLOCK, (long long)v, (long long)D);
 }
 
-/* attention(q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window): the fields of attn_t (attention.h).
+/* An optional sinks argument: None (*sinks = NULL), or (n_heads,) float32, C-contiguous, viewed in *view. */
+static int get_sinks(const char *fn, PyObject *o, int64_t H, Py_buffer *view, const float **sinks)
+{
+    *sinks = NULL;
+    if (o == Py_None)
+        return 0;
+    if (get_contiguous(fn, "sinks", o, F32, 0, mul(H, 4), view))
+        return -1;
+    *sinks = view->buf;
+    return 0;
+}
+
+/* attention(q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window, sinks): the fields of attn_t
+ * (attention.h).
  * q (n_heads, T, D) float32 and k, v (n_kv_heads, L, row) of the kv type's format, each with a contiguous last
  * dimension and any other strides (the kernel steps with the views' own); out (T, n_heads * D) float32, C-contiguous,
  * written. */
@@ -673,7 +686,7 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     int64_t H = 0, G = 0, T = 0, L = 0, D = 0, row = 0, window = 0;
     int type = 0;
     double scale = 0.0;
-    if (arg_count(fn, nargs, 12, "q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window") ||
+    if (arg_count(fn, nargs, 13, "q, k, v, kv_type, n_heads, n_kv_heads, T, L, D, scale, out, window, sinks") ||
         size_arg(fn, "n_heads", args[4], 1, &H) || size_arg(fn, "n_kv_heads", args[5], 1, &G) ||
         size_arg(fn, "T", args[6], 0, &T) || size_arg(fn, "L", args[7], 0, &L) || size_arg(fn, "D", args[8], 1, &D) ||
         kv_type_arg(fn, args[3], D, &type, &row) || float_arg(fn, "scale", args[9], &scale) ||
@@ -686,23 +699,26 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     const int64_t q_shape[3] = {H, T, D}, kv_shape[3] = {G, L, row};
     int64_t qs[3], ks[3], vs[3];
-    Py_buffer b[4] = {{0}};
+    Py_buffer b[5] = {{0}};
+    const float *sinks = NULL;
     if (get_strided(fn, "q", args[0], F32, 0, 3, q_shape, qs, &b[0]) ||
         get_strided(fn, "k", args[1], kv_format(type), 0, 3, kv_shape, ks, &b[1]) ||
         get_strided(fn, "v", args[2], kv_format(type), 0, 3, kv_shape, vs, &b[2]) ||
-        get_contiguous(fn, "out", args[10], F32, 1, mul(mul(T, H), mul(D, 4)), &b[3])) {
-        release(b, 4);
+        get_contiguous(fn, "out", args[10], F32, 1, mul(mul(T, H), mul(D, 4)), &b[3]) ||
+        get_sinks(fn, args[12], H, &b[4], &sinks)) {
+        release(b, 5);
         return NULL;
     }
     const attn_t a = {.q = b[0].buf, .q_head = qs[0], .q_row = qs[1], .k = b[1].buf, .k_head = ks[0], .k_row = ks[1],
                       .v = b[2].buf, .v_head = vs[0], .v_row = vs[1], .kv_type = type, .n_heads = H, .n_kv_heads = G,
-                      .T = T, .L = L, .D = D, .scale = (float)scale, .out = b[3].buf, .window = window};
+                      .T = T, .L = L, .D = D, .scale = (float)scale, .out = b[3].buf, .window = window,
+                      .sinks = sinks};
     if (T > 0) {
         Py_BEGIN_ALLOW_THREADS
         attention_run(&a, n_threads);
         Py_END_ALLOW_THREADS
     }
-    release(b, 4);
+    release(b, 5);
     Py_RETURN_NONE;
 }
 
@@ -719,7 +735,7 @@ typedef struct {
     int type;
     double scale;
     float *qkv, *out;
-    const float *cos, *sin;
+    const float *cos, *sin, *sinks;
     batch_seq_t *seqs;
 } batch_args_t;
 
@@ -784,7 +800,7 @@ static void batch_run(const batch_args_t *a, attn_t *attn)
         attn[b] = (attn_t){.q = x, .q_head = D, .q_row = a->qkv_row, .k = k, .k_head = head, .k_row = row, .v = v,
                            .v_head = head, .v_row = row, .kv_type = a->type, .n_heads = H, .n_kv_heads = G, .T = s->T,
                            .L = s->offset + s->T, .D = D, .scale = (float)a->scale, .out = a->out + s->row0 * H * D,
-                           .window = a->window};
+                           .window = a->window, .sinks = a->sinks};
     }
     attention_batch_run(attn, a->B, n_threads);
 }
@@ -806,14 +822,16 @@ static int batch_scalars(const char *fn, PyObject *const *args, batch_args_t *a)
 
 /* The arrays of attention_batch but the caches: qkv (N, n_heads + 2 n_kv_heads, D) float32, written, heads side by
  * side, rows any whole number of floats apart; out (N, n_heads * D) float32, C-contiguous, written; cos and sin
- * (positions, rope_dim / 2) float32, C-contiguous. b[0 .. 4) get their views. */
+ * (positions, rope_dim / 2) float32, C-contiguous; sinks None or (n_heads,) float32. b[0 .. 4) and b[5 + 2 B] get
+ * their views. */
 static int batch_arrays(const char *fn, PyObject *const *args, int64_t N, batch_args_t *a, Py_buffer *b)
 {
     const int64_t heads = a->H + 2 * a->G, qkv_shape[3] = {N, heads, a->D}, half = a->rope_dim / 2;
     int64_t qs[3];
     if (get_strided(fn, "qkv", args[4], F32, 1, 3, qkv_shape, qs, &b[0]) ||
         get_contiguous(fn, "out", args[11], F32, 1, mul(mul(N, a->H), mul(a->D, 4)), &b[1]) ||
-        get_tables(fn, args[12], args[13], half, &b[2], &a->positions))
+        get_tables(fn, args[12], args[13], half, &b[2], &a->positions) ||
+        get_sinks(fn, args[16], a->H, &b[5 + 2 * a->B], &a->sinks))
         return -1;
     if (qs[1] != 0 && qs[1] != a->D)
         return fail(fn, "qkv's heads must lie side by side (a head stride of D = %lld floats), got %lld",
@@ -824,19 +842,20 @@ static int batch_arrays(const char *fn, PyObject *const *args, int64_t N, batch_
 }
 
 /* attention_batch(desc, keys, values, layer, qkv, n_heads, n_kv_heads, D, kv_type, scale, window, out, cos, sin,
- * rope_dim, interleaved): one layer's attention for B sequences packed in qkv (N, n_heads + 2 n_kv_heads, D), the
- * rows of each after the previous one's. desc is B x 2 int64: each sequence's row count T and cache offset; keys and
- * values are tuples of each sequence's cache arrays (n_layers, n_kv_heads, max_tokens, row), C-contiguous. Per
- * sequence, as rope, the cache update and attention do one by one: RoPE on its q and k heads (positions offset ..),
- * its k and v rows stored at the cache offset, then attention of its rows over keys 0 .. offset + T into out
- * (N, n_heads * D) at its first row; the attention of all sequences runs as one dispatch. */
+ * rope_dim, interleaved, sinks): one layer's attention for B sequences packed in qkv (N, n_heads + 2 n_kv_heads,
+ * D), the rows of each after the previous one's; sinks None or (n_heads,) float32 (attention.h). desc is B x 2
+ * int64: each sequence's row count T and cache offset; keys and values are tuples of each sequence's cache arrays
+ * (n_layers, n_kv_heads, max_tokens, row), C-contiguous. Per sequence, as rope, the cache update and attention
+ * do one by one: RoPE on its q and k heads (positions offset ..), its k and v rows stored at the cache offset,
+ * then attention of its rows over keys 0 .. offset + T into out (N, n_heads * D) at its first row; the attention
+ * of all sequences runs as one dispatch. */
 static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     static const char fn[] = "attention_batch";
     batch_args_t a = {0};
-    if (arg_count(fn, nargs, 16, "desc, keys, values, layer, qkv, n_heads, n_kv_heads, D, kv_type, scale, window, "
-                                 "out, cos, sin, rope_dim, interleaved") ||
+    if (arg_count(fn, nargs, 17, "desc, keys, values, layer, qkv, n_heads, n_kv_heads, D, kv_type, scale, window, "
+                                 "out, cos, sin, rope_dim, interleaved, sinks") ||
         batch_scalars(fn, args, &a))
         return NULL;
     PyObject *keys = args[1], *values = args[2];
@@ -851,7 +870,8 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
         return NULL;
     }
     const Py_ssize_t B = PyTuple_GET_SIZE(keys);
-    Py_buffer *b = calloc((size_t)(5 + 2 * B), sizeof *b); /* qkv, out, cos, sin, desc, then B keys and B values */
+    /* qkv, out, cos, sin, desc, then B keys and B values, then sinks */
+    Py_buffer *b = calloc((size_t)(6 + 2 * B), sizeof *b);
     a.seqs = calloc((size_t)(B > 0 ? B : 1), sizeof *a.seqs);
     attn_t *attn = malloc((size_t)(B > 0 ? B : 1) * sizeof *attn);
     PyObject *result = NULL;
@@ -880,7 +900,7 @@ static PyObject *py_attention_batch(PyObject *self, PyObject *const *args, Py_ss
     Py_INCREF(result);
 done:
     if (b)
-        release(b, 5 + 2 * B);
+        release(b, 6 + 2 * B);
     free(b);
     free(a.seqs);
     free(attn);
