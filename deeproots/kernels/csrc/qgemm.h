@@ -97,6 +97,17 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K,
 /* out[t, 16g + r] for groups [g0, g1) and every token of a; out is (T, N) row-major. */
 void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
 
+/* AMX-INT8 (qgemm_amx.c). amx_init requests the tile state once (CPUID, then arch_prctl) and returns a status:
+ * "amx-int8" when usable, else "off: <why>". */
+const char *amx_init(void);
+int amx_usable(void);
+/* AMX runs calls of at least n tokens (0: never); the caller checks amx_usable first. */
+void amx_set_min_tokens(int64_t n);
+int64_t amx_min_tokens(void);
+
+/* qgemm_groups, with AMX for whole tiles of 16 tokens where enabled (bit-identical results, see qgemm_amx.c). */
+void qgemm_run(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
+
 /* Float weights (N, K) row-major: out[t, n] for rows [n0, n1). */
 void fgemm_rows(int type, const void *w, int64_t n0, int64_t n1, int64_t N, int64_t K,
                 const float *x, int64_t T, float *out);

@@ -1,0 +1,372 @@
+/* AMX-INT8 products over the packed layouts of qgemm.h, for whole tiles of 16 tokens (prefill).
+ *
+ * A packed byte tile (8 vectors of 64 bytes, vector k lane r = values 4k..4k+3 of row r) is exactly the B operand
+ * of TDPBSSD with N = 16 columns and K = 32: one instruction multiplies a 32-value block of 16 weight rows by the
+ * same block of 16 tokens. A group's blocks are unpacked once into this thread's buffer as signed bytes (offsets
+ * removed: Q4_0 - 8, Q8_0 ^ 0x80, Q6_K - 32) with their per-row float scales, then reused for every token tile.
+ *
+ * Same bits as the VNNI path (qgemm_avx512.c): each block's integer sum is exact in both, and it is converted,
+ * scaled by the same product dw * dx and accumulated block by block in the same order with the same FMAs, so each
+ * output is bit-identical whichever path (and whichever tile position) computed it. Q6_K's two 16-value halves have
+ * their own scales, so it runs two K = 16 products per block, as the VNNI path sums its halves separately.
+ *
+ * Tiles: C0/C1 (tmm0/1, 16 x 16 int32) alternate between even and odd blocks, with their A (tmm2/3) and B (tmm4/5)
+ * operands, so a block's product runs while the previous block's result is scaled with AVX-512.
+ */
+#define _GNU_SOURCE /* syscall */
+#include "qgemm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AMX_TILE_TOKENS 16
+
+#if defined(ISA_AVX512) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
+#include <cpuid.h>
+#include <errno.h>
+#include <immintrin.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_GET_XCOMP_PERM 0x1022
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define TOKEN_CHUNK 128 /* token tiles that share one unpacking of a group: their activations stay in L2 */
+#define INLINE static inline __attribute__((always_inline))
+
+static char status[96] = "not initialized";
+static int usable;
+
+/* CPUID and the kernel's permission for the tile state; returns 1 when AMX-INT8 may run, else status says why. */
+static int request_amx(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 25))) {
+        snprintf(status, sizeof status, "off: the CPU lacks amx-tile/amx-int8 (CPUID 7.0 EDX bits 24, 25)");
+        return 0;
+    }
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
+        snprintf(status, sizeof status, "off: the kernel refused the AMX tile state (arch_prctl: errno %d)", errno);
+        return 0;
+    }
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) != 0 || !(perm & (1ul << XFEATURE_XTILEDATA))) {
+        snprintf(status, sizeof status, "off: the kernel did not grant the AMX tile state");
+        return 0;
+    }
+    snprintf(status, sizeof status, "amx-int8");
+    return 1;
+}
+
+const char *amx_init(void)
+{
+    usable = request_amx();
+    return status;
+}
+
+int amx_usable(void) { return usable; }
+
+/* The group buffer: bytes (nb, 8, 64) signed, then per block 16 floats each of dw, mw (minimum) and dw2 (Q6_K). */
+static _Thread_local struct {
+    uint8_t *p;
+    size_t size;
+} group_buf;
+
+static uint8_t *group_buffer(size_t size)
+{
+    if (size > group_buf.size) {
+        free(group_buf.p);
+        group_buf.p = aligned_alloc(64, (size + 4095) & ~(size_t)4095);
+        group_buf.size = group_buf.p ? size : 0;
+    }
+    return group_buf.p;
+}
+
+typedef struct {
+    int8_t *q;   /* (nb, 8, 64) values as signed bytes, in the B tile layout */
+    float *dw;   /* (nb, 16) per-row scale (Q6_K: values 0..15 of the block) */
+    float *mw;   /* (nb, 16) per-row minimum (Q4_1, Q4_K, Q5_K) */
+    float *dw2;  /* (nb, 16) Q6_K: per-row scale of values 16..31 */
+} group_t;
+
+INLINE __m512 f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+INLINE __m512 bytes_as_floats(const uint8_t *p, int is_signed)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
+}
+
+/* Byte vectors k = 0..7 of a nibble tile's block: vector p's low nibbles are k = p, its high nibbles k = p + 4. */
+INLINE void nibbles_to_bytes(const uint8_t *tile, __m512i v[8])
+{
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int p = 0; p < 4; p++) {
+        const __m512i n = _mm512_loadu_si512(tile + 64 * p);
+        v[p] = _mm512_and_si512(n, low4);
+        v[p + 4] = _mm512_and_si512(_mm512_srli_epi16(n, 4), low4);
+    }
+}
+
+/* v[k] += (bits `width` wide at position shift(k) of h[k / per]) << 4: Q5_K's bit 4, Q6_K's bits 4..5. */
+INLINE void add_high_bits(const uint8_t *h, int width, __m512i v[8])
+{
+    const int per = 8 / width; /* byte vectors per high-bit vector */
+    const __m512i mask = _mm512_set1_epi8((char)((1 << width) - 1));
+    for (int k = 0; k < 8; k++) {
+        const __m512i bits = _mm512_loadu_si512(h + 64 * (k / per));
+        const __m512i field = _mm512_and_si512(_mm512_srli_epi16(bits, width * (k % per)), mask);
+        v[k] = _mm512_or_si512(v[k], _mm512_slli_epi16(field, 4)); /* field < 4: no bit crosses its byte */
+    }
+}
+
+/* Unpack block b of group w into g (scales computed as the VNNI path's load_block does, for the same bits). */
+INLINE void unpack_block(const int type, const uint8_t *w, int64_t b, const group_t *g)
+{
+    __m512i v[8];
+    int offset = 0;
+    float *dw = g->dw + 16 * b, *mw = g->mw + 16 * b, *dw2 = g->dw2 + 16 * b;
+    switch (type) {
+    case T_Q4_0: {
+        const uint8_t *r = w + b * REC_Q4_0;
+        _mm512_storeu_ps(dw, f16x16(r));
+        nibbles_to_bytes(r + F16_ROWS, v);
+        offset = 8;
+        break;
+    }
+    case T_Q4_1: {
+        const uint8_t *r = w + b * REC_Q4_1;
+        _mm512_storeu_ps(dw, f16x16(r));
+        _mm512_storeu_ps(mw, f16x16(r + F16_ROWS));
+        nibbles_to_bytes(r + 2 * F16_ROWS, v);
+        break;
+    }
+    case T_Q8_0: {
+        const uint8_t *r = w + b * REC_Q8_0;
+        _mm512_storeu_ps(dw, f16x16(r));
+        for (int k = 0; k < 8; k++)
+            v[k] = _mm512_loadu_si512(r + F16_ROWS + 64 * k);
+        offset = 128; /* q ^ 0x80 = q + 128 (mod 256) */
+        break;
+    }
+    case T_Q4_K:
+    case T_Q5_K: {
+        const int64_t sub = type == T_Q4_K ? SUB_Q4_K : SUB_Q5_K;
+        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q4_K, sub);
+        const int j = (int)(b % SUBBLOCKS);
+        _mm512_storeu_ps(dw, _mm512_mul_ps(f16x16(s), bytes_as_floats(s + 2 * F16_ROWS + ROWS * j, 0)));
+        _mm512_storeu_ps(mw, _mm512_mul_ps(f16x16(s + F16_ROWS),
+                                           bytes_as_floats(s + 2 * F16_ROWS + KQ_SCALES + ROWS * j, 0)));
+        nibbles_to_bytes(s + HDR_Q4_K + sub * j, v);
+        if (type == T_Q5_K)
+            add_high_bits(s + HDR_Q4_K + sub * j + NIBBLE_TILE, 1, v);
+        break;
+    }
+    case T_Q6_K: {
+        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q6_K, SUB_Q6_K);
+        const int j = (int)(b % SUBBLOCKS);
+        const __m512 d = f16x16(s);
+        _mm512_storeu_ps(dw, _mm512_mul_ps(d, bytes_as_floats(s + F16_ROWS + ROWS * (2 * j), 1)));
+        _mm512_storeu_ps(dw2, _mm512_mul_ps(d, bytes_as_floats(s + F16_ROWS + ROWS * (2 * j + 1), 1)));
+        nibbles_to_bytes(s + HDR_Q6_K + SUB_Q6_K * j, v);
+        add_high_bits(s + HDR_Q6_K + SUB_Q6_K * j + NIBBLE_TILE, 2, v);
+        offset = 32;
+        break;
+    }
+    }
+    const __m512i o = _mm512_set1_epi8((char)offset);
+    for (int k = 0; k < 8; k++)
+        _mm512_storeu_si512(g->q + BYTE_TILE * b + 64 * k, _mm512_sub_epi8(v[k], o));
+}
+
+/* Tile configuration (palette 1): C 16 x 64 B; A 16 tokens x `a_bytes`; B `a_bytes` / 4 rows x 64 B. */
+static void configure(int a_bytes)
+{
+    _Alignas(64) uint8_t cfg[64] = {0};
+    uint16_t *colsb = (uint16_t *)(cfg + 16);
+    uint8_t *rows = cfg + 48;
+    cfg[0] = 1;
+    for (int t = 0; t < 6; t++) {
+        const int is_a = t == 2 || t == 3, is_b = t == 4 || t == 5;
+        colsb[t] = (uint16_t)(is_a ? a_bytes : 64);
+        rows[t] = (uint8_t)(is_b ? a_bytes / 4 : 16);
+    }
+    _tile_loadconfig(cfg);
+}
+
+/* acc[m] (token m0 + m, 16 rows) += block b's int32 sums c (16 x 16) scaled as in the VNNI path's block_dot, for 8
+ * tokens (two calls per tile: 8 accumulators fit the registers where an array of 16 is kept on the stack). */
+INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, const group_t *g, const act_t *a,
+                        int64_t t0, int m0, int64_t b, __m512 acc[8])
+{
+    const __m512 dw = _mm512_loadu_ps(g->dw + 16 * b);
+    for (int m = 0; m < 8; m++) {
+        const int64_t tb = (t0 + m0 + m) * a->nb + b;
+        const __m512 dx = _mm512_set1_ps(a->d[tb]);
+        const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * (m0 + m)));
+        acc[m] = _mm512_fmadd_ps(isum, _mm512_mul_ps(dw, dx), acc[m]);
+        if (type == T_Q4_1)
+            acc[m] = _mm512_fmadd_ps(_mm512_loadu_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+        else if (type == T_Q4_K || type == T_Q5_K)
+            acc[m] = _mm512_fnmadd_ps(_mm512_loadu_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+        else if (type == T_Q6_K)
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c2 + 16 * (m0 + m))),
+                                     _mm512_mul_ps(_mm512_loadu_ps(g->dw2 + 16 * b), dx), acc[m]);
+    }
+}
+
+/* Block b's product for tokens t0..t0+15 on tiles C, A, B = tmm c_, a_, b_ (literal tile numbers: the tile
+ * instructions take them as immediates). */
+#define BLOCK_PRODUCT(c_, a_, b_, b)                                                                                  \
+    do {                                                                                                              \
+        _tile_zero(c_);                                                                                               \
+        _tile_loadd(a_, a->q + t0 * a->K + (b) * QBLOCK, a->K);                                                      \
+        _tile_loadd(b_, g->q + BYTE_TILE * (b), 64);                                                                  \
+        _tile_dpbssd(c_, a_, b_);                                                                                     \
+    } while (0)
+
+/* Q6_K: the block's two halves (values 0..15, 16..31) on C0/A0/B0 = tmm0/2/4 and C1/A1/B1 = tmm1/3/5. */
+#define HALVES_PRODUCT(b)                                                                                             \
+    do {                                                                                                              \
+        const int8_t *xq = a->q + t0 * a->K + (b) * QBLOCK, *wq = g->q + BYTE_TILE * (b);                            \
+        _tile_zero(0);                                                                                                \
+        _tile_zero(1);                                                                                                \
+        _tile_loadd(2, xq, a->K);                                                                                     \
+        _tile_loadd(4, wq, 64);                                                                                       \
+        _tile_loadd(3, xq + 16, a->K);                                                                                \
+        _tile_loadd(5, wq + 256, 64);                                                                                 \
+        _tile_dpbssd(0, 2, 4);                                                                                        \
+        _tile_dpbssd(1, 3, 5);                                                                                        \
+    } while (0)
+
+#define SCALE(c, c2, b)                                                                                               \
+    do {                                                                                                              \
+        scale_block(type, c, c2, g, a, t0, 0, b, acc0);                                                               \
+        scale_block(type, c, c2, g, a, t0, 8, b, acc1);                                                               \
+    } while (0)
+
+/* Tokens [t0, t0 + 16) against unpacked group g; out points at the group's first column. Even blocks run on
+ * tmm0/2/4, odd ones on tmm1/3/5: block b + 1's product is issued before block b's result is scaled, and stored
+ * after it, so the tile unit and the vector units work at the same time. */
+INLINE void token_tile(const int type, const group_t *g, const act_t *a, int64_t t0, float *out, int64_t N,
+                       __mmask16 rows)
+{
+    _Alignas(64) int32_t c[2][256];
+    __m512 acc0[8], acc1[8];
+    for (int m = 0; m < 8; m++)
+        acc0[m] = acc1[m] = _mm512_setzero_ps();
+    const int64_t nb = a->nb;
+    if (type == T_Q6_K) {
+        for (int64_t b = 0; b < nb; b++) {
+            HALVES_PRODUCT(b);
+            _tile_stored(0, c[0], 64);
+            _tile_stored(1, c[1], 64);
+            SCALE(c[0], c[1], b);
+        }
+    } else {
+        BLOCK_PRODUCT(0, 2, 4, 0);
+        _tile_stored(0, c[0], 64);
+        for (int64_t b = 0; b < nb; b += 2) {
+            if (b + 1 < nb)
+                BLOCK_PRODUCT(1, 3, 5, b + 1);
+            SCALE(c[0], 0, b);
+            if (b + 1 >= nb)
+                break;
+            _tile_stored(1, c[1], 64);
+            if (b + 2 < nb)
+                BLOCK_PRODUCT(0, 2, 4, b + 2);
+            SCALE(c[1], 0, b + 1);
+            if (b + 2 < nb)
+                _tile_stored(0, c[0], 64);
+        }
+    }
+    for (int m = 0; m < 8; m++) {
+        _mm512_mask_storeu_ps(out + (t0 + m) * N, rows, acc0[m]);
+        _mm512_mask_storeu_ps(out + (t0 + 8 + m) * N, rows, acc1[m]);
+    }
+}
+
+INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a,
+                          int64_t tokens, float *out, const group_t *g)
+{
+    const int64_t gbytes = qgemm_group_bytes(type, a->K);
+    for (int64_t c0 = 0; c0 < tokens; c0 += TOKEN_CHUNK * AMX_TILE_TOKENS) {
+        const int64_t c1 = c0 + TOKEN_CHUNK * AMX_TILE_TOKENS < tokens ? c0 + TOKEN_CHUNK * AMX_TILE_TOKENS : tokens;
+        for (int64_t gi = g0; gi < g1; gi++) {
+            const uint8_t *wg = w + gi * gbytes;
+            for (int64_t b = 0; b < a->nb; b++)
+                unpack_block(type, wg, b, g);
+            const int64_t left = N - gi * ROWS;
+            const __mmask16 rows = left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            for (int64_t t0 = c0; t0 < c1; t0 += AMX_TILE_TOKENS)
+                token_tile(type, g, a, t0, out + gi * ROWS, N, rows);
+        }
+    }
+}
+
+/* Tokens [0, tokens) (a multiple of 16) of groups [g0, g1); returns 0, or -1 when the buffer could not be had. */
+static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, int64_t tokens,
+                      float *out)
+{
+    const size_t nb = (size_t)a->nb;
+    uint8_t *p = group_buffer(nb * BYTE_TILE + 3 * nb * 16 * sizeof(float));
+    if (!p)
+        return -1;
+    float *scales = (float *)(p + nb * BYTE_TILE);
+    const group_t g = {(int8_t *)p, scales, scales + 16 * nb, scales + 32 * nb};
+    configure(type == T_Q6_K ? 16 : 32);
+    switch (type) {
+    case T_Q4_0: amx_groups_of(T_Q4_0, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q4_1: amx_groups_of(T_Q4_1, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q8_0: amx_groups_of(T_Q8_0, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q4_K: amx_groups_of(T_Q4_K, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q5_K: amx_groups_of(T_Q5_K, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q6_K: amx_groups_of(T_Q6_K, w, g0, g1, N, a, tokens, out, &g); break;
+    }
+    _tile_release(); /* a thread holding no tile state saves less at each context switch */
+    return 0;
+}
+
+#else
+
+const char *amx_init(void)
+{
+#ifdef ISA_AVX512
+    return "off: built without AMX (the compiler's -march=native lacks __AMX_TILE__/__AMX_INT8__)";
+#else
+    return "off: built without AVX-512 VNNI and AMX";
+#endif
+}
+
+int amx_usable(void) { return 0; }
+
+static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, int64_t tokens,
+                      float *out)
+{
+    (void)type, (void)w, (void)g0, (void)g1, (void)N, (void)a, (void)tokens, (void)out;
+    return -1;
+}
+
+#endif
+
+static int64_t min_tokens; /* 0: AMX off */
+
+void amx_set_min_tokens(int64_t n) { min_tokens = n; }
+
+int64_t amx_min_tokens(void) { return min_tokens; }
+
+void qgemm_run(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out)
+{
+    const int64_t tokens = a->T / AMX_TILE_TOKENS * AMX_TILE_TOKENS;
+    if (min_tokens <= 0 || a->T < min_tokens || tokens == 0 || amx_groups(type, w, g0, g1, N, a, tokens, out)) {
+        qgemm_groups(type, w, g0, g1, N, a, out);
+        return;
+    }
+    if (tokens < a->T) { /* the last tokens, fewer than a tile: the VNNI path (the same bits) */
+        const int64_t nb = a->nb;
+        const act_t rest = {a->q + tokens * a->K, a->d + tokens * nb, a->s + tokens * nb, a->sq + 2 * tokens * nb,
+                            a->T - tokens, a->K, nb};
+        qgemm_groups(type, w, g0, g1, N, &rest, out + tokens * N);
+    }
+}
