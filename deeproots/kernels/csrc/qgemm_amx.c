@@ -10,14 +10,17 @@
  * output is bit-identical whichever path (and whichever tile position) computed it. Q6_K's two 16-value halves have
  * their own scales, so it runs two K = 16 products per block, as the VNNI path sums its halves separately.
  *
- * Tiles: C0/C1 (tmm0/1, 16 x 16 int32) alternate between even and odd blocks, with their A (tmm2/3) and B (tmm4/5)
- * operands, so a block's product runs while the previous block's result is scaled with AVX-512.
+ * Per block, a 16-token x 16-row int32 result leaves the tile unit through memory (tilestored) to be scaled with
+ * AVX-512 into 16 accumulators held in registers; a software pipeline (token_tile) overlaps the two. Activations
+ * are copied tile-major per chunk of tokens (tile_major), as K-byte strided rows fall into a few L1 sets.
+ * Where the time goes (Q4_0, K = 2048, N = 8192, T = 512, one thread; by removing each part in turn): products
+ * ~30%, tilestored ~35%, scaling ~30% of the kernel, little of it overlapped: the per-block result stores, not the
+ * multiplies, bound it (K = 32 per product: the blocks' scales forbid summing two blocks in the tile).
  */
 #define _GNU_SOURCE /* syscall */
 #include "qgemm.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 #define AMX_TILE_TOKENS 16
 
@@ -32,7 +35,7 @@
 #define ARCH_GET_XCOMP_PERM 0x1022
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
-#define TOKEN_CHUNK 128 /* token tiles that share one unpacking of a group: their activations stay in L2 */
+#define CHUNK_BYTES (512 << 10) /* activations of the tokens that share one unpacking of a group: in L2 */
 #define INLINE static inline __attribute__((always_inline))
 
 static char status[96] = "not initialized";
@@ -180,106 +183,122 @@ INLINE void unpack_block(const int type, const uint8_t *w, int64_t b, const grou
         _mm512_storeu_si512(g->q + BYTE_TILE * b + 64 * k, _mm512_sub_epi8(v[k], o));
 }
 
-/* Tile configuration (palette 1): C 16 x 64 B; A 16 tokens x `a_bytes`; B `a_bytes` / 4 rows x 64 B. */
-static void configure(int a_bytes)
+/* Tiles: A = tmm0/1 and B = tmm2/3 by block parity, C = tmm4..7 by block mod 4 (Q6_K: A, B and C = tmm4/5 or
+ * tmm6/7 by parity hold a block's two halves, values 0..15 and 16..31). */
+static void configure(int type)
 {
+    const int k_bytes = type == T_Q6_K ? 16 : 32; /* values per product */
     _Alignas(64) uint8_t cfg[64] = {0};
     uint16_t *colsb = (uint16_t *)(cfg + 16);
     uint8_t *rows = cfg + 48;
-    cfg[0] = 1;
-    for (int t = 0; t < 6; t++) {
-        const int is_a = t == 2 || t == 3, is_b = t == 4 || t == 5;
-        colsb[t] = (uint16_t)(is_a ? a_bytes : 64);
-        rows[t] = (uint8_t)(is_b ? a_bytes / 4 : 16);
+    cfg[0] = 1; /* palette 1 */
+    for (int t = 0; t < 8; t++) {
+        colsb[t] = (uint16_t)(t < 2 ? k_bytes : 64);
+        rows[t] = (uint8_t)(t == 2 || t == 3 ? k_bytes / 4 : 16);
     }
     _tile_loadconfig(cfg);
 }
 
-/* acc[m] (token m0 + m, 16 rows) += block b's int32 sums c (16 x 16) scaled as in the VNNI path's block_dot, for 8
- * tokens (two calls per tile: 8 accumulators fit the registers where an array of 16 is kept on the stack). */
-INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, const group_t *g, const act_t *a,
-                        int64_t t0, int m0, int64_t b, __m512 acc[8])
-{
-    const __m512 dw = _mm512_loadu_ps(g->dw + 16 * b);
-    for (int m = 0; m < 8; m++) {
-        const int64_t tb = (t0 + m0 + m) * a->nb + b;
-        const __m512 dx = _mm512_set1_ps(a->d[tb]);
-        const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * (m0 + m)));
-        acc[m] = _mm512_fmadd_ps(isum, _mm512_mul_ps(dw, dx), acc[m]);
-        if (type == T_Q4_1)
-            acc[m] = _mm512_fmadd_ps(_mm512_loadu_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
-        else if (type == T_Q4_K || type == T_Q5_K)
-            acc[m] = _mm512_fnmadd_ps(_mm512_loadu_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
-        else if (type == T_Q6_K)
-            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c2 + 16 * (m0 + m))),
-                                     _mm512_mul_ps(_mm512_loadu_ps(g->dw2 + 16 * b), dx), acc[m]);
-    }
-}
-
-/* Block b's product for tokens t0..t0+15 on tiles C, A, B = tmm c_, a_, b_ (literal tile numbers: the tile
- * instructions take them as immediates). */
-#define BLOCK_PRODUCT(c_, a_, b_, b)                                                                                  \
+/* Block b's product on C = tmm c_, from A = tmm a_ (activations xt, tile-major) and B = tmm b_ (weights wq); the
+ * tile instructions take literal tile numbers. */
+#define PRODUCT(c_, a_, b_, xq, wq)                                                                                   \
     do {                                                                                                              \
+        _tile_loadd(a_, xq, QBLOCK);                                                                                  \
+        _tile_loadd(b_, wq, 64);                                                                                      \
         _tile_zero(c_);                                                                                               \
-        _tile_loadd(a_, a->q + t0 * a->K + (b) * QBLOCK, a->K);                                                      \
-        _tile_loadd(b_, g->q + BYTE_TILE * (b), 64);                                                                  \
         _tile_dpbssd(c_, a_, b_);                                                                                     \
     } while (0)
 
-/* Q6_K: the block's two halves (values 0..15, 16..31) on C0/A0/B0 = tmm0/2/4 and C1/A1/B1 = tmm1/3/5. */
-#define HALVES_PRODUCT(b)                                                                                             \
-    do {                                                                                                              \
-        const int8_t *xq = a->q + t0 * a->K + (b) * QBLOCK, *wq = g->q + BYTE_TILE * (b);                            \
-        _tile_zero(0);                                                                                                \
-        _tile_zero(1);                                                                                                \
-        _tile_loadd(2, xq, a->K);                                                                                     \
-        _tile_loadd(4, wq, 64);                                                                                       \
-        _tile_loadd(3, xq + 16, a->K);                                                                                \
-        _tile_loadd(5, wq + 256, 64);                                                                                 \
-        _tile_dpbssd(0, 2, 4);                                                                                        \
-        _tile_dpbssd(1, 3, 5);                                                                                        \
-    } while (0)
-
-#define SCALE(c, c2, b)                                                                                               \
-    do {                                                                                                              \
-        scale_block(type, c, c2, g, a, t0, 0, b, acc0);                                                               \
-        scale_block(type, c, c2, g, a, t0, 8, b, acc1);                                                               \
-    } while (0)
-
-/* Tokens [t0, t0 + 16) against unpacked group g; out points at the group's first column. Even blocks run on
- * tmm0/2/4, odd ones on tmm1/3/5: block b + 1's product is issued before block b's result is scaled, and stored
- * after it, so the tile unit and the vector units work at the same time. */
-INLINE void token_tile(const int type, const group_t *g, const act_t *a, int64_t t0, float *out, int64_t N,
-                       __mmask16 rows)
+/* Block b's product on the tiles of b mod 4 (Q6_K: its halves on the tiles of b mod 2). */
+INLINE void product(const int type, const int8_t *xt, const group_t *g, int64_t b)
 {
-    _Alignas(64) int32_t c[2][256];
+    const int8_t *xq = xt + BYTE_TILE * b, *wq = g->q + BYTE_TILE * b;
+    if (type == T_Q6_K) {
+        if (b & 1) {
+            PRODUCT(6, 0, 2, xq, wq);
+            PRODUCT(7, 1, 3, xq + QBLOCK / 2, wq + BYTE_TILE / 2);
+        } else {
+            PRODUCT(4, 0, 2, xq, wq);
+            PRODUCT(5, 1, 3, xq + QBLOCK / 2, wq + BYTE_TILE / 2);
+        }
+        return;
+    }
+    switch (b & 3) {
+    case 0: PRODUCT(4, 0, 2, xq, wq); break;
+    case 1: PRODUCT(5, 1, 3, xq, wq); break;
+    case 2: PRODUCT(6, 0, 2, xq, wq); break;
+    case 3: PRODUCT(7, 1, 3, xq, wq); break;
+    }
+}
+
+/* Block b's sums (16 tokens x 16 rows int32) into c, and Q6_K's second half into c2. */
+INLINE void store_product(const int type, int64_t b, int32_t *c, int32_t *c2)
+{
+    if (type == T_Q6_K) {
+        if (b & 1) {
+            _tile_stored(6, c, 64);
+            _tile_stored(7, c2, 64);
+        } else {
+            _tile_stored(4, c, 64);
+            _tile_stored(5, c2, 64);
+        }
+        return;
+    }
+    switch (b & 3) {
+    case 0: _tile_stored(4, c, 64); break;
+    case 1: _tile_stored(5, c, 64); break;
+    case 2: _tile_stored(6, c, 64); break;
+    case 3: _tile_stored(7, c, 64); break;
+    }
+}
+
+/* acc[m] (16 rows of token m0 + m) += block b's sums c scaled as the VNNI path's block_dot does, operation for
+ * operation, for 8 tokens (c2: Q6_K's second half). Eight accumulators per call keep them in registers. */
+INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, const group_t *g, const act_t *a,
+                        int64_t t0, int m0, int64_t b, __m512 acc[8])
+{
+    const __m512 dw = _mm512_load_ps(g->dw + 16 * b);
+    for (int m = 0; m < 8; m++) {
+        const int64_t tb = (t0 + m0 + m) * a->nb + b;
+        const __m512 dx = _mm512_set1_ps(a->d[tb]);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * (m0 + m))), _mm512_mul_ps(dw, dx),
+                                 acc[m]);
+        if (type == T_Q4_1)
+            acc[m] = _mm512_fmadd_ps(_mm512_load_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+        else if (type == T_Q4_K || type == T_Q5_K)
+            acc[m] = _mm512_fnmadd_ps(_mm512_load_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+        else if (type == T_Q6_K)
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c2 + 16 * (m0 + m))),
+                                     _mm512_mul_ps(_mm512_load_ps(g->dw2 + 16 * b), dx), acc[m]);
+    }
+}
+
+/* Tokens [t0, t0 + 16) against unpacked group g (xt: their activations, tile-major); out points at the group's
+ * first column. A software pipeline keeps the tile unit busy while the vector units scale: at step b, block
+ * b + 2's product is issued (Q6_K: b + 1), block b + 1's stored, and block b's scaled, from memory that alternates
+ * between two buffers. */
+INLINE void token_tile(const int type, const group_t *g, const act_t *a, const int8_t *xt, int64_t t0, float *out,
+                       int64_t N, __mmask16 rows)
+{
+    _Alignas(64) int32_t c[2][2][256]; /* [buffer][half] */
     __m512 acc0[8], acc1[8];
     for (int m = 0; m < 8; m++)
         acc0[m] = acc1[m] = _mm512_setzero_ps();
-    const int64_t nb = a->nb;
-    if (type == T_Q6_K) {
-        for (int64_t b = 0; b < nb; b++) {
-            HALVES_PRODUCT(b);
-            _tile_stored(0, c[0], 64);
-            _tile_stored(1, c[1], 64);
-            SCALE(c[0], c[1], b);
-        }
-    } else {
-        BLOCK_PRODUCT(0, 2, 4, 0);
-        _tile_stored(0, c[0], 64);
-        for (int64_t b = 0; b < nb; b += 2) {
-            if (b + 1 < nb)
-                BLOCK_PRODUCT(1, 3, 5, b + 1);
-            SCALE(c[0], 0, b);
-            if (b + 1 >= nb)
-                break;
-            _tile_stored(1, c[1], 64);
-            if (b + 2 < nb)
-                BLOCK_PRODUCT(0, 2, 4, b + 2);
-            SCALE(c[1], 0, b + 1);
-            if (b + 2 < nb)
-                _tile_stored(0, c[0], 64);
-        }
+    const int64_t nb = a->nb, ahead = type == T_Q6_K ? 1 : 2;
+    for (int64_t b = 0; b < ahead && b < nb; b++)
+        product(type, xt, g, b);
+    store_product(type, 0, c[0][0], c[0][1]);
+    for (int64_t b = 0; b < nb; b++) {
+        if (b + ahead < nb && ahead == 1)
+            product(type, xt, g, b + 1); /* Q6_K: its tiles of b + 1 were stored at step b - 1 */
+        if (b + 1 < nb && ahead > 1)
+            store_product(type, b + 1, c[(b + 1) & 1][0], c[(b + 1) & 1][1]);
+        if (b + ahead < nb && ahead > 1)
+            product(type, xt, g, b + ahead);
+        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 0, b, acc0);
+        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 8, b, acc1);
+        if (b + 1 < nb && ahead == 1)
+            store_product(type, b + 1, c[(b + 1) & 1][0], c[(b + 1) & 1][1]);
     }
     for (int m = 0; m < 8; m++) {
         _mm512_mask_storeu_ps(out + (t0 + m) * N, rows, acc0[m]);
@@ -287,20 +306,41 @@ INLINE void token_tile(const int type, const group_t *g, const act_t *a, int64_t
     }
 }
 
-INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a,
-                          int64_t tokens, float *out, const group_t *g)
+/* Tokens [t0, t1) of a's quantized activations, tile-major: xt[tile][block][token][32 values], so that a tile load
+ * reads 512 contiguous bytes (rows K bytes apart fall into the same few cache sets). */
+static void tile_major(const act_t *a, int64_t t0, int64_t t1, int8_t *xt)
 {
-    const int64_t gbytes = qgemm_group_bytes(type, a->K);
-    for (int64_t c0 = 0; c0 < tokens; c0 += TOKEN_CHUNK * AMX_TILE_TOKENS) {
-        const int64_t c1 = c0 + TOKEN_CHUNK * AMX_TILE_TOKENS < tokens ? c0 + TOKEN_CHUNK * AMX_TILE_TOKENS : tokens;
+    for (int64_t t = t0; t < t1; t++) {
+        const int8_t *src = a->q + t * a->K;
+        int8_t *dst = xt + (t - t0) / AMX_TILE_TOKENS * BYTE_TILE * a->nb + (t - t0) % AMX_TILE_TOKENS * QBLOCK;
+        for (int64_t b = 0; b < a->nb; b++)
+            _mm256_storeu_si256((__m256i *)(dst + BYTE_TILE * b), _mm256_loadu_si256((const __m256i *)(src + QBLOCK * b)));
+    }
+}
+
+static __mmask16 row_mask(int64_t left) { return left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* Tokens in chunks of about CHUNK_BYTES of activations (whole tiles); each chunk is made tile-major in xt
+ * and every group is unpacked once per chunk. */
+static int64_t chunk_tokens(const act_t *a)
+{
+    const int64_t n = CHUNK_BYTES / a->K / AMX_TILE_TOKENS * AMX_TILE_TOKENS;
+    return n > AMX_TILE_TOKENS ? n : AMX_TILE_TOKENS;
+}
+
+INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a,
+                          int64_t tokens, float *out, const group_t *g, int8_t *xt)
+{
+    const int64_t gbytes = qgemm_group_bytes(type, a->K), chunk = chunk_tokens(a);
+    for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < tokens ? c0 + chunk : tokens;
+        tile_major(a, c0, c1, xt);
         for (int64_t gi = g0; gi < g1; gi++) {
-            const uint8_t *wg = w + gi * gbytes;
             for (int64_t b = 0; b < a->nb; b++)
-                unpack_block(type, wg, b, g);
-            const int64_t left = N - gi * ROWS;
-            const __mmask16 rows = left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            for (int64_t t0 = c0; t0 < c1; t0 += AMX_TILE_TOKENS)
-                token_tile(type, g, a, t0, out + gi * ROWS, N, rows);
+                unpack_block(type, w + gi * gbytes, b, g);
+            for (int64_t t = c0; t < c1; t += AMX_TILE_TOKENS)
+                token_tile(type, g, a, xt + (t - c0) / AMX_TILE_TOKENS * BYTE_TILE * a->nb, t, out + gi * ROWS, N,
+                           row_mask(N - gi * ROWS));
         }
     }
 }
@@ -309,20 +349,22 @@ INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t 
 static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, int64_t tokens,
                       float *out)
 {
-    const size_t nb = (size_t)a->nb;
-    uint8_t *p = group_buffer(nb * BYTE_TILE + 3 * nb * 16 * sizeof(float));
+    const size_t nb = (size_t)a->nb, one = nb * BYTE_TILE + 3 * nb * 16 * sizeof(float);
+    const int64_t chunk = chunk_tokens(a);
+    uint8_t *p = group_buffer(one + (size_t)((chunk < tokens ? chunk : tokens) * a->K));
     if (!p)
         return -1;
     float *scales = (float *)(p + nb * BYTE_TILE);
     const group_t g = {(int8_t *)p, scales, scales + 16 * nb, scales + 32 * nb};
-    configure(type == T_Q6_K ? 16 : 32);
+    int8_t *xt = (int8_t *)(p + one);
+    configure(type);
     switch (type) {
-    case T_Q4_0: amx_groups_of(T_Q4_0, w, g0, g1, N, a, tokens, out, &g); break;
-    case T_Q4_1: amx_groups_of(T_Q4_1, w, g0, g1, N, a, tokens, out, &g); break;
-    case T_Q8_0: amx_groups_of(T_Q8_0, w, g0, g1, N, a, tokens, out, &g); break;
-    case T_Q4_K: amx_groups_of(T_Q4_K, w, g0, g1, N, a, tokens, out, &g); break;
-    case T_Q5_K: amx_groups_of(T_Q5_K, w, g0, g1, N, a, tokens, out, &g); break;
-    case T_Q6_K: amx_groups_of(T_Q6_K, w, g0, g1, N, a, tokens, out, &g); break;
+    case T_Q4_0: amx_groups_of(T_Q4_0, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q4_1: amx_groups_of(T_Q4_1, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q8_0: amx_groups_of(T_Q8_0, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q4_K: amx_groups_of(T_Q4_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q5_K: amx_groups_of(T_Q5_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q6_K: amx_groups_of(T_Q6_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
     }
     _tile_release(); /* a thread holding no tile state saves less at each context switch */
     return 0;
