@@ -100,6 +100,31 @@ def get_num_threads() -> int:
     return _cpu.get_num_threads()
 
 
+AMX_STATUS = _cpu.AMX  # "amx-int8" where this CPU and kernel run AMX, else "off: <what is missing>"
+
+
+def amx_enabled() -> bool:
+    """Whether products of at least `_cpu.AMX_MIN_TOKENS` tokens run on AMX-INT8 (csrc/qgemm_amx.c): by default
+    where AMX_STATUS is "amx-int8" and the environment has no DEEPROOTS_AMX=0. Both paths give the same bits."""
+    return _cpu.get_amx_min_tokens() > 0
+
+
+def set_amx(enabled: bool) -> None:
+    """Switch AMX on (where AMX_STATUS allows) or off (the AVX-512 VNNI path for every product), e.g. to compare."""
+    if not isinstance(enabled, bool):
+        raise RequestError(f"set_amx needs a bool, got {enabled!r}")
+    if enabled and AMX_STATUS != "amx-int8":
+        raise UnsupportedModelError(f"AMX cannot run here: {AMX_STATUS}")
+    _cpu.set_amx_min_tokens(_cpu.AMX_MIN_TOKENS if enabled else 0)
+
+
+def kernel_path() -> str:
+    """The products' instruction set, for `deeproots bench` and --verbose: e.g. "avx512-vnni + amx-int8"."""
+    if amx_enabled():
+        return f"{_cpu.ISA} + amx-int8 (>= {_cpu.get_amx_min_tokens()} tokens)"
+    return f"{_cpu.ISA} (amx {AMX_STATUS.removeprefix('off: ') if AMX_STATUS != 'amx-int8' else 'switched off'})"
+
+
 def pack_weight(raw: np.ndarray | Sequence[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedWeight:
     """Repack a weight's GGUF bytes for the kernels.
 
