@@ -274,9 +274,10 @@ INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, con
 }
 
 /* Tokens [t0, t0 + 16) against unpacked group g (xt: their activations, tile-major); out points at the group's
- * first column. A software pipeline keeps the tile unit busy while the vector units scale: at step b, block
- * b + 2's product is issued (Q6_K: b + 1), block b + 1's stored, and block b's scaled, from memory that alternates
- * between two buffers. */
+ * first column. A software pipeline keeps the tile unit busy while the vector units scale: step b scales block b
+ * (from memory that alternates between two buffers) with block b + 1's store between its halves and block b + 2's
+ * product after it (Q6_K: b + 1's product first, its store last). This order measured ~10% faster than the tile
+ * instructions first. */
 INLINE void token_tile(const int type, const group_t *g, const act_t *a, const int8_t *xt, int64_t t0, float *out,
                        int64_t N, __mmask16 rows)
 {
@@ -291,12 +292,12 @@ INLINE void token_tile(const int type, const group_t *g, const act_t *a, const i
     for (int64_t b = 0; b < nb; b++) {
         if (b + ahead < nb && ahead == 1)
             product(type, xt, g, b + 1); /* Q6_K: its tiles of b + 1 were stored at step b - 1 */
+        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 0, b, acc0);
         if (b + 1 < nb && ahead > 1)
             store_product(type, b + 1, c[(b + 1) & 1][0], c[(b + 1) & 1][1]);
+        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 8, b, acc1);
         if (b + ahead < nb && ahead > 1)
             product(type, xt, g, b + ahead);
-        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 0, b, acc0);
-        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 8, b, acc1);
         if (b + 1 < nb && ahead == 1)
             store_product(type, b + 1, c[(b + 1) & 1][0], c[(b + 1) & 1][1]);
     }
