@@ -16,6 +16,7 @@
 #include "elementwise.h"
 #include "pool.h"
 #include "qgemm.h"
+#include "scratch.h"
 
 #define FLOAT_ROWS 4 /* fgemm's row tile: threads split rows in multiples of it */
 #define MIN_BLOCKS_PER_THREAD 64 /* below this much work (16-row x 32-value blocks x tokens) a thread is not worth it */
@@ -24,22 +25,10 @@
 
 static int n_threads = 1;
 
-/* The calling thread's scratch for quantized activations: grown on demand, kept for the next call. */
-static _Thread_local struct {
-    void *p;
-    size_t size;
-} scratch;
+/* The calling thread's scratch for quantized activations. */
+static _Thread_local scratch_t scratch;
 
-static void *scratch_get(size_t size)
-{
-    if (size > scratch.size) {
-        free(scratch.p);
-        size = (size + 4095) & ~(size_t)4095;
-        scratch.p = aligned_alloc(64, size);
-        scratch.size = scratch.p ? size : 0;
-    }
-    return scratch.p;
-}
+static void *scratch_get(size_t size) { return scratch_grow(&scratch, size); }
 
 static int is_float_type(int type) { return type == T_F32 || type == T_F16 || type == T_BF16; }
 

@@ -97,6 +97,15 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K,
 /* out[t, 16g + r] for groups [g0, g1) and every token of a; out is (T, N) row-major. */
 void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
 
+/* One 32-value block of 16 rows unpacked (qgemm_avx512.c's load_block, for qgemm_amx.c): u in the byte tile layout
+ * as unsigned bytes (the format's offset still in: Q4_0 8, Q8_0 128, Q6_K 32), per-row scale dw (Q6_K: values
+ * 0..15), dw2 (Q6_K: values 16..31) and minimum mw (Q4_1, Q4_K, Q5_K); fields a format lacks are left as they were. */
+typedef struct {
+    _Alignas(64) uint8_t u[BYTE_TILE];
+    float dw[ROWS], dw2[ROWS], mw[ROWS];
+} unpacked_block_t;
+void unpack_block(int type, const uint8_t *w, int64_t b, unpacked_block_t *out);
+
 /* AMX-INT8 (qgemm_amx.c). amx_init requests the tile state once (CPUID, then arch_prctl) and returns a status:
  * "amx-int8" when usable, else "off: <why>". */
 const char *amx_init(void);

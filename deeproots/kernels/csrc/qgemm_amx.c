@@ -19,8 +19,7 @@
  */
 #define _GNU_SOURCE /* syscall */
 #include "qgemm.h"
-
-#include <stdlib.h>
+#include "scratch.h"
 
 #define AMX_TILE_TOKENS 16
 
@@ -70,117 +69,17 @@ const char *amx_init(void)
 
 int amx_usable(void) { return usable; }
 
-/* The group buffer: bytes (nb, 8, 64) signed, then per block 16 floats each of dw, mw (minimum) and dw2 (Q6_K). */
-static _Thread_local struct {
-    uint8_t *p;
-    size_t size;
-} group_buf;
+/* This thread's buffer: a group's blocks unpacked, then a chunk of tile-major activations. */
+static _Thread_local scratch_t group_buf;
 
-static uint8_t *group_buffer(size_t size)
+/* Block b of a group in the B tile layout as signed bytes (the format's offset removed), with its scales. */
+INLINE void unpack_signed(const int type, const uint8_t *w, int64_t b, unpacked_block_t *out)
 {
-    if (size > group_buf.size) {
-        free(group_buf.p);
-        group_buf.p = aligned_alloc(64, (size + 4095) & ~(size_t)4095);
-        group_buf.size = group_buf.p ? size : 0;
-    }
-    return group_buf.p;
-}
-
-typedef struct {
-    int8_t *q;   /* (nb, 8, 64) values as signed bytes, in the B tile layout */
-    float *dw;   /* (nb, 16) per-row scale (Q6_K: values 0..15 of the block) */
-    float *mw;   /* (nb, 16) per-row minimum (Q4_1, Q4_K, Q5_K) */
-    float *dw2;  /* (nb, 16) Q6_K: per-row scale of values 16..31 */
-} group_t;
-
-INLINE __m512 f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-
-INLINE __m512 bytes_as_floats(const uint8_t *p, int is_signed)
-{
-    const __m128i v = _mm_loadu_si128((const __m128i *)p);
-    return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
-}
-
-/* Byte vectors k = 0..7 of a nibble tile's block: vector p's low nibbles are k = p, its high nibbles k = p + 4. */
-INLINE void nibbles_to_bytes(const uint8_t *tile, __m512i v[8])
-{
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
-    for (int p = 0; p < 4; p++) {
-        const __m512i n = _mm512_loadu_si512(tile + 64 * p);
-        v[p] = _mm512_and_si512(n, low4);
-        v[p + 4] = _mm512_and_si512(_mm512_srli_epi16(n, 4), low4);
-    }
-}
-
-/* v[k] += (bits `width` wide at position shift(k) of h[k / per]) << 4: Q5_K's bit 4, Q6_K's bits 4..5. */
-INLINE void add_high_bits(const uint8_t *h, int width, __m512i v[8])
-{
-    const int per = 8 / width; /* byte vectors per high-bit vector */
-    const __m512i mask = _mm512_set1_epi8((char)((1 << width) - 1));
-    for (int k = 0; k < 8; k++) {
-        const __m512i bits = _mm512_loadu_si512(h + 64 * (k / per));
-        const __m512i field = _mm512_and_si512(_mm512_srli_epi16(bits, width * (k % per)), mask);
-        v[k] = _mm512_or_si512(v[k], _mm512_slli_epi16(field, 4)); /* field < 4: no bit crosses its byte */
-    }
-}
-
-/* Unpack block b of group w into g (scales computed as the VNNI path's load_block does, for the same bits). */
-INLINE void unpack_block(const int type, const uint8_t *w, int64_t b, const group_t *g)
-{
-    __m512i v[8];
-    int offset = 0;
-    float *dw = g->dw + 16 * b, *mw = g->mw + 16 * b, *dw2 = g->dw2 + 16 * b;
-    switch (type) {
-    case T_Q4_0: {
-        const uint8_t *r = w + b * REC_Q4_0;
-        _mm512_storeu_ps(dw, f16x16(r));
-        nibbles_to_bytes(r + F16_ROWS, v);
-        offset = 8;
-        break;
-    }
-    case T_Q4_1: {
-        const uint8_t *r = w + b * REC_Q4_1;
-        _mm512_storeu_ps(dw, f16x16(r));
-        _mm512_storeu_ps(mw, f16x16(r + F16_ROWS));
-        nibbles_to_bytes(r + 2 * F16_ROWS, v);
-        break;
-    }
-    case T_Q8_0: {
-        const uint8_t *r = w + b * REC_Q8_0;
-        _mm512_storeu_ps(dw, f16x16(r));
-        for (int k = 0; k < 8; k++)
-            v[k] = _mm512_loadu_si512(r + F16_ROWS + 64 * k);
-        offset = 128; /* q ^ 0x80 = q + 128 (mod 256) */
-        break;
-    }
-    case T_Q4_K:
-    case T_Q5_K: {
-        const int64_t sub = type == T_Q4_K ? SUB_Q4_K : SUB_Q5_K;
-        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q4_K, sub);
-        const int j = (int)(b % SUBBLOCKS);
-        _mm512_storeu_ps(dw, _mm512_mul_ps(f16x16(s), bytes_as_floats(s + 2 * F16_ROWS + ROWS * j, 0)));
-        _mm512_storeu_ps(mw, _mm512_mul_ps(f16x16(s + F16_ROWS),
-                                           bytes_as_floats(s + 2 * F16_ROWS + KQ_SCALES + ROWS * j, 0)));
-        nibbles_to_bytes(s + HDR_Q4_K + sub * j, v);
-        if (type == T_Q5_K)
-            add_high_bits(s + HDR_Q4_K + sub * j + NIBBLE_TILE, 1, v);
-        break;
-    }
-    case T_Q6_K: {
-        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q6_K, SUB_Q6_K);
-        const int j = (int)(b % SUBBLOCKS);
-        const __m512 d = f16x16(s);
-        _mm512_storeu_ps(dw, _mm512_mul_ps(d, bytes_as_floats(s + F16_ROWS + ROWS * (2 * j), 1)));
-        _mm512_storeu_ps(dw2, _mm512_mul_ps(d, bytes_as_floats(s + F16_ROWS + ROWS * (2 * j + 1), 1)));
-        nibbles_to_bytes(s + HDR_Q6_K + SUB_Q6_K * j, v);
-        add_high_bits(s + HDR_Q6_K + SUB_Q6_K * j + NIBBLE_TILE, 2, v);
-        offset = 32;
-        break;
-    }
-    }
+    unpack_block(type, w, b, out);
+    const int offset = type == T_Q4_0 ? 8 : type == T_Q8_0 ? 128 : type == T_Q6_K ? 32 : 0;
     const __m512i o = _mm512_set1_epi8((char)offset);
     for (int k = 0; k < 8; k++)
-        _mm512_storeu_si512(g->q + BYTE_TILE * b + 64 * k, _mm512_sub_epi8(v[k], o));
+        _mm512_store_si512(out->u + 64 * k, _mm512_sub_epi8(_mm512_load_si512(out->u + 64 * k), o));
 }
 
 /* Tiles: A = tmm0/1 and B = tmm2/3 by block parity, C = tmm4..7 by block mod 4 (Q6_K: A, B and C = tmm4/5 or
@@ -210,9 +109,10 @@ static void configure(int type)
     } while (0)
 
 /* Block b's product on the tiles of b mod 4 (Q6_K: its halves on the tiles of b mod 2). */
-INLINE void product(const int type, const int8_t *xt, const group_t *g, int64_t b)
+INLINE void product(const int type, const int8_t *xt, const unpacked_block_t *g, int64_t b)
 {
-    const int8_t *xq = xt + BYTE_TILE * b, *wq = g->q + BYTE_TILE * b;
+    const int8_t *xq = xt + BYTE_TILE * b;
+    const uint8_t *wq = g[b].u;
     if (type == T_Q6_K) {
         if (b & 1) {
             PRODUCT(6, 0, 2, xq, wq);
@@ -254,22 +154,22 @@ INLINE void store_product(const int type, int64_t b, int32_t *c, int32_t *c2)
 
 /* acc[m] (16 rows of token m0 + m) += block b's sums c scaled as the VNNI path's block_dot does, operation for
  * operation, for 8 tokens (c2: Q6_K's second half). Eight accumulators per call keep them in registers. */
-INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, const group_t *g, const act_t *a,
-                        int64_t t0, int m0, int64_t b, __m512 acc[8])
+INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, const unpacked_block_t *w,
+                        const act_t *a, int64_t t0, int m0, int64_t b, __m512 acc[8])
 {
-    const __m512 dw = _mm512_load_ps(g->dw + 16 * b);
+    const __m512 dw = _mm512_load_ps(w->dw);
     for (int m = 0; m < 8; m++) {
         const int64_t tb = (t0 + m0 + m) * a->nb + b;
         const __m512 dx = _mm512_set1_ps(a->d[tb]);
         acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * (m0 + m))), _mm512_mul_ps(dw, dx),
                                  acc[m]);
         if (type == T_Q4_1)
-            acc[m] = _mm512_fmadd_ps(_mm512_load_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+            acc[m] = _mm512_fmadd_ps(_mm512_load_ps(w->mw), _mm512_set1_ps(a->s[tb]), acc[m]);
         else if (type == T_Q4_K || type == T_Q5_K)
-            acc[m] = _mm512_fnmadd_ps(_mm512_load_ps(g->mw + 16 * b), _mm512_set1_ps(a->s[tb]), acc[m]);
+            acc[m] = _mm512_fnmadd_ps(_mm512_load_ps(w->mw), _mm512_set1_ps(a->s[tb]), acc[m]);
         else if (type == T_Q6_K)
             acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c2 + 16 * (m0 + m))),
-                                     _mm512_mul_ps(_mm512_load_ps(g->dw2 + 16 * b), dx), acc[m]);
+                                     _mm512_mul_ps(_mm512_load_ps(w->dw2), dx), acc[m]);
     }
 }
 
@@ -278,7 +178,7 @@ INLINE void scale_block(const int type, const int32_t *c, const int32_t *c2, con
  * (from memory that alternates between two buffers) with block b + 1's store between its halves and block b + 2's
  * product after it (Q6_K: b + 1's product first, its store last). This order measured ~10% faster than the tile
  * instructions first. */
-INLINE void token_tile(const int type, const group_t *g, const act_t *a, const int8_t *xt, int64_t t0, float *out,
+INLINE void token_tile(const int type, const unpacked_block_t *g, const act_t *a, const int8_t *xt, int64_t t0, float *out,
                        int64_t N, __mmask16 rows)
 {
     _Alignas(64) int32_t c[2][2][256]; /* [buffer][half] */
@@ -292,10 +192,10 @@ INLINE void token_tile(const int type, const group_t *g, const act_t *a, const i
     for (int64_t b = 0; b < nb; b++) {
         if (b + ahead < nb && ahead == 1)
             product(type, xt, g, b + 1); /* Q6_K: its tiles of b + 1 were stored at step b - 1 */
-        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 0, b, acc0);
+        scale_block(type, c[b & 1][0], c[b & 1][1], &g[b], a, t0, 0, b, acc0);
         if (b + 1 < nb && ahead > 1)
             store_product(type, b + 1, c[(b + 1) & 1][0], c[(b + 1) & 1][1]);
-        scale_block(type, c[b & 1][0], c[b & 1][1], g, a, t0, 8, b, acc1);
+        scale_block(type, c[b & 1][0], c[b & 1][1], &g[b], a, t0, 8, b, acc1);
         if (b + ahead < nb && ahead > 1)
             product(type, xt, g, b + ahead);
         if (b + 1 < nb && ahead == 1)
@@ -330,7 +230,7 @@ static int64_t chunk_tokens(const act_t *a)
 }
 
 INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a,
-                          int64_t tokens, float *out, const group_t *g, int8_t *xt)
+                          int64_t tokens, float *out, unpacked_block_t *g, int8_t *xt)
 {
     const int64_t gbytes = qgemm_group_bytes(type, a->K), chunk = chunk_tokens(a);
     for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
@@ -338,7 +238,7 @@ INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t 
         tile_major(a, c0, c1, xt);
         for (int64_t gi = g0; gi < g1; gi++) {
             for (int64_t b = 0; b < a->nb; b++)
-                unpack_block(type, w + gi * gbytes, b, g);
+                unpack_signed(type, w + gi * gbytes, b, &g[b]);
             for (int64_t t = c0; t < c1; t += AMX_TILE_TOKENS)
                 token_tile(type, g, a, xt + (t - c0) / AMX_TILE_TOKENS * BYTE_TILE * a->nb, t, out + gi * ROWS, N,
                            row_mask(N - gi * ROWS));
@@ -350,22 +250,21 @@ INLINE void amx_groups_of(const int type, const uint8_t *w, int64_t g0, int64_t 
 static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, int64_t tokens,
                       float *out)
 {
-    const size_t nb = (size_t)a->nb, one = nb * BYTE_TILE + 3 * nb * 16 * sizeof(float);
+    const size_t group = (size_t)a->nb * sizeof(unpacked_block_t);
     const int64_t chunk = chunk_tokens(a);
-    uint8_t *p = group_buffer(one + (size_t)((chunk < tokens ? chunk : tokens) * a->K));
+    uint8_t *p = scratch_grow(&group_buf, group + (size_t)((chunk < tokens ? chunk : tokens) * a->K));
     if (!p)
         return -1;
-    float *scales = (float *)(p + nb * BYTE_TILE);
-    const group_t g = {(int8_t *)p, scales, scales + 16 * nb, scales + 32 * nb};
-    int8_t *xt = (int8_t *)(p + one);
+    unpacked_block_t *g = (unpacked_block_t *)p;
+    int8_t *xt = (int8_t *)(p + group);
     configure(type);
     switch (type) {
-    case T_Q4_0: amx_groups_of(T_Q4_0, w, g0, g1, N, a, tokens, out, &g, xt); break;
-    case T_Q4_1: amx_groups_of(T_Q4_1, w, g0, g1, N, a, tokens, out, &g, xt); break;
-    case T_Q8_0: amx_groups_of(T_Q8_0, w, g0, g1, N, a, tokens, out, &g, xt); break;
-    case T_Q4_K: amx_groups_of(T_Q4_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
-    case T_Q5_K: amx_groups_of(T_Q5_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
-    case T_Q6_K: amx_groups_of(T_Q6_K, w, g0, g1, N, a, tokens, out, &g, xt); break;
+    case T_Q4_0: amx_groups_of(T_Q4_0, w, g0, g1, N, a, tokens, out, g, xt); break;
+    case T_Q4_1: amx_groups_of(T_Q4_1, w, g0, g1, N, a, tokens, out, g, xt); break;
+    case T_Q8_0: amx_groups_of(T_Q8_0, w, g0, g1, N, a, tokens, out, g, xt); break;
+    case T_Q4_K: amx_groups_of(T_Q4_K, w, g0, g1, N, a, tokens, out, g, xt); break;
+    case T_Q5_K: amx_groups_of(T_Q5_K, w, g0, g1, N, a, tokens, out, g, xt); break;
+    case T_Q6_K: amx_groups_of(T_Q6_K, w, g0, g1, N, a, tokens, out, g, xt); break;
     }
     _tile_release(); /* a thread holding no tile state saves less at each context switch */
     return 0;
