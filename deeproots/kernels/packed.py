@@ -13,6 +13,12 @@ weight w = d*q + m is centred near zero while d*q alone is not, so the two round
 model's Q4_1 weights the exact sum gave 2.3x the relative error. F32 / F16 / BF16 weights are multiplied in f32
 without quantizing x.
 
+AMX: where the CPU has AMX-INT8 and the kernel grants the tile state (AMX_STATUS), products of at least
+`_cpu.AMX_MIN_TOKENS` (16) tokens run whole 16-token tiles on AMX (csrc/qgemm_amx.c) and the rest on AVX-512 VNNI.
+Both paths give every output the same bits (the same exact integer block sums, scaled and summed in the same order),
+so a row's result never depends on the batch it came in: prefill on AMX and decode on VNNI agree. DEEPROOTS_AMX=0
+in the environment, or set_amx(False), keeps the VNNI path for everything.
+
 Threads: a call splits its output rows over up to `set_num_threads` threads (default: `physical_cores()`, the
 physical cores this process may run on), the calling thread included, from the extension's own small pool (csrc/pool.c):
 a fork-join there costs a few hundred nanoseconds, where OpenMP's cost ~2 us against the ~5-30 us of one decode-step

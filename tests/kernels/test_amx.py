@@ -105,3 +105,19 @@ def test_environment_forces_the_vnni_path():
     env = {**os.environ, "DEEPROOTS_AMX": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("False ") and _cpu.ISA in out
+
+
+@pytest.mark.slow  # loads the default model
+@needs_amx
+def test_default_model_prefill_on_amx_equals_token_by_token_decode(smollm2_path):
+    """The identity speculative decoding relies on: a 40-token prefill (AMX tiles and a VNNI tail) gives every
+    position's logits the bits that decoding the same tokens one at a time (VNNI) gives them."""
+    from deeproots.model import load
+
+    model = load(smollm2_path, context=64)
+    tokens = np.random.default_rng(5).integers(model.config.vocab_size, size=40)
+    assert amx_enabled()
+    prefill = model.net.forward(tokens, model.new_cache(), all_logits=True)  # (40, vocab)
+    cache = model.new_cache()
+    steps = np.concatenate([model.net.forward(tokens[i:i + 1], cache) for i in range(len(tokens))])
+    np.testing.assert_array_equal(prefill, steps)
