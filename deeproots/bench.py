@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -17,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from .errors import DeeprootsError
+from .kernels import amx_enabled, set_amx
 
 
 class Engine(Protocol):
@@ -28,21 +30,38 @@ class Engine(Protocol):
 
 
 class DeeprootsEngine:
-    def __init__(self, model, kv_type: str | None = None):
-        """`kv_type` overrides the model's KV cache type (the weights are shared)."""
+    def __init__(self, model, kv_type: str | None = None, amx: bool = True):
+        """`kv_type` overrides the model's KV cache type (the weights are shared); amx=False runs every product on
+        the VNNI path (kernels.set_amx), switched for this engine's runs only."""
         backend = f" ({model.backend})" if model.backend != "cpu" else ""  # reference or cuda
-        self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "")
+        self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "") + ("" if amx else " (no AMX)")
         self.net = model.net
         self.cache = model.new_cache(kv_type=kv_type)
+        self.amx = amx
 
     def prefill(self, tokens: list[int]) -> None:
         self.cache.truncate(0)
-        self.net.forward(np.asarray(tokens, dtype=np.int64), self.cache)
+        with amx_switched(self.amx):
+            self.net.forward(np.asarray(tokens, dtype=np.int64), self.cache)
 
     def decode(self, tokens: list[int]) -> None:
         self.cache.truncate(0)
-        for token in tokens:
-            self.net.forward(np.array([token], dtype=np.int64), self.cache)
+        with amx_switched(self.amx):
+            for token in tokens:
+                self.net.forward(np.array([token], dtype=np.int64), self.cache)
+
+
+@contextmanager
+def amx_switched(amx: bool):
+    """AMX off for the block when amx is False (else as it was), restored after."""
+    was = amx_enabled()
+    if not amx:
+        set_amx(False)
+    try:
+        yield
+    finally:
+        if was and not amx:
+            set_amx(True)
 
 
 class LlamaCppEngine:

@@ -66,7 +66,9 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
                      device=args.device, **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
-        print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
+        from .kernels import kernel_path
+
+        print(f"load: {time.perf_counter() - started:.2f} s; kernels: {kernel_path()}", file=sys.stderr)
     if preset and preset.template:
         from .tokenizer.chat import TEMPLATE_KEY, ChatTemplate
 
@@ -265,7 +267,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .bench import DeeprootsEngine, LlamaCppEngine, TransformersEngine, benchmark_tokens, run_benchmark
     from .inspect import human_bytes, human_count, summarize
-    from .kernels import get_num_threads
+    from .kernels import amx_enabled, get_num_threads, kernel_path
 
     if not args.n_prompt and not args.n_gen:
         raise UsageError("-p and -n are both 0: nothing to measure")
@@ -273,6 +275,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     model = load_model(args)
     threads = args.threads or get_num_threads()
     engines = [DeeprootsEngine(model), *(DeeprootsEngine(model, kv_type) for kv_type in args.vs_kv_type)]
+    if args.vs_no_amx:
+        if not amx_enabled():
+            raise UsageError(f"--vs-no-amx: AMX is not in use here ({kernel_path()})")
+        engines.append(DeeprootsEngine(model, amx=False))
     for other in args.vs:
         if other == "llama.cpp":
             engines.append(LlamaCppEngine(model.path, args.ctx, threads))
@@ -288,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     summary = summarize(model.path)
     if args.json:
         print(json.dumps({"model": str(model.path), "size": summary.file_size, "params": summary.n_params,
-                          "threads": threads, "results": [
+                          "threads": threads, "kernels": kernel_path(), "results": [
                               {"engine": r.engine, "test": r.test, "tokens_per_second": r.tokens_per_second,
                                "mean": r.mean, "std": r.std} for r in results]}, indent=2))
         return
@@ -303,7 +309,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"| {model_name:<16} | {human_bytes(summary.file_size):>9} | {human_count(summary.n_params):>7} "
               f"| {r.engine:<22} | {threads:>7} | {r.test:>6} | {r.mean:>9.2f} ± {r.std:>5.2f} "
               f"| {ratio:>11.2f}x |")
-    print("(last column: deeproots' mean t/s divided by this row's)")
+    print(f"(last column: deeproots' mean t/s divided by this row's; kernels: {kernel_path()})")
 
 
 def cmd_perplexity(args: argparse.Namespace) -> None:
@@ -400,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run another engine on the same file, alternating with ours (repeatable)")
     bench.add_argument("--vs-kv-type", action="append", default=[], choices=list(kv_types()),
                        help="also run ours with this KV cache type, alternating (repeatable)")
+    bench.add_argument("--vs-no-amx", action="store_true",
+                       help="also run deeproots with AMX off (the AVX-512 VNNI path), alternating")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench, loads_model=True)
 

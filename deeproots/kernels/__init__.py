@@ -4,27 +4,35 @@ cache (attention.py), and RMSNorm, RoPE and SiLU gating (elementwise.py)."""
 from .attention import cached_attention
 from .elementwise import rms_norm, rotary_embedding_, silu_mul
 from .packed import (
+    AMX_STATUS,
     PackedWeight,
+    amx_enabled,
     experts_linear,
     get_num_threads,
+    kernel_path,
     kernel_types,
     pack_weight,
     packed_nbytes,
     quantized_linear,
+    set_amx,
     set_num_threads,
 )
 
 __all__ = [
+    "AMX_STATUS",
     "PackedWeight",
+    "amx_enabled",
     "cached_attention",
     "experts_linear",
     "get_num_threads",
+    "kernel_path",
     "kernel_types",
     "pack_weight",
     "packed_nbytes",
     "quantized_linear",
     "rms_norm",
     "rotary_embedding_",
+    "set_amx",
     "set_num_threads",
     "silu_mul",
 ]

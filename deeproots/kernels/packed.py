@@ -13,6 +13,12 @@ weight w = d*q + m is centred near zero while d*q alone is not, so the two round
 model's Q4_1 weights the exact sum gave 2.3x the relative error. F32 / F16 / BF16 weights are multiplied in f32
 without quantizing x.
 
+AMX: where the CPU has AMX-INT8 and the kernel grants the tile state (AMX_STATUS), products of at least
+`_cpu.AMX_MIN_TOKENS` (16) tokens run whole 16-token tiles on AMX (csrc/qgemm_amx.c) and the rest on AVX-512 VNNI.
+Both paths give every output the same bits (the same exact integer block sums, scaled and summed in the same order),
+so a row's result never depends on the batch it came in: prefill on AMX and decode on VNNI agree. DEEPROOTS_AMX=0
+in the environment, or set_amx(False), keeps the VNNI path for everything.
+
 Threads: a call splits its output rows over up to `set_num_threads` threads (default: `physical_cores()`, the
 physical cores this process may run on), the calling thread included, from the extension's own small pool (csrc/pool.c):
 a fork-join there costs a few hundred nanoseconds, where OpenMP's cost ~2 us against the ~5-30 us of one decode-step
@@ -98,6 +104,31 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return _cpu.get_num_threads()
+
+
+AMX_STATUS = _cpu.AMX  # "amx-int8" where this CPU and kernel run AMX, else "off: <what is missing>"
+
+
+def amx_enabled() -> bool:
+    """Whether products of at least `_cpu.AMX_MIN_TOKENS` tokens run on AMX-INT8 (csrc/qgemm_amx.c): by default
+    where AMX_STATUS is "amx-int8" and the environment has no DEEPROOTS_AMX=0. Both paths give the same bits."""
+    return _cpu.get_amx_min_tokens() > 0
+
+
+def set_amx(enabled: bool) -> None:
+    """Switch AMX on (where AMX_STATUS allows) or off (the AVX-512 VNNI path for every product), e.g. to compare."""
+    if not isinstance(enabled, bool):
+        raise RequestError(f"set_amx needs a bool, got {enabled!r}")
+    if enabled and AMX_STATUS != "amx-int8":
+        raise UnsupportedModelError(f"AMX cannot run here: {AMX_STATUS}")
+    _cpu.set_amx_min_tokens(_cpu.AMX_MIN_TOKENS if enabled else 0)
+
+
+def kernel_path() -> str:
+    """The products' instruction set, for `deeproots bench` and --verbose: e.g. "avx512-vnni + amx-int8"."""
+    if amx_enabled():
+        return f"{_cpu.ISA} + amx-int8 (>= {_cpu.get_amx_min_tokens()} tokens)"
+    return f"{_cpu.ISA} (amx {AMX_STATUS.removeprefix('off: ') if AMX_STATUS != 'amx-int8' else 'switched off'})"
 
 
 def pack_weight(raw: np.ndarray | Sequence[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedWeight:

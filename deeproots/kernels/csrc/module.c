@@ -10,34 +10,25 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "attention.h"
 #include "elementwise.h"
 #include "pool.h"
 #include "qgemm.h"
+#include "scratch.h"
 
 #define FLOAT_ROWS 4 /* fgemm's row tile: threads split rows in multiples of it */
 #define MIN_BLOCKS_PER_THREAD 64 /* below this much work (16-row x 32-value blocks x tokens) a thread is not worth it */
 #define PRIVATE_QUANT_BLOCKS 128 /* up to this many activation blocks every thread quantizes x itself: no barrier */
+#define AMX_MIN_TOKENS 16 /* products of at least this many tokens use AMX where usable (docs/benchmarks.md) */
 
 static int n_threads = 1;
 
-/* The calling thread's scratch for quantized activations: grown on demand, kept for the next call. */
-static _Thread_local struct {
-    void *p;
-    size_t size;
-} scratch;
+/* The calling thread's scratch for quantized activations. */
+static _Thread_local scratch_t scratch;
 
-static void *scratch_get(size_t size)
-{
-    if (size > scratch.size) {
-        free(scratch.p);
-        size = (size + 4095) & ~(size_t)4095;
-        scratch.p = aligned_alloc(64, size);
-        scratch.size = scratch.p ? size : 0;
-    }
-    return scratch.p;
-}
+static void *scratch_get(size_t size) { return scratch_grow(&scratch, size); }
 
 static int is_float_type(int type) { return type == T_F32 || type == T_F16 || type == T_BF16; }
 
@@ -88,7 +79,7 @@ static void quantize_into(const act_t *a, const float *x, int64_t t0, int64_t t1
 static void groups_part(const job_t *job, const act_t *a, int i, int n)
 {
     const int64_t groups = (job->N + ROWS - 1) / ROWS;
-    qgemm_groups(job->type, job->w, groups * i / n, groups * (i + 1) / n, job->N, a, job->out);
+    qgemm_run(job->type, job->w, groups * i / n, groups * (i + 1) / n, job->N, a, job->out);
 }
 
 /* Small T: quantize all of x into this thread's own scratch, then multiply this thread's groups. */
@@ -167,7 +158,7 @@ static void expert_units(const experts_job_t *job, const act_t *a, int64_t j, in
         return;
     }
     const act_t sub = {a->q + s * K, a->d + s * a->nb, a->s + s * a->nb, a->sq + 2 * s * a->nb, rows, K, a->nb};
-    qgemm_groups(job->type, job->w[j], u0, u1, N, &sub, job->out + s * N);
+    qgemm_run(job->type, job->w[j], u0, u1, N, &sub, job->out + s * N);
 }
 
 static void experts_part(void *ctx, int i, int n)
@@ -1035,6 +1026,29 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(n_threads);
 }
 
+/* set_amx_min_tokens(n): AMX for products of at least n tokens, 0 for never (the VNNI path; the same bits). */
+static PyObject *py_set_amx_min_tokens(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    static const char fn[] = "set_amx_min_tokens";
+    int64_t n = 0;
+    if (int_arg(fn, "n", arg, 0, DIM_MAX, &n))
+        return NULL;
+    if (n > 0 && !amx_usable()) {
+        fail(fn, "AMX cannot run here: %s", amx_init());
+        return NULL;
+    }
+    amx_set_min_tokens(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_amx_min_tokens(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLongLong(amx_min_tokens());
+}
+
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"linear_experts", (PyCFunction)(void (*)(void))py_linear_experts, METH_FASTCALL,
@@ -1050,6 +1064,8 @@ static PyMethodDef methods[] = {
     {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_FASTCALL, "silu(gate) * up"},
     {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
+    {"set_amx_min_tokens", py_set_amx_min_tokens, METH_O, "AMX for products of at least n tokens (0: never)"},
+    {"get_amx_min_tokens", py_get_amx_min_tokens, METH_NOARGS, "AMX's token threshold (0: off)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1079,12 +1095,22 @@ static int add_block_geometry(PyObject *m)
     return 0;
 }
 
+/* AMX's status once per process; DEEPROOTS_AMX=0 keeps the VNNI path for every product. */
+static const char *start_amx(void)
+{
+    const char *status = amx_init(), *env = getenv("DEEPROOTS_AMX");
+    if (amx_usable() && !(env && strcmp(env, "0") == 0))
+        amx_set_min_tokens(AMX_MIN_TOKENS);
+    return status;
+}
+
 PyMODINIT_FUNC PyInit__cpu(void)
 {
     if (!internal_error && import_internal_error())
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
+    if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddStringConstant(m, "AMX", start_amx()) ||
+              PyModule_AddIntConstant(m, "AMX_MIN_TOKENS", AMX_MIN_TOKENS) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
               PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) || add_block_geometry(m))) {
         Py_DECREF(m);
         return NULL;

@@ -97,6 +97,26 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K,
 /* out[t, 16g + r] for groups [g0, g1) and every token of a; out is (T, N) row-major. */
 void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
 
+/* One 32-value block of 16 rows unpacked (qgemm_avx512.c's load_block, for qgemm_amx.c): u in the byte tile layout
+ * as unsigned bytes (the format's offset still in: Q4_0 8, Q8_0 128, Q6_K 32), per-row scale dw (Q6_K: values
+ * 0..15), dw2 (Q6_K: values 16..31) and minimum mw (Q4_1, Q4_K, Q5_K); fields a format lacks are left as they were. */
+typedef struct {
+    _Alignas(64) uint8_t u[BYTE_TILE];
+    float dw[ROWS], dw2[ROWS], mw[ROWS];
+} unpacked_block_t;
+void unpack_block(int type, const uint8_t *w, int64_t b, unpacked_block_t *out);
+
+/* AMX-INT8 (qgemm_amx.c). amx_init requests the tile state once (CPUID, then arch_prctl) and returns a status:
+ * "amx-int8" when usable, else "off: <why>". */
+const char *amx_init(void);
+int amx_usable(void);
+/* AMX runs calls of at least n tokens (0: never); the caller checks amx_usable first. */
+void amx_set_min_tokens(int64_t n);
+int64_t amx_min_tokens(void);
+
+/* qgemm_groups, with AMX for whole tiles of 16 tokens where enabled (bit-identical results, see qgemm_amx.c). */
+void qgemm_run(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
+
 /* Float weights (N, K) row-major: out[t, n] for rows [n0, n1). */
 void fgemm_rows(int type, const void *w, int64_t n0, int64_t n1, int64_t N, int64_t K,
                 const float *x, int64_t T, float *out);

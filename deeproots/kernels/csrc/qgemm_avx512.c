@@ -201,6 +201,27 @@ INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int
     }
 }
 
+void unpack_block(int type, const uint8_t *w, int64_t b, unpacked_block_t *out)
+{
+    wblock_t wb;
+    switch (type) {
+    case T_Q4_0: load_block(T_Q4_0, w, b, &wb); break;
+    case T_Q4_1: load_block(T_Q4_1, w, b, &wb); break;
+    case T_Q8_0: load_block(T_Q8_0, w, b, &wb); break;
+    case T_Q4_K: load_block(T_Q4_K, w, b, &wb); break;
+    case T_Q5_K: load_block(T_Q5_K, w, b, &wb); break;
+    case T_Q6_K: load_block(T_Q6_K, w, b, &wb); break;
+    default: return;
+    }
+    for (int k = 0; k < 8; k++)
+        _mm512_store_si512(out->u + 64 * k, wb.u[k]);
+    _mm512_storeu_ps(out->dw, wb.dw);
+    if (type == T_Q6_K)
+        _mm512_storeu_ps(out->dw2, wb.dw2);
+    if (type == T_Q4_1 || type == T_Q4_K || type == T_Q5_K)
+        _mm512_storeu_ps(out->mw, wb.mw);
+}
+
 void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out)
 {
     switch (type) {
