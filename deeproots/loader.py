@@ -46,8 +46,12 @@ class LoadedModel:
 
 
 def load_model_file(path: str | os.PathLike, *, context: int | None = None, backend: str = "cpu",
-                    threads: int | None = None, kv_type: str | None = None) -> LoadedModel:
-    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES)."""
+                    threads: int | None = None, kv_type: str | None = None, tensor_parallel=None,
+                    tp_reduction: str = "exact") -> LoadedModel:
+    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES).
+
+    `tensor_parallel` (a parallel.group.ProcessGroup): build only this rank's share of every layer, finishing the
+    split projections as `tp_reduction` says (parallel/plan.py)."""
     if kv_type is not None:
         check_kv_type(kv_type)  # before the load, not after it
     file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
@@ -68,10 +72,16 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     if threads is not None:
         set_num_threads(threads)
     # The CPU backend maps a GGUF file's weights from their packed cache once a load has written it.
-    packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) else None
+    # A rank's slices are packed in memory: the packed cache holds whole weights.
+    packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) and \
+        tensor_parallel is None else None
     placer = backend_named(backend, packed_cache=packed_cache)
-    weights = GGUFWeights(file, placer)
-    net = architecture(config, weights, context)
+    weights, net_config = GGUFWeights(file, placer), config
+    if tensor_parallel is not None:
+        from .parallel.backend import place_shard
+
+        placer, weights, net_config = place_shard(file, config, placer, tensor_parallel, tp_reduction)
+    net = architecture(net_config, weights, context)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
     return LoadedModel(path, file, config, tokenizer, template, net, placer, context,

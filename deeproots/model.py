@@ -22,11 +22,22 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 8):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1,
+                 tp_reduction: str = "exact"):
+        # tp > 1: this process is rank 0 of a tensor-parallel group (parallel/), spawning the other ranks unless
+        # torchrun started them; it computes its share of every layer and runs everything else.
+        self.cluster = None
+        if tp > 1:
+            from .parallel.launch import start_cluster
+
+            self.cluster = start_cluster(tp, path, context=context, reference=reference, threads=threads,
+                                         kv_type=kv_type, tp_reduction=tp_reduction)
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
         loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
-                                               threads=threads, kv_type=kv_type)
+                                               threads=threads, kv_type=kv_type,
+                                               tensor_parallel=self.cluster.group if self.cluster else None,
+                                               tp_reduction=tp_reduction)
         self.path, self.reference = path, reference
         self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer
         self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \
@@ -39,6 +50,12 @@ class Model:
     def new_cache(self, max_tokens: int | None = None, kv_type: str | None = None) -> KVCache:
         """An empty cache for this model, of its own kv_type unless another is named."""
         return self.loaded.new_cache(max_tokens, kv_type)
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel model (nothing to do in one process)."""
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            cluster.close(self.loaded.backend)
 
     # --- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
@@ -118,7 +135,7 @@ class Model:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-         draft_model: str | os.PathLike | None = None, draft_max: int = 8) -> Model:
+         draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1, tp_reduction: str = "exact") -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
@@ -126,8 +143,10 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
     (8.5 bits a value, llama.cpp's -ctk/-ctv q8_0; needs a head size that is a multiple of 32).
     `speculation` is "off", "lookup" (prompt lookup drafts) or "draft" (drafts from `draft_model`, a store name or
     path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
+    `tp` > 1 splits every layer over that many processes (docs/distributed.md), `tp_reduction` "exact" (logits
+    bit-identical to one process) or "sum" (Megatron's all-reduce); `close()` stops them.
     """
     store = ModelStore()
     draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
     return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
-                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max)
+                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, tp=tp, tp_reduction=tp_reduction)

@@ -100,5 +100,13 @@ class Backend(ABC):
         """An empty cache for `max_tokens` positions, in host memory on the CPU backends."""
         return KVCache(*layout, max_tokens, kv_type=kv_type or self.default_kv_type)
 
+    def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
+        """Called before each forward pass over `tokens` (N,) of the sequences of `caches` (a parallel backend's
+        rank 0 sends the step to its other ranks here)."""
+
+    def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
+        """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
+        return partial
+
     def finish(self, source: WeightSource) -> None:
         """Called once the model took all its weights (e.g. to write a cache of what placing them made)."""

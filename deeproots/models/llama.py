@@ -30,6 +30,7 @@ class LlamaBlock:
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope, self.window = config, index, rope, window
         self.ops = weights.primitives
+        self.reduce = weights.backend.reduce_shards
         self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
         self.attn_norm = weights.vector(prefix + "attn_norm.weight", c.d_model)
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
@@ -79,8 +80,10 @@ class LlamaBlock:
 
     def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
-        x = x + self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
-        return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
+        # Under tensor parallelism both products are partial sums over this rank's heads or hidden units.
+        x = x + self.reduce(self.attn_output(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches,
+                                                            lengths)))
+        return x + self.reduce(self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps)))
 
     def mlp(self, h: np.ndarray) -> np.ndarray:
         """Gated MLP, or the mixture of experts: (N, d_model) -> (N, d_model)."""
@@ -129,6 +132,7 @@ class Llama:
 
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
+        self.backend.begin_step(tokens, caches, lengths)
         x = self.embed(tokens)  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
