@@ -57,6 +57,16 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
                              "(slow; for checking)")
+    add_parallel_options(parser)
+
+
+def add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tp", type=positive_int, default=1,
+                        help="tensor parallel: split every layer over N processes, spawned here on loopback, or "
+                             "joined under torchrun (docs/distributed.md; default: 1, one process)")
+    parser.add_argument("--tp-reduction", choices=["exact", "sum"], default="exact",
+                        help="exact: gathers, logits bit-identical to one process (default); sum: Megatron's "
+                             "all-reduce, fewer bytes, logits within the fast path's tolerance")
 
 
 def add_context_option(parser: argparse.ArgumentParser) -> None:

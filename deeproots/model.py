@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Iterator, Sequence
 
@@ -32,12 +33,18 @@ class Model:
 
             self.cluster = start_cluster(tp, path, context=context, reference=reference, threads=threads,
                                          kv_type=kv_type, tp_reduction=tp_reduction)
+            atexit.register(self.close)  # the other ranks stop with this process
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
-        loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
-                                               threads=threads, kv_type=kv_type,
-                                               tensor_parallel=self.cluster.group if self.cluster else None,
-                                               tp_reduction=tp_reduction)
+        try:
+            loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
+                                                   threads=threads, kv_type=kv_type,
+                                                   tensor_parallel=self.cluster.group if self.cluster else None,
+                                                   tp_reduction=tp_reduction)
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.abort()
+            raise
         self.path, self.reference = path, reference
         self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer
         self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \

@@ -67,6 +67,9 @@ class Backend(ABC):
     name: str
     primitives: Primitives
     default_kv_type: str  # the KV cache's element type when the user names none
+    # A cache in this process holds every KV head, so the prefix cache can copy rows between sequences (a
+    # tensor-parallel rank's holds its own heads only).
+    whole_kv_caches: bool = True
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""

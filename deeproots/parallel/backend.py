@@ -66,6 +66,7 @@ class TensorParallelBackend(Backend):
         self.name = f"{inner.name} (tensor parallel, rank {share.rank} of {share.tp})"
         self.primitives = inner.primitives
         self.default_kv_type = inner.default_kv_type
+        self.whole_kv_caches = False  # the other ranks' heads are theirs: no prefix cache (docs/distributed.md)
         self.leader = Leader(group) if group.rank == 0 else None  # rank 0 sends every step to the others
 
     def from_host(self, array: np.ndarray) -> np.ndarray:

@@ -19,6 +19,11 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+def follower_under_torchrun() -> bool:
+    """This process is a torchrun rank other than 0: it follows rank 0's steps instead of running the command."""
+    return under_torchrun() and os.environ["RANK"] != "0"
+
+
 def load_options(path, *, context=None, reference=False, threads=None, kv_type=None,
                  tp_reduction="exact") -> list[str]:
     """The command line of `python -m deeproots.parallel` that loads the same model the same way."""
@@ -41,6 +46,13 @@ class Cluster:
     torchrun)."""
     group: ProcessGroup
     workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def abort(self) -> None:
+        """After a failed load: end the spawned ranks (they failed the same way, or wait for a step) and leave."""
+        for worker in self.workers:
+            worker.kill()
+            worker.wait()
+        self.group.close()
 
     def close(self, backend) -> None:
         """Tell the other ranks to stop (rank 0's `backend` sends it), wait for the spawned ones, leave the group."""

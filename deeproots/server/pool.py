@@ -102,6 +102,8 @@ class LoadOptions:
     threads: int | None = None
     kv_type: str | None = None
     reference: bool = False
+    tp: int = 1  # ranks of tensor parallelism (parallel/)
+    tp_reduction: str = "exact"
 
     def kv_tokens(self, context: int) -> int:
         c = self.engine
@@ -121,7 +123,7 @@ class LoadOptions:
     def load(self, source: ModelSource) -> ServedModel:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
-                      threads=self.threads, kv_type=self.kv_type)
+                      threads=self.threads, kv_type=self.kv_type, tp=self.tp, tp_reduction=self.tp_reduction)
         try:
             engine = Engine(model.loaded, self.engine)
         except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary
