@@ -78,9 +78,7 @@ def start_cluster(tp: int, path, **options) -> Cluster:
                                "--nnodes x --nproc-per-node must equal --tp, and only rank 0 loads as the leader")
         return Cluster(ProcessGroup(rendezvous))
     rendezvous = Rendezvous(0, tp, LOOPBACK, _free_port(LOOPBACK))
-    env = {**os.environ, "WORLD_SIZE": str(tp), "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(rendezvous.port),
-           "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env = {**os.environ, "WORLD_SIZE": str(tp), "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(rendezvous.port)}
     workers = [subprocess.Popen([sys.executable, "-m", "deeproots.parallel", *load_options(path, **options)],
                                 env={**env, "RANK": str(rank)}, stdout=subprocess.DEVNULL)
                for rank in range(1, tp)]
