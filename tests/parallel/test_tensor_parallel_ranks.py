@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import deeproots
+from tiny_checkpoints import ARCHITECTURES
 from deeproots.engine import Engine, EngineConfig, GenerationRequest
 from deeproots.engine.grammar import GrammarCompiler
 from deeproots.sampling import SamplingParams
@@ -103,3 +104,15 @@ def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smol
         model.close()
     jsonschema.validate(json.loads(results["tp"][0][0]), SCHEMA)
     assert results["tp"] == results["single"]
+
+
+@pytest.mark.parametrize("model_type", [name for name in ARCHITECTURES if name != "olmoe"])  # olmoe: refused (plan)
+def test_every_architectures_tiny_checkpoint_gives_one_process_logits_at_tp_2(model_type, tiny_checkpoint):
+    folder, _ = tiny_checkpoint(model_type)
+    ids = list(range(1, 24))
+    expected = deeproots.load(folder, context=64, threads=1).logits(ids)
+    model = deeproots.load(folder, context=64, threads=1, tp=2)
+    try:
+        np.testing.assert_array_equal(model.logits(ids), expected)
+    finally:
+        model.close()
