@@ -63,7 +63,8 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
     started = time.perf_counter()
     with load_progress(name):
         model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                     tp=args.tp, tp_reduction=args.tp_reduction, **speculation_from(args))
+                     tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file,
+                     **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
@@ -480,7 +481,11 @@ def unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | N
 def follow_rank_zero(args: argparse.Namespace) -> None:
     """A torchrun rank other than 0 of `serve|run|bench|perplexity --tp N`: load this rank's share of the command's
     model and run the steps rank 0 sends, until it stops."""
+    from .parallel.join import read_secret
     from .parallel.launch import follow_main
+
+    if args.secret_file is None:
+        raise RequestError("under torchrun every rank needs --secret-file (the same secret on every host)")
 
     if args.command == "serve":
         name = (args.models or [DEFAULT_MODEL])[0]
@@ -490,7 +495,7 @@ def follow_rank_zero(args: argparse.Namespace) -> None:
         name = getattr(args, "model", None) or getattr(args, "model_word", None) or DEFAULT_MODEL
     preset = find_preset(name)
     path = ModelStore().resolve(preset.base if preset else name, pull=True)
-    follow_main(path, context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
+    follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
                 tp_reduction=args.tp_reduction)
 
 

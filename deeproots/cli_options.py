@@ -67,6 +67,9 @@ def add_parallel_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp-reduction", choices=["exact", "sum"], default="exact",
                         help="exact: gathers, logits bit-identical to one process (default); sum: Megatron's "
                              "all-reduce, fewer bytes, logits within the fast path's tolerance")
+    parser.add_argument("--secret-file", default=None, metavar="FILE",
+                        help="under torchrun: the secret every rank proves before joining (the same file on every "
+                             "host; at least 16 bytes)")
 
 
 def add_context_option(parser: argparse.ArgumentParser) -> None:

@@ -24,15 +24,15 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
                  draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1,
-                 tp_reduction: str = "exact"):
+                 tp_reduction: str = "exact", secret_file: str | os.PathLike | None = None):
         # tp > 1: this process is rank 0 of a tensor-parallel group (parallel/), spawning the other ranks unless
         # torchrun started them; it computes its share of every layer and runs everything else.
         self.cluster = None
         if tp > 1:
             from .parallel.launch import start_cluster
 
-            self.cluster = start_cluster(tp, path, context=context, reference=reference, threads=threads,
-                                         kv_type=kv_type, tp_reduction=tp_reduction)
+            self.cluster = start_cluster(tp, path, secret_file, context=context, reference=reference,
+                                         threads=threads, kv_type=kv_type, tp_reduction=tp_reduction)
             atexit.register(self.close)  # the other ranks stop with this process
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
@@ -142,7 +142,8 @@ class Model:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-         draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1, tp_reduction: str = "exact") -> Model:
+         draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1, tp_reduction: str = "exact",
+         secret_file: str | os.PathLike | None = None) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
@@ -151,9 +152,11 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
     `speculation` is "off", "lookup" (prompt lookup drafts) or "draft" (drafts from `draft_model`, a store name or
     path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
     `tp` > 1 splits every layer over that many processes (docs/distributed.md), `tp_reduction` "exact" (logits
-    bit-identical to one process) or "sum" (Megatron's all-reduce); `close()` stops them.
+    bit-identical to one process) or "sum" (Megatron's all-reduce), `secret_file` the secret every rank proves under
+    torchrun; `close()` stops them.
     """
     store = ModelStore()
     draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
     return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
-                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, tp=tp, tp_reduction=tp_reduction)
+                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, tp=tp, tp_reduction=tp_reduction,
+                 secret_file=secret_file)

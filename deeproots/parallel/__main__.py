@@ -2,7 +2,11 @@
 here through `deeproots serve|run|... --tp N`)."""
 
 import argparse
+import os
+import sys
 
+from ..errors import DeeprootsError
+from .join import read_secret
 from .launch import follow_main
 
 
@@ -14,9 +18,17 @@ def main(argv=None) -> None:
     parser.add_argument("--kv-type", default=None)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--tp-reduction", default="exact")
+    secret = parser.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret-file", default=None, help="the group's shared secret")
+    secret.add_argument("--secret-stdin", action="store_true", help="read it from stdin (launch.py's spawned ranks)")
     args = parser.parse_args(argv)
-    follow_main(args.model, context=args.ctx, threads=args.threads, kv_type=args.kv_type, reference=args.reference,
-                tp_reduction=args.tp_reduction)
+    try:
+            follow_main(args.model, sys.stdin.buffer.read().strip() if args.secret_stdin else read_secret(args.secret_file),
+                    context=args.ctx, threads=args.threads, kv_type=args.kv_type, reference=args.reference,
+                    tp_reduction=args.tp_reduction)
+    except DeeprootsError as error:  # rank 0 gone, a refused join, a bad file: one line, as the CLI's errors
+        print(f"deeproots rank {os.environ.get('RANK', '?')}: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

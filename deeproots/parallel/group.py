@@ -10,19 +10,32 @@ rank 0), never to every interface. Messages are plain int64/float32 tensors (nev
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.request import EngineStoppedError
+from .join import JOIN_TIMEOUT_S, admit, knock, listening_socket
+
 IDLE_TIMEOUT_S = 7 * 24 * 3600  # a follower waits this long for the next step (a server may be idle for days)
 STEP_TIMEOUT_S = 30.0  # a collective inside a step fails after this (torch's default is 30 minutes)
+HEARTBEAT_S = 1.0  # a follower writes its heartbeat to the store this often; rank 0 reads them to name a lost rank
+
+
+class ClusterLostError(EngineStoppedError):
+    """A rank died or stopped answering: the group cannot compute any more (HTTP 503; /health says so)."""
 
 
 @dataclass(frozen=True)
 class Rendezvous:
-    """Where and as what a process joins: torchrun's environment variables, or what launch.py sets for its ranks."""
+    """Where and as what a process joins: rank 0's address, the door where ranks prove the secret (join.py) and,
+    at port + 1, the group's store. From torchrun's environment (its own agent holds MASTER_PORT: ours are the two
+    after it) or from what launch.py sets for the ranks it spawns."""
     rank: int
     world_size: int
     address: str
@@ -30,8 +43,8 @@ class Rendezvous:
 
     @classmethod
     def from_environment(cls) -> "Rendezvous":
-        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"],
-                   int(os.environ["MASTER_PORT"]))
+        port = int(os.environ.get("DEEPROOTS_TP_PORT") or int(os.environ["MASTER_PORT"]) + 1)
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"], port)
 
 
 def local_address(master: str, port: int) -> str:
@@ -41,8 +54,11 @@ def local_address(master: str, port: int) -> str:
         return probe.getsockname()[0]
 
 
+log = logging.getLogger("deeproots.parallel")
+
+
 class ProcessGroup:
-    def __init__(self, rendezvous: Rendezvous, step_timeout_s: float = STEP_TIMEOUT_S):
+    def __init__(self, rendezvous: Rendezvous, secret: bytes, step_timeout_s: float = STEP_TIMEOUT_S):
         import torch
         import torch.distributed as dist
 
@@ -50,9 +66,17 @@ class ProcessGroup:
         self.rank, self.world_size = rendezvous.rank, rendezvous.world_size
         self.idle = datetime.timedelta(seconds=IDLE_TIMEOUT_S)
         self.step = datetime.timedelta(seconds=step_timeout_s)
-        self.store = dist.TCPStore(rendezvous.address, rendezvous.port, rendezvous.world_size,
-                                   is_master=rendezvous.rank == 0, timeout=datetime.timedelta(seconds=60),
-                                   wait_for_workers=True)
+        address, port, wait = rendezvous.address, rendezvous.port, datetime.timedelta(seconds=JOIN_TIMEOUT_S)
+        if self.rank == 0:
+            door, store_socket = listening_socket(address, port), listening_socket(address, port + 1)
+            # the store listens on the socket bound here (torch's own would bind every interface)
+            self.store = dist.TCPStore(address, port + 1, self.world_size, is_master=True, timeout=wait,
+                                       wait_for_workers=False, master_listen_fd=store_socket.detach())
+            with door:
+                admit(door, secret, self.world_size)
+        else:
+            knock(address, port, secret, self.rank)
+            self.store = dist.TCPStore(address, port + 1, self.world_size, is_master=False, timeout=wait)
         address = rendezvous.address if rendezvous.rank == 0 else local_address(rendezvous.address, rendezvous.port)
         options = dist.ProcessGroupGloo._Options()
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
@@ -61,10 +85,54 @@ class ProcessGroup:
                                           options)
         self.to_rank_zero = dist.GatherOptions()
         self.to_rank_zero.rootRank, self.to_rank_zero.timeout = 0, self.step
+        self.lost: str | None = None  # why the group can no longer compute, once it cannot
+        self.rendezvous = rendezvous
+        if self.rank != 0:
+            threading.Thread(target=self._beat, name="deeproots-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        """A follower's heartbeat in the store, on a connection of its own (the main thread's may be in a call)."""
+        import torch.distributed as dist
+
+        store = dist.TCPStore(self.rendezvous.address, self.rendezvous.port + 1, self.world_size, is_master=False,
+                              timeout=datetime.timedelta(seconds=JOIN_TIMEOUT_S))
+        while True:
+            store.set(f"heartbeat/{self.rank}", repr(time.time()))
+            time.sleep(HEARTBEAT_S)
+
+    def silent_ranks(self) -> list[int]:
+        """The followers whose heartbeat is older than three beats (after waiting that long for them)."""
+        time.sleep(3 * HEARTBEAT_S)
+        now, silent = time.time(), []
+        for rank in range(1, self.world_size):
+            key = f"heartbeat/{rank}"
+            try:
+                beat = float(self.store.get(key)) if self.store.check([key]) else 0.0
+            except Exception:  # noqa: BLE001 -- a store that cannot answer says nothing about the rank
+                beat = 0.0
+            if now - beat > 3 * HEARTBEAT_S:
+                silent.append(rank)
+        return silent
+
+    def _wait(self, work, timeout: datetime.timedelta) -> None:
+        """Wait for a collective; a failure (a rank gone: its sockets closed, or the timeout) loses the group."""
+        if self.lost is not None:
+            raise ClusterLostError(self.lost)
+        try:
+            work.wait(timeout)
+        except Exception as error:  # noqa: BLE001 -- gloo raises RuntimeError subclasses of its own
+            if self.rank == 0:
+                silent = self.silent_ranks()
+                who = f"rank {', '.join(map(str, silent))}" if silent else "a rank"
+                self.lost = f"tensor-parallel group lost: {who} of {self.world_size} stopped answering ({error})"
+                log.error("%s", self.lost)
+            else:
+                self.lost = f"tensor-parallel group lost ({error})"
+            raise ClusterLostError(self.lost) from None
 
     def all_reduce_(self, x: np.ndarray) -> np.ndarray:
         """Sum x (any shape, float32, C-contiguous) over the ranks, in place; every rank gets the same bits."""
-        self.gloo.allreduce([self.torch.from_numpy(x)]).wait(self.step)
+        self._wait(self.gloo.allreduce([self.torch.from_numpy(x)]), self.step)
         return x
 
     def gather_columns(self, x: np.ndarray, widths: list[int], *, everywhere: bool = False) -> np.ndarray | None:
@@ -75,11 +143,11 @@ class ProcessGroup:
         tensor = self.torch.from_numpy(padded)
         parts = [self.torch.empty_like(tensor) for _ in range(self.world_size)]
         if everywhere:
-            self.gloo.allgather([parts], [tensor]).wait(self.step)
+            self._wait(self.gloo.allgather([parts], [tensor]), self.step)
         elif self.rank == 0:
-            self.gloo.gather([parts], [tensor], self.to_rank_zero).wait(self.step)
+            self._wait(self.gloo.gather([parts], [tensor], self.to_rank_zero), self.step)
         else:
-            self.gloo.gather([], [tensor], self.to_rank_zero).wait(self.step)
+            self._wait(self.gloo.gather([], [tensor], self.to_rank_zero), self.step)
             return None
         return np.concatenate([part.numpy()[:, :width] for part, width in zip(parts, widths)], axis=1)
 
@@ -87,10 +155,10 @@ class ProcessGroup:
         """A 1-d array from rank 0 to every rank (pass None elsewhere): its length first, then its values; `idle`:
         on the commands group, where a follower may wait for a long time."""
         length = self.torch.tensor([0 if values is None else len(values)], dtype=self.torch.int64)
-        self.gloo.broadcast(length, 0, self.idle if idle else self.step).wait(self.idle if idle else self.step)
+        self._wait(self.gloo.broadcast(length, 0, self.idle if idle else self.step), self.idle if idle else self.step)
         data = self.torch.from_numpy(np.ascontiguousarray(values, dtype=dtype)) if self.rank == 0 else \
             self.torch.from_numpy(np.empty(int(length[0]), dtype))
-        self.gloo.broadcast(data, 0, self.step).wait(self.step)
+        self._wait(self.gloo.broadcast(data, 0, self.step), self.step)
         return data.numpy()
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ the environment says which rank it is (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_POR
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import RequestError
 from .group import ProcessGroup, Rendezvous
+from .join import read_secret
 
 LOOPBACK = "127.0.0.1"
 
@@ -34,10 +36,17 @@ def load_options(path, *, context=None, reference=False, threads=None, kv_type=N
     return argv + (["--reference"] if reference else [])
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
+def _free_ports(address: str) -> int:
+    """A port p such that p and p + 1 are free at address (the door and the store, group.Rendezvous)."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind((address, 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind((address, port + 1))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -67,8 +76,9 @@ class Cluster:
             self.group.close()
 
 
-def start_cluster(tp: int, path, **options) -> Cluster:
-    """Join (torchrun) or make (spawning tp - 1 followers on loopback) a group of tp ranks, as rank 0."""
+def start_cluster(tp: int, path, secret_file=None, **options) -> Cluster:
+    """Join (torchrun, proving the secret in `secret_file`) or make (spawning tp - 1 followers on loopback, with a
+    secret of its own) a group of tp ranks, as rank 0."""
     if tp < 2:
         raise RequestError(f"tensor parallelism needs at least 2 ranks, got {tp}")
     if under_torchrun():
@@ -76,21 +86,29 @@ def start_cluster(tp: int, path, **options) -> Cluster:
         if rendezvous.world_size != tp or rendezvous.rank != 0:
             raise RequestError(f"--tp {tp} on rank {rendezvous.rank} of {rendezvous.world_size}: torchrun's "
                                "--nnodes x --nproc-per-node must equal --tp, and only rank 0 loads as the leader")
-        return Cluster(ProcessGroup(rendezvous))
-    rendezvous = Rendezvous(0, tp, LOOPBACK, _free_port(LOOPBACK))
-    env = {**os.environ, "WORLD_SIZE": str(tp), "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(rendezvous.port)}
-    workers = [subprocess.Popen([sys.executable, "-m", "deeproots.parallel", *load_options(path, **options)],
-                                env={**env, "RANK": str(rank)}, stdout=subprocess.DEVNULL)
-               for rank in range(1, tp)]
-    return Cluster(ProcessGroup(rendezvous), workers)
+        if secret_file is None:
+            raise RequestError("under torchrun every rank needs --secret-file (the same secret on every host)")
+        return Cluster(ProcessGroup(rendezvous, read_secret(secret_file)))
+    rendezvous = Rendezvous(0, tp, LOOPBACK, _free_ports(LOOPBACK))
+    secret = secrets.token_hex(32).encode()
+    env = {**os.environ, "WORLD_SIZE": str(tp), "MASTER_ADDR": LOOPBACK, "DEEPROOTS_TP_PORT": str(rendezvous.port)}
+    workers = []
+    for rank in range(1, tp):
+        worker = subprocess.Popen([sys.executable, "-m", "deeproots.parallel", "--secret-stdin",
+                                   *load_options(path, **options)], env={**env, "RANK": str(rank)},
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        worker.stdin.write(secret)  # a pipe: not in any other user's view of the process, as argv or env would be
+        worker.stdin.close()
+        workers.append(worker)
+    return Cluster(ProcessGroup(rendezvous, secret), workers)
 
 
-def follow_main(path, **options) -> None:
+def follow_main(path, secret: bytes, **options) -> None:
     """A follower rank: join the group the environment names, load this rank's share, run rank 0's steps."""
     from ..loader import load_model_file
     from .leader import follow
 
-    group = ProcessGroup(Rendezvous.from_environment())
+    group = ProcessGroup(Rendezvous.from_environment(), secret)
     backend = "reference" if options.pop("reference", False) else "cpu"
     loaded = load_model_file(path, backend=backend, tensor_parallel=group, **options)
     try:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..cache.kv import KV_TYPES
 from ..errors import DeeprootsError
+from .group import ClusterLostError
 
 STEP, LOGITS, STOP = 1, 2, 3
 KV_TYPE_CODES = list(KV_TYPES)  # a cache's element type by index
@@ -81,5 +82,7 @@ def follow(loaded, group) -> None:
             step_caches.append(cache)
         try:
             net.hidden_states(tokens, step_caches, described[:, 2].tolist())
+        except ClusterLostError:
+            raise
         except DeeprootsError as error:  # rank 0 met the same error at the same point (the same offsets and sizes)
             log.warning("rank %d: step failed as on rank 0: %s", group.rank, error)

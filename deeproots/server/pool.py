@@ -104,6 +104,7 @@ class LoadOptions:
     reference: bool = False
     tp: int = 1  # ranks of tensor parallelism (parallel/)
     tp_reduction: str = "exact"
+    secret_file: str | None = None
 
     def kv_tokens(self, context: int) -> int:
         c = self.engine
@@ -123,7 +124,8 @@ class LoadOptions:
     def load(self, source: ModelSource) -> ServedModel:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
-                      threads=self.threads, kv_type=self.kv_type, tp=self.tp, tp_reduction=self.tp_reduction)
+                      threads=self.threads, kv_type=self.kv_type, tp=self.tp, tp_reduction=self.tp_reduction,
+                      secret_file=self.secret_file)
         try:
             engine = Engine(model.loaded, self.engine)
         except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary
@@ -342,8 +344,14 @@ class ModelPool:
         return all(resident.served.engine.idle for resident in self.residents.values())
 
     @property
-    def alive(self) -> bool:
-        return all(resident.served.engine.alive for resident in self.residents.values())
+    def trouble(self) -> str | None:
+        """Why some loaded model cannot serve (its engine loop died, or its tensor-parallel group lost a rank)."""
+        for resident in self.residents.values():
+            if not resident.served.engine.alive:
+                return f"the engine loop of {resident.served.name} is not running"
+            if resident.served.model.cluster is not None and resident.served.model.cluster.group.lost is not None:
+                return f"{resident.served.name}: {resident.served.model.cluster.group.lost}"
+        return None
 
     def stop_all(self) -> None:
         """Shutdown: stop every engine."""
