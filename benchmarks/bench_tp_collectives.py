@@ -1,0 +1,81 @@
+"""Latency of the tensor-parallel collectives between two "hosts" (network namespaces joined by a veth pair, with
+`tc netem` modelling a link), as the ranks run them (parallel/group.py), for the projection in docs/benchmarks.md.
+
+    python benchmarks/bench_tp_collectives.py [--width 4096] [--repeats 400]     (root: it makes the namespaces)
+
+For each link setting, one process in each namespace forms the group (join handshake included) and times, median
+over --repeats: an all-reduce of `width` float32 (the "sum" reduction's per-projection op), an all-gather of
+width / 2 per rank (the "exact" reduction's op) and a step broadcast (16 int64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "parallel")]
+
+LINKS = {"veth, no shaping": None,
+         "10 GbE (netem rate 10gbit delay 25us)": "rate 10gbit delay 0.025ms",
+         "1 GbE (netem rate 1gbit delay 100us)": "rate 1gbit delay 0.1ms"}
+
+
+def rank_main(rank: int, width: int, repeats: int) -> None:
+    import numpy as np
+
+    from deeproots.parallel.group import ProcessGroup, Rendezvous
+
+    group = ProcessGroup(Rendezvous.from_environment(), b"benchmark-secret-0123456789")
+    x = np.ones(width, np.float32)
+    half = np.ones((1, width // 2), np.float32)
+    plan = np.arange(16, dtype=np.int64)
+
+    def timed(fn) -> float:
+        for _ in range(20):
+            fn()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times) * 1e6)
+
+    results = {"all_reduce_us": timed(lambda: group.all_reduce_(x.copy())),
+               "all_gather_us": timed(lambda: group.gather_columns(half, [width // 2] * 2, everywhere=True)),
+               "broadcast_us": timed(lambda: group.broadcast(plan if rank == 0 else None, np.int64))}
+    if rank == 0:
+        print(json.dumps(results), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=400)
+    parser.add_argument("--rank", type=int, default=None)
+    args = parser.parse_args()
+    if args.rank is not None:
+        return rank_main(args.rank, args.width, args.repeats)
+    from netns import ADDRESSES, TwoHosts
+
+    print(f"load average {os.getloadavg()}", flush=True)
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": ADDRESSES[0], "MASTER_PORT": "29700"}
+    with TwoHosts("bn") as hosts:
+        for name, netem in LINKS.items():
+            hosts.shape(netem)
+            argv = [sys.executable, __file__, "--width", str(args.width), "--repeats", str(args.repeats), "--rank"]
+            follower = subprocess.Popen(hosts.command(1, argv + ["1"]), env={**env, "RANK": "1"})
+            leader = subprocess.run(hosts.command(0, argv + ["0"]), env={**env, "RANK": "0"}, capture_output=True,
+                                    text=True, check=True)
+            follower.wait()
+            print(f"| {name} | {' | '.join(f'{v:.0f}' for v in json.loads(leader.stdout).values())} |", flush=True)
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
