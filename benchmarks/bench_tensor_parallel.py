@@ -62,7 +62,7 @@ def main() -> None:
     tokens = benchmark_tokens(engines[0].model.config.vocab_size, max(args.p, args.n))
     results = run_benchmark(engines, tokens, args.p, args.n, args.r)
     base = {r.test: statistics.median(r.tokens_per_second) for r in results if r.engine == engines[0].name}
-    print(f"\n| configuration | test | median tokens/s | vs one process |\n|---|---|---|---|")
+    print("\n| configuration | test | median tokens/s | vs one process |\n|---|---|---|---|")
     for r in results:
         median = statistics.median(r.tokens_per_second)
         print(f"| {r.engine} | {r.test} | {median:.2f} | {median / base[r.test]:.2f} |")

@@ -15,11 +15,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "parallel")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests" / "parallel")]
 
 LINKS = {"veth, no shaping": None,
          "10 GbE (netem rate 10gbit delay 25us)": "rate 10gbit delay 0.025ms",
@@ -30,25 +29,17 @@ def rank_main(rank: int, width: int, repeats: int) -> None:
     import numpy as np
 
     from deeproots.parallel.group import ProcessGroup, Rendezvous
+    from timing import median_us
 
     group = ProcessGroup(Rendezvous.from_environment(), b"benchmark-secret-0123456789")
     x = np.ones(width, np.float32)
     half = np.ones((1, width // 2), np.float32)
     plan = np.arange(16, dtype=np.int64)
 
-    def timed(fn) -> float:
-        for _ in range(20):
-            fn()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        return float(np.median(times) * 1e6)
-
-    results = {"all_reduce_us": timed(lambda: group.all_reduce_(x.copy())),
-               "all_gather_us": timed(lambda: group.gather_columns(half, [width // 2] * 2, everywhere=True)),
-               "broadcast_us": timed(lambda: group.broadcast(plan if rank == 0 else None, np.int64))}
+    results = {"all_reduce_us": median_us(lambda: group.all_reduce_(x.copy()), repeats),
+               "all_gather_us": median_us(lambda: group.gather_columns(half, [width // 2] * 2, everywhere=True),
+                                          repeats),
+               "broadcast_us": median_us(lambda: group.broadcast(plan if rank == 0 else None, np.int64), repeats)}
     if rank == 0:
         print(json.dumps(results), flush=True)
 

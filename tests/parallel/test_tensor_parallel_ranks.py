@@ -6,11 +6,11 @@ fast path's own distance from the float32 reference (docs/distributed.md has the
 """
 
 import json
-import threading
 
 import jsonschema
 import numpy as np
 import pytest
+from engine_events import Collector
 
 import deeproots
 from tiny_checkpoints import ARCHITECTURES
@@ -65,24 +65,6 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age"], "additionalProperties": False}
 
 
-class Collector:
-    """One request's steps, until its finish reason (or error)."""
-
-    def __init__(self):
-        self.steps, self.done = [], threading.Event()
-
-    def __call__(self, event):
-        self.steps.append(event)
-        if isinstance(event, Exception) or event.finish_reason is not None:
-            self.done.set()
-
-    def result(self) -> tuple[str, list]:
-        assert self.done.wait(300), "the engine did not finish the request in time"
-        if isinstance(self.steps[-1], Exception):
-            raise self.steps[-1]
-        return "".join(step.text for step in self.steps), [(s.token_id, s.logprob.logprob) for s in self.steps]
-
-
 def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smollm2_path):
     """Three sequences decoded together, one under a JSON schema, give the tokens and logprobs one process gives."""
     model = deeproots.load(smollm2_path, context=512, threads=1, tp=2)
@@ -98,7 +80,7 @@ def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smol
                 engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), 48, collector,
                                                 constraint=grammar.constraint if index == 0 else None,
                                                 top_logprobs=0))
-            results[name] = [collector.result() for collector in collectors]
+            results[name] = [(collector.wait()[0], collector.logprobs()) for collector in collectors]
             engine.stop()
     finally:
         model.close()
