@@ -51,13 +51,16 @@ class TwoHosts:
         """argv run inside host 0 or 1."""
         return ["ip", "netns", "exec", self.names[host], *argv]
 
-    def shape(self, netem: str | None) -> None:
-        """Apply `tc netem` settings (e.g. "delay 0.1ms rate 1gbit") to both ends of the link, or clear them."""
+    def shape(self, qdisc: str | None) -> bool:
+        """Put a `tc` queueing discipline (e.g. "netem delay 0.1ms rate 1gbit") on both ends of the link, or clear
+        them (None); False when this kernel lacks it (sch_netem is a module some kernels do not ship)."""
         for name, link in zip(self.names, self.links):
             subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "del", "dev", link, "root"],
                            capture_output=True)
-            if netem:
-                run("ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", link, "root", "netem", *netem.split())
+            if qdisc and subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", link, "root",
+                                         *qdisc.split()], capture_output=True).returncode != 0:
+                return False
+        return True
 
 
 def run(*argv: str) -> None:
