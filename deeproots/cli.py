@@ -63,7 +63,8 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
     started = time.perf_counter()
     with load_progress(name):
         model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                     tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file,
+                     tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file, pp=args.pp,
+                     pp_split=args.pp_split,
                      **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
@@ -496,13 +497,13 @@ def follow_rank_zero(args: argparse.Namespace) -> None:
     preset = find_preset(name)
     path = ModelStore().resolve(preset.base if preset else name, pull=True)
     follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                tp_reduction=args.tp_reduction)
+                tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
 
 
 def run_handler(args: argparse.Namespace, debug: bool) -> int:
     """Run the command; every failure becomes one line on stderr and an exit status."""
     handler = args.handler
-    if getattr(args, "tp", 1) > 1:
+    if max(getattr(args, "tp", 1), getattr(args, "pp", 1)) > 1:
         from .parallel.launch import follower_under_torchrun
 
         handler = follow_rank_zero if follower_under_torchrun() else handler

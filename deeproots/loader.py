@@ -47,11 +47,13 @@ class LoadedModel:
 
 def load_model_file(path: str | os.PathLike, *, context: int | None = None, backend: str = "cpu",
                     threads: int | None = None, kv_type: str | None = None, tensor_parallel=None,
-                    tp_reduction: str = "exact") -> LoadedModel:
+                    tp_reduction: str = "exact", pipeline_parallel=None,
+                    pp_split: list[int] | None = None) -> LoadedModel:
     """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES).
 
     `tensor_parallel` (a parallel.group.ProcessGroup): build only this rank's share of every layer, finishing the
-    split projections as `tp_reduction` says (parallel/plan.py)."""
+    split projections as `tp_reduction` says (parallel/plan.py); `pipeline_parallel` (one): only this rank's stage
+    of layers, cut at `pp_split` (parallel/pipeline.py)."""
     if kv_type is not None:
         check_kv_type(kv_type)  # before the load, not after it
     file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
@@ -74,14 +76,19 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     # The CPU backend maps a GGUF file's weights from their packed cache once a load has written it.
     # A rank's slices are packed in memory: the packed cache holds whole weights.
     packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) and \
-        tensor_parallel is None else None
+        tensor_parallel is None and pipeline_parallel is None else None
     placer = backend_named(backend, packed_cache=packed_cache)
-    weights, net_config = GGUFWeights(file, placer), config
+    weights, net_config, net_options = GGUFWeights(file, placer), config, {}
     if tensor_parallel is not None:
         from .parallel.backend import place_shard
 
         placer, weights, net_config = place_shard(file, config, placer, tensor_parallel, tp_reduction)
-    net = architecture(net_config, weights, context)
+    if pipeline_parallel is not None:
+        from .parallel.pipeline import place_stage
+
+        placer, net_options = place_stage(config, placer, pipeline_parallel, pp_split)
+        weights = GGUFWeights(file, placer)
+    net = architecture(net_config, weights, context, **net_options)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
     return LoadedModel(path, file, config, tokenizer, template, net, placer, context,

@@ -24,23 +24,30 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
                  draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1,
-                 tp_reduction: str = "exact", secret_file: str | os.PathLike | None = None):
+                 tp_reduction: str = "exact", secret_file: str | os.PathLike | None = None, pp: int = 1,
+                 pp_split: list[int] | None = None):
         # tp > 1: this process is rank 0 of a tensor-parallel group (parallel/), spawning the other ranks unless
         # torchrun started them; it computes its share of every layer and runs everything else.
+        # pp > 1: its stage 0 of a pipeline (parallel/pipeline.py), likewise.
         self.cluster = None
-        if tp > 1:
+        if tp > 1 and pp > 1:
+            raise RequestError("tensor and pipeline parallelism together (--tp with --pp) are not implemented")
+        if max(tp, pp) > 1:
             from .parallel.launch import start_cluster
 
-            self.cluster = start_cluster(tp, path, secret_file, context=context, reference=reference,
-                                         threads=threads, kv_type=kv_type, tp_reduction=tp_reduction)
+            self.cluster = start_cluster(max(tp, pp), path, secret_file, context=context, reference=reference,
+                                         threads=threads, kv_type=kv_type, tp_reduction=tp_reduction, pp=pp,
+                                         pp_split=pp_split)
             atexit.register(self.close)  # the other ranks stop with this process
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
         try:
             loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
                                                    threads=threads, kv_type=kv_type,
-                                                   tensor_parallel=self.cluster.group if self.cluster else None,
-                                                   tp_reduction=tp_reduction)
+                                                   tensor_parallel=self.cluster.group if tp > 1 else None,
+                                                   tp_reduction=tp_reduction,
+                                                   pipeline_parallel=self.cluster.group if pp > 1 else None,
+                                                   pp_split=pp_split)
         except BaseException:
             if self.cluster is not None:
                 self.cluster.abort()
@@ -143,7 +150,7 @@ class Model:
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
          draft_model: str | os.PathLike | None = None, draft_max: int = 8, tp: int = 1, tp_reduction: str = "exact",
-         secret_file: str | os.PathLike | None = None) -> Model:
+         secret_file: str | os.PathLike | None = None, pp: int = 1, pp_split: list[int] | None = None) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
@@ -153,10 +160,11 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
     path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
     `tp` > 1 splits every layer over that many processes (docs/distributed.md), `tp_reduction` "exact" (logits
     bit-identical to one process) or "sum" (Megatron's all-reduce), `secret_file` the secret every rank proves under
-    torchrun; `close()` stops them.
+    torchrun; `pp` > 1 cuts the layers into that many stages, one process each (at `pp_split`, the first layer of
+    every stage after the first); `close()` stops them.
     """
     store = ModelStore()
     draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
     return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
                  kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, tp=tp, tp_reduction=tp_reduction,
-                 secret_file=secret_file)
+                 secret_file=secret_file, pp=pp, pp_split=pp_split)

@@ -107,6 +107,16 @@ class Backend(ABC):
         """Called before each forward pass over `tokens` (N,) of the sequences of `caches` (a parallel backend's
         rank 0 sends the step to its other ranks here)."""
 
+    def stage_input(self, embed: Callable[[], np.ndarray], n_tokens: int) -> np.ndarray:
+        """The hidden states (N, d_model) the first layer here takes: the embeddings (`embed()`) here; a later
+        pipeline stage receives them from the stage before it."""
+        return embed()
+
+    def stage_output(self, x: np.ndarray) -> np.ndarray | None:
+        """The last layer's output (N, d_model) as the final norm takes it: itself here; a pipeline stage passes it
+        on (None: another rank finishes the step)."""
+        return x
+
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
         return partial

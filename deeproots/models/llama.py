@@ -29,6 +29,7 @@ class LlamaBlock:
                  window: int | None):
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope, self.window = config, index, rope, window
+        self.cache_layer = index  # this layer's place in the KV cache (a pipeline stage holds its own layers only)
         self.ops = weights.primitives
         self.reduce = weights.backend.reduce_shards
         self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
@@ -75,8 +76,8 @@ class LlamaBlock:
             self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
         if self.attn_k_norm is not None:
             self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
-        return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.index, self.attention_scale,
-                                    self.window)  # RoPE, cache update and attention, sequence by sequence
+        return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.cache_layer,
+                                    self.attention_scale, self.window)  # RoPE, cache update and attention, by sequence
 
     def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
@@ -96,23 +97,29 @@ class Llama:
     rope_style = "interleaved"  # see RotaryEmbedding: llama GGUF files permute q and k rows
     block_class = LlamaBlock
 
-    def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
+    def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int, *, layers: range | None = None,
+                 ends: bool = True):
+        """`layers`: build only these (a pipeline stage; default all); `ends`: with the embeddings, final norm and
+        output projection (a pipeline's rank 0)."""
         c = config
         self.config = config
         self.backend = weights.backend
         self.ops = weights.primitives
-        self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
+        if ends:
+            self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d)
         ropes: dict[tuple[float, float], RotaryEmbedding] = {}  # layers of one kind share their tables
         self.blocks = []
-        for index in range(c.n_layers):
+        for index in layers if layers is not None else range(c.n_layers):
             theta, scale, window = self.layer_attention(index)
             if (theta, scale) not in ropes:
                 ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style)
             self.blocks.append(self.block_class(c, weights, index, ropes[theta, scale], window))
-        self.output_norm = weights.vector("output_norm.weight", c.d_model)
-        # Small models tie the output projection to the token embeddings.
-        output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
-        self.output = weights.linear(output_name, c.d_model, c.vocab_size)
+            self.blocks[-1].cache_layer = len(self.blocks) - 1
+        if ends:
+            self.output_norm = weights.vector("output_norm.weight", c.d_model)
+            # Small models tie the output projection to the token embeddings.
+            output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
+            self.output = weights.linear(output_name, c.d_model, c.vocab_size)
 
     def layer_attention(self, index: int) -> tuple[float, float, int | None]:
         """(RoPE base, RoPE position scale, sliding window or None) of layer `index`: the same for every layer."""
@@ -133,12 +140,13 @@ class Llama:
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
         self.backend.begin_step(tokens, caches, lengths)
-        x = self.embed(tokens)  # (N, d_model)
+        x = self.backend.stage_input(lambda: self.embed(tokens), len(tokens))  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):
             cache.advance(T)
-        return self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
+        x = self.backend.stage_output(x)  # a pipeline stage's output goes on to the next stage
+        return None if x is None else self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
 
     def forward_batch(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int], *,
                       all_logits: bool = False) -> np.ndarray:

@@ -13,9 +13,9 @@ import numpy as np
 from ..backends.base import Backend, Linear, WeightSource
 from ..cache.kv import KVCache, KVLayout
 from .group import ProcessGroup
-from .leader import Leader
 from .plan import RankShare
 from .weights import VocabRows
+from .wrapping import WrappingBackend
 
 OUTPUT_NAMES = (["output.weight"], ["token_embd.weight"])  # the output projection, untied or tied
 # The projections whose inputs are a rank's heads or hidden units, by GGUF name suffix -> which RankShare part
@@ -56,27 +56,13 @@ class GatheredRows:
         return self._gathered(x, lambda whole: self.part.grouped(whole, chosen, starts))
 
 
-class TensorParallelBackend(Backend):
+class TensorParallelBackend(WrappingBackend):
     def __init__(self, inner: Backend, shares: list[RankShare], group: ProcessGroup, vocab_size: int, head_dim: int,
                  reduction: str):
-        share = self.share = shares[group.rank]
-        self.inner, self.shares, self.group, self.reduction = inner, shares, group, reduction
+        super().__init__(inner, group, "tensor parallel")
+        self.share, self.shares, self.reduction = shares[group.rank], shares, reduction
         self.vocab_widths, self.vocab_size = [len(s.vocab) for s in shares], vocab_size
         self.head_dim = head_dim
-        self.name = f"{inner.name} (tensor parallel, rank {share.rank} of {share.tp})"
-        self.primitives = inner.primitives
-        self.default_kv_type = inner.default_kv_type
-        self.whole_kv_caches = False  # the other ranks' heads are theirs: no prefix cache (docs/distributed.md)
-        self.leader = Leader(group) if group.rank == 0 else None  # rank 0 sends every step to the others
-
-    def from_host(self, array: np.ndarray) -> np.ndarray:
-        return self.inner.from_host(array)
-
-    def to_host(self, array):
-        return None if array is None else self.inner.to_host(array)
-
-    def vector(self, values: np.ndarray) -> np.ndarray:
-        return self.inner.vector(values)
 
     def linear(self, source: WeightSource, names: list[str], in_features: int, out_features: list[int]) -> Linear:
         if names in OUTPUT_NAMES:
@@ -107,25 +93,15 @@ class TensorParallelBackend(Backend):
             return [len(s.heads.q_heads) * self.head_dim for s in self.shares]
         return [len(getattr(s, kind)) for s in self.shares]
 
-    def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):
-        return self.inner.embedding(source, name, vocab_size, width)  # whole on every rank: rows read on demand
-
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """This rank's KV heads only."""
         local = layout._replace(n_kv_heads=len(self.share.heads.kv_heads))
         return self.inner.kv_cache(local, max_tokens, kv_type or self.default_kv_type)
 
-    def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
-        if self.leader is not None:
-            self.leader.send_step(tokens, caches, lengths)
-
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         if self.reduction == "exact":
             return partial  # already whole: GatheredRows
         return self.group.all_reduce_(np.ascontiguousarray(partial, dtype=np.float32))
-
-    def finish(self, source: WeightSource) -> None:
-        self.inner.finish(source)
 
 
 def place_shard(file, config, inner: Backend, group: ProcessGroup, reduction: str = "exact"):

@@ -151,6 +151,16 @@ class ProcessGroup:
             return None
         return np.concatenate([part.numpy()[:, :width] for part, width in zip(parts, widths)], axis=1)
 
+    def send(self, x: np.ndarray, rank: int) -> None:
+        """x (float32) to `rank`, which receives it with `receive` and the same shape (pipeline stages)."""
+        self._wait(self.gloo.send([self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], rank, 0),
+                   self.step)
+
+    def receive(self, shape: tuple[int, ...], rank: int) -> np.ndarray:
+        data = np.empty(shape, np.float32)
+        self._wait(self.gloo.recv([self.torch.from_numpy(data)], rank, 0), self.step)
+        return data
+
     def broadcast(self, values: np.ndarray | None, dtype, *, idle: bool = False) -> np.ndarray:
         """A 1-d array from rank 0 to every rank (pass None elsewhere): its length first, then its values; `idle`:
         on the commands group, where a follower may wait for a long time."""

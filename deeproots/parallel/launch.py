@@ -26,10 +26,12 @@ def follower_under_torchrun() -> bool:
     return under_torchrun() and os.environ["RANK"] != "0"
 
 
-def load_options(path, *, context=None, reference=False, threads=None, kv_type=None,
-                 tp_reduction="exact") -> list[str]:
+def load_options(path, *, context=None, reference=False, threads=None, kv_type=None, tp_reduction="exact", pp=1,
+                 pp_split=None) -> list[str]:
     """The command line of `python -m deeproots.parallel` that loads the same model the same way."""
-    argv = ["--model", str(path), "--tp-reduction", tp_reduction]
+    argv = ["--model", str(path), "--tp-reduction", tp_reduction, "--pp", str(pp)]
+    if pp_split:
+        argv += ["--pp-split", ",".join(map(str, pp_split))]
     for flag, value in (("--ctx", context), ("--threads", threads), ("--kv-type", kv_type)):
         if value is not None:
             argv += [flag, str(value)]
@@ -76,16 +78,17 @@ class Cluster:
             self.group.close()
 
 
-def start_cluster(tp: int, path, secret_file=None, **options) -> Cluster:
-    """Join (torchrun, proving the secret in `secret_file`) or make (spawning tp - 1 followers on loopback, with a
-    secret of its own) a group of tp ranks, as rank 0."""
+def start_cluster(ranks: int, path, secret_file=None, **options) -> Cluster:
+    """Join (torchrun, proving the secret in `secret_file`) or make (spawning ranks - 1 followers on loopback, with a
+    secret of its own) a group of `ranks` (--tp or --pp), as rank 0."""
+    tp = ranks
     if tp < 2:
-        raise RequestError(f"tensor parallelism needs at least 2 ranks, got {tp}")
+        raise RequestError(f"a parallel group needs at least 2 ranks, got {tp}")
     if under_torchrun():
         rendezvous = Rendezvous.from_environment()
         if rendezvous.world_size != tp or rendezvous.rank != 0:
-            raise RequestError(f"--tp {tp} on rank {rendezvous.rank} of {rendezvous.world_size}: torchrun's "
-                               "--nnodes x --nproc-per-node must equal --tp, and only rank 0 loads as the leader")
+            raise RequestError(f"{tp} ranks asked on rank {rendezvous.rank} of {rendezvous.world_size}: torchrun's "
+                               "--nnodes x --nproc-per-node must equal --tp (or --pp), and only rank 0 leads")
         if secret_file is None:
             raise RequestError("under torchrun every rank needs --secret-file (the same secret on every host)")
         return Cluster(ProcessGroup(rendezvous, read_secret(secret_file)))
@@ -110,7 +113,9 @@ def follow_main(path, secret: bytes, **options) -> None:
 
     group = ProcessGroup(Rendezvous.from_environment(), secret)
     backend = "reference" if options.pop("reference", False) else "cpu"
-    loaded = load_model_file(path, backend=backend, tensor_parallel=group, **options)
+    pipeline = options.pop("pp", 1) > 1
+    loaded = load_model_file(path, backend=backend, tensor_parallel=None if pipeline else group,
+                             pipeline_parallel=group if pipeline else None, **options)
     try:
         follow(loaded, group)
     finally:

@@ -143,7 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     options = LoadOptions(EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                        kv_budget_tokens=args.kv_budget, **engine_speculation(args)),
                           threads=args.threads, kv_type=args.kv_type, reference=args.reference, tp=args.tp,
-                          tp_reduction=args.tp_reduction, secret_file=args.secret_file)
+                          tp_reduction=args.tp_reduction, secret_file=args.secret_file, pp=args.pp,
+                          pp_split=args.pp_split)
     pool = ModelPool(models, options, keep_alive=args.keep_alive, max_memory=args.max_memory)
     pool.preload(models.default)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)

@@ -105,6 +105,8 @@ class LoadOptions:
     tp: int = 1  # ranks of tensor parallelism (parallel/)
     tp_reduction: str = "exact"
     secret_file: str | None = None
+    pp: int = 1  # pipeline stages (parallel/pipeline.py)
+    pp_split: list[int] | None = None
 
     def kv_tokens(self, context: int) -> int:
         c = self.engine
@@ -125,7 +127,7 @@ class LoadOptions:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
                       threads=self.threads, kv_type=self.kv_type, tp=self.tp, tp_reduction=self.tp_reduction,
-                      secret_file=self.secret_file)
+                      secret_file=self.secret_file, pp=self.pp, pp_split=self.pp_split)
         try:
             engine = Engine(model.loaded, self.engine)
         except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary

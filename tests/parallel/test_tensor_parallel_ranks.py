@@ -88,12 +88,19 @@ def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smol
     assert results["tp"] == results["single"]
 
 
-@pytest.mark.parametrize("model_type", [name for name in ARCHITECTURES if name != "olmoe"])  # olmoe: refused (plan)
-def test_every_architectures_tiny_checkpoint_gives_one_process_logits_at_tp_2(model_type, tiny_checkpoint):
+# Every architecture at TP=2 (olmoe: refused by the plan), and in two pipeline stages Gemma 3 (sliding and global
+# layers, cut between them) and Qwen 2 MoE (experts and a shared expert).
+TINY_RUNS = [(name, {"tp": 2}) for name in ARCHITECTURES if name != "olmoe"] + \
+    [(name, {"pp": 2}) for name in ("gemma3_text", "qwen2_moe")]
+
+
+@pytest.mark.parametrize("model_type, parallel", TINY_RUNS, ids=[f"{m}-{next(iter(p))}" for m, p in TINY_RUNS])
+def test_every_architectures_tiny_checkpoint_gives_one_process_logits_in_parallel(model_type, parallel,
+                                                                                  tiny_checkpoint):
     folder, _ = tiny_checkpoint(model_type)
     ids = list(range(1, 24))
     expected = deeproots.load(folder, context=64, threads=1).logits(ids)
-    model = deeproots.load(folder, context=64, threads=1, tp=2)
+    model = deeproots.load(folder, context=64, threads=1, **parallel)
     try:
         np.testing.assert_array_equal(model.logits(ids), expected)
     finally:

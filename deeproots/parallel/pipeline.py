@@ -1,0 +1,64 @@
+"""Pipeline parallelism: the layers cut into contiguous stages, one per rank, hidden states passed stage to stage.
+
+Rank 0 is stage 0 and also holds the embeddings, the final norm and the output projection: it embeds the step's
+tokens, runs its layers and sends the hidden states (N, d_model) to rank 1; each stage runs its layers and sends
+them on; the last sends them back to rank 0, which finishes the step. A stage's KV cache holds its own layers. One
+step is in one stage at a time (the engine batches every running sequence into one step): a pipeline adds memory
+(each host holds its layers only), not speed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..cache.kv import KVCache, KVLayout
+from ..errors import RequestError
+from .group import ProcessGroup
+from .plan import balanced
+from .wrapping import WrappingBackend
+
+
+def split_layers(n_layers: int, stages: int, split: list[int] | None = None) -> list[range]:
+    """The stages' layers: cut at `split` (the first layer of every stage after the first, as `--pp-split 10,22`),
+    else as evenly as whole layers allow."""
+    if split is None:
+        if stages > n_layers:
+            raise RequestError(f"cannot cut {n_layers} layers into {stages} pipeline stages")
+        return balanced(n_layers, stages)
+    bounds = [0, *split, n_layers]
+    if len(split) != stages - 1 or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise RequestError(f"--pp-split needs {stages - 1} increasing layer indices between 1 and {n_layers - 1}, "
+                           f"got {','.join(map(str, split))}")
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+class PipelineBackend(WrappingBackend):
+    def __init__(self, inner: Backend, stages: list[range], group: ProcessGroup, d_model: int):
+        super().__init__(inner, group, "pipeline stage")
+        self.stages, self.d_model = stages, d_model
+        self.last = len(stages) - 1
+
+    def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
+        """This stage's layers only."""
+        local = layout._replace(n_layers=len(self.stages[self.group.rank]))
+        return self.inner.kv_cache(local, max_tokens, kv_type or self.default_kv_type)
+
+    def stage_input(self, embed: Callable[[], np.ndarray], n_tokens: int) -> np.ndarray:
+        if self.group.rank == 0:
+            return embed()
+        return self.group.receive((n_tokens, self.d_model), self.group.rank - 1)
+
+    def stage_output(self, x: np.ndarray) -> np.ndarray | None:
+        rank = self.group.rank
+        self.group.send(x, (rank + 1) % (self.last + 1))  # the last stage's goes back to rank 0
+        return self.group.receive(x.shape, self.last) if rank == 0 else None
+
+
+def place_stage(config, inner: Backend, group: ProcessGroup, split: list[int] | None = None):
+    """(backend, the architecture's keywords) for this rank's stage."""
+    stages = split_layers(config.n_layers, group.world_size, split)
+    backend = PipelineBackend(inner, stages, group, config.d_model)
+    return backend, {"layers": stages[group.rank], "ends": group.rank == 0}
