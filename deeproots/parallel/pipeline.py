@@ -21,13 +21,24 @@ from .plan import balanced
 from .wrapping import WrappingBackend
 
 
-def split_layers(n_layers: int, stages: int, split: list[int] | None = None) -> list[range]:
+def split_layers(n_layers: int, stages: int, split: list[int] | None = None,
+                 memory: list[float] | None = None) -> list[range]:
     """The stages' layers: cut at `split` (the first layer of every stage after the first, as `--pp-split 10,22`),
-    else as evenly as whole layers allow."""
+    else in proportion to each stage's `memory` (its host's available memory), else as evenly as layers allow."""
     if split is None:
         if stages > n_layers:
             raise RequestError(f"cannot cut {n_layers} layers into {stages} pipeline stages")
-        return balanced(n_layers, stages)
+        if memory is None or len(set(memory)) == 1:
+            return balanced(n_layers, stages)
+        # every stage at least one layer; the rest by largest share of the memory (ties to the earlier stage)
+        shares = [n_layers * m / sum(memory) for m in memory]
+        counts = [max(1, int(share)) for share in shares]
+        while sum(counts) != n_layers:
+            if sum(counts) < n_layers:
+                counts[max(range(stages), key=lambda i: (shares[i] - counts[i], -i))] += 1
+            else:
+                counts[max((i for i in range(stages) if counts[i] > 1), key=lambda i: (counts[i] - shares[i], -i))] -= 1
+        split = [sum(counts[:i]) for i in range(1, stages)]
     bounds = [0, *split, n_layers]
     if len(split) != stages - 1 or any(a >= b for a, b in zip(bounds, bounds[1:])):
         raise RequestError(f"--pp-split needs {stages - 1} increasing layer indices between 1 and {n_layers - 1}, "
@@ -57,8 +68,22 @@ class PipelineBackend(WrappingBackend):
         return self.group.receive(x.shape, self.last) if rank == 0 else None
 
 
+def available_memory_mb() -> float:
+    """This host's available memory (MemAvailable), in MB."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1000
+    return 0.0
+
+
 def place_stage(config, inner: Backend, group: ProcessGroup, split: list[int] | None = None):
-    """(backend, the architecture's keywords) for this rank's stage."""
-    stages = split_layers(config.n_layers, group.world_size, split)
+    """(backend, the architecture's keywords) for this rank's stage; without `split`, every rank's available memory
+    is gathered and the layers cut in proportion to it."""
+    memory = None
+    if split is None:
+        mine = np.array([[available_memory_mb()]], np.float32)
+        memory = group.gather_columns(mine, [1] * group.world_size, everywhere=True)[0].tolist()
+    stages = split_layers(config.n_layers, group.world_size, split, memory)
     backend = PipelineBackend(inner, stages, group, config.d_model)
     return backend, {"layers": stages[group.rank], "ends": group.rank == 0}

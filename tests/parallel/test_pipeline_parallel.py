@@ -34,3 +34,10 @@ def test_stages_give_one_process_logits_and_greedy_text(smollm2_path, stages, sp
         assert model.chat(QUESTION, max_tokens=64, temperature=0) == text
     finally:
         model.close()
+
+
+def test_without_a_split_the_layers_follow_each_hosts_available_memory():
+    assert split_layers(30, 2, memory=[8000.0, 8000.0]) == [range(0, 15), range(15, 30)]
+    assert split_layers(30, 2, memory=[24000.0, 8000.0]) == [range(0, 23), range(23, 30)]  # 22.5 : 7.5
+    assert split_layers(32, 3, memory=[1000.0, 1.0, 1.0]) == [range(0, 30), range(30, 31), range(31, 32)]
+    assert split_layers(30, 3, memory=[16000.0, 8000.0, 8000.0]) == [range(0, 15), range(15, 23), range(23, 30)]
