@@ -1,10 +1,13 @@
-"""Tensor parallel against one process, side by side in one run: prefill and decode tokens/s, and every rank's RSS.
+"""Tensor (and pipeline) parallel against one process, side by side in one run: prefill and decode tokens/s, and
+every follower rank's RSS.
 
     python benchmarks/bench_tensor_parallel.py MODEL [--ranks 1,2,4] [--cores 2] [-p 64] [-n 32] [-r 3] [--sum]
+                                                     [--pp 2]
 
 Every configuration is loaded at once and they run alternately, repetition by repetition (deeproots/bench.py's
 run_benchmark), with the same total kernel threads (`--cores`: one process with that many, N ranks with cores / N
-each, at least one). `--sum` adds Megatron's all-reduce reduction at 2 ranks beside the default exact one.
+each, at least one). `--sum` adds Megatron's all-reduce reduction at 2 ranks beside the default exact one; `--pp N`
+adds N pipeline stages.
 """
 
 from __future__ import annotations
@@ -41,15 +44,19 @@ def main() -> None:
     parser.add_argument("-r", type=int, default=3)
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--sum", action="store_true")
+    parser.add_argument("--pp", type=int, default=None)
     args = parser.parse_args()
-    configs = [(int(n), "exact") for n in args.ranks.split(",")] + ([(2, "sum")] if args.sum else [])
+    configs = [(int(n), "exact", 1) for n in args.ranks.split(",")] + ([(2, "sum", 1)] if args.sum else []) + \
+        ([(1, "exact", args.pp)] if args.pp else [])
     engines, memory = [], []
-    for ranks, reduction in configs:
-        threads = max(1, args.cores // ranks)
-        model = deeproots.load(args.model, context=args.ctx, threads=threads, tp=ranks, tp_reduction=reduction)
+    for ranks, reduction, stages in configs:
+        threads = max(1, args.cores // (ranks * stages))
+        model = deeproots.load(args.model, context=args.ctx, threads=threads, tp=ranks, tp_reduction=reduction,
+                               pp=stages)
         engine = DeeprootsEngine(model)
-        engine.name = f"tp={ranks} {reduction} ({threads} thread{'s' * (threads > 1)}/rank)" if ranks > 1 else \
-            f"one process ({threads} threads)"
+        per_rank = f"({threads} thread{'s' * (threads > 1)}/rank)"
+        engine.name = f"tp={ranks} {reduction} {per_rank}" if ranks > 1 else f"pp={stages} {per_rank}" \
+            if stages > 1 else f"one process ({threads} threads)"
         engine.model = model
         engines.append(engine)
         pids = [os.getpid()] + ([w.pid for w in model.cluster.workers] if model.cluster else [])
