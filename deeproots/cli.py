@@ -496,8 +496,8 @@ def follow_rank_zero(args: argparse.Namespace) -> None:
         name = getattr(args, "model", None) or getattr(args, "model_word", None) or DEFAULT_MODEL
     preset = find_preset(name)
     path = ModelStore().resolve(preset.base if preset else name, pull=True)
-    follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
+    follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference,
+                threads=args.threads, kv_type=args.kv_type, tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
 
 
 def run_handler(args: argparse.Namespace, debug: bool) -> int:

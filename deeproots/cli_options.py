@@ -76,7 +76,8 @@ def add_parallel_options(parser: argparse.ArgumentParser) -> None:
                         help="exact: gathers, logits bit-identical to one process (default); sum: Megatron's "
                              "all-reduce, fewer bytes, logits within the fast path's tolerance")
     parser.add_argument("--pp", type=positive_int, default=1,
-                        help="pipeline parallel: cut the layers into N stages, one per process (not with --tp)")
+                        help="pipeline parallel: cut the layers into N stages, one process each (with --tp M: M "
+                             "processes each, N x M in all)")
     parser.add_argument("--pp-split", type=layer_list, default=None, metavar="L1,L2,...",
                         help="the first layer of every stage after the first, e.g. 10,22 (default: even)")
     parser.add_argument("--secret-file", default=None, metavar="FILE",

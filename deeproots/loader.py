@@ -52,8 +52,9 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES).
 
     `tensor_parallel` (a parallel.group.ProcessGroup): build only this rank's share of every layer, finishing the
-    split projections as `tp_reduction` says (parallel/plan.py); `pipeline_parallel` (one): only this rank's stage
-    of layers, cut at `pp_split` (parallel/pipeline.py)."""
+    split projections as `tp_reduction` says (parallel/plan.py); `pipeline_parallel` (one: every rank): only this
+    rank's stage of layers, cut at `pp_split` (parallel/pipeline.py); with both, `tensor_parallel` is this stage's
+    ranks."""
     if kv_type is not None:
         check_kv_type(kv_type)  # before the load, not after it
     file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
@@ -82,12 +83,14 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     if tensor_parallel is not None:
         from .parallel.backend import place_shard
 
-        placer, weights, net_config = place_shard(file, config, placer, tensor_parallel, tp_reduction)
+        placer, weights, net_config = place_shard(file, config, placer, tensor_parallel, tp_reduction,
+                                                  pipeline_parallel)
     if pipeline_parallel is not None:
         from .parallel.pipeline import place_stage
 
-        placer, net_options = place_stage(config, placer, pipeline_parallel, pp_split)
-        weights = GGUFWeights(file, placer)
+        tp = tensor_parallel.world_size if tensor_parallel is not None else 1
+        placer, net_options = place_stage(config, placer, pipeline_parallel, pp_split, tp)
+        weights.backend = placer  # the stage over this rank's shard (or over the backend itself)
     net = architecture(net_config, weights, context, **net_options)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)

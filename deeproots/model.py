@@ -28,26 +28,23 @@ class Model:
                  pp_split: list[int] | None = None):
         # tp > 1: this process is rank 0 of a tensor-parallel group (parallel/), spawning the other ranks unless
         # torchrun started them; it computes its share of every layer and runs everything else.
-        # pp > 1: its stage 0 of a pipeline (parallel/pipeline.py), likewise.
-        self.cluster = None
-        if tp > 1 and pp > 1:
-            raise RequestError("tensor and pipeline parallelism together (--tp with --pp) are not implemented")
-        if max(tp, pp) > 1:
-            from .parallel.launch import start_cluster
+        # pp > 1: its stage 0 of a pipeline (parallel/pipeline.py), likewise; both: pp stages of tp ranks each.
+        self.cluster = tensor = pipeline = None
+        if tp * pp > 1:
+            from .parallel.launch import parallel_groups, start_cluster
 
-            self.cluster = start_cluster(max(tp, pp), path, secret_file, context=context, reference=reference,
-                                         threads=threads, kv_type=kv_type, tp_reduction=tp_reduction, pp=pp,
+            self.cluster = start_cluster(tp * pp, path, secret_file, context=context, reference=reference,
+                                         threads=threads, kv_type=kv_type, tp=tp, tp_reduction=tp_reduction, pp=pp,
                                          pp_split=pp_split)
+            tensor, pipeline = parallel_groups(self.cluster.group, tp, pp)
             atexit.register(self.close)  # the other ranks stop with this process
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
         try:
             loaded = self.loaded = load_model_file(path, context=context, backend="reference" if reference else "cpu",
                                                    threads=threads, kv_type=kv_type,
-                                                   tensor_parallel=self.cluster.group if tp > 1 else None,
-                                                   tp_reduction=tp_reduction,
-                                                   pipeline_parallel=self.cluster.group if pp > 1 else None,
-                                                   pp_split=pp_split)
+                                                   tensor_parallel=tensor, tp_reduction=tp_reduction,
+                                                   pipeline_parallel=pipeline, pp_split=pp_split)
         except BaseException:
             if self.cluster is not None:
                 self.cluster.abort()

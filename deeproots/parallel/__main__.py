@@ -19,6 +19,7 @@ def main(argv=None) -> None:
     parser.add_argument("--kv-type", default=None)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--tp-reduction", default="exact")
+    parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--pp-split", type=layer_list, default=None)
     secret = parser.add_mutually_exclusive_group(required=True)
@@ -28,7 +29,7 @@ def main(argv=None) -> None:
     try:
             follow_main(args.model, sys.stdin.buffer.read().strip() if args.secret_stdin else read_secret(args.secret_file),
                     context=args.ctx, threads=args.threads, kv_type=args.kv_type, reference=args.reference,
-                    tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
+                    tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
     except DeeprootsError as error:  # rank 0 gone, a refused join, a bad file: one line, as the CLI's errors
         print(f"deeproots rank {os.environ.get('RANK', '?')}: {error}", file=sys.stderr)
         sys.exit(1)

@@ -58,8 +58,8 @@ class GatheredRows:
 
 class TensorParallelBackend(WrappingBackend):
     def __init__(self, inner: Backend, shares: list[RankShare], group: ProcessGroup, vocab_size: int, head_dim: int,
-                 reduction: str):
-        super().__init__(inner, group, "tensor parallel")
+                 reduction: str, world: ProcessGroup | None = None):
+        super().__init__(inner, group, "tensor parallel", world)
         self.share, self.shares, self.reduction = shares[group.rank], shares, reduction
         self.vocab_widths, self.vocab_size = [len(s.vocab) for s in shares], vocab_size
         self.head_dim = head_dim
@@ -104,13 +104,14 @@ class TensorParallelBackend(WrappingBackend):
         return self.group.all_reduce_(np.ascontiguousarray(partial, dtype=np.float32))
 
 
-def place_shard(file, config, inner: Backend, group: ProcessGroup, reduction: str = "exact"):
+def place_shard(file, config, inner: Backend, group: ProcessGroup, reduction: str = "exact",
+                world: ProcessGroup | None = None):
     """(backend, weights, config) for this rank's layers: the TP backend over `inner`, the file's slices of this
-    rank and the config its layers see."""
+    rank and the config its layers see (`world`: every rank, when `group` is one pipeline stage's)."""
     from .plan import plan_shares
     from .weights import ShardedWeights
 
     shares = plan_shares(config, file.tensors, group.world_size, reduction)
-    backend = TensorParallelBackend(inner, shares, group, config.vocab_size, config.head_dim, reduction)
+    backend = TensorParallelBackend(inner, shares, group, config.vocab_size, config.head_dim, reduction, world)
     weights = ShardedWeights(file, backend, shares[group.rank], config.head_dim, reduction)
     return backend, weights, shares[group.rank].config(config)

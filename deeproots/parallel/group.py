@@ -9,6 +9,7 @@ rank 0), never to every interface. Messages are plain int64/float32 tensors (nev
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
@@ -78,7 +79,7 @@ class ProcessGroup:
             knock(address, port, secret, self.rank)
             self.store = dist.TCPStore(address, port + 1, self.world_size, is_master=False, timeout=wait)
         address = rendezvous.address if rendezvous.rank == 0 else local_address(rendezvous.address, rendezvous.port)
-        options = dist.ProcessGroupGloo._Options()
+        self.options = options = dist.ProcessGroupGloo._Options()
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
         options._timeout = self.step
         self.gloo = dist.ProcessGroupGloo(dist.PrefixStore("deeproots", self.store), self.rank, self.world_size,
@@ -89,6 +90,17 @@ class ProcessGroup:
         self.rendezvous = rendezvous
         if self.rank != 0:
             threading.Thread(target=self._beat, name="deeproots-heartbeat", daemon=True).start()
+
+    def subgroup(self, members: range) -> "ProcessGroup":
+        """The group of the ranks `members` (this one among them), as this one sees it: its own gloo group (every
+        member makes it at once), ranks counted from 0 within it; its heartbeats and store are this group's."""
+        import torch.distributed as dist
+
+        sub = copy.copy(self)
+        sub.rank, sub.world_size = members.index(self.rank), len(members)
+        store = dist.PrefixStore(f"deeproots/{members.start}-{members.stop}", self.store)
+        sub.gloo = dist.ProcessGroupGloo(store, sub.rank, sub.world_size, self.options)
+        return sub
 
     def _beat(self) -> None:
         """A follower's heartbeat in the store, on a connection of its own (the main thread's may be in a call)."""

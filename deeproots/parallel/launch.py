@@ -26,10 +26,10 @@ def follower_under_torchrun() -> bool:
     return under_torchrun() and os.environ["RANK"] != "0"
 
 
-def load_options(path, *, context=None, reference=False, threads=None, kv_type=None, tp_reduction="exact", pp=1,
-                 pp_split=None) -> list[str]:
+def load_options(path, *, context=None, reference=False, threads=None, kv_type=None, tp=1, tp_reduction="exact",
+                 pp=1, pp_split=None) -> list[str]:
     """The command line of `python -m deeproots.parallel` that loads the same model the same way."""
-    argv = ["--model", str(path), "--tp-reduction", tp_reduction, "--pp", str(pp)]
+    argv = ["--model", str(path), "--tp", str(tp), "--tp-reduction", tp_reduction, "--pp", str(pp)]
     if pp_split:
         argv += ["--pp-split", ",".join(map(str, pp_split))]
     for flag, value in (("--ctx", context), ("--threads", threads), ("--kv-type", kv_type)):
@@ -106,6 +106,17 @@ def start_cluster(ranks: int, path, secret_file=None, **options) -> Cluster:
     return Cluster(ProcessGroup(rendezvous, secret), workers)
 
 
+def parallel_groups(world: ProcessGroup, tp: int, pp: int) -> tuple[ProcessGroup | None, ProcessGroup | None]:
+    """(the ranks splitting this rank's layers, every rank of the pipeline) for load_model_file's tensor_parallel
+    and pipeline_parallel: with both, a stage's tp ranks are consecutive (stage = rank // tp)."""
+    if pp == 1:
+        return world, None
+    if tp == 1:
+        return None, world
+    stage = world.rank // tp
+    return world.subgroup(range(stage * tp, (stage + 1) * tp)), world
+
+
 def follow_main(path, secret: bytes, **options) -> None:
     """A follower rank: join the group the environment names, load this rank's share, run rank 0's steps."""
     from ..loader import load_model_file
@@ -113,9 +124,8 @@ def follow_main(path, secret: bytes, **options) -> None:
 
     group = ProcessGroup(Rendezvous.from_environment(), secret)
     backend = "reference" if options.pop("reference", False) else "cpu"
-    pipeline = options.pop("pp", 1) > 1
-    loaded = load_model_file(path, backend=backend, tensor_parallel=None if pipeline else group,
-                             pipeline_parallel=group if pipeline else None, **options)
+    tensor, pipeline = parallel_groups(group, options.pop("tp", 1), options.pop("pp", 1))
+    loaded = load_model_file(path, backend=backend, tensor_parallel=tensor, pipeline_parallel=pipeline, **options)
     try:
         follow(loaded, group)
     finally:

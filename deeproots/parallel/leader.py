@@ -66,7 +66,9 @@ def follow(loaded, group) -> None:
             return
         if kind == LOGITS:
             rows, width = int(message[1]), int(message[2])
-            net.logits(group.broadcast(None, np.float32).reshape(rows, width))
+            hidden = group.broadcast(None, np.float32).reshape(rows, width)
+            if hasattr(net, "output"):  # a later pipeline stage has no output projection: it only listens
+                net.logits(hidden)
             continue
         n_caches, n_tokens, n_freed = (int(v) for v in message[1:4])
         described = message[4:4 + FIELDS * n_caches].reshape(n_caches, FIELDS)

@@ -47,25 +47,30 @@ def split_layers(n_layers: int, stages: int, split: list[int] | None = None,
 
 
 class PipelineBackend(WrappingBackend):
-    def __init__(self, inner: Backend, stages: list[range], group: ProcessGroup, d_model: int):
+    """Stage rank // tp of the world's ranks; with tensor parallelism (tp > 1) each stage is tp ranks, and rank r
+    passes hidden states to rank r + tp of the next stage (each holds the whole states after its stage's gathers)."""
+
+    def __init__(self, inner: Backend, stages: list[range], group: ProcessGroup, d_model: int, tp: int = 1):
         super().__init__(inner, group, "pipeline stage")
-        self.stages, self.d_model = stages, d_model
+        self.stages, self.d_model, self.tp = stages, d_model, tp
+        self.stage = group.rank // tp
         self.last = len(stages) - 1
 
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """This stage's layers only."""
-        local = layout._replace(n_layers=len(self.stages[self.group.rank]))
+        local = layout._replace(n_layers=len(self.stages[self.stage]))
         return self.inner.kv_cache(local, max_tokens, kv_type or self.default_kv_type)
 
     def stage_input(self, embed: Callable[[], np.ndarray], n_tokens: int) -> np.ndarray:
-        if self.group.rank == 0:
+        if self.stage == 0:
             return embed()
-        return self.group.receive((n_tokens, self.d_model), self.group.rank - 1)
+        return self.group.receive((n_tokens, self.d_model), self.group.rank - self.tp)
 
     def stage_output(self, x: np.ndarray) -> np.ndarray | None:
-        rank = self.group.rank
-        self.group.send(x, (rank + 1) % (self.last + 1))  # the last stage's goes back to rank 0
-        return self.group.receive(x.shape, self.last) if rank == 0 else None
+        rank, column = self.group.rank, self.group.rank % self.tp
+        # the last stage's states go back to stage 0, which finishes the step
+        self.group.send(x, rank + self.tp if self.stage < self.last else column)
+        return self.group.receive(x.shape, self.last * self.tp + column) if self.stage == 0 else None
 
 
 def available_memory_mb() -> float:
@@ -77,13 +82,15 @@ def available_memory_mb() -> float:
     return 0.0
 
 
-def place_stage(config, inner: Backend, group: ProcessGroup, split: list[int] | None = None):
-    """(backend, the architecture's keywords) for this rank's stage; without `split`, every rank's available memory
-    is gathered and the layers cut in proportion to it."""
+def place_stage(config, inner: Backend, group: ProcessGroup, split: list[int] | None = None, tp: int = 1):
+    """(backend, the architecture's keywords) for this rank's stage (`group`: every rank, tp per stage); without
+    `split`, every rank's available memory is gathered and the layers cut in proportion to each stage's."""
+    n_stages = group.world_size // tp
     memory = None
     if split is None:
         mine = np.array([[available_memory_mb()]], np.float32)
-        memory = group.gather_columns(mine, [1] * group.world_size, everywhere=True)[0].tolist()
-    stages = split_layers(config.n_layers, group.world_size, split, memory)
-    backend = PipelineBackend(inner, stages, group, config.d_model)
-    return backend, {"layers": stages[group.rank], "ends": group.rank == 0}
+        per_rank = group.gather_columns(mine, [1] * group.world_size, everywhere=True)[0].tolist()
+        memory = [sum(per_rank[s * tp:(s + 1) * tp]) for s in range(n_stages)]
+    stages = split_layers(config.n_layers, n_stages, split, memory)
+    backend = PipelineBackend(inner, stages, group, config.d_model, tp)
+    return backend, {"layers": stages[backend.stage], "ends": backend.stage == 0}

@@ -11,13 +11,16 @@ from .leader import Leader
 
 
 class WrappingBackend(Backend):
-    def __init__(self, inner: Backend, group: ProcessGroup, name: str):
+    def __init__(self, inner: Backend, group: ProcessGroup, name: str, world: ProcessGroup | None = None):
+        """`group`: the ranks this backend splits over; `world`: every rank (default: the same), whose rank 0 sends
+        the steps (and logits requests) to all the others."""
+        world = world or group
         self.inner, self.group = inner, group
         self.name = f"{inner.name} ({name}, rank {group.rank} of {group.world_size})"
         self.primitives = inner.primitives
         self.default_kv_type = inner.default_kv_type
         self.whole_kv_caches = False  # the other ranks' heads or layers are theirs: no prefix cache
-        self.leader = Leader(group) if group.rank == 0 else None  # rank 0 sends every step to the others
+        self.leader = Leader(world) if world.rank == 0 else None
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         return self.inner.from_host(array)
@@ -37,6 +40,9 @@ class WrappingBackend(Backend):
 
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):
         return self.inner.embedding(source, name, vocab_size, width)
+
+    def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
+        return self.inner.reduce_shards(partial)  # a pipeline stage over tensor-parallel shards sums theirs
 
     def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
         if self.leader is not None:

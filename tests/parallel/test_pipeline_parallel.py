@@ -22,10 +22,11 @@ def test_layers_are_cut_evenly_or_where_asked():
 
 
 @pytest.mark.slow  # starts rank processes
-@pytest.mark.parametrize("stages, split", [(2, None), (3, [10, 22])])
-def test_stages_give_one_process_logits_and_greedy_text(smollm2_path, stages, split):
+@pytest.mark.parametrize("stages, split, tp", [(2, None, 1), (3, [10, 22], 1), (2, [14], 2)])
+def test_stages_give_one_process_logits_and_greedy_text(smollm2_path, stages, split, tp):
+    """2 and 3 stages, and 2 stages of 2 tensor-parallel ranks each (4 ranks)."""
     single = deeproots.load(smollm2_path, context=512, threads=1)
-    model = deeproots.load(smollm2_path, context=512, threads=1, pp=stages, pp_split=split)
+    model = deeproots.load(smollm2_path, context=512, threads=1, pp=stages, pp_split=split, tp=tp)
     try:
         ids = single.tokenize(TEXT)
         np.testing.assert_array_equal(model.logits(ids), single.logits(ids))
