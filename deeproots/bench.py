@@ -30,8 +30,9 @@ class Engine(Protocol):
 class DeeprootsEngine:
     def __init__(self, model, kv_type: str | None = None):
         """`kv_type` overrides the model's KV cache type (the weights are shared)."""
-        self.name = "deeproots" + (" (reference)" if model.reference else "") + (f" ({kv_type} KV)" if kv_type else "") \
-            + (f" (tp {model.cluster.group.world_size})" if model.cluster else "")
+        backend = f" ({model.backend})" if model.backend != "cpu" else ""  # reference or cuda
+        parallel = f" (tp {model.cluster.group.world_size})" if model.cluster else ""
+        self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "") + parallel
         self.net = model.net
         self.cache = model.new_cache(kv_type=kv_type)
 

@@ -63,9 +63,8 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
     started = time.perf_counter()
     with load_progress(name):
         model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                     tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file, pp=args.pp,
-                     pp_split=args.pp_split,
-                     **speculation_from(args))
+                     device=args.device, tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file,
+                     pp=args.pp, pp_split=args.pp_split, **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         print(f"load: {time.perf_counter() - started:.2f} s", file=sys.stderr)
@@ -256,7 +255,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .inspect import describe, print_rows, summarize
 
-    print_rows(describe(summarize(ModelStore().resolve(args.model, pull=False)), args.ctx, args.kv_type))
+    print_rows(describe(summarize(ModelStore().resolve(args.model, pull=False)), args.ctx, args.kv_type, args.device))
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -432,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="what a model file holds and what it needs to run")
     inspect.add_argument("model", help="a store name or a path to a .gguf file or a Hugging Face folder")
     add_inspect_options(inspect)
+    inspect.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                         help="estimate host memory (cpu) or the CUDA backend's device memory (cuda)")
     inspect.set_defaults(handler=cmd_inspect)
     return parser
 
@@ -497,7 +498,8 @@ def follow_rank_zero(args: argparse.Namespace) -> None:
     preset = find_preset(name)
     path = ModelStore().resolve(preset.base if preset else name, pull=True)
     follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference,
-                threads=args.threads, kv_type=args.kv_type, tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
+                threads=args.threads, kv_type=args.kv_type, tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp,
+                pp_split=args.pp_split)
 
 
 def run_handler(args: argparse.Namespace, debug: bool) -> int:

@@ -66,6 +66,7 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
                         help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
                              "(slow; for checking)")
     add_parallel_options(parser)
+    add_device_option(parser)
 
 
 def add_parallel_options(parser: argparse.ArgumentParser) -> None:
@@ -79,10 +80,19 @@ def add_parallel_options(parser: argparse.ArgumentParser) -> None:
                         help="pipeline parallel: cut the layers into N stages, one process each (with --tp M: M "
                              "processes each, N x M in all)")
     parser.add_argument("--pp-split", type=layer_list, default=None, metavar="L1,L2,...",
-                        help="the first layer of every stage after the first, e.g. 10,22 (default: even)")
+                        help="the first layer of every stage after the first, e.g. 10,22 (default: in proportion to "
+                             "each host's available memory)")
     parser.add_argument("--secret-file", default=None, metavar="FILE",
                         help="under torchrun: the secret every rank proves before joining (the same file on every "
                              "host; at least 16 bytes)")
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    from .device import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (the C kernels), cuda (Triton kernels on an NVIDIA GPU: PyTorch with CUDA and "
+                             "deeproots[cuda]) or auto (cuda when PyTorch sees a GPU); default: cpu")
 
 
 def add_context_option(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,10 @@ class RequestError(DeeprootsError):
     """A bad request: invalid sampling values, an empty or oversized prompt, ..."""
 
 
+class DeviceError(DeeprootsError):
+    """The device asked for cannot run the model: no GPU that PyTorch sees, or too little device memory."""
+
+
 class TensorNotFoundError(DeeprootsError, KeyError):
     """A tensor name the file does not contain (a KeyError too, for dict-like lookups)."""
 

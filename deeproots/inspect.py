@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache.kv import kv_cache_nbytes, kv_type_fits
+from .backends.device_memory import device_weight_bytes
 from .config import ModelConfig, config_from_gguf, default_context
 from .errors import ModelFormatError
 from .model_file import open_model_file
@@ -38,6 +39,7 @@ class ModelSummary:
     vocab_size: int
     chat_template: str | None  # the file's own; None for a file without one (a built-in may still apply)
     license: str  # general.license, "" when the file does not say
+    cuda_weight_bytes: int = 0  # what the weights take in device memory on the CUDA backend (device_memory.py)
 
     @property
     def has_chat_template(self) -> bool:
@@ -80,12 +82,14 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
             vocab_size=len(vocab),
             chat_template=template if isinstance(template := metadata.get("tokenizer.chat_template"), str) else None,
             license=str(metadata.get("general.license", "")),
+            cuda_weight_bytes=device_weight_bytes(tensors),
         )
 
 
-def describe(summary: ModelSummary, context: int | None, kv_type: str) -> list[tuple[str, str]]:
+def describe(summary: ModelSummary, context: int | None, kv_type: str,
+             device: str = "cpu") -> list[tuple[str, str]]:
     """(label, value) rows for `deeproots inspect` and `show`: what the file holds and its memory at `context`
-    (default: what run would use)."""
+    (default: what run would use), in host memory or with `device` "cuda" in the GPU's."""
     c = summary.config
     rows = [
         ("file", f"{summary.path} ({human_bytes(summary.file_size)})"),
@@ -101,12 +105,12 @@ def describe(summary: ModelSummary, context: int | None, kv_type: str) -> list[t
     ]
     context = context or default_context(c)
     kv = summary.kv_cache_bytes(context, kv_type)
+    weights = summary.cuda_weight_bytes if device == "cuda" else summary.weight_bytes
     if kv is None:
-        memory = f"weights {human_bytes(summary.weight_bytes)}; no {kv_type} KV cache for this model"
+        memory = f"weights {human_bytes(weights)}; no {kv_type} KV cache for this model"
     else:
-        memory = (f"{human_bytes(summary.weight_bytes + kv)} (weights {human_bytes(summary.weight_bytes)} + "
-                  f"{kv_type} KV cache {human_bytes(kv)})")
-    rows.append((f"memory at ctx {context}", memory))
+        memory = f"{human_bytes(weights + kv)} (weights {human_bytes(weights)} + {kv_type} KV cache {human_bytes(kv)})"
+    rows.append((f"{'device ' if device == 'cuda' else ''}memory at ctx {context}", memory))
     return rows
 
 

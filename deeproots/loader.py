@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, backend_named
-from .cache.kv import KVCache, KVLayout, check_kv_type
+from .cache.kv import KVCache, KVLayout, check_kv_type, kv_cache_nbytes
 from .cache.packed import PackedCache
 from .config import ModelConfig, config_from_gguf, default_context
 from .errors import RequestError
@@ -46,10 +46,11 @@ class LoadedModel:
 
 
 def load_model_file(path: str | os.PathLike, *, context: int | None = None, backend: str = "cpu",
-                    threads: int | None = None, kv_type: str | None = None, tensor_parallel=None,
+                    threads: int | None = None, kv_type: str | None = None, device: str = "cuda", tensor_parallel=None,
                     tp_reduction: str = "exact", pipeline_parallel=None,
                     pp_split: list[int] | None = None) -> LoadedModel:
-    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES).
+    """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES); `device` is
+    the cuda backend's torch device ("cpu": its kernels under Triton's interpreter, for tests).
 
     `tensor_parallel` (a parallel.group.ProcessGroup): build only this rank's share of every layer, finishing the
     split projections as `tp_reduction` says (parallel/plan.py); `pipeline_parallel` (one: every rank): only this
@@ -78,7 +79,10 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     # A rank's slices are packed in memory: the packed cache holds whole weights.
     packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) and \
         tensor_parallel is None and pipeline_parallel is None else None
-    placer = backend_named(backend, packed_cache=packed_cache)
+    placer = backend_named(backend, packed_cache=packed_cache, device=device)
+    kv_type = kv_type or placer.default_kv_type
+    placer.check_memory(list(file.tensors.values()),
+                        kv_cache_nbytes(config.n_layers, config.n_kv_heads, config.head_dim, context, kv_type))
     weights, net_config, net_options = GGUFWeights(file, placer), config, {}
     if tensor_parallel is not None:
         from .parallel.backend import place_shard
@@ -94,5 +98,4 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     net = architecture(net_config, weights, context, **net_options)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
-    return LoadedModel(path, file, config, tokenizer, template, net, placer, context,
-                       kv_type or placer.default_kv_type)
+    return LoadedModel(path, file, config, tokenizer, template, net, placer, context, kv_type)

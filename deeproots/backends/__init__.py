@@ -1,15 +1,17 @@
-"""Backends: how a model executes (see base.py). `cpu` is the packed C core, `reference` the float32 numpy formulas."""
+"""Backends: how a model executes (see base.py). `cpu` is the packed C core, `reference` the float32 numpy formulas,
+`cuda` the Triton kernels over torch tensors on a device (imported only when asked for: it imports torch)."""
 
 from __future__ import annotations
 
 from ..errors import RequestError
 from .base import Backend, Primitives, WeightSource
 
-BACKEND_NAMES = ("cpu", "reference")
+BACKEND_NAMES = ("cpu", "reference", "cuda")
 
 
-def backend_named(name: str, *, packed_cache=None) -> Backend:
-    """The backend called `name`; `packed_cache` (cpu only) maps weights packed by an earlier load."""
+def backend_named(name: str, *, packed_cache=None, device: str = "cuda") -> Backend:
+    """The backend called `name`; `packed_cache` (cpu only) maps weights packed by an earlier load; `device`
+    (cuda only) the torch device its tensors live on ("cpu" runs its kernels under Triton's interpreter)."""
     if name == "cpu":
         from .cpu import CPUBackend
 
@@ -18,6 +20,10 @@ def backend_named(name: str, *, packed_cache=None) -> Backend:
         from .reference import ReferenceBackend
 
         return ReferenceBackend()
+    if name == "cuda":
+        from .cuda import CUDABackend
+
+        return CUDABackend(device)
     raise RequestError(f"backend must be one of {', '.join(BACKEND_NAMES)}, got {name!r}")
 
 

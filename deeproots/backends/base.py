@@ -121,5 +121,14 @@ class Backend(ABC):
         """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
         return partial
 
+    def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
+        """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA
+        backend's graphs), the caches advanced; None: the network runs the step itself, as on the CPU."""
+        return None
+
+    def check_memory(self, tensors: list[TensorInfo], kv_bytes: int) -> None:
+        """Before a load: refuse one whose weights (the file's `tensors`) and a cache of `kv_bytes` cannot fit where
+        this backend places them. Host memory is not checked here (the kernel pages a mapped file in and out)."""
+
     def finish(self, source: WeightSource) -> None:
         """Called once the model took all its weights (e.g. to write a cache of what placing them made)."""

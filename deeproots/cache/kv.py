@@ -67,9 +67,13 @@ class KVCache:
         self.kv_type = kv_type
         self.max_tokens = max_tokens
         # (n_layers, n_kv_heads, max_tokens, row): heads first so a layer's prefix is what attention takes.
-        self.keys = np.zeros((n_layers, n_kv_heads, max_tokens, kv_row_size(head_dim, kv_type)), KV_TYPES[kv_type])
-        self.values = np.zeros_like(self.keys)
+        shape = (n_layers, n_kv_heads, max_tokens, kv_row_size(head_dim, kv_type))
+        self.keys, self.values = self._zeros(shape, kv_type), self._zeros(shape, kv_type)
         self.offset = 0
+
+    def _zeros(self, shape: tuple[int, ...], kv_type: str) -> np.ndarray:
+        """Storage for keys or values, in host memory (cache/device_kv.py places it on a device)."""
+        return np.zeros(shape, KV_TYPES[kv_type])
 
     def room(self) -> int:
         return self.max_tokens - self.offset
@@ -84,13 +88,21 @@ class KVCache:
         end = self.offset + keys.shape[1]
         if end > self.max_tokens:
             raise RequestError(f"the KV cache holds {self.max_tokens} tokens; this step needs {end}")
-        if self.kv_type == "q8_0":
-            quantize_q8_0_rows(keys, self.keys[layer, :, self.offset:end])
-            quantize_q8_0_rows(values, self.values[layer, :, self.offset:end])
-        else:
-            self.keys[layer, :, self.offset:end] = keys
-            self.values[layer, :, self.offset:end] = values
+        self._write(self.keys[layer, :, self.offset:end], keys)
+        self._write(self.values[layer, :, self.offset:end], values)
         return self.keys[layer, :, :end], self.values[layer, :, :end]
+
+    def _write(self, rows: np.ndarray, new: np.ndarray) -> None:
+        """Store new (n_kv_heads, T, head_dim) float32 into the cache's rows (n_kv_heads, T, row), quantized in q8_0."""
+        if self.kv_type == "q8_0":
+            quantize_q8_0_rows(new, rows)
+        else:
+            rows[...] = new
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of positions start..stop of every layer, (n_layers, n_kv_heads, stop - start, row) each: what
+        `extend` takes."""
+        return self.keys[:, :, start:stop].copy(), self.values[:, :, start:stop].copy()
 
     def extend(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Append rows as this cache stores them, (n_layers, n_kv_heads, n, row) each (e.g. a slice of another

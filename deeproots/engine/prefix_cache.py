@@ -38,15 +38,14 @@ class PrefixCache:
     def load(self, ids: Sequence[int], cache: KVCache, namespace: bytes = b"") -> int:
         """Fill the empty `cache` with the longest cached prefix of `ids` that leaves at least one token to
         run (its logits are needed); returns how many tokens it holds now."""
-        found: list[tuple[np.ndarray, np.ndarray]] = []
+        found = []
         for index, key in enumerate(self._keys(ids, namespace)):
             if (index + 1) * self.block_size >= len(ids) or key not in self.blocks:
                 break
             self.blocks.move_to_end(key)
             found.append(self.blocks[key])
-        if found:
-            # (n_layers, n_kv_heads, n_cached, row): rows as the cache stores them (floats, or q8_0 bytes)
-            cache.extend(np.concatenate([k for k, _ in found], axis=2), np.concatenate([v for _, v in found], axis=2))
+        for keys, values in found:  # (n_layers, n_kv_heads, block_size, row) as the cache stores them, wherever
+            cache.extend(keys, values)
         self.hit_tokens += cache.offset
         return cache.offset
 
@@ -56,7 +55,6 @@ class PrefixCache:
             if key in self.blocks:
                 self.blocks.move_to_end(key)
                 continue
-            span = slice(index * self.block_size, (index + 1) * self.block_size)
-            self.blocks[key] = (cache.keys[:, :, span].copy(), cache.values[:, :, span].copy())
+            self.blocks[key] = cache.rows(index * self.block_size, (index + 1) * self.block_size)
             while len(self.blocks) > self.capacity_blocks:
                 self.blocks.popitem(last=False)

@@ -61,8 +61,10 @@ class LlamaBlock:
 
     def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
         """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
-        normed = self.ops.rms_norm(np.ascontiguousarray(heads).reshape(-1, weight.shape[0]), weight,
-                                   self.config.norm_eps)
+        # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy and
+        # torch alike), the second views them as spans of the weight's width.
+        rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
+        normed = self.ops.rms_norm(rows, weight, self.config.norm_eps)
         heads[...] = normed.reshape(heads.shape)
 
     def attention(self, h: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
@@ -155,6 +157,10 @@ class Llama:
         Returns host (numpy) logits (N, vocab) with `all_logits`, else (len(caches), vocab): each sequence's last
         token, which spares prefill the output projection of every other position.
         """
+        if not all_logits and all(T == 1 for T in lengths):  # a decode step: the backend may replay it (CUDA graphs)
+            logits = self.backend.decode_step(self, tokens, caches)
+            if logits is not None:
+                return logits
         hidden = self.hidden_states(tokens, caches, lengths)
         if not all_logits:
             hidden = hidden[np.cumsum(lengths) - 1]  # (B, d_model): last row of each sequence

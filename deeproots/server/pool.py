@@ -102,6 +102,7 @@ class LoadOptions:
     threads: int | None = None
     kv_type: str | None = None
     reference: bool = False
+    device: str = "cpu"  # --device: cpu, cuda or auto (device.py)
     tp: int = 1  # ranks of tensor parallelism (parallel/)
     tp_reduction: str = "exact"
     secret_file: str | None = None
@@ -126,8 +127,8 @@ class LoadOptions:
     def load(self, source: ModelSource) -> ServedModel:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
-                      threads=self.threads, kv_type=self.kv_type, tp=self.tp, tp_reduction=self.tp_reduction,
-                      secret_file=self.secret_file, pp=self.pp, pp_split=self.pp_split)
+                      threads=self.threads, kv_type=self.kv_type, device=self.device, tp=self.tp,
+                      tp_reduction=self.tp_reduction, secret_file=self.secret_file, pp=self.pp, pp_split=self.pp_split)
         try:
             engine = Engine(model.loaded, self.engine)
         except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary
