@@ -62,8 +62,11 @@ class LlamaBlock:
     def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
         """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
         # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy and
-        # torch alike), the second views them as spans of the weight's width.
+        # torch alike), the second views them as spans of the weight's width. One head (a single KV head: Gemma 3
+        # 270M's, or a tensor-parallel rank's) is the exception, kept as a strided view: x * 1 copies it, exactly.
         rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
+        if heads.shape[1] == 1:
+            rows = rows * 1
         normed = self.ops.rms_norm(rows, weight, self.config.norm_eps)
         heads[...] = normed.reshape(heads.shape)
 
