@@ -34,7 +34,9 @@ class DeeprootsEngine:
         """`kv_type` overrides the model's KV cache type (the weights are shared); amx=False runs every product on
         the VNNI path (kernels.set_amx), switched for this engine's runs only."""
         backend = f" ({model.backend})" if model.backend != "cpu" else ""  # reference or cuda
-        self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "") + ("" if amx else " (no AMX)")
+        parallel = f" (tp {model.cluster.group.world_size})" if model.cluster else ""
+        self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "") + parallel \
+            + ("" if amx else " (no AMX)")
         self.net = model.net
         self.cache = model.new_cache(kv_type=kv_type)
         self.amx = amx

@@ -63,7 +63,8 @@ def open_model(name: str, preset: Preset | None, args: argparse.Namespace) -> Na
     started = time.perf_counter()
     with load_progress(name):
         model = load(model_path, context=context, reference=args.reference, threads=args.threads, kv_type=args.kv_type,
-                     device=args.device, **speculation_from(args))
+                     device=args.device, tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file,
+                     pp=args.pp, pp_split=args.pp_split, **speculation_from(args))
     freeze_loaded_objects()
     if getattr(args, "verbose", False):
         from .kernels import kernel_path
@@ -487,10 +488,37 @@ def unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | N
     return f"deeproots: unknown command {word!r}{did_you_mean(word, names)}; `deeproots --help` lists the commands"
 
 
+def follow_rank_zero(args: argparse.Namespace) -> None:
+    """A torchrun rank other than 0 of `serve|run|bench|perplexity --tp N`: load this rank's share of the command's
+    model and run the steps rank 0 sends, until it stops."""
+    from .parallel.join import read_secret
+    from .parallel.launch import follow_main
+
+    if args.secret_file is None:
+        raise RequestError("under torchrun every rank needs --secret-file (the same secret on every host)")
+
+    if args.command == "serve":
+        name = (args.models or [DEFAULT_MODEL])[0]
+    elif args.command == "run":
+        name = run_model_and_prompt(args)[0]
+    else:
+        name = getattr(args, "model", None) or getattr(args, "model_word", None) or DEFAULT_MODEL
+    preset = find_preset(name)
+    path = ModelStore().resolve(preset.base if preset else name, pull=True)
+    follow_main(path, read_secret(args.secret_file), context=args.ctx, reference=args.reference,
+                threads=args.threads, kv_type=args.kv_type, tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp,
+                pp_split=args.pp_split)
+
+
 def run_handler(args: argparse.Namespace, debug: bool) -> int:
     """Run the command; every failure becomes one line on stderr and an exit status."""
+    handler = args.handler
+    if max(getattr(args, "tp", 1), getattr(args, "pp", 1)) > 1:
+        from .parallel.launch import follower_under_torchrun
+
+        handler = follow_rank_zero if follower_under_torchrun() else handler
     try:
-        args.handler(args)
+        handler(args)
         return 0
     except KeyboardInterrupt:
         print(file=sys.stderr)

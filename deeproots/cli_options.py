@@ -29,6 +29,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def layer_list(text: str) -> list[int]:
+    """`10,22`: layer indices (--pp-split)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated layer numbers, got {text!r}") from None
+
+
 def natural_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -57,7 +65,26 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="run on the reference backend, float32 numpy formulas, instead of the packed kernels "
                              "(slow; for checking)")
+    add_parallel_options(parser)
     add_device_option(parser)
+
+
+def add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tp", type=positive_int, default=1,
+                        help="tensor parallel: split every layer over N processes, spawned here on loopback, or "
+                             "joined under torchrun (docs/distributed.md; default: 1, one process)")
+    parser.add_argument("--tp-reduction", choices=["exact", "sum"], default="exact",
+                        help="exact: gathers, logits bit-identical to one process (default); sum: Megatron's "
+                             "all-reduce, fewer bytes, logits within the fast path's tolerance")
+    parser.add_argument("--pp", type=positive_int, default=1,
+                        help="pipeline parallel: cut the layers into N stages, one process each (with --tp M: M "
+                             "processes each, N x M in all)")
+    parser.add_argument("--pp-split", type=layer_list, default=None, metavar="L1,L2,...",
+                        help="the first layer of every stage after the first, e.g. 10,22 (default: in proportion to "
+                             "each host's available memory)")
+    parser.add_argument("--secret-file", default=None, metavar="FILE",
+                        help="under torchrun: the secret every rank proves before joining (the same file on every "
+                             "host; at least 16 bytes)")
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

@@ -48,3 +48,8 @@ class TensorNotFoundError(DeeprootsError, KeyError):
 class InternalError(DeeprootsError):
     """A mistake inside deeproots, not the caller's: e.g. a kernel handed buffers that do not match the shapes it
     was told. The server answers it with HTTP 500 and an error id in its log, never with a 4xx."""
+
+
+class ShardingError(UnsupportedModelError):
+    """A tensor that cannot be split over the ranks asked for (e.g. a cut that falls inside a quantization block):
+    names the tensor and the split."""

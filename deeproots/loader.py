@@ -46,9 +46,16 @@ class LoadedModel:
 
 
 def load_model_file(path: str | os.PathLike, *, context: int | None = None, backend: str = "cpu",
-                    threads: int | None = None, kv_type: str | None = None, device: str = "cuda") -> LoadedModel:
+                    threads: int | None = None, kv_type: str | None = None, device: str = "cuda", tensor_parallel=None,
+                    tp_reduction: str = "exact", pipeline_parallel=None,
+                    pp_split: list[int] | None = None) -> LoadedModel:
     """Read the file, build the tokenizer and the network on the named backend (backends.BACKEND_NAMES); `device` is
-    the cuda backend's torch device ("cpu": its kernels under Triton's interpreter, for tests)."""
+    the cuda backend's torch device ("cpu": its kernels under Triton's interpreter, for tests).
+
+    `tensor_parallel` (a parallel.group.ProcessGroup): build only this rank's share of every layer, finishing the
+    split projections as `tp_reduction` says (parallel/plan.py); `pipeline_parallel` (one: every rank): only this
+    rank's stage of layers, cut at `pp_split` (parallel/pipeline.py); with both, `tensor_parallel` is this stage's
+    ranks."""
     if kv_type is not None:
         check_kv_type(kv_type)  # before the load, not after it
     file = open_model_file(path)  # a GGUF file, or an HF folder presented with GGUF names
@@ -69,13 +76,26 @@ def load_model_file(path: str | os.PathLike, *, context: int | None = None, back
     if threads is not None:
         set_num_threads(threads)
     # The CPU backend maps a GGUF file's weights from their packed cache once a load has written it.
-    packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) else None
+    # A rank's slices are packed in memory: the packed cache holds whole weights.
+    packed_cache = PackedCache.for_file(file.path) if backend == "cpu" and isinstance(file, GGUFFile) and \
+        tensor_parallel is None and pipeline_parallel is None else None
     placer = backend_named(backend, packed_cache=packed_cache, device=device)
     kv_type = kv_type or placer.default_kv_type
     placer.check_memory(list(file.tensors.values()),
                         kv_cache_nbytes(config.n_layers, config.n_kv_heads, config.head_dim, context, kv_type))
-    weights = GGUFWeights(file, placer)
-    net = architecture(config, weights, context)
+    weights, net_config, net_options = GGUFWeights(file, placer), config, {}
+    if tensor_parallel is not None:
+        from .parallel.backend import place_shard
+
+        placer, weights, net_config = place_shard(file, config, placer, tensor_parallel, tp_reduction,
+                                                  pipeline_parallel)
+    if pipeline_parallel is not None:
+        from .parallel.pipeline import place_stage
+
+        tp = tensor_parallel.world_size if tensor_parallel is not None else 1
+        placer, net_options = place_stage(config, placer, pipeline_parallel, pp_split, tp)
+        weights.backend = placer  # the stage over this rank's shard (or over the backend itself)
+    net = architecture(net_config, weights, context, **net_options)
     weights.finish()
     release_free_memory()  # what parsing, the tokenizer build and repacking freed (see memory.py)
     return LoadedModel(path, file, config, tokenizer, template, net, placer, context, kv_type)

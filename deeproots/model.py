@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Iterator, Sequence
 
@@ -23,12 +24,35 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, context: int | None = None, reference: bool = False,
                  threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu"):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu", tp: int = 1,
+                 tp_reduction: str = "exact", secret_file: str | os.PathLike | None = None, pp: int = 1,
+                 pp_split: list[int] | None = None):
+        backend = "reference" if reference else backend_for_device(device)
+        # tp > 1: this process is rank 0 of a tensor-parallel group (parallel/), spawning the other ranks unless
+        # torchrun started them; it computes its share of every layer and runs everything else.
+        # pp > 1: its stage 0 of a pipeline (parallel/pipeline.py), likewise; both: pp stages of tp ranks each.
+        self.cluster = tensor = pipeline = None
+        if tp * pp > 1:
+            from .parallel.launch import parallel_groups, start_cluster
+
+            if backend == "cuda":
+                raise RequestError("tensor and pipeline parallelism run on the CPU backends (gloo) only")
+            self.cluster = start_cluster(tp * pp, path, secret_file, context=context, reference=reference,
+                                         threads=threads, kv_type=kv_type, tp=tp, tp_reduction=tp_reduction, pp=pp,
+                                         pp_split=pp_split)
+            tensor, pipeline = parallel_groups(self.cluster.group, tp, pp)
+            atexit.register(self.close)  # the other ranks stop with this process
         # reference=True is the reference backend: every matrix float32, every primitive the numpy formula, the
         # slow path the fast kernels are tested against (its KV cache stays float32 unless told otherwise).
-        backend = "reference" if reference else backend_for_device(device)
-        loaded = self.loaded = load_model_file(path, context=context, backend=backend, threads=threads,
-                                               kv_type=kv_type)
+        try:
+            loaded = self.loaded = load_model_file(path, context=context, backend=backend, threads=threads,
+                                                   kv_type=kv_type, tensor_parallel=tensor,
+                                                   tp_reduction=tp_reduction, pipeline_parallel=pipeline,
+                                                   pp_split=pp_split)
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.abort()
+            raise
         self.path, self.reference, self.backend = path, reference, backend
         self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer
         self.template, self.net, self.context, self.kv_type = loaded.template, loaded.net, loaded.context, \
@@ -41,6 +65,12 @@ class Model:
     def new_cache(self, max_tokens: int | None = None, kv_type: str | None = None) -> KVCache:
         """An empty cache for this model, of its own kv_type unless another is named."""
         return self.loaded.new_cache(max_tokens, kv_type)
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel model (nothing to do in one process)."""
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            cluster.close(self.loaded.backend)
 
     # --- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
@@ -120,7 +150,9 @@ class Model:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | None = None, pull: bool = True,
          reference: bool = False, threads: int | None = None, kv_type: str | None = None, speculation: str = "off",
-         draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu") -> Model:
+         draft_model: str | os.PathLike | None = None, draft_max: int = 8, device: str = "cpu", tp: int = 1,
+         tp_reduction: str = "exact", secret_file: str | os.PathLike | None = None, pp: int = 1,
+         pp_split: list[int] | None = None) -> Model:
     """Load a model by store name (pulled when missing, if `pull`) or by path to a .gguf file or a Hugging Face folder.
 
     `reference` selects the reference backend (float32 numpy formulas) instead of the CPU backend's packed kernels; `threads` sets the
@@ -130,8 +162,13 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", *, context: int | Non
     path of a model with the same vocabulary); `draft_max` caps the drafts verified per step (docs/speculative.md).
     `device` is "cpu", "cuda" (the CUDA backend: Triton kernels on a GPU, docs/gpu.md) or "auto" (cuda when PyTorch
     sees a GPU, else cpu).
+    `tp` > 1 splits every layer over that many processes (docs/distributed.md), `tp_reduction` "exact" (logits
+    bit-identical to one process) or "sum" (Megatron's all-reduce), `secret_file` the secret every rank proves under
+    torchrun; `pp` > 1 cuts the layers into that many stages, one process each (at `pp_split`, the first layer of
+    every stage after the first); `close()` stops them.
     """
     store = ModelStore()
     draft = store.resolve(draft_model, pull=pull) if draft_model is not None else None
     return Model(store.resolve(name_or_path, pull=pull), context=context, reference=reference, threads=threads,
-                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, device=device)
+                 kv_type=kv_type, speculation=speculation, draft_model=draft, draft_max=draft_max, device=device,
+                 tp=tp, tp_reduction=tp_reduction, secret_file=secret_file, pp=pp, pp_split=pp_split)

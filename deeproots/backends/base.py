@@ -68,6 +68,9 @@ class Backend(ABC):
     name: str
     primitives: Primitives
     default_kv_type: str  # the KV cache's element type when the user names none
+    # A cache in this process holds every KV head, so the prefix cache can copy rows between sequences (a
+    # tensor-parallel rank's holds its own heads only).
+    whole_kv_caches: bool = True
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""
@@ -100,6 +103,24 @@ class Backend(ABC):
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """An empty cache for `max_tokens` positions, in host memory on the CPU backends."""
         return KVCache(*layout, max_tokens, kv_type=kv_type or self.default_kv_type)
+
+    def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
+        """Called before each forward pass over `tokens` (N,) of the sequences of `caches` (a parallel backend's
+        rank 0 sends the step to its other ranks here)."""
+
+    def stage_input(self, embed: Callable[[], np.ndarray], n_tokens: int) -> np.ndarray:
+        """The hidden states (N, d_model) the first layer here takes: the embeddings (`embed()`) here; a later
+        pipeline stage receives them from the stage before it."""
+        return embed()
+
+    def stage_output(self, x: np.ndarray) -> np.ndarray | None:
+        """The last layer's output (N, d_model) as the final norm takes it: itself here; a pipeline stage passes it
+        on (None: another rank finishes the step)."""
+        return x
+
+    def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
+        """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
+        return partial
 
     def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
         """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA

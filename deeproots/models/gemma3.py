@@ -37,7 +37,7 @@ class Gemma3Block(LlamaBlock):
         c, ops = self.config, self.ops
         attended = self.project(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
         x = x + ops.rms_norm(attended, self.post_attention_norm, c.norm_eps)
-        mlp = self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
+        mlp = self.reduce(self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps)))
         return x + ops.rms_norm(mlp, self.post_ffw_norm, c.norm_eps)
 
     def mlp(self, h: np.ndarray) -> np.ndarray:

@@ -33,7 +33,9 @@ class LlamaBlock:
                  window: int | None):
         c, prefix = config, f"blk.{index}."
         self.config, self.index, self.rope, self.window = config, index, rope, window
+        self.cache_layer = index  # this layer's place in the KV cache (a pipeline stage holds its own layers only)
         self.ops = weights.primitives
+        self.reduce = weights.backend.reduce_shards
         self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
         self.attn_norm = weights.vector(prefix + "attn_norm.weight", c.d_model)
         # q, k and v in one product: (N, d_model) -> (N, (n_heads + 2 * n_kv_heads) * head_dim)
@@ -67,8 +69,11 @@ class LlamaBlock:
     def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
         """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
         # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy and
-        # torch alike), the second views them as spans of the weight's width.
+        # torch alike), the second views them as spans of the weight's width. One head (a single KV head: Gemma 3
+        # 270M's, or a tensor-parallel rank's) is the exception, kept as a strided view: x * 1 copies it, exactly.
         rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
+        if heads.shape[1] == 1:
+            rows = rows * 1
         normed = self.ops.rms_norm(rows, weight, self.config.norm_eps)
         heads[...] = normed.reshape(heads.shape)
 
@@ -83,12 +88,13 @@ class LlamaBlock:
             self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
         if self.attn_k_norm is not None:
             self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
-        return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.index, self.attention_scale,
-                                    self.window, self.attn_sinks)  # RoPE, cache update and attention, per sequence
+        return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.cache_layer,
+                                    self.attention_scale, self.window, self.attn_sinks)  # RoPE, cache, attention
 
     def project(self, attended: np.ndarray) -> np.ndarray:
-        """The output projection of attention's (N, n_heads * head_dim) -> (N, d_model), with its bias if any."""
-        out = self.attn_output(attended)
+        """The output projection of attention's (N, n_heads * head_dim) -> (N, d_model), summed over the ranks
+        (under tensor parallelism a product over this rank's heads is a partial sum), with its bias if any."""
+        out = self.reduce(self.attn_output(attended))
         if self.attn_output_bias is not None:
             out += self.attn_output_bias
         return out
@@ -96,7 +102,8 @@ class LlamaBlock:
     def __call__(self, x: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         c, ops = self.config, self.ops
         x = x + self.project(self.attention(ops.rms_norm(x, self.attn_norm, c.norm_eps), caches, lengths))
-        return x + self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps))
+        # Under tensor parallelism the MLP's down projection is a partial sum over this rank's hidden units too.
+        return x + self.reduce(self.mlp(ops.rms_norm(x, self.ffn_norm, c.norm_eps)))
 
     def mlp(self, h: np.ndarray) -> np.ndarray:
         """Gated MLP, or the mixture of experts: (N, d_model) -> (N, d_model)."""
@@ -110,24 +117,30 @@ class Llama:
     block_class = LlamaBlock
     honours_yarn = False  # YaRN keys are read by the families tested with them (gpt-oss); the others keep plain RoPE
 
-    def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int):
+    def __init__(self, config: ModelConfig, weights: GGUFWeights, max_tokens: int, *, layers: range | None = None,
+                 ends: bool = True):
+        """`layers`: build only these (a pipeline stage; default all); `ends`: with the embeddings, final norm and
+        output projection (a pipeline's rank 0)."""
         c = config
         self.config = config
         self.backend = weights.backend
         self.ops = weights.primitives
-        self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d_model)
+        if ends:
+            self.token_embd = weights.embedding("token_embd.weight", c.vocab_size, c.d_model)  # [tokens] -> (T, d)
         ropes: dict[tuple[float, float], RotaryEmbedding] = {}  # layers of one kind share their tables
         self.blocks = []
-        for index in range(c.n_layers):
+        for index in layers if layers is not None else range(c.n_layers):
             theta, scale, window = self.layer_attention(index)
             if (theta, scale) not in ropes:
                 ropes[theta, scale] = RotaryEmbedding(c.rope_dim, theta, max_tokens, scale=scale, style=self.rope_style,
                                                       yarn=c.rope_yarn if self.honours_yarn else None)
             self.blocks.append(self.block_class(c, weights, index, ropes[theta, scale], window))
-        self.output_norm = weights.vector("output_norm.weight", c.d_model)
-        # Small models tie the output projection to the token embeddings.
-        output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
-        self.output = weights.linear(output_name, c.d_model, c.vocab_size)
+            self.blocks[-1].cache_layer = len(self.blocks) - 1
+        if ends:
+            self.output_norm = weights.vector("output_norm.weight", c.d_model)
+            # Small models tie the output projection to the token embeddings.
+            output_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
+            self.output = weights.linear(output_name, c.d_model, c.vocab_size)
 
     def layer_attention(self, index: int) -> tuple[float, float, int | None]:
         """(RoPE base, RoPE position scale, sliding window or None) of layer `index`: the same for every layer."""
@@ -147,12 +160,14 @@ class Llama:
 
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
-        x = self.embed(tokens)  # (N, d_model)
+        self.backend.begin_step(tokens, caches, lengths)
+        x = self.backend.stage_input(lambda: self.embed(tokens), len(tokens))  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):
             cache.advance(T)
-        return self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
+        x = self.backend.stage_output(x)  # a pipeline stage's output goes on to the next stage
+        return None if x is None else self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
 
     def forward_batch(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int], *,
                       all_logits: bool = False) -> np.ndarray:

@@ -34,13 +34,18 @@ class GGUFWeights:
 
     def info(self, name: str, expected_shape: tuple[int, ...]) -> TensorInfo:
         """The tensor's entry, checked against the shape the config implies (row-major order, rows first)."""
-        info = self.gguf.tensors.get(name)
-        if info is None:
-            raise ModelFormatError(f"tensor {name!r} is missing from the model file", field=name)
+        info = self.entry(name)
         shape = tuple(reversed(info.shape))  # GGUF lists the row length first
         if shape != expected_shape:
             raise ModelFormatError(
                 f"tensor {name!r} has shape {shape}, the metadata implies {expected_shape}", field=name)
+        return info
+
+    def entry(self, name: str) -> TensorInfo:
+        """The tensor's entry as this source presents it (a parallel rank: its slice), unchecked."""
+        info = self.gguf.tensors.get(name)
+        if info is None:
+            raise ModelFormatError(f"tensor {name!r} is missing from the model file", field=name)
         return info
 
     def raw(self, name: str) -> np.ndarray:
@@ -54,7 +59,7 @@ class GGUFWeights:
         """The tensor as float32 in row-major order, e.g. (out_features, in_features) for a matrix, on the host."""
         if name not in self._dense:
             info = self.info(name, expected_shape)
-            values = dequantize(self.gguf.tensor_data(name), info.ggml_type, info.shape)
+            values = dequantize(self.raw(name), info.ggml_type, info.shape)
             self._dense[name] = values.reshape(expected_shape)
         return self._dense[name]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache.kv import KV_TYPES
-from ..cli_options import add_device_option, add_speculation_options
+from ..cli_options import add_device_option, add_parallel_options, add_speculation_options
 from ..config import DEFAULT_CONTEXT
 from ..errors import RequestError
 from ..store import CATALOG, DEFAULT_MODEL
@@ -45,6 +45,7 @@ def add_server_commands(subparsers) -> None:
     serve.add_argument("--kv-type", choices=list(KV_TYPES), default=None,
                        help="KV cache element type (default: f16; f32 with --reference)")
     serve.add_argument("--reference", action="store_true", help="run on the reference backend (slow; for checking)")
+    add_parallel_options(serve)
     add_device_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -142,7 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     models = servable_models(args.models or [DEFAULT_MODEL], args.alias, ModelStore(), args.ctx)
     options = LoadOptions(EngineConfig(max_running=args.parallel, max_queue=args.max_queue,
                                        kv_budget_tokens=args.kv_budget, **engine_speculation(args)),
-                          threads=args.threads, kv_type=args.kv_type, reference=args.reference, device=args.device)
+                          threads=args.threads, kv_type=args.kv_type, reference=args.reference, device=args.device,
+                          tp=args.tp, tp_reduction=args.tp_reduction, secret_file=args.secret_file, pp=args.pp,
+                          pp_split=args.pp_split)
     pool = ModelPool(models, options, keep_alive=args.keep_alive, max_memory=args.max_memory)
     pool.preload(models.default)
     freeze_loaded_objects()  # the GC was off through the imports and the load (cli.main)

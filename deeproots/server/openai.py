@@ -46,9 +46,9 @@ router = APIRouter(route_class=ClassifiedRoute)
 
 @router.get("/health")
 async def health(state: State) -> Response:
-    if not state.pool.alive:
-        return error_response(503, "the engine loop of a loaded model is not running", type="server_error",
-                              code="engine_dead")
+    trouble = state.pool.trouble
+    if trouble is not None:
+        return error_response(503, trouble, type="server_error", code="engine_dead")
     return JSONResponse({"status": "ok"})
 
 

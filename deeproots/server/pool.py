@@ -103,6 +103,11 @@ class LoadOptions:
     kv_type: str | None = None
     reference: bool = False
     device: str = "cpu"  # --device: cpu, cuda or auto (device.py)
+    tp: int = 1  # ranks of tensor parallelism (parallel/)
+    tp_reduction: str = "exact"
+    secret_file: str | None = None
+    pp: int = 1  # pipeline stages (parallel/pipeline.py)
+    pp_split: list[int] | None = None
 
     def kv_tokens(self, context: int) -> int:
         c = self.engine
@@ -122,7 +127,8 @@ class LoadOptions:
     def load(self, source: ModelSource) -> ServedModel:
         """The model with its engine, not yet started (a worker thread runs this)."""
         model = Model(source.path, context=source.requested_context, reference=self.reference,
-                      threads=self.threads, kv_type=self.kv_type, device=self.device)
+                      threads=self.threads, kv_type=self.kv_type, device=self.device, tp=self.tp,
+                      tp_reduction=self.tp_reduction, secret_file=self.secret_file, pp=self.pp, pp_split=self.pp_split)
         try:
             engine = Engine(model.loaded, self.engine)
         except VocabularyMismatchError as error:  # --draft-model drafts only for the models of its vocabulary
@@ -341,8 +347,14 @@ class ModelPool:
         return all(resident.served.engine.idle for resident in self.residents.values())
 
     @property
-    def alive(self) -> bool:
-        return all(resident.served.engine.alive for resident in self.residents.values())
+    def trouble(self) -> str | None:
+        """Why some loaded model cannot serve (its engine loop died, or its tensor-parallel group lost a rank)."""
+        for resident in self.residents.values():
+            if not resident.served.engine.alive:
+                return f"the engine loop of {resident.served.name} is not running"
+            if resident.served.model.cluster is not None and resident.served.model.cluster.group.lost is not None:
+                return f"{resident.served.name}: {resident.served.model.cluster.group.lost}"
+        return None
 
     def stop_all(self) -> None:
         """Shutdown: stop every engine."""

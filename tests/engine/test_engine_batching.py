@@ -6,11 +6,11 @@ sequence's tokens depend on which others share its step (the logits' bits are ch
 """
 
 import json
-import threading
 import time
 
 import jsonschema
 import pytest
+from engine_events import Collector
 from test_structured_output import PERSON
 
 import deeproots
@@ -46,29 +46,6 @@ def engine(model):
 def chat_ids(model, question: str) -> list[int]:
     return model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
                           add_bos=False, parse_special=True)
-
-
-class Collector:
-    """Gathers one request's events; wait() returns its text and finish reason."""
-
-    def __init__(self):
-        self.events, self.done = [], threading.Event()
-
-    def __call__(self, event):
-        self.events.append(event)
-        if isinstance(event, Exception) or event.finish_reason is not None:
-            self.done.set()
-
-    def wait(self, timeout: float = 120.0) -> tuple[str, str]:
-        assert self.done.wait(timeout), "the engine did not finish the request in time"
-        if isinstance(self.events[-1], Exception):
-            raise self.events[-1]
-        return "".join(step.text for step in self.events), self.events[-1].finish_reason
-
-    def logprobs(self) -> list[tuple[int, float]]:
-        """(token id, its logprob) of every step: equal floats mean equal logits, bit for bit in practice."""
-        self.wait()
-        return [(step.token_id, step.logprob.logprob) for step in self.events]
 
 
 def submit(engine, ids, params=GREEDY, max_tokens=24, **fields) -> Collector:

@@ -8,7 +8,7 @@ import json
 
 import jsonschema
 import pytest
-from test_engine_batching import Collector as EventCollector
+from engine_events import Collector as EventCollector
 
 import deeproots
 from deeproots.convert import quantize_file

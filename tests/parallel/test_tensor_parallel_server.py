@@ -1,0 +1,70 @@
+"""A real `deeproots serve --tp 2` whose follower rank is SIGKILLed mid-request: the request ends in a 503 within the
+bound, the server stays up, /health reports the cluster lost and the log names the rank."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow  # a server and its rank processes
+
+BOUND_S = 30.0  # group.STEP_TIMEOUT_S: no collective waits longer (a killed rank's sockets close at once)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_path, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "deeproots", "serve", "-m", str(smollm2_path), "--tp", "2",
+                                   "-t", "1", "--ctx", "512", "--port", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None and time.time() < deadline, log_path.read_text()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        (follower,) = children(server.pid)
+        answers = []
+        body = {"model": "smollm2-135m", "max_tokens": 400, "temperature": 0,
+                "messages": [{"role": "user", "content": "Tell me a long story about a river."}]}
+        request = threading.Thread(target=lambda: answers.append(
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=120)))
+        request.start()
+        time.sleep(2.0)  # decoding by now
+        os.kill(follower, signal.SIGKILL)
+        killed = time.time()
+        request.join(timeout=BOUND_S + 10)
+        assert answers and answers[0].status_code == 503, answers and answers[0].text
+        assert time.time() - killed < BOUND_S
+        assert server.poll() is None  # rank 0 did not abort
+        health = httpx.get(url + "/health", timeout=5)
+        assert health.status_code == 503 and "rank 1" in health.text
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 503  # and it says so
+        assert "rank 1 of 2 stopped answering" in log_path.read_text()
+    finally:
+        server.kill()
+        server.wait()
