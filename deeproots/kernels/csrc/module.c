@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "elementwise.h"
+#include "memread.h"
 #include "pool.h"
 #include "qgemm.h"
 
@@ -1015,6 +1016,24 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(n_threads);
 }
 
+/* read_bytes(buf): read every byte of buf (uint8, C-contiguous) once on the kernel threads; returns a checksum
+ * (deeproots.kernels.bandwidth times it). */
+static PyObject *py_read_bytes(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view = {0};
+    if (get_view("read_bytes", "buf", arg, U8, 0, PyBUF_C_CONTIGUOUS, &view)) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t sum;
+    Py_BEGIN_ALLOW_THREADS
+    sum = read_bytes_run(view.buf, view.len, n_threads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(sum);
+}
+
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"linear_experts", (PyCFunction)(void (*)(void))py_linear_experts, METH_FASTCALL,
@@ -1030,6 +1049,7 @@ static PyMethodDef methods[] = {
     {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_FASTCALL, "silu(gate) * up"},
     {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
+    {"read_bytes", py_read_bytes, METH_O, "read a buffer once on the kernel threads (bandwidth probe)"},
     {NULL, NULL, 0, NULL},
 };
 
