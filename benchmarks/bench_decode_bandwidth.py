@@ -87,7 +87,7 @@ def main() -> None:
                 fraction = statistics.median(r / s for r, s in zip(read, samples))
                 cells.append(f"{name} {nbytes / statistics.median(samples) / 1e9:5.1f} GB/s, {fraction:4.0%} of read")
             print(f"{type_name:5} {k}x{n} T={args.T} threads={args.threads}: " + " | ".join(cells), flush=True)
-            del weights
+            weights.clear()  # free this sweep before the next is packed
 
 
 if __name__ == "__main__":
