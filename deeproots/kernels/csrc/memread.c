@@ -64,7 +64,8 @@ static void read_part(void *ctx, int i, int parts)
 {
     read_job_t *job = ctx;
     const int64_t chunks = job->n / (4 * LINE); /* whole 4-line chunks, split evenly; the tail goes to the last part */
-    const int64_t start = chunks * i / parts * 4 * LINE, end = i == parts - 1 ? job->n : chunks * (i + 1) / parts * 4 * LINE;
+    const int64_t start = chunks * i / parts * 4 * LINE;
+    const int64_t end = i == parts - 1 ? job->n : chunks * (i + 1) / parts * 4 * LINE;
     const int64_t body = (end - start) / (4 * LINE) * 4 * LINE;
     job->sums[i] = xor_lines(job->p + start, body) ^ xor_words(job->p + start + body, end - start - body);
 }
