@@ -3,7 +3,9 @@
 Engines run alternately, repetition by repetition, in one process with the same prompt tokens, so
 their ratio is measured under the same conditions. Only forward passes are timed (no sampling), as
 llama-bench does: ppN runs N prompt tokens as one batch from an empty cache; tgN runs N single-token
-steps from an empty cache.
+steps from an empty cache. Each row also says how near the machine's bound it runs (`row_limit`): decode's bytes
+read per second against the measured read bandwidth, prefill's integer operations per second against the CPU's
+int8 peak (deeproots/limits.py counts both from the file).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import numpy as np
 
 from .errors import DeeprootsError
 from .kernels import amx_enabled, set_amx
+from .limits import Peak, Traffic
 
 
 class Engine(Protocol):
     name: str
+    kv_type: str  # of its KV cache: what a decode step reads besides the weights
 
     def prefill(self, tokens: list[int]) -> None: ...
 
@@ -37,6 +41,7 @@ class DeeprootsEngine:
         parallel = f" (tp {model.cluster.group.world_size})" if model.cluster else ""
         self.name = "deeproots" + backend + (f" ({kv_type} KV)" if kv_type else "") + parallel \
             + ("" if amx else " (no AMX)")
+        self.kv_type = kv_type or model.kv_type
         self.net = model.net
         self.cache = model.new_cache(kv_type=kv_type)
         self.amx = amx
@@ -70,6 +75,7 @@ class LlamaCppEngine:
     """llama.cpp through llama-cpp-python (`pip install deeproots[bench]`), on the same GGUF file."""
 
     name = "llama.cpp"
+    kv_type = "f16"  # llama.cpp's default cache type
 
     def __init__(self, path: str, context: int, threads: int):
         try:
@@ -93,6 +99,7 @@ class TransformersEngine:
     """HF transformers loading the same GGUF (dequantized to float32)."""
 
     name = "transformers"
+    kv_type = "f32"  # its cache holds the activations' dtype
 
     def __init__(self, path):
         try:  # only this comparison needs PyTorch
@@ -157,3 +164,23 @@ def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n
                 run(engine)
                 results[engine.name, name].tokens_per_second.append(n_tokens / (time.perf_counter() - started))
     return list(results.values())
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A row's work per token and how near the machine's bound it runs."""
+    per_token: float  # bytes read (tgN) or int8 operations (ppN) per token
+    per_second: float  # per_token x the row's mean tokens/s
+    fraction: float | None  # of the measured read bandwidth (tgN) or of the int8 peak (ppN); None: bound unknown
+
+
+def row_limit(result: Result, kv_type: str, traffic: Traffic, bandwidth_gbs: float, peak: Peak | None) -> Limit:
+    n_tokens = int(result.test[2:])
+    if result.test.startswith("tg"):
+        per_token = traffic.decode_bytes_per_token(n_tokens, kv_type)
+        bound = bandwidth_gbs * 1e9
+    else:
+        per_token = traffic.prefill_ops_per_token(n_tokens)
+        bound = peak.ops_per_second if peak else None
+    per_second = per_token * result.mean
+    return Limit(per_token, per_second, per_second / bound if bound else None)

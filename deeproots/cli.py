@@ -263,12 +263,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 # --- tools ---------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> None:
     import json
+    import statistics
 
     from tqdm import tqdm
 
-    from .bench import DeeprootsEngine, LlamaCppEngine, TransformersEngine, benchmark_tokens, run_benchmark
+    from .bench import DeeprootsEngine, LlamaCppEngine, TransformersEngine, benchmark_tokens, row_limit, run_benchmark
     from .inspect import human_bytes, human_count, summarize
-    from .kernels import amx_enabled, get_num_threads, kernel_path
+    from .kernels import _cpu, amx_enabled, get_num_threads, kernel_path
+    from .kernels.bandwidth import READ_BYTES, read_bandwidth
+    from .limits import int8_peak, traffic
 
     if not args.n_prompt and not args.n_gen:
         raise UsageError("-p and -n are both 0: nothing to measure")
@@ -286,31 +289,63 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             engines.append(TransformersEngine(model.path))
     tokens = benchmark_tokens(model.config.vocab_size, max(args.n_prompt, args.n_gen))
+    bandwidth = read_bandwidth(repetitions=3)  # before and after the engines: the load of a shared machine moves
     with tqdm(total=len(engines) * args.repetitions * (bool(args.n_prompt) + bool(args.n_gen)),
               desc="bench", disable=args.json, leave=False) as bar:
         def progress(label: str) -> None:
             bar.set_postfix_str(label)
             bar.update()
         results = run_benchmark(engines, tokens, args.n_prompt, args.n_gen, args.repetitions, progress)
+    bandwidth += read_bandwidth(repetitions=3)
+    bandwidth_gbs = statistics.median(bandwidth)
+    per_token = traffic(model.path, model.config)
+    # Each engine's prefill instruction set: AMX-INT8 for our engine where it ran on AMX, else the VNNI/AVX2 kernels'
+    # (llama.cpp is built without AMX here, see the Makefile).
+    peaks = {e.name: int8_peak("amx-int8" if getattr(e, "amx", False) and amx_enabled() else _cpu.ISA, threads)
+             for e in engines}
+    peak = peaks[engines[0].name]
+    kv_types = {e.name: e.kv_type for e in engines}
+    limits = [row_limit(r, kv_types[r.engine], per_token, bandwidth_gbs, peaks[r.engine]) for r in results]
     summary = summarize(model.path)
     if args.json:
+        rows = []
+        for r, limit in zip(results, limits):
+            row = {"engine": r.engine, "test": r.test, "tokens_per_second": r.tokens_per_second, "mean": r.mean,
+                   "std": r.std}
+            if r.test.startswith("tg"):
+                row.update(bytes_per_token=limit.per_token, gb_per_second=limit.per_second / 1e9,
+                           bandwidth_fraction=limit.fraction)
+            else:
+                row.update(ops_per_token=limit.per_token, ops_per_second=limit.per_second, peak_fraction=limit.fraction)
+            rows.append(row)
         print(json.dumps({"model": str(model.path), "size": summary.file_size, "params": summary.n_params,
-                          "threads": threads, "kernels": kernel_path(), "results": [
-                              {"engine": r.engine, "test": r.test, "tokens_per_second": r.tokens_per_second,
-                               "mean": r.mean, "std": r.std} for r in results]}, indent=2))
+                          "threads": threads, "kernels": kernel_path(), "read_bandwidth_gbs": bandwidth_gbs,
+                          "read_bandwidth_samples": bandwidth, "read_bytes": READ_BYTES,
+                          "decode_weight_bytes": per_token.decode_weight_bytes,
+                          "int8_peak_ops_per_second": peak.ops_per_second if peak else None,
+                          "int8_peak": peak.describe() if peak else None, "results": rows}, indent=2))
         return
     model_name = f"{summary.architecture} {summary.quantization}"
     baseline = {r.test: r.mean for r in results if r.engine == engines[0].name}
     print(f"| {'model':<16} | {'size':>9} | {'params':>7} | {'engine':<22} | {'threads':>7} | {'test':>6} "
-          f"| {'t/s':>17} | {'deeproots is':>12} |")
+          f"| {'t/s':>17} | {'deeproots is':>12} | {'achieved':>12} | {'of bound':>9} |")
     print(f"| {'-' * 16} | {'-' * 8}: | {'-' * 6}: | {'-' * 22} | {'-' * 6}: | {'-' * 5}: | {'-' * 16}: "
-          f"| {'-' * 11}: |")
-    for r in results:
+          f"| {'-' * 11}: | {'-' * 11}: | {'-' * 8}: |")
+    for r, limit in zip(results, limits):
         ratio = baseline[r.test] / r.mean
+        achieved = f"{limit.per_second / 1e9:.1f} GB/s" if r.test.startswith("tg") else \
+            f"{limit.per_second / 1e9:.0f} Gop/s"
+        of_bound = f"{limit.fraction:.0%}" if limit.fraction is not None else "?"
         print(f"| {model_name:<16} | {human_bytes(summary.file_size):>9} | {human_count(summary.n_params):>7} "
               f"| {r.engine:<22} | {threads:>7} | {r.test:>6} | {r.mean:>9.2f} ± {r.std:>5.2f} "
-              f"| {ratio:>11.2f}x |")
-    print(f"(last column: deeproots' mean t/s divided by this row's; kernels: {kernel_path()})")
+              f"| {ratio:>11.2f}x | {achieved:>12} | {of_bound:>9} |")
+    print(f"(deeproots is: deeproots' mean t/s divided by this row's; kernels: {kernel_path()})")
+    print(f"(tg achieved: {human_bytes(per_token.decode_weight_bytes)} of weights per token, the KV cache so far "
+          f"besides; of bound: of the read bandwidth, {bandwidth_gbs:.1f} GB/s = median of {len(bandwidth)} reads "
+          f"of {READ_BYTES >> 20} MiB on {get_num_threads()} threads in this run)")
+    described = sorted({p.describe() for p in peaks.values() if p})
+    print(f"(pp achieved: int8 ops, 2 x K x N per matrix per token; of bound: of the peak, "
+          f"{'; '.join(described) if described else 'unknown for ' + _cpu.ISA})")
 
 
 def cmd_perplexity(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@
 
 #include "attention.h"
 #include "elementwise.h"
+#include "memread.h"
 #include "pool.h"
 #include "qgemm.h"
 #include "scratch.h"
@@ -1049,6 +1050,24 @@ static PyObject *py_get_amx_min_tokens(PyObject *self, PyObject *unused)
     return PyLong_FromLongLong(amx_min_tokens());
 }
 
+/* read_bytes(buf): read every byte of buf (uint8, C-contiguous) once on the kernel threads; returns a checksum
+ * (deeproots.kernels.bandwidth times it). */
+static PyObject *py_read_bytes(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view = {0};
+    if (get_view("read_bytes", "buf", arg, U8, 0, PyBUF_C_CONTIGUOUS, &view)) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t sum;
+    Py_BEGIN_ALLOW_THREADS
+    sum = read_bytes_run(view.buf, view.len, n_threads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(sum);
+}
+
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"linear_experts", (PyCFunction)(void (*)(void))py_linear_experts, METH_FASTCALL,
@@ -1066,6 +1085,7 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
     {"set_amx_min_tokens", py_set_amx_min_tokens, METH_O, "AMX for products of at least n tokens (0: never)"},
     {"get_amx_min_tokens", py_get_amx_min_tokens, METH_NOARGS, "AMX's token threshold (0: off)"},
+    {"read_bytes", py_read_bytes, METH_O, "read a buffer once on the kernel threads (bandwidth probe)"},
     {NULL, NULL, 0, NULL},
 };
 

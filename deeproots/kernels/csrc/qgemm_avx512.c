@@ -165,15 +165,34 @@ INLINE __m512 block_dot(const int type, const wblock_t *wb, const act_t *a, int6
     return acc;
 }
 
-/* Tokens [t0, t0 + tt) against one group w; out points at the group's first column. */
+/* Bytes of the weight stream requested ahead of the block in use (a build may set another, to compare). The hardware
+ * prefetchers alone leave decode at ~65% of the read bandwidth for Q4_K / Q5_K and ~80% for Q4_0; with this, near
+ * 90% (docs/benchmarks.md). */
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 2048
+#endif
+
+/* Request the bytes PREFETCH_AHEAD past block b of a group into L1: a group's bytes are one stream, and the groups
+ * of a part follow each other, so the tail of one group requests the head of the next. */
+INLINE void prefetch_ahead(const uint8_t *w, int64_t b, int64_t block_bytes)
+{
+    const char *p = (const char *)w + b * block_bytes + PREFETCH_AHEAD;
+    for (int64_t i = 0; i < block_bytes; i += 64)
+        _mm_prefetch(p + i, _MM_HINT_T0);
+}
+
+/* Tokens [t0, t0 + tt) against one group w; out points at the group's first column. block_bytes: the group's bytes
+ * per 32-value block (a k-quant's super-block shared among its 8). */
 INLINE void tile(const int type, const int tt, const uint8_t *w, const act_t *a, int64_t t0, float *out, int64_t N,
-                 __mmask16 rows)
+                 __mmask16 rows, int64_t block_bytes)
 {
     __m512 acc[TILE];
     for (int t = 0; t < tt; t++)
         acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < a->nb; b++) {
         wblock_t wb;
+        if (t0 == 0) /* the first pass over the group reads it from memory; later ones find it cached */
+            prefetch_ahead(w, b, block_bytes);
         load_block(type, w, b, &wb);
         for (int t = 0; t < tt; t++)
             acc[t] = block_dot(type, &wb, a, (t0 + t) * a->nb + b, acc[t]);
@@ -183,7 +202,7 @@ INLINE void tile(const int type, const int tt, const uint8_t *w, const act_t *a,
 }
 
 #define TILE_CASE(n)                                                                                                  \
-    case n: tile(type, n, wg, a, t0, out + g * ROWS, N, rows); break;
+    case n: tile(type, n, wg, a, t0, out + g * ROWS, N, rows, gbytes / a->nb); break;
 
 INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out)
 {
