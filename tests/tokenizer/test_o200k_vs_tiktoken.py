@@ -1,23 +1,24 @@
 """The gpt-4o pre-tokenizer (tokenizer.ggml.pre "gpt-4o": o200k, as gpt-oss files name it) against tiktoken.
 
 o200k's vocabulary is a download, so the vocabulary here is SmolLM2's, as tiktoken ranks (a token ranks by the merge
-that first makes it), plus a few words no merge reaches, which tiktoken takes whole; the split pattern and the harmony special tokens are tiktoken's own, read from its
-tiktoken_ext.openai_public. transformers' TikTokenConverter turns the ranks into a tokenizer.json, which our HF
-folder reader must recognise as "gpt-4o"; that metadata, written to a GGUF file and read back, is ours. llama.cpp
-tokenizes the same file (but for two known differences)."""
+that first makes it), plus a few words no merge reaches, which tiktoken takes whole; the split pattern and the
+harmony special tokens are tiktoken's own, read from its tiktoken_ext.openai_public. transformers' TikTokenConverter
+turns the ranks into a tokenizer.json, which our HF folder reader must recognise as "gpt-4o"; that metadata, written
+to a GGUF file and read back, is ours. llama.cpp tokenizes the same file (but for two known differences)."""
 
 from __future__ import annotations
 
 import base64
 import random
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deeproots.formats.gguf import GGUFFile, GGUFWriter
-from deeproots.tokenizer import Tokenizer
+from deeproots.tokenizer import ChatTemplate, Tokenizer
 from deeproots.tokenizer.bpe import ByteLevelBPE
 from deeproots.tokenizer.hf_folder import tokenizer_metadata_from_hf
 
@@ -31,18 +32,20 @@ pytestmark = pytest.mark.slow  # transformers' converter, llama.cpp
 
 # Words that are tokens no merge makes (no cut of them into two tokens): tiktoken, as our gpt-4o, takes them whole.
 WHOLE_WORDS = ("😀", "Ελληνικά", "Русский", "한국어")
+TEMPLATES = Path(__file__).parents[1] / "server" / "templates"
 HARMONY_SPECIALS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>")
 # o200k splits a word where its case changes and keeps a contraction (of any case) on the word before it.
 O200K_TEXTS = [
     "HelloWORLD", "helloWorld", "HELLOworld", "XMLHttpRequest", "'S", "'s", "I'M", "DON'T", "he'S", "THEY'RE",
     "we'Ve", "x'ſ", "'K", "ÉcoleNormale", "ǅungla ǈ", "ΣΑΣ σας", "İstanbul", "a/\n/b", "!!\n/\n", "x\u0301y",
-    "1234567", "12 345", "😀😀", "Русский/Ελληνικά", "한국어 한국어", "<|start|>user<|message|>Hi<|end|>", "<|channel|>final<|message|>ok<|return|>",
+    "1234567", "12 345", "😀😀", "Русский/Ελληνικά", "한국어 한국어", "<|start|>user<|message|>Hi<|end|>",
+    "<|channel|>final<|message|>ok<|return|>",
 ]
 
 
-def _tiktoken_spec(monkeypatch) -> dict:
+def _tiktoken_spec() -> dict:
     """tiktoken's o200k_harmony encoding spec without its download: its pattern and special tokens."""
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
         return openai_public.o200k_harmony()
 
@@ -54,7 +57,8 @@ def _ranks(smollm2_metadata) -> dict[bytes, int]:
     for merge in smollm2_metadata["tokenizer.ggml.merges"]:
         ranks.setdefault(b"".join(spelled(merge.split(" ", 1))), len(ranks))
     for word in map(str.encode, WHOLE_WORDS):
-        assert word not in ranks and not any(word[:cut] in ranks and word[cut:] in ranks for cut in range(1, len(word)))
+        assert word not in ranks
+        assert not any(word[:cut] in ranks and word[cut:] in ranks for cut in range(1, len(word)))
         ranks[word] = len(ranks)
     return ranks
 
@@ -62,7 +66,7 @@ def _ranks(smollm2_metadata) -> dict[bytes, int]:
 @pytest.fixture(scope="module")
 def o200k(smollm2_metadata, tmp_path_factory):
     """(tiktoken's Encoding, the GGUF file, our tokenizer on it) over one vocabulary."""
-    spec = _tiktoken_spec(pytest.MonkeyPatch())
+    spec = _tiktoken_spec()
     ranks = _ranks(smollm2_metadata)
     specials = {name: len(ranks) + index for index, name in enumerate(HARMONY_SPECIALS)}
     assert set(specials) <= set(spec["special_tokens"])  # the names are tiktoken's
@@ -117,6 +121,21 @@ def test_gpt_4o_pre_tokenizer_matches_tiktoken(o200k):
 def test_random_text_matches_tiktoken(o200k, text):
     reference, _, ours = o200k
     assert ours.encode(text) == reference.encode_ordinary(text)
+
+
+def test_a_harmony_prompt_is_encoded_as_tiktoken_encodes_its_text(o200k):
+    """gpt-oss's published template (tests/server/templates): its markup becomes the harmony special tokens."""
+    reference, _, ours = o200k
+    template = ChatTemplate((TEMPLATES / "openai-gpt-oss-120b.jinja").read_text())
+    call = {"name": "get_weather", "arguments": {"city": "Zürich"}}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Zürich?"},
+                {"role": "assistant", "tool_calls": [{"type": "function", "function": call}]},
+                {"role": "tool", "content": "18 C"}]
+    city = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": city}}]
+    text = template.render(messages, tools=tools)
+    assert "<|call|><|start|>functions.get_weather" in text
+    assert template.encode(messages, ours, tools=tools) == reference.encode(text, allowed_special="all")
 
 
 def _llama_cpp_differs_on(text: str) -> bool:
