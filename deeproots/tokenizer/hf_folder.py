@@ -43,7 +43,7 @@ MAX_VOCAB = 1 << 24  # the GGUF reader's longest array
 # tokenizer.json spells the contractions case-insensitively; llama.cpp's regexes spell the cases out.
 _HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 # The tokenizer.ggml.pre names a tokenizer.json pre-tokenizer can be recognised as, in order of preference.
-DETECTABLE_PRE_TOKENIZERS = ("gpt-2", "llama-bpe", "smaug-bpe", "qwen2", "smollm")
+DETECTABLE_PRE_TOKENIZERS = ("gpt-2", "llama-bpe", "smaug-bpe", "qwen2", "smollm", "gpt-4o")
 _SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
                  "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
 

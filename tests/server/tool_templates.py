@@ -9,6 +9,7 @@ GEMMA4 = "google-gemma-4"  # Gemma 4's own call syntax; every property needs a "
 # The markers of Gemma 4's template, control tokens of its vocabulary (a tiny checkpoint must have them too)
 GEMMA4_CONTROL_TOKENS = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
                          "<tool_response|>", '<|"|>', "<|channel>", "<channel|>", "<|think|>"]
+GPT_OSS = "openai-gpt-oss-120b"  # harmony: <|start|>ROLE<|channel|>...<|message|>...<|end|>
 DEEPSEEK_R1 = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"  # opens <think> in its generation prompt; renders no tools
 # template -> (the format it must select, the text that ends an assistant turn in it)
 FAMILIES = {QWEN25: ("hermes", "<|im_end|>\n"), QWEN3: ("hermes", "<|im_end|>\n"),

@@ -396,9 +396,9 @@ def test_missing_tokenizer_json_names_the_file(tmp_path):
     (_dotted(model__type="WordPiece"), r"'WordPiece' model; supported: BPE"),
     (_dotted(model__type="Unigram"), r"'Unigram' model; supported: BPE"),
     (_dotted(pre_tokenizer={"type": "Whitespace"}), r"'Whitespace' step"),
-    (_dotted(pre_tokenizer=_split(GGUF_PRE_TOKENIZER_SPLITS["gpt-4o"])), r"ByteLevel pre-tokenizer as its last step"),
+    (_dotted(pre_tokenizer=_split(GGUF_PRE_TOKENIZER_SPLITS["tekken"])), r"ByteLevel pre-tokenizer as its last step"),
     (_dotted(pre_tokenizer={"type": "Sequence", "pretokenizers": [
-        _split(GGUF_PRE_TOKENIZER_SPLITS["gpt-4o"]), _byte_level(False)]}), r"recognised: gpt-2, llama-bpe"),
+        _split(GGUF_PRE_TOKENIZER_SPLITS["tekken"]), _byte_level(False)]}), r"recognised: gpt-2, llama-bpe"),
     (_dotted(pre_tokenizer=_byte_level(True) | {"add_prefix_space": True}), r"without add_prefix_space"),
     (_dotted(normalizer={"type": "Lowercase"}), r"'Lowercase' normalizer"),
     (_dotted(post_processor={"type": "BertProcessing"}), r"'BertProcessing' post-processor"),
