@@ -96,6 +96,11 @@ class Backend(ABC):
         tensor (n_experts, out_features[i], in_features) side by side, (T, in_features) -> (T, sum(out_features)),
         and `grouped(x, chosen, starts)`, several experts' products over rows of their own."""
 
+    def mixture_class(self, moe_class: type) -> type:
+        """The class that runs a block's mixture of experts (models/moe.py's MixtureOfExperts or a family's
+        subclass) over what this backend placed: the model's own here."""
+        return moe_class
+
     @abstractmethod
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int):
         """A table indexed by token ids (N,) -> (N, width) float32."""

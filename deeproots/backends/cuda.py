@@ -6,8 +6,8 @@ matrices stay as they are and go through torch; other types are dequantized to f
 RoPE, SiLU/GELU gating and decode attention are Triton kernels; prefill attention is PyTorch's SDPA.
 
 The backend takes a torch device: "cuda" on a GPU, or "cpu", where the same kernels run under Triton's
-interpreter (TRITON_INTERPRET=1): that is how CI tests this file without a GPU. Mixtures of experts are not placed
-here yet (a typed error says so).
+interpreter (TRITON_INTERPRET=1): that is how CI tests this file without a GPU. Mixtures of experts: cuda_moe.py
+(gpt-oss's are refused by name).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..cache.device_kv import DeviceKVCache, dequantize_q8_0
 from ..cache.kv import KVCache, KVLayout
-from ..errors import DeviceError, RequestError, UnsupportedModelError
+from ..errors import DeviceError, RequestError
 from ..formats.gguf import TensorInfo
 from ..kernels.triton.attention import decode_attention
 from ..kernels.triton.gating import gated
@@ -31,6 +31,7 @@ from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource
 from .cuda_graphs import DecodeGraphs
+from .cuda_moe import BlockExperts, FloatExperts, device_mixture_class
 from .device_memory import DEVICE_BLOCK_TYPES, device_type, device_weight_bytes
 from .formulas import RotaryEmbedding
 from .linears import QuantizedEmbedding
@@ -114,9 +115,10 @@ class DevicePrimitives:
         return self.step[1]
 
     def attend_sequences(self, rope: RotaryEmbedding, qkv: torch.Tensor, n_heads: int, caches, lengths,
-                         layer: int, scale: float, window: int | None) -> torch.Tensor:
+                         layer: int, scale: float, window: int | None, sinks=None) -> torch.Tensor:
         """base.Primitives.attend_sequences: RoPE over every row in one launch; then per sequence, a decoding one
-        (one row) writes its cache and attends at device positions, a longer one updates and runs SDPA."""
+        (one row) writes its cache and attends at device positions, a longer one updates and runs SDPA. Sinks
+        (gpt-oss's) are not run here: gpt-oss is refused at load."""
         n_kv = (qkv.shape[1] - n_heads) // 2
         positions = self.positions(caches, lengths)  # (N,)
         rope_rotate_(qkv[:, :n_heads + n_kv], *self._tables(rope), positions, rope.rope_dim,
@@ -172,6 +174,12 @@ def gelu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return gated(gate_up, gelu=True)
 
 
+def _block_bytes(source: WeightSource, names: list[str], ggml_type: int) -> list[np.ndarray]:
+    """The named tensors' stored bytes in the block format the kernels read (Q5_0 widened to Q8_0, lossless)."""
+    raw = [source.raw(name) for name in names]
+    return [q5_0_as_q8_0(part) for part in raw] if ggml_type == GGMLType.Q5_0 else raw
+
+
 class CUDABackend(Backend):
     name = "cuda"
     default_kv_type = "f16"
@@ -214,9 +222,7 @@ class CUDABackend(Backend):
                                for name, rows in zip(names, out_features)])
         placed = types.pop()
         if placed in DEVICE_BLOCK_TYPES:
-            raw = [source.raw(name) for name in names]
-            if infos[0].ggml_type == GGMLType.Q5_0:
-                raw = [q5_0_as_q8_0(part) for part in raw]
+            raw = _block_bytes(source, names, infos[0].ggml_type)
             weight = self.from_host(np.concatenate([part.reshape(-1).view(np.uint8) for part in raw]))
             source.release_pages()
             return BlockLinear(weight, placed, in_features, sum(out_features))
@@ -234,8 +240,23 @@ class CUDABackend(Backend):
         return self.from_host(raw).view(FLOAT_DTYPES[info.ggml_type]).reshape(rows, in_features)
 
     def expert_linears(self, source: WeightSource, names: list[str], n_experts: int, in_features: int,
-                       out_features: list[int]):
-        raise UnsupportedModelError("the cuda backend does not run mixtures of experts yet; use --device cpu")
+                       out_features: list[int]) -> BlockExperts:
+        """Expert e's matrices are slice e of each 3-d tensor's bytes (GGUF stores experts one after another):
+        uploaded once as (n_experts, that expert's matrices stacked), so an expert's product reads a view of it."""
+        infos = [source.info(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
+        types = {info.ggml_type for info in infos}
+        placed = device_type(infos[0].ggml_type)
+        if len(types) == 1 and placed in DEVICE_BLOCK_TYPES:
+            raw = _block_bytes(source, names, infos[0].ggml_type)
+            stacked = np.concatenate([part.reshape(n_experts, -1).view(np.uint8) for part in raw], axis=1)
+            weights = self.from_host(stacked)  # (n_experts, bytes of one expert)
+            source.release_pages()
+            return BlockExperts(weights, placed, in_features, sum(out_features))
+        parts = [source.tensor(name, (n_experts, rows, in_features)) for name, rows in zip(names, out_features)]
+        return FloatExperts(self.from_host(np.concatenate(parts, axis=1)))  # (n_experts, out, in) float32
+
+    def mixture_class(self, moe_class: type) -> type:
+        return device_mixture_class(moe_class)
 
     def embedding(self, source: WeightSource, name: str, vocab_size: int, width: int) -> DeviceEmbedding:
         return DeviceEmbedding(QuantizedEmbedding(source.raw(name), source.info(name, (vocab_size, width))),

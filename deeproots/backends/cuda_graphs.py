@@ -6,7 +6,7 @@ embedded tokens in, every row's position (which the RoPE, cache-write and attent
 so a replay runs at the positions the buffer holds then), the logits out. A batch short of its bucket is padded with
 a scratch cache of one position, whose rows are zeros and whose outputs are dropped. The caches' offsets stay the
 host's: checked and advanced here around each replay. Graphs are kept for the most recent KEPT_GRAPHS sets of caches,
-holding those caches alive. Only a CUDA device captures; elsewhere `run` declines and the
+holding those caches alive. Mixtures of experts decode eagerly (their routing syncs). Only a CUDA device captures; elsewhere `run` declines and the
 step runs eagerly, as it also does when a capture fails (logged once).
 """
 
@@ -54,7 +54,9 @@ class DecodeGraphs:
         """Logits (B, vocab) on the host for one token of each of B sequences, caches advanced; None where a graph
         cannot run this step (then the caller runs it eagerly)."""
         bucket = bucket_for(len(caches))
-        if not self.enabled or bucket is None or any(cache.room() < 1 for cache in caches):
+        # a mixture's routing brings expert ids to the host mid-step, which a graph cannot capture
+        if not self.enabled or bucket is None or net.config.experts is not None \
+                or any(cache.room() < 1 for cache in caches):
             return None
         padded = list(caches) + [self._scratch(net, caches[0])] * (bucket - len(caches))
         key = tuple(id(cache) for cache in padded)

@@ -55,7 +55,8 @@ class LlamaBlock:
         self.attn_sinks = weights.optional_stack([prefix + "attn_sinks.weight"], [c.n_heads])
         self.ffn_norm = weights.vector(prefix + self.ffn_norm_name + ".weight", c.d_model)
         # A router tensor means a mixture of experts in place of the MLP (Mixtral, Qwen MoE, OLMoE, gpt-oss).
-        self.moe = self.moe_class(c, weights, prefix) if weights.has(prefix + "ffn_gate_inp.weight") else None
+        moe_class = weights.backend.mixture_class(self.moe_class)  # the model's own, or the backend's variant
+        self.moe = moe_class(c, weights, prefix) if weights.has(prefix + "ffn_gate_inp.weight") else None
         if self.moe is None:
             # gate and up in one product: (N, d_model) -> (N, 2 * ffn_dim)
             self.ffn_gate_up = weights.stacked_linear([prefix + "ffn_gate.weight", prefix + "ffn_up.weight"],

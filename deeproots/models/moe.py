@@ -37,6 +37,8 @@ def route(logits: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, 
 
 
 class MixtureOfExperts:
+    shared_class: type  # SharedExpert, or a backend's variant of it (set below, once SharedExpert is defined)
+
     def __init__(self, config: ModelConfig, weights: GGUFWeights, prefix: str):
         self.experts = _expert_config(config, weights, prefix)
         c, e = config, self.experts
@@ -51,7 +53,7 @@ class MixtureOfExperts:
         self.ffn_gate_up_exps = weights.expert_linears([prefix + "ffn_gate_exps.weight", prefix + "ffn_up_exps.weight"],
                                                        e.count, c.d_model, [e.ffn_dim, e.ffn_dim])
         self.ffn_down_exps = weights.expert_linears([prefix + "ffn_down_exps.weight"], e.count, e.ffn_dim, [c.d_model])
-        self.shared = SharedExpert(c, weights, prefix) if e.shared_ffn_dim is not None else None
+        self.shared = self.shared_class(c, weights, prefix) if e.shared_ffn_dim is not None else None
 
     def __call__(self, h: np.ndarray) -> np.ndarray:
         """(N, d_model) -> (N, d_model)."""
@@ -91,8 +93,7 @@ class MixtureOfExperts:
         if self.down_bias is not None:
             expert_out += self.down_bias[sorted_ids]
         expert_out *= weights.reshape(-1)[order, None]
-        by_pair = np.empty_like(expert_out)
-        by_pair[order] = expert_out  # back in (token, slot) order
+        by_pair = expert_out[np.argsort(order)]  # back in (token, slot) order (index arrays: numpy or torch rows)
         # Summed over each token's own slots, in its own order: the same bits whoever shares its experts.
         return by_pair.reshape(n, k, -1).sum(axis=1)  # (N, d_model)
 
@@ -110,9 +111,15 @@ class SharedExpert:
 
     def __call__(self, h: np.ndarray) -> np.ndarray:
         """(N, d_model) -> (N, d_model)."""
-        with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: the sigmoid is then 0
-            gate = 1.0 / (1.0 + np.exp(-self.ffn_gate_inp_shexp(h)))  # (N, 1)
+        gate = self.sigmoid(self.ffn_gate_inp_shexp(h))  # (N, 1)
         return gate * self.ffn_down_shexp(self.ops.silu_mul(self.ffn_gate_up_shexp(h)))
+
+    def sigmoid(self, x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: the sigmoid is then 0
+            return 1.0 / (1.0 + np.exp(-x))
+
+
+MixtureOfExperts.shared_class = SharedExpert
 
 
 def _expert_biases(weights: GGUFWeights, names: list[str], count: int, widths: list[int]) -> np.ndarray | None:
