@@ -50,8 +50,9 @@ class Model:
                                                    tp_reduction=tp_reduction, pipeline_parallel=pipeline,
                                                    pp_split=pp_split)
         except BaseException:
-            if self.cluster is not None:
-                self.cluster.abort()
+            if self.cluster is not None:  # the ranks are gone: nothing for close() to stop at exit
+                cluster, self.cluster = self.cluster, None
+                cluster.abort()
             raise
         self.path, self.reference, self.backend = path, reference, backend
         self.file, self.config, self.tokenizer = loaded.file, loaded.config, loaded.tokenizer

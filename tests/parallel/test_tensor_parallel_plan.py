@@ -73,6 +73,12 @@ def test_olmoe_is_refused_its_norms_span_all_heads():
         plan_shares(config(architecture="olmoe"), {}, 2)
 
 
+def test_gpt_oss_is_refused_for_tensor_parallelism_but_not_for_one_rank():
+    with pytest.raises(ShardingError, match="gpt-oss"):
+        plan_shares(config(architecture="gpt-oss"), {}, 2)
+    assert len(plan_shares(config(architecture="gpt-oss"), {}, 1)) == 1
+
+
 def test_a_column_cut_inside_a_block_is_refused():
     info = entry("w", GGMLType.Q4_1, 4, 64)
     with pytest.raises(ShardingError, match=r"'w' \(Q4_1, blocks of 32\) cannot be split at columns 16..64"):

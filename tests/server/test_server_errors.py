@@ -89,7 +89,7 @@ def test_wrong_method_is_a_405_in_the_openai_shape(server):
 
 @pytest.fixture(scope="module")
 def engine(smollm2):
-    engine = Engine(smollm2, EngineConfig(max_running=1, max_queue=4)).start()
+    engine = Engine(smollm2.loaded, EngineConfig(max_running=1, max_queue=4)).start()
     yield engine
     engine.stop()
 
