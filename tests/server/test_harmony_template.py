@@ -3,13 +3,12 @@ sandboxed jinja against transformers' apply_chat_template on the same template: 
 message, tools as a TypeScript namespace, a call, its result, the reasoning effort and the built-in tools."""
 
 import pytest
+import tokenizers
+import transformers
 from tool_templates import GPT_OSS, WEATHER, template_source
 
 from deeproots.errors import RequestError
 from deeproots.tokenizer import ChatTemplate
-
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 pytestmark = pytest.mark.slow  # transformers' templates
 

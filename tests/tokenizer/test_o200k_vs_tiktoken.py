@@ -14,19 +14,18 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import tiktoken
+import tiktoken_ext.openai_public as openai_public
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tokenizer_vs_hf import CORPUS, POOLS
+from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from deeproots.formats.gguf import GGUFFile, GGUFWriter
 from deeproots.tokenizer import ChatTemplate, Tokenizer
 from deeproots.tokenizer.bpe import ByteLevelBPE
 from deeproots.tokenizer.hf_folder import tokenizer_metadata_from_hf
 
-tiktoken = pytest.importorskip("tiktoken")
-openai_public = pytest.importorskip("tiktoken_ext.openai_public")
-pytest.importorskip("transformers")
-from test_tokenizer_vs_hf import CORPUS, POOLS  # noqa: E402
-from transformers.convert_slow_tokenizer import TikTokenConverter  # noqa: E402
 
 pytestmark = pytest.mark.slow  # transformers' converter, llama.cpp
 
@@ -146,7 +145,8 @@ def _llama_cpp_differs_on(text: str) -> bool:
 
 
 def test_llama_cpp_tokenizes_the_file_as_tiktoken_but_for_its_known_differences(o200k):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # the bench extra, which `make test` installs
+
     reference, path, _ = o200k
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     assert [text for text in TEXTS if not _llama_cpp_differs_on(text)
