@@ -2,7 +2,6 @@
 the kernels' own threads (csrc/memread.c), the bound a decode step's weight reads are compared with."""
 
 import mmap
-import statistics
 import time
 
 import numpy as np
@@ -33,6 +32,3 @@ def read_bandwidth(nbytes: int = READ_BYTES, repetitions: int = 5) -> list[float
         samples.append(nbytes / (time.perf_counter() - started) / 1e9)
     return samples
 
-
-def median_read_bandwidth(nbytes: int = READ_BYTES, repetitions: int = 5) -> float:
-    return statistics.median(read_bandwidth(nbytes, repetitions))
