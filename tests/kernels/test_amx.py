@@ -5,6 +5,7 @@ output does not depend on the batch it came in nor on its position in a 16-token
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,13 +22,20 @@ PACKED_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 needs_amx = pytest.mark.skipif(AMX_STATUS != "amx-int8", reason=f"AMX-INT8 is not usable here: {AMX_STATUS}")
 
 
-def linear_with(amx: bool, x: np.ndarray, weight) -> np.ndarray:
+@contextmanager
+def amx_set(enabled: bool):
+    """AMX switched to `enabled` for the block, then back to what it was."""
     was = amx_enabled()
-    set_amx(amx)
+    set_amx(enabled)
     try:
-        return quantized_linear(x, weight)
+        yield
     finally:
         set_amx(was)
+
+
+def linear_with(amx: bool, x: np.ndarray, weight) -> np.ndarray:
+    with amx_set(amx):
+        return quantized_linear(x, weight)
 
 
 def amx_linear(x: np.ndarray, weight) -> np.ndarray:
@@ -69,26 +77,18 @@ def test_expert_products_use_amx_with_the_same_bits():
     weights = tuple(pack_weight(random_raw(Q.Q4_K, k, n, rng), Q.Q4_K, (k, n)) for _ in rows)
     starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
     x = rng.standard_normal((starts[-1], k)).astype(np.float32)
-    was = amx_enabled()
-    try:
-        set_amx(True)
+    with amx_set(True):
         on = experts_linear(x, weights, starts)
-        set_amx(False)
+    with amx_set(False):
         np.testing.assert_array_equal(on, experts_linear(x, weights, starts))
-    finally:
-        set_amx(was)
 
 
 @needs_amx
 def test_switching_amx_is_reported():
-    was = amx_enabled()
-    try:
-        set_amx(False)
+    with amx_set(False):
         assert not amx_enabled() and "switched off" in kernel_path()
-        set_amx(True)
+    with amx_set(True):
         assert amx_enabled() and "amx-int8" in kernel_path()
-    finally:
-        set_amx(was)
 
 
 def test_set_amx_validates():
