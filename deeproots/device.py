@@ -24,6 +24,14 @@ def _gpu_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def require_gpu() -> None:
+    """A DeviceError unless PyTorch (installed) sees a GPU: the check before a CUDA backend's first tensor."""
+    if not _gpu_visible():
+        import torch
+
+        raise DeviceError(f"no CUDA device: PyTorch {torch.__version__} sees no GPU; run with --device cpu")
+
+
 def backend_for_device(device: str) -> str:
     """The backend name (backends.BACKEND_NAMES) for a --device value; "cuda" without a GPU is a DeviceError."""
     if device not in DEVICES:
@@ -36,8 +44,5 @@ def backend_for_device(device: str) -> str:
     if missing:
         raise DeviceError(f"no CUDA device: {' and '.join(missing)} not installed (install PyTorch with CUDA, then "
                           f"pip install 'deeproots[cuda]'); run with --device cpu")
-    if not _gpu_visible():
-        import torch
-
-        raise DeviceError(f"no CUDA device: PyTorch {torch.__version__} sees no GPU; run with --device cpu")
+    require_gpu()
     return "cuda"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..cache.device_kv import DeviceKVCache, dequantize_q8_0
 from ..cache.kv import KVCache, KVLayout
+from ..device import require_gpu
 from ..errors import DeviceError, RequestError
 from ..formats.gguf import TensorInfo
 from ..kernels.triton.attention import decode_attention
@@ -186,8 +187,8 @@ class CUDABackend(Backend):
 
     def __init__(self, device: str = "cuda"):
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DeviceError(f"no CUDA device: PyTorch {torch.__version__} sees no GPU; run with --device cpu")
+        if self.device.type == "cuda":
+            require_gpu()
         device_primitives = DevicePrimitives(self.device)
         self.primitives = device_primitives.primitives()
         self.graphs = DecodeGraphs(device_primitives, self.device)  # used on a CUDA device only

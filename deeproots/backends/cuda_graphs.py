@@ -6,8 +6,8 @@ embedded tokens in, every row's position (which the RoPE, cache-write and attent
 so a replay runs at the positions the buffer holds then), the logits out. A batch short of its bucket is padded with
 a scratch cache of one position, whose rows are zeros and whose outputs are dropped. The caches' offsets stay the
 host's: checked and advanced here around each replay. Graphs are kept for the most recent KEPT_GRAPHS sets of caches,
-holding those caches alive. Mixtures of experts decode eagerly (their routing syncs). Only a CUDA device captures; elsewhere `run` declines and the
-step runs eagerly, as it also does when a capture fails (logged once).
+holding those caches alive. Mixtures of experts decode eagerly (their routing syncs). Only a CUDA device captures;
+elsewhere `run` declines and the step runs eagerly, as it also does when a capture fails (logged once).
 """
 
 from __future__ import annotations

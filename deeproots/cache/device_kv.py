@@ -44,17 +44,19 @@ class DeviceKVCache(KVCache):
     def _zeros(self, shape: tuple[int, ...], kv_type: str) -> torch.Tensor:
         return torch.zeros(shape, dtype=DEVICE_KV_TYPES[kv_type], device=self.device)
 
+    def _stored(self, new: torch.Tensor) -> torch.Tensor:
+        """new (n_kv_heads, T, head_dim) float32 as the cache stores it: q8_0 bytes, or the cache's float type."""
+        return quantize_q8_0(new) if self.kv_type == "q8_0" else new.to(self.keys.dtype)
+
     def _write(self, rows: torch.Tensor, new: torch.Tensor) -> None:
-        rows[...] = quantize_q8_0(new) if self.kv_type == "q8_0" else new
+        rows[...] = self._stored(new)
 
     def write_at(self, layer: int, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store one position's keys/values (n_kv_heads, 1, head_dim) at `position`, a (1,) int64 device tensor: the
         decode step's write, which a captured CUDA graph replays at the position the tensor holds then. The caller
         checks the room (the offset is the host's)."""
-        self.keys[layer].index_copy_(1, position, quantize_q8_0(keys) if self.kv_type == "q8_0" else
-                                     keys.to(self.keys.dtype))
-        self.values[layer].index_copy_(1, position, quantize_q8_0(values) if self.kv_type == "q8_0" else
-                                       values.to(self.values.dtype))
+        self.keys[layer].index_copy_(1, position, self._stored(keys))
+        self.values[layer].index_copy_(1, position, self._stored(values))
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, start:stop].clone(), self.values[:, :, start:stop].clone()

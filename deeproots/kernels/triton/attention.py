@@ -13,18 +13,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .blocks import load_f16
+from ...quant import GGMLType
+from .blocks import geometry, load_f16
 
 BLOCK_L = 64
-Q8_0_BYTES = 34  # bytes of one Q8_0 block of 32 values
+QK, Q8_0_BYTES = geometry(GGMLType.Q8_0)  # a Q8_0 block: 32 values in 34 bytes
 
 
 @triton.jit
 def _load_rows(ptr, rows, dims, mask, Q8: tl.constexpr):
     """Rows at byte/element offsets rows (BLOCK_L, 1), columns dims (BLOCK_D,) -> (BLOCK_L, BLOCK_D) float32."""
     if Q8:
-        block = (dims // 32) * Q8_0_BYTES
-        q = tl.load(ptr + rows + (block + 2 + dims % 32)[None, :], mask=mask, other=0).to(tl.int8, bitcast=True)
+        block = (dims // QK) * Q8_0_BYTES
+        q = tl.load(ptr + rows + (block + 2 + dims % QK)[None, :], mask=mask, other=0).to(tl.int8, bitcast=True)
         values = q.to(tl.float32) * load_f16(ptr, rows + block[None, :], mask)
     else:
         values = tl.load(ptr + rows + dims[None, :], mask=mask, other=0.0).to(tl.float32)
