@@ -21,15 +21,16 @@ from ..errors import ModelFormatError, ModelNotFoundError, TensorNotFoundError, 
 from ..quant import dequantize
 from ..quant.types import GGMLType, tensor_nbytes
 from .gguf import TensorInfo
-from .names import (GEMMA3_GLOBAL_LAYER_EVERY, MXFP4_SUFFIXES, FusedExpertPart, HFArchitecture, expert_slice,
-                    fused_expert_parts, gguf_tensor_name, hf_architecture, mxfp4_expert_half)
+from .names import (GEMMA3_GLOBAL_LAYER_EVERY, GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT, MXFP4_SUFFIXES,
+                    FusedExpertPart, HFArchitecture, expert_slice, fused_expert_parts, gguf_tensor_name,
+                    hf_architecture, mxfp4_expert_half)
 from .safetensors import SafetensorsFile, SafetensorsTensorInfo, open_checkpoint
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 10_000_000
 GGML_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}  # safetensors dtype -> GGML
 _SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn")  # yarn: gpt-oss only (the family tested with it)
-_GPT_OSS_SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}  # what models/gpt_oss.py computes
+_GPT_OSS_SWIGLU = {"swiglu_alpha": GPT_OSS_SWIGLU_ALPHA, "swiglu_limit": GPT_OSS_SWIGLU_LIMIT}  # config.json keys
 
 
 def read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:

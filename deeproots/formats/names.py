@@ -98,6 +98,8 @@ FUSED_EXPERT_TENSORS = {
 }
 # Gemma 3 attends globally on layers 5, 11, 17, ... (llama.cpp's swa pattern; GGUF files carry no key for it).
 GEMMA3_GLOBAL_LAYER_EVERY = 6
+# gpt-oss's clamped SwiGLU (llama.cpp's constants; GGUF files have no key for them, config.json may state them).
+GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
 _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.formulas import clamped_swiglu
+from ..formats.names import GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT
 from .llama import Llama, LlamaBlock
 from .moe import MixtureOfExperts
-
-SWIGLU_ALPHA = 1.702  # llama.cpp's constants for the architecture (GGUF files have no key for them)
-SWIGLU_LIMIT = 7.0
 
 
 def route_top_k_softmax(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +33,7 @@ class GptOssExperts(MixtureOfExperts):
         return route_top_k_softmax(self.router_logits(h), self.experts.used_count)
 
     def gate(self, gate_up: np.ndarray) -> np.ndarray:
-        return clamped_swiglu(gate_up, SWIGLU_ALPHA, SWIGLU_LIMIT)
+        return clamped_swiglu(gate_up, GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT)
 
 
 class GptOssBlock(LlamaBlock):

@@ -15,7 +15,8 @@ import deeproots
 from deeproots.backends.formulas import clamped_swiglu, yarn_frequencies
 from deeproots.config import YarnScaling
 from deeproots.errors import ModelFormatError, UnsupportedModelError
-from deeproots.models.gpt_oss import SWIGLU_ALPHA, SWIGLU_LIMIT, route_top_k_softmax
+from deeproots.formats.names import GPT_OSS_SWIGLU_ALPHA as SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT as SWIGLU_LIMIT
+from deeproots.models.gpt_oss import route_top_k_softmax
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs, "
         "then count 1, 2, 3, 5, 8 and 13 before the sun sets over the quiet harbour.")
