@@ -27,9 +27,10 @@ def main(argv=None) -> None:
     secret.add_argument("--secret-stdin", action="store_true", help="read it from stdin (launch.py's spawned ranks)")
     args = parser.parse_args(argv)
     try:
-            follow_main(args.model, sys.stdin.buffer.read().strip() if args.secret_stdin else read_secret(args.secret_file),
-                    context=args.ctx, threads=args.threads, kv_type=args.kv_type, reference=args.reference,
-                    tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp, pp_split=args.pp_split)
+        secret = sys.stdin.buffer.read().strip() if args.secret_stdin else read_secret(args.secret_file)
+        follow_main(args.model, secret, context=args.ctx, threads=args.threads, kv_type=args.kv_type,
+                    reference=args.reference, tp=args.tp, tp_reduction=args.tp_reduction, pp=args.pp,
+                    pp_split=args.pp_split)
     except DeeprootsError as error:  # rank 0 gone, a refused join, a bad file: one line, as the CLI's errors
         print(f"deeproots rank {os.environ.get('RANK', '?')}: {error}", file=sys.stderr)
         sys.exit(1)
