@@ -294,7 +294,7 @@ class _Attn(ctypes.Structure):  # attn_t in csrc/attention.h
                 ("k_row", ctypes.c_int64), ("v_head", ctypes.c_int64), ("v_row", ctypes.c_int64),
                 ("kv_type", ctypes.c_int), ("n_heads", ctypes.c_int64), ("n_kv_heads", ctypes.c_int64),
                 ("T", ctypes.c_int64), ("L", ctypes.c_int64), ("D", ctypes.c_int64), ("scale", ctypes.c_float),
-                ("out", ctypes.c_void_p), ("window", ctypes.c_int64)]
+                ("out", ctypes.c_void_p), ("window", ctypes.c_int64), ("sinks", ctypes.c_void_p)]
 
 
 class _FallbackBuild:
@@ -313,7 +313,7 @@ class _FallbackBuild:
         kv_type = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint8): 8}[k.dtype]
         qs, ks, vs = (elements(a.strides, a.itemsize) for a in (q, k, v))
         args = _Attn(q.ctypes.data, qs[0], qs[1], k.ctypes.data, v.ctypes.data, ks[0], ks[1], vs[0], vs[1], kv_type,
-                     H, G, T, L, D, scale, out.ctypes.data, window or 0)
+                     H, G, T, L, D, scale, out.ctypes.data, window or 0, None)
         self.lib.attention_run(ctypes.byref(args), threads)
         return out
 
