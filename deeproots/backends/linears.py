@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats.gguf import TensorInfo
-from ..kernels import PackedWeight, experts_linear, quantized_linear
+from ..kernels import PackedWeight, grouped_product, quantized_linear
 from ..quant import dequantize
 
 
@@ -58,11 +58,16 @@ class Experts:
 
 
 class PackedExperts(Experts):
-    """Packed experts of one type and shape: `grouped` is one threaded kernel call (kernels.experts_linear) for
+    """Packed experts of one type and shape: `grouped` is one threaded kernel call (kernels.grouped_product) for
     all the chosen experts, with each row's bits as its expert's product alone gives them."""
 
+    def __init__(self, experts: list[PackedLinear]):
+        super().__init__(experts)
+        self.datas = [expert.weight.data for expert in experts]  # packed bytes by expert id: decode picks 8 a layer
+
     def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        return experts_linear(np.ascontiguousarray(x), tuple(self.experts[e].weight for e in chosen), starts)
+        return grouped_product(self.experts[0].weight, tuple(map(self.datas.__getitem__, chosen.tolist())),
+                               np.ascontiguousarray(x), starts)
 
 
 class QuantizedEmbedding:

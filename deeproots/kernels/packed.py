@@ -224,7 +224,14 @@ def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.
         error = RequestError(f"starts must be {len(weights) + 1} int64 row offsets from 0 to {x.shape[0]}")
     if error is not None:
         raise error
-    out = np.empty((x.shape[0], first.out_features), np.float32)
-    _linear_experts(first._type, tuple(w.data for w in weights), first.out_features, first.in_features, x,
-                    np.ascontiguousarray(starts), out)
+    return grouped_product(first, tuple(w.data for w in weights), x, np.ascontiguousarray(starts))
+
+
+def grouped_product(like: PackedWeight, datas: tuple[np.ndarray, ...], x: np.ndarray,
+                    starts: np.ndarray) -> np.ndarray:
+    """experts_linear without its Python checks, for callers whose weights are the packed bytes (`datas`) of
+    experts known to share `like`'s type and shape (backends.linears.PackedExperts: decode calls it twice a layer).
+    The C entry still checks every buffer's type, size and the row offsets."""
+    out = np.empty((x.shape[0], like.out_features), np.float32)
+    _linear_experts(like._type, datas, like.out_features, like.in_features, x, starts, out)
     return out

@@ -30,7 +30,7 @@ def route(logits: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, 
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=-1, keepdims=True)  # (N, n_experts)
     ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]  # (N, top_k), most probable first
-    weights = np.take_along_axis(probabilities, ids, axis=-1)
+    weights = probabilities[np.arange(len(ids))[:, None], ids]  # (N, top_k): each row's chosen probabilities
     if normalize:
         weights = weights / weights.sum(axis=-1, keepdims=True)
     return ids, weights
@@ -84,8 +84,11 @@ class MixtureOfExperts:
         n, k = ids.shape
         order = np.argsort(ids, axis=None, kind="stable")  # (N * k,) the (token, slot) pairs grouped by expert
         sorted_ids = ids.reshape(-1)[order]
-        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))  # where each expert's rows begin, and N*k
-        chosen = sorted_ids[starts[:-1]]  # ascending
+        if n == 1:  # decode: a token's k experts are distinct, one row each
+            starts, chosen = np.arange(k + 1, dtype=np.int64), sorted_ids
+        else:  # where each expert's rows begin, and N * k
+            starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))
+            chosen = sorted_ids[starts[:-1]]  # ascending
         gate_up = self.ffn_gate_up_exps.grouped(h[order // k], chosen, starts)  # (N * k, 2 * expert ffn_dim)
         if self.gate_up_bias is not None:
             gate_up += self.gate_up_bias[sorted_ids]  # each row its own expert's bias
