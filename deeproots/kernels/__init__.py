@@ -4,9 +4,11 @@ cache (attention.py), and RMSNorm, RoPE and SiLU gating (elementwise.py)."""
 from .attention import cached_attention
 from .elementwise import rms_norm, rotary_embedding_, silu_mul
 from .packed import (
+    AMX_EMULATION_BUILT,
     AMX_STATUS,
     PackedWeight,
     amx_enabled,
+    emulate_amx,
     experts_linear,
     grouped_product,
     get_num_threads,
@@ -20,9 +22,11 @@ from .packed import (
 )
 
 __all__ = [
+    "AMX_EMULATION_BUILT",
     "AMX_STATUS",
     "PackedWeight",
     "amx_enabled",
+    "emulate_amx",
     "cached_attention",
     "experts_linear",
     "grouped_product",

@@ -107,6 +107,7 @@ def get_num_threads() -> int:
 
 
 AMX_STATUS = _cpu.AMX  # "amx-int8" where this CPU and kernel run AMX, else "off: <what is missing>"
+AMX_EMULATION_BUILT = bool(_cpu.AMX_EMULATION_BUILT)  # the AMX path compiled over software tiles (emulate_amx)
 
 
 def amx_enabled() -> bool:
@@ -115,11 +116,24 @@ def amx_enabled() -> bool:
     return _cpu.get_amx_min_tokens() > 0
 
 
+def emulate_amx(enabled: bool) -> None:
+    """Run the AMX path's own code (csrc/qgemm_amx.c) with its tile instructions done in C (csrc/amx_emulated.h),
+    or stop: where this build has AVX-512 but not the AMX instructions (AMX_EMULATION_BUILT). Slow; for testing the
+    AMX path's tiling, tails and bits on CPUs without AMX. Off again means the VNNI path for every product."""
+    if not isinstance(enabled, bool):
+        raise RequestError(f"emulate_amx needs a bool, got {enabled!r}")
+    if not AMX_EMULATION_BUILT:
+        raise UnsupportedModelError(f"AMX emulation is not built here ({_cpu.ISA}; AMX {AMX_STATUS})")
+    _cpu.set_amx_emulation(int(enabled))
+    if enabled:
+        _cpu.set_amx_min_tokens(_cpu.AMX_MIN_TOKENS)
+
+
 def set_amx(enabled: bool) -> None:
     """Switch AMX on (where AMX_STATUS allows) or off (the AVX-512 VNNI path for every product), e.g. to compare."""
     if not isinstance(enabled, bool):
         raise RequestError(f"set_amx needs a bool, got {enabled!r}")
-    if enabled and AMX_STATUS != "amx-int8":
+    if enabled and AMX_STATUS != "amx-int8" and not _cpu.get_amx_emulation():
         raise UnsupportedModelError(f"AMX cannot run here: {AMX_STATUS}")
     _cpu.set_amx_min_tokens(_cpu.AMX_MIN_TOKENS if enabled else 0)
 
@@ -127,8 +141,10 @@ def set_amx(enabled: bool) -> None:
 def kernel_path() -> str:
     """The products' instruction set, for `deeproots bench` and --verbose: e.g. "avx512-vnni + amx-int8"."""
     if amx_enabled():
-        return f"{_cpu.ISA} + amx-int8 (>= {_cpu.get_amx_min_tokens()} tokens)"
-    return f"{_cpu.ISA} (amx {AMX_STATUS.removeprefix('off: ') if AMX_STATUS != 'amx-int8' else 'switched off'})"
+        emulated = ", emulated" if _cpu.get_amx_emulation() else ""
+        return f"{_cpu.ISA} + amx-int8 (>= {_cpu.get_amx_min_tokens()} tokens{emulated})"
+    usable = AMX_STATUS == "amx-int8" or _cpu.get_amx_emulation()
+    return f"{_cpu.ISA} (amx {'switched off' if usable else AMX_STATUS.removeprefix('off: ')})"
 
 
 def pack_weight(raw: np.ndarray | Sequence[np.ndarray], ggml_type: int, shape: tuple[int, int]) -> PackedWeight:

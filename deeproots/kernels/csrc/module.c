@@ -1050,6 +1050,31 @@ static PyObject *py_get_amx_min_tokens(PyObject *self, PyObject *unused)
     return PyLong_FromLongLong(amx_min_tokens());
 }
 
+/* set_amx_emulation(flag): 1 makes the AMX path usable over software tiles (builds without AMX, with AVX-512: for
+ * tests), 0 unusable again; AMX_EMULATION_BUILT says where it exists. The token threshold is set apart. */
+static PyObject *py_set_amx_emulation(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    static const char fn[] = "set_amx_emulation";
+    int64_t on = 0;
+    if (int_arg(fn, "flag", arg, 0, 1, &on))
+        return NULL;
+    if (amx_set_emulation((int)on)) {
+        fail(fn, "this build runs the real AMX instructions or has no AMX path: %s", amx_init());
+        return NULL;
+    }
+    if (!on)
+        amx_set_min_tokens(0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_amx_emulation(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(amx_emulating());
+}
+
 /* read_bytes(buf): read every byte of buf (uint8, C-contiguous) once on the kernel threads; returns a checksum
  * (deeproots.kernels.bandwidth times it). */
 static PyObject *py_read_bytes(PyObject *self, PyObject *arg)
@@ -1085,6 +1110,8 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
     {"set_amx_min_tokens", py_set_amx_min_tokens, METH_O, "AMX for products of at least n tokens (0: never)"},
     {"get_amx_min_tokens", py_get_amx_min_tokens, METH_NOARGS, "AMX's token threshold (0: off)"},
+    {"set_amx_emulation", py_set_amx_emulation, METH_O, "the AMX path over software tiles (1) or not (0)"},
+    {"get_amx_emulation", py_get_amx_emulation, METH_NOARGS, "whether the AMX path runs over software tiles"},
     {"read_bytes", py_read_bytes, METH_O, "read a buffer once on the kernel threads (bandwidth probe)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1130,7 +1157,8 @@ PyMODINIT_FUNC PyInit__cpu(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddStringConstant(m, "AMX", start_amx()) ||
-              PyModule_AddIntConstant(m, "AMX_MIN_TOKENS", AMX_MIN_TOKENS) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
+              PyModule_AddIntConstant(m, "AMX_MIN_TOKENS", AMX_MIN_TOKENS) ||
+              PyModule_AddIntConstant(m, "AMX_EMULATION_BUILT", amx_emulation_built()) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
               PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) || add_block_geometry(m))) {
         Py_DECREF(m);
         return NULL;

@@ -110,6 +110,11 @@ void unpack_block(int type, const uint8_t *w, int64_t b, unpacked_block_t *out);
  * "amx-int8" when usable, else "off: <why>". */
 const char *amx_init(void);
 int amx_usable(void);
+/* Builds without the AMX instructions but with AVX-512 compile qgemm_amx.c over software tiles (amx_emulated.h):
+ * amx_emulation_built says so, amx_set_emulation(1) makes that path usable (for tests; -1 where not built). */
+int amx_emulation_built(void);
+int amx_set_emulation(int on);
+int amx_emulating(void);
 /* AMX runs calls of at least n tokens (0: never); the caller checks amx_usable first. */
 void amx_set_min_tokens(int64_t n);
 int64_t amx_min_tokens(void);

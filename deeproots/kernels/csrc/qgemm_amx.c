@@ -22,14 +22,22 @@
 #include "scratch.h"
 
 #define AMX_TILE_TOKENS 16
+#define NOT_BUILT "off: built without AMX (the compiler's -march=native lacks __AMX_TILE__/__AMX_INT8__)"
 
-#if defined(ISA_AVX512) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
-#include <cpuid.h>
-#include <errno.h>
+#if defined(ISA_AVX512) && defined(__linux__)
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#define AMX_HARDWARE 1
+#endif
 #include <immintrin.h>
 #include <stdio.h>
+#ifdef AMX_HARDWARE
+#include <cpuid.h>
+#include <errno.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#else
+#include "amx_emulated.h" /* the tile instructions in C: this code runs (slowly, for tests) on AVX-512 CPUs without AMX */
+#endif
 
 #define ARCH_GET_XCOMP_PERM 0x1022
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -39,8 +47,9 @@
 #define INLINE static inline __attribute__((always_inline))
 
 static char status[96] = "not initialized";
-static int usable;
+static int usable, emulating;
 
+#ifdef AMX_HARDWARE
 /* CPUID and the kernel's permission for the tile state; returns 1 when AMX-INT8 may run, else status says why. */
 static int request_amx(void)
 {
@@ -68,7 +77,30 @@ const char *amx_init(void)
     return status;
 }
 
+int amx_emulation_built(void) { return 0; }
+#else
+const char *amx_init(void)
+{
+    snprintf(status, sizeof status, "%s", NOT_BUILT);
+    usable = emulating;
+    return status;
+}
+
+int amx_emulation_built(void) { return 1; }
+#endif
+
 int amx_usable(void) { return usable; }
+
+int amx_set_emulation(int on)
+{
+    if (!amx_emulation_built())
+        return -1;
+    emulating = on;
+    usable = on;
+    return 0;
+}
+
+int amx_emulating(void) { return emulating; }
 
 /* This thread's buffer: a group's blocks unpacked, then a chunk of tile-major activations. */
 static _Thread_local scratch_t group_buf;
@@ -287,13 +319,23 @@ static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_
 const char *amx_init(void)
 {
 #ifdef ISA_AVX512
-    return "off: built without AMX (the compiler's -march=native lacks __AMX_TILE__/__AMX_INT8__)";
+    return NOT_BUILT;
 #else
     return "off: built without AVX-512 VNNI and AMX";
 #endif
 }
 
 int amx_usable(void) { return 0; }
+
+int amx_emulation_built(void) { return 0; }
+
+int amx_set_emulation(int on)
+{
+    (void)on;
+    return -1;
+}
+
+int amx_emulating(void) { return 0; }
 
 static int amx_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, int64_t tokens,
                       float *out)
