@@ -10,7 +10,10 @@ is skipped and says so):
 - bench: pp512 / tg128 of deeproots --device cuda (deeproots.bench's engines and its alternating runner), with and
   without its CUDA graphs, beside HF transformers (bf16, static cache, torch.compile) on the same shapes, for the
   real models and synthetic Llama-3.2-1B / Llama-3-8B files (benchmarks/synthetic_models.py), with tg's share of
-  the HBM roofline.
+  the HBM roofline;
+- served (after the real models' benches): the engine (what `deeproots serve` runs, without HTTP: the GPU machine
+  has no fastapi) on the device, 8 concurrent greedy requests of SmolLM2, with and without CUDA graphs (its pure
+  decode steps are graph replays).
 
     python benchmarks/gpu_check.py OUTDIR [--budget SECONDS]
 """
@@ -140,6 +143,60 @@ def logits(name: str) -> dict:
             "logit_range": float(np.abs(expected).max())}
 
 
+def served(name: str, concurrency: int = 8, new_tokens: int = 64, rounds: int = 2) -> dict:
+    """Generated tokens per second of wall time of `concurrency` greedy requests (~55-token prompts, `new_tokens`
+    each) admitted in one step, with graphs on and off alternately, after one warm-up round (which also fills the
+    prefix cache, so every timed round takes the same prefixes from it)."""
+    from deeproots.engine import Engine, EngineConfig
+    from deeproots.loader import load_model_file
+
+    path = store_path(name)
+    if path is None:
+        return {"skipped": f"{name} is not in the store (docs/gpu.md: carry it)"}
+    loaded = load_model_file(path, backend="cuda", context=1024)
+    graphs = loaded.backend.graphs
+    prompts = [loaded.tokenizer.encode(f"{index}. {PROMPT}") for index in range(concurrency)]
+    engine = Engine(loaded, EngineConfig(max_running=concurrency)).start()
+    rates: dict[str, list[float]] = {"graphs": [], "eager": []}
+    try:
+        served_round(engine, prompts, new_tokens)
+        for _ in range(rounds):
+            for mode in rates:
+                graphs.enabled = mode == "graphs"
+                generated, seconds = served_round(engine, prompts, new_tokens)
+                rates[mode].append(generated / seconds)
+    finally:
+        engine.stop()
+        graphs.enabled = True
+    return {"concurrency": concurrency, "new_tokens": new_tokens, "tokens_per_second": rates,
+            "median": {mode: float(np.median(values)) for mode, values in rates.items()},
+            "graph_route": dict(graphs.route)}
+
+
+def served_round(engine, prompts: list[list[int]], new_tokens: int) -> tuple[int, float]:
+    """(tokens generated, seconds) of the prompts submitted together (from the engine thread: one step admits all)."""
+    import threading
+
+    from deeproots.engine import GenerationRequest
+    from deeproots.sampling import SamplingParams
+
+    finished, lock, counts = threading.Event(), threading.Lock(), {"tokens": 0, "open": len(prompts)}
+
+    def on_event(event) -> None:
+        with lock:
+            ended = isinstance(event, Exception) or event.finish_reason is not None
+            counts["tokens"] += not isinstance(event, Exception)
+            counts["open"] -= ended
+            if not counts["open"]:
+                finished.set()
+    requests = [GenerationRequest(ids, SamplingParams(temperature=0.0), new_tokens, on_event) for ids in prompts]
+    started = time.perf_counter()
+    engine.call(lambda: [engine.submit(request) for request in requests]).result(60)
+    if not finished.wait(120):
+        raise TimeoutError("the engine did not finish a round in 120 s")
+    return counts["tokens"], time.perf_counter() - started
+
+
 class EagerDecode:
     """deeproots on the same loaded model with its CUDA graphs off: every decode step launched from Python."""
 
@@ -244,6 +301,7 @@ def main() -> None:
         path = store_path(name)
         report.section(f"bench {name}", 30, lambda path=path: bench(path, rate, with_transformers=False)
                        if path else {"skipped": "not in the store"})
+    report.section(f"served {REAL[0]}", 20, lambda: served(REAL[0]))  # the smallest: ~10 s
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / "deeproots-gpu-check"
     folder.mkdir(exist_ok=True)
     for shape, file_type in SYNTHETIC:

@@ -129,7 +129,8 @@ class Backend(ABC):
 
     def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
         """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA
-        backend's graphs), the caches advanced; None: the network runs the step itself, as on the CPU."""
+        backend's graphs), the caches advanced; None: the network runs the step itself, as on the CPU. Offered every
+        decode step of Llama.forward_batch and of the engine (engine/runner.py)."""
         return None
 
     def check_memory(self, tensors: list[TensorInfo], kv_bytes: int) -> None:

@@ -23,7 +23,14 @@ class BatchRunner:
         """
         tokens = np.array([token for _, ids in work for token in ids], dtype=np.int64)  # (N,)
         lengths = [len(ids) for _, ids in work]
-        hidden = self.net.hidden_states(tokens, [cache for cache, _ in work], lengths)  # (N, d_model)
+        caches = [cache for cache, _ in work]
+        # A pure decode step (one token and so one logits row each; no prompt chunk longer than one token, no drafts,
+        # no embedding) may be the backend's own (the CUDA backend's graph replay); the CPU's declines: None.
+        if all(n == 1 for n in lengths) and not any(embedding):
+            logits = self.net.backend.decode_step(self.net, tokens, caches)  # (B, vocab) or None
+            if logits is not None:
+                return logits, {}
+        hidden = self.net.hidden_states(tokens, caches, lengths)  # (N, d_model)
         ends = np.cumsum(lengths)
         counts = logit_rows or [1] * len(work)
         rows = [row for index, embeds in enumerate(embedding) if not embeds

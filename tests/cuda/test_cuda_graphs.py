@@ -4,14 +4,30 @@ a GPU: on the CPU (CI) the graphs decline and the eager path (tested in test_bac
 
 import numpy as np
 import pytest
+import torch
 
-from deeproots.backends.cuda_graphs import BUCKETS, bucket_for
+from deeproots.backends.cuda_graphs import BUCKETS, DecodeGraphs, bucket_for
+from deeproots.cache.device_kv import DeviceKVCache
 from deeproots.loader import load_model_file
 
 
 def test_buckets():
     assert [bucket_for(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
     assert bucket_for(BUCKETS[-1] + 1) is None  # a larger step runs eagerly
+
+
+def test_a_graph_goes_with_its_caches():
+    """A graph addresses its caches' buffers but holds none alive (the engine frees a finished sequence's KV at
+    once): freeing one drops every graph over it, before its id can key another cache's. The bookkeeping alone,
+    with placeholders for the graphs, which only a GPU captures."""
+    graphs = DecodeGraphs(None, torch.device("cpu"))
+    kept, freed = (DeviceKVCache(2, 1, 32, 8, "f16", torch.device("cpu")) for _ in range(2))
+    graphs._keep((id(kept),), "a graph over kept", [kept])
+    graphs._keep((id(kept), id(freed)), "a graph over both", [kept, freed])
+    graphs._keep((id(freed), id(kept)), "the same caches in another order", [freed, kept])
+    del freed
+    assert list(graphs.captured.values()) == ["a graph over kept"]
+    assert graphs.watched == {id(kept)}
 
 
 def decode(loaded, caches, tokens: np.ndarray, steps: int, graphs: bool) -> list[np.ndarray]:
