@@ -57,6 +57,13 @@ static inline void emulated_dpbssd(int c, int a, int b)
         }
 }
 
+/* immintrin.h defines these names as macros over the real instructions whatever the target: replaced here */
+#undef _tile_loadconfig
+#undef _tile_loadd
+#undef _tile_stored
+#undef _tile_zero
+#undef _tile_dpbssd
+#undef _tile_release
 #define _tile_loadconfig(config) emulated_loadconfig(config)
 #define _tile_loadd(t, base, stride) emulated_loadd(t, base, stride)
 #define _tile_stored(t, base, stride) emulated_stored(t, base, stride)
