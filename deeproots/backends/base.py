@@ -127,6 +127,17 @@ class Backend(ABC):
         """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
         return partial
 
+    def model_heads(self, held: int, kind: str) -> int:
+        """How many query (`kind` "q") or key ("k") heads a layer has in all, of which `held` are computed here: all
+        of them here (a tensor-parallel rank holds some)."""
+        return held
+
+    def over_all_heads(self, heads: np.ndarray, kind: str, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """This process's heads (N, held, head_dim) of f over all the layer's query (`kind` "q") or key ("k") heads
+        (N, all, head_dim) -> the same shape (OLMoE's q/k norms span them): f(heads) here; a tensor-parallel rank
+        gathers the other ranks' heads for f."""
+        return f(heads)
+
     def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
         """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA
         backend's graphs), the caches advanced; None: the network runs the step itself, as on the CPU."""

@@ -44,6 +44,12 @@ class WrappingBackend(Backend):
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         return self.inner.reduce_shards(partial)  # a pipeline stage over tensor-parallel shards sums theirs
 
+    def model_heads(self, held: int, kind: str) -> int:
+        return self.inner.model_heads(held, kind)
+
+    def over_all_heads(self, heads: np.ndarray, kind: str, f):
+        return self.inner.over_all_heads(heads, kind, f)
+
     def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
         if self.leader is not None:
             self.leader.send_step(tokens, caches, lengths)
