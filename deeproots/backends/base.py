@@ -68,9 +68,10 @@ class Backend(ABC):
     name: str
     primitives: Primitives
     default_kv_type: str  # the KV cache's element type when the user names none
-    # A cache in this process holds every KV head, so the prefix cache can copy rows between sequences (a
-    # tensor-parallel rank's holds its own heads only).
-    whole_kv_caches: bool = True
+    # Who copies, reuses and drops prefix-cache blocks as this process does (engine/prefix_cache.py): None here; a
+    # parallel group's rank 0, whose caches hold its own heads or layers only, has the other ranks do the same with
+    # theirs (parallel/leader.py's Leader).
+    prefix_mirror = None
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""
