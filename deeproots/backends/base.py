@@ -68,9 +68,10 @@ class Backend(ABC):
     name: str
     primitives: Primitives
     default_kv_type: str  # the KV cache's element type when the user names none
-    # A cache in this process holds every KV head, so the prefix cache can copy rows between sequences (a
-    # tensor-parallel rank's holds its own heads only).
-    whole_kv_caches: bool = True
+    # Who copies, reuses and drops prefix-cache blocks as this process does (engine/prefix_cache.py): None here; a
+    # parallel group's rank 0, whose caches hold its own heads or layers only, has the other ranks do the same with
+    # theirs (parallel/leader.py's Leader).
+    prefix_mirror = None
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""
@@ -126,6 +127,17 @@ class Backend(ABC):
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""
         return partial
+
+    def model_heads(self, held: int, kind: str) -> int:
+        """How many query (`kind` "q") or key ("k") heads a layer has in all, of which `held` are computed here: all
+        of them here (a tensor-parallel rank holds some)."""
+        return held
+
+    def over_all_heads(self, heads: np.ndarray, kind: str, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """This process's heads (N, held, head_dim) of f over all the layer's query (`kind` "q") or key ("k") heads
+        (N, all, head_dim) -> the same shape (OLMoE's q/k norms span them): f(heads) here; a tensor-parallel rank
+        gathers the other ranks' heads for f."""
+        return f(heads)
 
     def decode_step(self, net, tokens: np.ndarray, caches) -> np.ndarray | None:
         """Host logits (B, vocab) of one token (B,) of each of B sequences by a means of the backend's own (the CUDA

@@ -83,8 +83,8 @@ class Engine:
         self.scheduler = Scheduler(max_running=config.max_running, max_queue=config.max_queue,
                                    kv_budget_tokens=budget, context=model.context)
         capacity = config.prefix_capacity_tokens or model.context
-        self.prefix_cache = PrefixCache(block_size=config.prefix_block,
-                                        capacity_tokens=capacity if model.backend.whole_kv_caches else 0)
+        self.prefix_cache = PrefixCache(block_size=config.prefix_block, capacity_tokens=capacity,
+                                        mirror=model.backend.prefix_mirror)
         self._lock = threading.Lock()  # guards the scheduler's queue between callers and the loop
         self._wakeup = threading.Event()
         self._stopping = threading.Event()

@@ -6,6 +6,11 @@ starts from the request's namespace (b"": the shared one), so prefixes cached in
 invisible to every other (the server gives each API key its own, and `cache_salt` splits further). A new
 sequence copies the cached blocks of its longest cached prefix into its own KV cache and only runs
 the rest. Least recently used blocks are evicted beyond `capacity_tokens`.
+
+In a parallel group rank 0 decides (its engine holds this cache) and a `mirror` (parallel/leader.py's Leader) has
+every other rank keep, reuse and drop the same blocks of its own share of the caches: a block kept here is kept
+there (`stored`, which gives the mirror's handle for it), a load here is the same load there (`loaded`), and a
+block dropped here (evicted, or with the whole cache) is dropped there once its handle is gone.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from ..cache.kv import KVCache
 
 
 class PrefixCache:
-    def __init__(self, *, block_size: int = 32, capacity_tokens: int = 4096):
+    def __init__(self, *, block_size: int = 32, capacity_tokens: int = 4096, mirror=None):
         self.block_size = block_size
         self.capacity_blocks = capacity_tokens // block_size
-        # key -> (keys, values), each (n_layers, n_kv_heads, block_size, row) as KVCache stores them
-        self.blocks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.mirror = mirror
+        # key -> (keys, values, the mirror's handle or None), keys and values (n_layers, n_kv_heads, block_size, row)
+        # each, as KVCache stores them
+        self.blocks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray, object]] = OrderedDict()
         self.hit_tokens = 0  # prompt tokens served from the cache, for /metrics
 
     def _keys(self, ids: Sequence[int], namespace: bytes) -> Iterator[bytes]:
@@ -44,8 +51,10 @@ class PrefixCache:
                 break
             self.blocks.move_to_end(key)
             found.append(self.blocks[key])
-        for keys, values in found:  # (n_layers, n_kv_heads, block_size, row) as the cache stores them, wherever
+        for keys, values, handle in found:  # (n_layers, n_kv_heads, block_size, row) as the cache stores them
             cache.extend(keys, values)
+            if self.mirror is not None:
+                self.mirror.loaded(cache, handle)
         self.hit_tokens += cache.offset
         return cache.offset
 
@@ -55,6 +64,8 @@ class PrefixCache:
             if key in self.blocks:
                 self.blocks.move_to_end(key)
                 continue
-            self.blocks[key] = cache.rows(index * self.block_size, (index + 1) * self.block_size)
+            start, stop = index * self.block_size, (index + 1) * self.block_size
+            handle = None if self.mirror is None else self.mirror.stored(cache, start, stop)
+            self.blocks[key] = (*cache.rows(start, stop), handle)
             while len(self.blocks) > self.capacity_blocks:
                 self.blocks.popitem(last=False)

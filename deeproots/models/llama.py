@@ -35,6 +35,7 @@ class LlamaBlock:
         self.config, self.index, self.rope, self.window = config, index, rope, window
         self.cache_layer = index  # this layer's place in the KV cache (a pipeline stage holds its own layers only)
         self.ops = weights.primitives
+        self.backend = weights.backend
         self.reduce = weights.backend.reduce_shards
         self.attention_scale = c.attention_scale or 1.0 / math.sqrt(c.head_dim)
         self.attn_norm = weights.vector(prefix + "attn_norm.weight", c.d_model)
@@ -47,8 +48,8 @@ class LlamaBlock:
                                                     [q_size, kv_size, kv_size])
         # Qwen 3 and Gemma 3 RMS-normalise every query and key head before RoPE (OLMoE: all heads at once):
         # (qk_norm_width,) or None
-        self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [self.qk_norm_width(c.n_heads)])
-        self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [self.qk_norm_width(c.n_kv_heads)])
+        self.attn_q_norm = weights.optional_stack([prefix + "attn_q_norm.weight"], [self.qk_norm_width("q")])
+        self.attn_k_norm = weights.optional_stack([prefix + "attn_k_norm.weight"], [self.qk_norm_width("k")])
         self.attn_output = weights.linear(prefix + "attn_output.weight", c.n_heads * c.head_dim, c.d_model)
         # gpt-oss: a bias on the output projection (d_model,), and a sink logit per head (n_heads,); or None
         self.attn_output_bias = weights.optional_stack([prefix + "attn_output.bias"], [c.d_model])
@@ -63,20 +64,25 @@ class LlamaBlock:
                                                       c.d_model, [c.ffn_dim, c.ffn_dim])
             self.ffn_down = weights.linear(prefix + "ffn_down.weight", c.ffn_dim, c.d_model)
 
-    def qk_norm_width(self, n_heads: int) -> int:
-        """The width a q (or k) norm normalises over, of n_heads heads: each head alone (OLMoE: all of them)."""
+    def qk_norm_width(self, kind: str) -> int:
+        """The width a q (`kind` "q") or k ("k") norm normalises over: each head alone (OLMoE: all of them)."""
         return self.config.head_dim
 
-    def _norm_heads(self, heads: np.ndarray, weight: np.ndarray) -> None:
-        """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or all n."""
-        # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy and
-        # torch alike), the second views them as spans of the weight's width. One head (a single KV head: Gemma 3
-        # 270M's, or a tensor-parallel rank's) is the exception, kept as a strided view: x * 1 copies it, exactly.
-        rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
-        if heads.shape[1] == 1:
-            rows = rows * 1
-        normed = self.ops.rms_norm(rows, weight, self.config.norm_eps)
-        heads[...] = normed.reshape(heads.shape)
+    def _norm_heads(self, heads: np.ndarray, weight: np.ndarray, kind: str) -> None:
+        """RMS-normalise `heads` (N, n, head_dim) in place over spans of the weight's width: each head, or (OLMoE) all
+        the layer's q (`kind` "q") or k heads at once, which under tensor parallelism the backend gathers."""
+        def norm(heads: np.ndarray) -> np.ndarray:  # (N, n, head_dim) -> normed, the same shape
+            # Rows of one head are contiguous: the first reshape copies the strided heads into contiguous rows (numpy
+            # and torch alike), the second views them as spans of the weight's width. One head (a single KV head:
+            # Gemma 3 270M's, or a tensor-parallel rank's) is the exception, kept as a strided view: x * 1 copies it,
+            # exactly.
+            rows = heads.reshape(-1, heads.shape[-1]).reshape(-1, weight.shape[0])
+            if heads.shape[1] == 1:
+                rows = rows * 1
+            return self.ops.rms_norm(rows, weight, self.config.norm_eps).reshape(heads.shape)
+
+        heads[...] = norm(heads) if weight.shape[0] == heads.shape[-1] else \
+            self.backend.over_all_heads(heads, kind, norm)
 
     def attention(self, h: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]) -> np.ndarray:
         """Self-attention of packed rows h (N, d_model), sequence by sequence; returns (N, n_heads * head_dim)."""
@@ -86,9 +92,9 @@ class LlamaBlock:
             qkv += self.attn_qkv_bias
         qkv = qkv.reshape(-1, c.n_heads + 2 * c.n_kv_heads, c.head_dim)  # (N, q, k and v heads, head_dim)
         if self.attn_q_norm is not None:
-            self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm)
+            self._norm_heads(qkv[:, :c.n_heads], self.attn_q_norm, "q")
         if self.attn_k_norm is not None:
-            self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm)
+            self._norm_heads(qkv[:, c.n_heads:c.n_heads + c.n_kv_heads], self.attn_k_norm, "k")
         return ops.attend_sequences(self.rope, qkv, c.n_heads, caches, lengths, self.cache_layer,
                                     self.attention_scale, self.window, self.attn_sinks)  # RoPE, cache, attention
 

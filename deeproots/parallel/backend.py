@@ -3,7 +3,8 @@
 The model code runs unchanged over this rank's heads and hidden units (plan.RankShare.config). The attention output
 and down projections are finished as plan.py's reduction says: "sum" sums their partial products over the ranks
 where the model asks (`reduce_shards`); "exact" gathers their inputs, computes this rank's output rows and gathers
-those. The output projection's vocabulary rows are gathered on rank 0.
+those. The output projection's vocabulary rows are gathered on rank 0. A norm over all of a layer's heads (OLMoE's
+q/k norms) runs over every rank's heads gathered (`over_all_heads`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ class TensorParallelBackend(WrappingBackend):
         if kind == "heads":
             return [len(s.heads.q_heads) * self.head_dim for s in self.shares]
         return [len(getattr(s, kind)) for s in self.shares]
+
+    def _sent_heads(self, kind: str) -> list[list[int]]:
+        """The global query (`kind` "q") or KV ("k") heads each rank sends when a layer's heads are gathered: its
+        query heads; a KV head (replicated when there are fewer than ranks) from the first rank holding it. Ranks
+        hold ascending runs of heads, so the runs side by side are the heads in order."""
+        if kind == "q":
+            return [list(s.heads.q_heads) for s in self.shares]
+        sent, seen = [], set()
+        for share in self.shares:
+            sent.append([h for h in dict.fromkeys(share.heads.kv_heads) if h not in seen])
+            seen.update(share.heads.kv_heads)
+        return sent
+
+    def model_heads(self, held: int, kind: str) -> int:
+        return sum(len(heads) for heads in self._sent_heads(kind))
+
+    def over_all_heads(self, heads: np.ndarray, kind: str, f):
+        """Every rank's heads gathered (N, all, head_dim), f over them, this rank's heads of the result."""
+        heads_here = self.share.heads
+        sent, held = self._sent_heads(kind), list(heads_here.q_heads if kind == "q" else heads_here.kv_heads)
+        n, _, head_dim = heads.shape
+        mine = np.ascontiguousarray(heads[:, [held.index(h) for h in sent[self.group.rank]]])  # (N, sent, head_dim)
+        mine = mine.reshape(n, mine.shape[1] * head_dim)
+        whole = self.group.gather_columns(mine, [len(s) * head_dim for s in sent], everywhere=True)
+        return f(whole.reshape(n, -1, head_dim))[:, held]
 
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """This rank's KV heads only."""

@@ -4,8 +4,12 @@
   groups (the query heads sharing one KV head) go to one rank whenever there are at least as many KV heads as ranks
   (evenly when n_kv_heads % tp == 0, else one group more on the first ranks); with fewer KV heads than ranks the
   query heads are split evenly and a KV head is replicated on every rank that has some of its query heads.
-- The MLP (and every expert's) by hidden units: gate/up rows, down-projection columns, cut at the block size of the
-  down projections' format so packed weights are sliced without requantizing.
+- The MLP (and every expert's, and a shared expert's) by hidden units: gate/up rows, down-projection columns, cut at
+  the block size of the down projections' format so packed weights are sliced without requantizing; the 3-d expert
+  tensors are cut the same way in every expert. The router (and a shared expert's gate) is whole on every rank, so
+  every rank routes every token as one process does. Biases go with their rows (q/k/v by heads, the experts' gate/up
+  by hidden units); attention sinks (gpt-oss) with their heads.
+- OLMoE's q/k norms span all of a layer's heads: the ranks gather the heads for them (backend.over_all_heads).
 - The output projection by vocabulary rows; the logits are gathered on rank 0.
 
 The attention output and down projections then hold partial sums over a rank's heads or hidden units. Two ways to
@@ -117,12 +121,6 @@ def plan_shares(config: ModelConfig, tensors: dict, tp: int, reduction: str = "e
     split cannot fall on block boundaries, naming the tensor (only "sum" cuts attn_output by columns)."""
     if tp < 1:
         raise ShardingError(f"tensor parallelism needs at least 1 rank, got {tp}")
-    if config.architecture == "olmoe":
-        raise ShardingError("olmoe's q/k norms span all heads at once: they would need a norm across ranks, which "
-                            "tensor parallelism does not implement")
-    if config.architecture == "gpt-oss" and tp > 1:
-        raise ShardingError("gpt-oss's attention sinks and expert biases are not split over ranks: tensor "
-                            "parallelism does not implement it yet")
     if reduction not in REDUCTIONS:
         raise ShardingError(f"the tensor-parallel reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     heads = split_heads(config.n_heads, config.n_kv_heads, tp)

@@ -58,9 +58,10 @@ def take(raw: np.ndarray, info: TensorInfo, rows=None, columns: range | None = N
 
 
 class ShardedWeights(GGUFWeights):
-    """The model file as rank `share.rank` sees it: attention tensors of its heads, MLP tensors of its hidden units
-    (every other tensor whole; the output projection's vocabulary rows are cut by the backend, since a tied table is
-    also the whole embedding)."""
+    """The model file as rank `share.rank` sees it: attention tensors (and sinks) of its heads, MLP and expert tensors
+    (and the experts' gate/up biases) of its hidden units (every other tensor whole, but for "sum"'s expert down
+    biases, which only rank 0 has; the output projection's vocabulary rows are cut by the backend, since a tied table
+    is also the whole embedding)."""
 
     def __init__(self, gguf, backend, share: RankShare, head_dim: int, reduction: str):
         super().__init__(gguf, backend)
@@ -75,12 +76,21 @@ class ShardedWeights(GGUFWeights):
             "attn_q.weight": (q_rows, None), "attn_q.bias": (q_rows, None),
             "attn_k.weight": (kv_rows, None), "attn_k.bias": (kv_rows, None),
             "attn_v.weight": (kv_rows, None), "attn_v.bias": (kv_rows, None),
-            "attn_output.weight": (model_rows, None) if by_rows else (None, q_columns)}
+            "attn_output.weight": (model_rows, None) if by_rows else (None, q_columns),
+            "attn_sinks.weight": (np.arange(heads.q_heads.start, heads.q_heads.stop), None)}  # one per query head
         for suffix, units in (("", share.ffn), ("_exps", share.expert_ffn), ("_shexp", share.shared_ffn)):
             if units is not None:
                 self.cuts.update({f"ffn_gate{suffix}.weight": (np.arange(units.start, units.stop), None),
                                   f"ffn_up{suffix}.weight": (np.arange(units.start, units.stop), None),
                                   f"ffn_down{suffix}.weight": (model_rows, None) if by_rows else (None, units)})
+        if share.expert_ffn is not None:  # gpt-oss: per expert (n_experts, width), its hidden units' biases
+            self.cuts.update({f"ffn_{part}_exps.bias": (None, share.expert_ffn) for part in ("gate", "up")})
+        # "sum": the experts' down biases are added to partial sums before the all-reduce, so by rank 0 alone
+        # ("exact" adds them to the whole rows the ranks gathered)
+        self.absent = {"ffn_down_exps.bias"} if not by_rows and share.rank != 0 else set()
+
+    def has(self, name: str) -> bool:
+        return super().has(name) and not (name.startswith("blk.") and name.split(".", 2)[2] in self.absent)
 
     def _cut(self, name: str) -> tuple | None:
         return self.cuts.get(name.split(".", 2)[2]) if name.startswith("blk.") else None

@@ -19,8 +19,8 @@ class WrappingBackend(Backend):
         self.name = f"{inner.name} ({name}, rank {group.rank} of {group.world_size})"
         self.primitives = inner.primitives
         self.default_kv_type = inner.default_kv_type
-        self.whole_kv_caches = False  # the other ranks' heads or layers are theirs: no prefix cache
         self.leader = Leader(world) if world.rank == 0 else None
+        self.prefix_mirror = self.leader  # the other ranks' heads or layers: their own copies of every prefix block
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         return self.inner.from_host(array)
@@ -43,6 +43,12 @@ class WrappingBackend(Backend):
 
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         return self.inner.reduce_shards(partial)  # a pipeline stage over tensor-parallel shards sums theirs
+
+    def model_heads(self, held: int, kind: str) -> int:
+        return self.inner.model_heads(held, kind)
+
+    def over_all_heads(self, heads: np.ndarray, kind: str, f):
+        return self.inner.over_all_heads(heads, kind, f)
 
     def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
         if self.leader is not None:

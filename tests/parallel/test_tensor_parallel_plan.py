@@ -6,12 +6,13 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-from deeproots.config import ModelConfig
+from deeproots.config import ExpertConfig, ModelConfig
 from deeproots.errors import ShardingError
 from deeproots.formats.gguf import TensorInfo
 from deeproots.model_file import open_model_file
+from deeproots.models.weights import GGUFWeights
 from deeproots.parallel.plan import plan_shares, split_heads
-from deeproots.parallel.weights import sliced_entry, take
+from deeproots.parallel.weights import ShardedWeights, sliced_entry, take
 from deeproots.quant import GGMLType, dequantize
 
 
@@ -68,15 +69,16 @@ def test_a_sum_split_inside_a_block_is_refused_naming_the_tensor_and_the_cut():
                     "sum")
 
 
-def test_olmoe_is_refused_its_norms_span_all_heads():
-    with pytest.raises(ShardingError, match="olmoe"):
-        plan_shares(config(architecture="olmoe"), {}, 2)
-
-
-def test_gpt_oss_is_refused_for_tensor_parallelism_but_not_for_one_rank():
-    with pytest.raises(ShardingError, match="gpt-oss"):
-        plan_shares(config(architecture="gpt-oss"), {}, 2)
-    assert len(plan_shares(config(architecture="gpt-oss"), {}, 1)) == 1
+def test_experts_split_by_hidden_units_and_a_cut_inside_a_block_is_refused_naming_the_tensor():
+    # gpt-oss-like experts 32 wide in MXFP4 (blocks of 32): rows of gate/up anywhere ("exact"), but "sum" would cut
+    # the down projections' input columns at 16, inside their one block
+    experts = ExpertConfig(count=8, used_count=2, ffn_dim=32, shared_ffn_dim=None, normalize_weights=False)
+    down = "blk.0.ffn_down_exps.weight"
+    tensors = {down: TensorInfo(down, (32, 512, 8), GGMLType.MXFP4, 0, None)}  # (experts, d_model, ffn) row-major
+    moe = config(architecture="gpt-oss", experts=experts)
+    assert [share.expert_ffn for share in plan_shares(moe, tensors, 2)] == [range(0, 16), range(16, 32)]
+    with pytest.raises(ShardingError, match=r"'\*.ffn_down_exps.weight'.*32 values.*2 parts at multiples of 32"):
+        plan_shares(moe, tensors, 2, "sum")
 
 
 def test_a_column_cut_inside_a_block_is_refused():
@@ -100,14 +102,65 @@ def default_file(smollm2_path):
 ])
 def test_sliced_bytes_dequantize_to_the_same_slice_of_the_whole_tensor_as_the_gguf_package_gives(
         default_file, name, rows, columns):
-    info = default_file.tensors[name]
-    raw = default_file.tensor_data(name)
+    assert_slice_is_the_gguf_packages(default_file, name, rows, columns)
+
+
+def assert_slice_is_the_gguf_packages(file, name, rows, columns):
+    """Our slice of tensor `name` (rows: of its second-innermost axis, or a vector's elements), dequantized by us,
+    against the gguf package's dequantization of the whole tensor, sliced."""
+    info = file.tensors[name]
+    raw = file.tensor_data(name)
     whole = gguf_dequantize(raw.reshape(-1, raw.size // info.shape[-1]) if len(info.shape) > 1 else raw,
                             GGMLQuantizationType(info.ggml_type)).reshape(tuple(reversed(info.shape)))
-    expected = whole if rows is None else whole[rows]
+    expected = whole if rows is None else np.take(whole, rows, axis=-2 if whole.ndim > 1 else 0)
     if columns is not None:
         expected = expected[..., columns.start:columns.stop]
     part, part_info = take(raw, info, rows, columns), sliced_entry(info, rows, columns)
     assert part.nbytes == part_info.nbytes
     values = dequantize(part, part_info.ggml_type, part_info.shape).reshape(expected.shape)
     np.testing.assert_array_equal(values, expected)
+
+
+@pytest.fixture(scope="module")
+def mxfp4_experts(tiny_checkpoint, tmp_path_factory):
+    """The tiny gpt-oss with its experts in MXFP4 (the rest q8_0), opened."""
+    from deeproots.convert import convert_folder
+
+    out = tmp_path_factory.mktemp("mxfp4") / "model-mxfp4_moe.gguf"
+    convert_folder(tiny_checkpoint("gpt_oss")[0], out, "mxfp4_moe", progress=False)
+    return open_model_file(out)
+
+
+@pytest.mark.slow  # a transformers checkpoint, converted
+@pytest.mark.parametrize("name, rows, columns", [
+    ("blk.1.ffn_up_exps.weight", np.arange(16, 32), None),  # hidden units 16.. of every expert
+    ("blk.1.ffn_down_exps.weight", np.arange(32, 64), None),  # model rows 32.. of every expert ("exact")
+    ("blk.1.ffn_down_exps.weight", None, range(0, 32)),  # input columns, one MXFP4 block ("sum")
+])
+def test_mxfp4_expert_slices_dequantize_as_the_gguf_package_gives_the_whole(mxfp4_experts, name, rows, columns):
+    assert GGMLType(mxfp4_experts.tensors[name].ggml_type) == GGMLType.MXFP4
+    assert_slice_is_the_gguf_packages(mxfp4_experts, name, rows, columns)
+
+
+@pytest.mark.slow  # a transformers checkpoint
+@pytest.mark.parametrize("reduction", ["exact", "sum"])
+def test_gpt_oss_sinks_and_expert_biases_go_with_their_heads_and_hidden_units(tiny_checkpoint, reduction):
+    from deeproots.config import config_from_gguf
+
+    file = open_model_file(tiny_checkpoint("gpt_oss")[0])  # float32 experts: "sum" may cut them anywhere
+    model = config_from_gguf(file.metadata, len(file.metadata["tokenizer.ggml.tokens"]))
+    shares = plan_shares(model, file.tensors, 2, reduction)
+    whole = GGUFWeights(file, None)
+    E, F = model.experts.count, model.experts.ffn_dim
+    for share in shares:
+        rank = ShardedWeights(file, None, share, model.head_dim, reduction)
+        heads, units = share.heads.q_heads, share.expert_ffn
+        np.testing.assert_array_equal(rank.tensor("blk.0.attn_sinks.weight", (len(heads),)),
+                                      whole.tensor("blk.0.attn_sinks.weight", (model.n_heads,))[heads.start:heads.stop])
+        for part in ("gate", "up"):
+            name = f"blk.0.ffn_{part}_exps.bias"
+            np.testing.assert_array_equal(rank.tensor(name, (E, len(units))),
+                                          whole.tensor(name, (E, F))[:, units.start:units.stop])
+        # "sum" adds the down biases to partial sums: on rank 0 alone
+        assert rank.has("blk.0.ffn_down_exps.bias") == (reduction == "exact" or share.rank == 0)
+        assert rank.has("blk.0.ffn_gate_inp.bias")  # the router, whole on every rank

@@ -88,10 +88,11 @@ def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smol
     assert results["tp"] == results["single"]
 
 
-# Every architecture at TP=2 (olmoe and gpt-oss: refused by the plan), and in two pipeline stages Gemma 3 (sliding and global
-# layers, cut between them) and Qwen 2 MoE (experts and a shared expert).
-TINY_RUNS = [(name, {"tp": 2}) for name in ARCHITECTURES if name not in ("olmoe", "gpt_oss")] + \
-    [(name, {"pp": 2}) for name in ("gemma3_text", "qwen2_moe")]
+# Every architecture at TP=2 (the mixtures of experts: experts and a shared expert split by hidden units, gpt-oss's
+# sinks and expert biases with their heads and units, OLMoE's q/k norms over heads gathered from both ranks), and in
+# two pipeline stages Gemma 3 (sliding and global layers, cut between them) and Qwen 2 MoE (experts and a shared
+# expert).
+TINY_RUNS = [(name, {"tp": 2}) for name in ARCHITECTURES] + [(name, {"pp": 2}) for name in ("gemma3_text", "qwen2_moe")]
 
 
 @pytest.mark.parametrize("model_type, parallel", TINY_RUNS, ids=[f"{m}-{next(iter(p))}" for m, p in TINY_RUNS])
@@ -105,3 +106,47 @@ def test_every_architectures_tiny_checkpoint_gives_one_process_logits_in_paralle
         np.testing.assert_array_equal(model.logits(ids), expected)
     finally:
         model.close()
+
+
+@pytest.fixture(scope="module")
+def packed_experts(tiny_checkpoint, tmp_path_factory):
+    """convert(model_type, quantization) -> path: a tiny mixture of experts with packed 3-d expert tensors."""
+    from deeproots.convert import convert_folder
+
+    def convert(model_type: str, quantization: str):
+        out = tmp_path_factory.mktemp(f"{model_type}-{quantization}") / "model.gguf"
+        convert_folder(tiny_checkpoint(model_type)[0], out, quantization, progress=False)
+        return out
+    return convert
+
+
+@pytest.mark.parametrize("model_type, quantization", [("gpt_oss", "mxfp4_moe"), ("olmoe", "q4_0")])
+def test_packed_experts_are_sliced_without_requantizing(model_type, quantization, packed_experts):
+    """gpt-oss's MXFP4 experts (as it ships) and OLMoE's q4_0 ones, sliced by rows of every expert: the packed
+    kernels over each rank's slices give one process's logits bit for bit, and the same greedy tokens."""
+    path = packed_experts(model_type, quantization)
+    single = deeproots.load(path, context=64, threads=1)
+    model = deeproots.load(path, context=64, threads=1, tp=2)
+    try:
+        ids = list(range(1, 24))
+        np.testing.assert_array_equal(model.logits(ids), single.logits(ids))
+        assert model.generate(ids, max_tokens=16, temperature=0) == single.generate(ids, max_tokens=16, temperature=0)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "qwen2_moe"])
+def test_megatron_sum_over_experts_adds_the_down_bias_once(model_type, tiny_checkpoint):
+    """"sum": every expert's down projection cut by input columns and the layer's output all-reduced (gpt-oss's
+    down biases added by rank 0 alone; Qwen 2 MoE's shared expert summed with the experts). float32 weights: the
+    sums differ from one process's by rounding only."""
+    folder, _ = tiny_checkpoint(model_type)
+    ids = list(range(1, 24))
+    expected = deeproots.load(folder, context=64, threads=1).logits(ids)
+    model = deeproots.load(folder, context=64, threads=1, tp=2, tp_reduction="sum")
+    try:
+        summed = model.logits(ids)
+    finally:
+        model.close()
+    assert np.abs(summed - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert (summed.argmax(-1) == expected.argmax(-1)).all()
