@@ -53,7 +53,8 @@ def main() -> None:
     model = deeproots.load(args.model)
     timers = Timers()
     engine = Engine(model.loaded, EngineConfig(max_running=max(int(b) for b in args.batch.split(","))))
-    engine.runner.run = timers.wrap(PARTS[0], engine.runner.run)
+    launch = engine.runner.launch  # the pass in two halves (BatchRunner.launch): both timed
+    engine.runner.launch = timers.wrap(PARTS[0], lambda *a: timers.wrap(PARTS[0], launch(*a)))
     engine_module.decode_batch = timers.wrap(PARTS[1], generate_module.decode_batch)
     generate_module.draw_batch = timers.wrap(PARTS[2], generate_module.draw_batch)
     loop = asyncio.new_event_loop()

@@ -72,6 +72,9 @@ class Backend(ABC):
     # parallel group's rank 0, whose caches hold its own heads or layers only, has the other ranks do the same with
     # theirs (parallel/leader.py's Leader).
     prefix_mirror = None
+    # How many steps the engine keeps in flight, each over its own sequences: a pipeline's stages work on different
+    # steps at once (parallel/pipeline.py); one elsewhere.
+    steps_in_flight: int = 1
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         """A host (numpy) array where this backend's primitives read it: the array itself on the CPU."""
@@ -119,10 +122,10 @@ class Backend(ABC):
         pipeline stage receives them from the stage before it."""
         return embed()
 
-    def stage_output(self, x: np.ndarray) -> np.ndarray | None:
-        """The last layer's output (N, d_model) as the final norm takes it: itself here; a pipeline stage passes it
-        on (None: another rank finishes the step)."""
-        return x
+    def stage_output(self, x: np.ndarray) -> Callable[[], np.ndarray | None]:
+        """A call giving the last layer's output (N, d_model) as the final norm takes it: x itself here; a pipeline
+        stage passes x on, and rank 0's call waits for the last stage's states (None: another rank finishes)."""
+        return lambda: x
 
     def reduce_shards(self, partial: np.ndarray) -> np.ndarray:
         """A sum of products over a rank's shard of the inputs (T, d_model), summed over the ranks: itself here."""

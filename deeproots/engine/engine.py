@@ -15,6 +15,10 @@ each request's on_event callback (all of a step's events for one dispatcher in o
 After the forward pass, a step samples every decoding sequence in one batched draw
 (generate.decode_batch): the per-step work outside the network does not grow with the vocabulary
 per sequence.
+
+A pipeline of stages (parallel/pipeline.py) keeps one step per stage in flight (`steps_in_flight`): each step
+launches the forward pass of its share of the sequences not in flight, and lands (samples) the oldest once that
+many are in flight, so the stages work on different steps at once. One in flight elsewhere: launched, landed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,16 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class Flight:
+    """A forward pass launched and not yet landed: its sequences and their tokens, the logits rows wanted of each,
+    the call giving its results (BatchRunner.launch), and when its step began."""
+    batch: list[tuple[Sequence, list[int]]]
+    wanted: list[int]
+    results: Callable[[], tuple]
+    started: float
+
+
+@dataclass(frozen=True)
 class EngineStats:
     waiting: int
     running: int
@@ -92,6 +106,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="deeproots-engine", daemon=True)
         self._prompt_tokens = self._generated_tokens = self._steps = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens decoded) of recent steps
+        self._in_flight: deque[Flight] = deque()  # launched forward passes, oldest first
 
     # --- called from any thread ----------------------------------------------------------------
     def start(self) -> Engine:
@@ -153,11 +168,14 @@ class Engine:
                 self._wakeup.clear()
                 continue
             self.step()
+        self._land_all()
         with self._lock:
             leftovers = [*self.scheduler.waiting, *(s.request for s in self.scheduler.running)]
         self._deliver([(request, EngineStoppedError("the server is shutting down")) for request in leftovers])
 
     def _run_jobs(self) -> None:
+        if not self._jobs.empty():
+            self._land_all()  # a job may use the model: no pass of ours in flight
         while not self._jobs.empty():
             job, future = self._jobs.get()
             if future.set_running_or_notify_cancel():
@@ -167,29 +185,56 @@ class Engine:
                     future.set_exception(error)
 
     def step(self) -> None:
-        """One scheduling step and one batched forward pass."""
+        """One scheduling step: launch one batched forward pass, and land the oldest in flight once the backend's
+        `steps_in_flight` are (at once, but in a pipeline), or when there is nothing to launch."""
         with self._lock:
-            cancelled = self.scheduler.drop_cancelled()
+            flying = self._flying()
+            cancelled = [sequence for sequence in self.scheduler.drop_cancelled() if id(sequence) not in flying]
             admitted = self.scheduler.admit()
-        for sequence in cancelled:
+        for sequence in cancelled:  # one in flight is retired once it lands
             self._retire(sequence)
         for request in admitted:
             self._start(request)
         started = time.perf_counter()
         batch = self._plan()  # with this step's drafts: their time is part of the step's
-        if not batch:
-            return
+        if batch:
+            self._launch(batch, started)
+        if self._in_flight and (not batch or len(self._in_flight) >= self.model.backend.steps_in_flight):
+            self._land(self._in_flight.popleft())
+
+    def _flying(self) -> set[int]:
+        """The ids of the sequences in a pass in flight."""
+        return {id(sequence) for flight in self._in_flight for sequence, _ in flight.batch}
+
+    def _land_all(self) -> None:
+        while self._in_flight:
+            self._land(self._in_flight.popleft())
+
+    def _fail(self, batch: list[tuple[Sequence, list[int]]], error: Exception) -> None:
+        log.error("forward pass failed; failing the %d sequences in it", len(batch), exc_info=error)
+        for sequence, _ in batch:
+            self._retire(sequence)
+        self._deliver([(sequence.request, error) for sequence, _ in batch])
+
+    def _launch(self, batch: list[tuple[Sequence, list[int]]], started: float) -> None:
         # logits rows per sequence: the last token's, or with drafts the pending token's and every draft's
         wanted = [0 if sequence.embedding else len(sequence.proposal.drafts) + 1 if sequence.proposal else 1
                   for sequence, _ in batch]
         try:
-            logits, hidden = self.runner.run([(sequence.cache, tokens) for sequence, tokens in batch],
-                                             [sequence.embedding for sequence, _ in batch], wanted)
+            results = self.runner.launch([(sequence.cache, tokens) for sequence, tokens in batch],
+                                         [sequence.embedding for sequence, _ in batch], wanted)
         except Exception as error:
-            log.exception("forward pass failed; failing the %d sequences in it", len(batch))
-            for sequence, _ in batch:
-                self._retire(sequence)
-            self._deliver([(sequence.request, error) for sequence, _ in batch])
+            self._fail(batch, error)
+            return
+        self._in_flight.append(Flight(batch, wanted, results, started))
+
+    def _land(self, flight: Flight) -> None:
+        """The results of a pass: sample, verify drafts, finish embeddings."""
+        batch, wanted, started = flight.batch, flight.wanted, flight.started
+        try:
+            logits, hidden = flight.results()
+        except Exception as error:
+            self._fail(batch, error)
             return
         self._steps += 1
         sampling, rows = [], []  # sequences that sample now (decoding, or done with their prompt), their logits rows
@@ -254,10 +299,14 @@ class Engine:
                                top_logprobs=request.top_logprobs)
 
     def _plan(self) -> list[tuple[Sequence, list[int]]]:
-        """Each running sequence's tokens for this step: its last sample, or its next prompt chunk."""
+        """The tokens for this step of each running sequence not in flight (in a pipeline, of a stage's share of
+        the running sequences, so that every stage has a step to work on): its last sample, or its next prompt
+        chunk."""
         block, chunk = self.config.prefix_block, self.config.prefill_chunk
+        running, flying = self.scheduler.running, self._flying()
+        share = -(-len(running) // self.model.backend.steps_in_flight)  # ceil
         batch = []
-        for sequence in self.scheduler.running:
+        for sequence in [sequence for sequence in running if id(sequence) not in flying][:share]:
             if sequence.prefilling:
                 # Up to `chunk` tokens, ending on a block edge when the prompt goes on past it.
                 batch.append((sequence, sequence.pending[:chunk - sequence.cache.offset % block]))

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..cache.kv import KVCache
+
+Results = tuple[np.ndarray | None, dict[int, np.ndarray]]  # (logits, hidden states by index): BatchRunner.launch
 
 
 class BatchRunner:
     def __init__(self, net):
         self.net = net
 
-    def run(self, work: Sequence[tuple[KVCache, list[int]]], embedding: Sequence[bool],
-            logit_rows: Sequence[int] | None = None) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
-        """Feed each cache its new tokens, all packed in one forward pass.
+    def launch(self, work: Sequence[tuple[KVCache, list[int]]], embedding: Sequence[bool],
+               logit_rows: Sequence[int] | None = None) -> Callable[[], Results]:
+        """Feed each cache its new tokens, all packed in one forward pass; the returned call gives its results once
+        the pass is done (a pipeline's rank 0 may launch another pass meanwhile: Llama.launch).
 
-        Returns the logits (R, vocab) of the last logit_rows[i] new tokens (default 1; more for speculative
+        The results: the logits (R, vocab) of the last logit_rows[i] new tokens (default 1; more for speculative
         decoding's drafts) of each sequence that is not an embedding (None when there are none), in order, and, by
         index in `work`, the final hidden states (T, d_model) of every new token of each embedding sequence.
         """
@@ -29,16 +32,20 @@ class BatchRunner:
         if all(n == 1 for n in lengths) and not any(embedding):
             logits = self.net.backend.decode_step(self.net, tokens, caches)  # (B, vocab) or None
             if logits is not None:
-                return logits, {}
-        hidden = self.net.hidden_states(tokens, caches, lengths)  # (N, d_model)
+                return lambda: (logits, {})
+        states = self.net.launch(tokens, caches, lengths)
         ends = np.cumsum(lengths)
         counts = logit_rows or [1] * len(work)
         rows = [row for index, embeds in enumerate(embedding) if not embeds
                 for row in range(ends[index] - counts[index], ends[index])]
-        logits = self.net.logits(hidden[rows]) if rows else None  # (R, vocab)
-        states = {index: self.net.backend.to_host(hidden[ends[index] - lengths[index]:ends[index]]).copy()
-                  for index, embeds in enumerate(embedding) if embeds}  # copies: `hidden` is not kept
-        return logits, states
+
+        def results() -> Results:
+            hidden = states()  # (N, d_model)
+            logits = self.net.logits(hidden[rows]) if rows else None  # (R, vocab)
+            embedded = {index: self.net.backend.to_host(hidden[ends[index] - lengths[index]:ends[index]]).copy()
+                        for index, embeds in enumerate(embedding) if embeds}  # copies: `hidden` is not kept
+            return logits, embedded
+        return results
 
 
 def pooled_embedding(hidden: list[np.ndarray]) -> np.ndarray:

@@ -14,7 +14,7 @@ sequence over that sequence's own KV cache.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -167,14 +167,24 @@ class Llama:
 
         Sequence i owns the next lengths[i] tokens and caches[i]; every cache advances.
         """
+        return self.launch(tokens, caches, lengths)()
+
+    def launch(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int]
+               ) -> Callable[[], np.ndarray | None]:
+        """hidden_states in two halves: this rank's layers now, and a call giving the states. On a pipeline's rank 0
+        that call waits for the last stage, so another step may run stage 0 meanwhile."""
         self.backend.begin_step(tokens, caches, lengths)
         x = self.backend.stage_input(lambda: self.embed(tokens), len(tokens))  # (N, d_model)
         for block in self.blocks:
             x = block(x, caches, lengths)
         for cache, T in zip(caches, lengths):
             cache.advance(T)
-        x = self.backend.stage_output(x)  # a pipeline stage's output goes on to the next stage
-        return None if x is None else self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
+        returned = self.backend.stage_output(x)  # a pipeline stage's output goes on to the next stage
+
+        def states() -> np.ndarray | None:
+            x = returned()
+            return None if x is None else self.ops.rms_norm(x, self.output_norm, self.config.norm_eps)
+        return states
 
     def forward_batch(self, tokens: np.ndarray, caches: Sequence[KVCache], lengths: Sequence[int], *,
                       all_logits: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -56,6 +57,7 @@ def local_address(master: str, port: int) -> str:
 
 
 log = logging.getLogger("deeproots.parallel")
+T = TypeVar("T")
 
 
 class ProcessGroup:
@@ -127,11 +129,16 @@ class ProcessGroup:
         return silent
 
     def _wait(self, work, timeout: datetime.timedelta) -> None:
-        """Wait for a collective; a failure (a rank gone: its sockets closed, or the timeout) loses the group."""
+        """Wait for a collective, guarded as every gloo call is."""
+        self._guarded(lambda: work.wait(timeout))
+
+    def _guarded(self, call: Callable[[], T]) -> T:
+        """call(), a gloo call (starting or waiting for one); its failure (a rank gone: its sockets closed, or the
+        timeout) loses the group."""
         if self.lost is not None:
             raise ClusterLostError(self.lost)
         try:
-            work.wait(timeout)
+            return call()
         except Exception as error:  # noqa: BLE001 -- gloo raises RuntimeError subclasses of its own
             if self.rank == 0:
                 silent = self.silent_ranks()
@@ -163,25 +170,49 @@ class ProcessGroup:
             return None
         return np.concatenate([part.numpy()[:, :width] for part, width in zip(parts, widths)], axis=1)
 
-    def send(self, x: np.ndarray, rank: int) -> None:
-        """x (float32) to `rank`, which receives it with `receive` and the same shape (pipeline stages)."""
-        self._wait(self.gloo.send([self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], rank, 0),
-                   self.step)
+    def send(self, x: np.ndarray, rank: int) -> Callable[[], None]:
+        """Start sending x (float32) to `rank`, which receives it with `receive` and the same shape (pipeline
+        stages); the returned call waits until it is sent. Messages between two ranks arrive in the order sent."""
+        tensor = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        work = self._guarded(lambda: self.gloo.send([tensor], rank, 0))
+        return lambda: self._wait(work, self.step)  # the work holds `tensor` until then
 
-    def receive(self, shape: tuple[int, ...], rank: int) -> np.ndarray:
+    def receive(self, shape: tuple[int, ...], rank: int) -> Callable[[], np.ndarray]:
+        """Start receiving an array of `shape` from `rank`; the returned call waits for it and gives it."""
         data = np.empty(shape, np.float32)
-        self._wait(self.gloo.recv([self.torch.from_numpy(data)], rank, 0), self.step)
-        return data
+        work = self._guarded(lambda: self.gloo.recv([self.torch.from_numpy(data)], rank, 0))
+
+        def received() -> np.ndarray:
+            self._wait(work, self.step)
+            return data
+        return received
 
     def broadcast(self, values: np.ndarray | None, dtype, *, idle: bool = False) -> np.ndarray:
         """A 1-d array from rank 0 to every rank (pass None elsewhere): its length first, then its values; `idle`:
         on the commands group, where a follower may wait for a long time."""
-        length = self.torch.tensor([0 if values is None else len(values)], dtype=self.torch.int64)
-        self._wait(self.gloo.broadcast(length, 0, self.idle if idle else self.step), self.idle if idle else self.step)
-        data = self.torch.from_numpy(np.ascontiguousarray(values, dtype=dtype)) if self.rank == 0 else \
-            self.torch.from_numpy(np.empty(int(length[0]), dtype))
-        self._wait(self.gloo.broadcast(data, 0, self.step), self.step)
+        if self.rank == 0:
+            self.post(values, dtype, idle=idle)()
+            return values
+        wait = self.idle if idle else self.step
+        length = self.torch.tensor([0], dtype=self.torch.int64)
+        self._wait(self._guarded(lambda: self.gloo.broadcast(length, 0, wait)), wait)
+        data = self.torch.from_numpy(np.empty(int(length[0]), dtype))
+        self._wait(self._guarded(lambda: self.gloo.broadcast(data, 0, self.step)), self.step)
         return data.numpy()
+
+    def post(self, values: np.ndarray, dtype, *, idle: bool = False) -> Callable[[], None]:
+        """Rank 0: start broadcasting `values` (the others `broadcast` in the same order); the returned call waits
+        until every rank has them (a rank busy with an earlier step takes them when it is done)."""
+        wait = self.idle if idle else self.step
+        length = self.torch.tensor([len(values)], dtype=self.torch.int64)
+        data = self.torch.from_numpy(np.ascontiguousarray(values, dtype=dtype))
+        sizes = self._guarded(lambda: self.gloo.broadcast(length, 0, wait))
+        contents = self._guarded(lambda: self.gloo.broadcast(data, 0, self.step))
+
+        def sent() -> None:  # its works hold the tensors until then
+            self._wait(sizes, wait)
+            self._wait(contents, self.step)
+        return sent
 
     def close(self) -> None:
         self.gloo, self.store = None, None  # gloo's sockets close with the group

@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from collections import deque
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +43,10 @@ class Block:
 
 
 class Leader:
+    """Rank 0's messages, sent without waiting for the ranks to take them (a later pipeline stage may still be on an
+    earlier step); every rank takes them in order, so once a step's results are back every rank has had each message
+    up to that step's (`settle`)."""
+
     def __init__(self, group):
         self.group = group
         # rank 0's cache or prefix Block -> its key (one count for both)
@@ -48,6 +54,8 @@ class Leader:
         self.next_key = itertools.count(1)
         self.freed: list[int] = []  # keys of caches and blocks gone since the last step
         self.operations: list[tuple[int, ...]] = []  # the prefix cache's since the last step (OP_FIELDS each)
+        self.numbers = itertools.count(1)
+        self.unsettled: deque[tuple[int, Callable[[], None]]] = deque()  # (message number, wait until all have it)
 
     def _key(self, thing) -> int:
         key = self.keys.get(thing)
@@ -67,20 +75,31 @@ class Leader:
         self.operations.append((APPEND, self._key(block), self._key(cache), cache.max_tokens,
                                 KV_TYPE_CODES.index(cache.kv_type)))
 
-    def send_step(self, tokens: np.ndarray, caches, lengths) -> None:
+    def _post(self, values: list | np.ndarray, dtype, idle: bool = False) -> int:
+        number = next(self.numbers)
+        self.unsettled.append((number, self.group.post(np.asarray(values, dtype), dtype, idle=idle)))
+        return number
+
+    def settle(self, number: int) -> None:
+        """Wait until every rank has message `number` and the ones before it."""
+        while self.unsettled and self.unsettled[0][0] <= number:
+            self.unsettled.popleft()[1]()
+
+    def send_step(self, tokens: np.ndarray, caches, lengths) -> int:
+        """Start sending the step; returns its number (`settle`)."""
         described = [(self._key(cache), cache.offset, T, cache.max_tokens, KV_TYPE_CODES.index(cache.kv_type))
                      for cache, T in zip(caches, lengths)]
         (freed, self.freed), (operations, self.operations) = (self.freed, []), (self.operations, [])
         message = [STEP, len(described), len(tokens), len(operations), len(freed), *itertools.chain(*described),
                    *itertools.chain(*operations), *tokens, *freed]
-        self.group.broadcast(np.array(message, np.int64), np.int64, idle=True)
+        return self._post(message, np.int64, idle=True)
 
     def send_logits(self, hidden: np.ndarray) -> None:
-        self.group.broadcast(np.array([LOGITS, *hidden.shape], np.int64), np.int64, idle=True)
-        self.group.broadcast(np.ascontiguousarray(hidden, dtype=np.float32).reshape(-1), np.float32)
+        self._post([LOGITS, *hidden.shape], np.int64, idle=True)
+        self._post(np.ascontiguousarray(hidden, dtype=np.float32).reshape(-1), np.float32)
 
     def stop(self) -> None:
-        self.group.broadcast(np.array([STOP], np.int64), np.int64, idle=True)
+        self.settle(self._post([STOP], np.int64, idle=True))
 
 
 def follow(loaded, group) -> None:

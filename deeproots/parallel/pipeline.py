@@ -2,13 +2,18 @@
 
 Rank 0 is stage 0 and also holds the embeddings, the final norm and the output projection: it embeds the step's
 tokens, runs its layers and sends the hidden states (N, d_model) to rank 1; each stage runs its layers and sends
-them on; the last sends them back to rank 0, which finishes the step. A stage's KV cache holds its own layers. One
-step is in one stage at a time (the engine batches every running sequence into one step): a pipeline adds memory
-(each host holds its layers only), not speed.
+them on; the last sends them back to rank 0, which finishes the step. A stage's KV cache holds its own layers.
+
+Stages overlap under load: the engine keeps `steps_in_flight` = one step per stage in flight, each over its own
+share of the running sequences (engine.py), and rank 0 sends a step on without waiting for it to come back, so
+while stage 1 runs one step stage 0 runs the next. A single sequence has one step at a time: batch-1 decode gains
+capacity (each host holds its layers only), not speed. DEEPROOTS_PP_OVERLAP=0 keeps one step in flight (stages in
+turn), to compare or to debug.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -55,22 +60,46 @@ class PipelineBackend(WrappingBackend):
         self.stages, self.d_model, self.tp = stages, d_model, tp
         self.stage = group.rank // tp
         self.last = len(stages) - 1
+        self.steps_in_flight = len(stages) if os.environ.get("DEEPROOTS_PP_OVERLAP", "1") != "0" else 1
+        if getattr(inner, "leader", None) is not None:
+            self.leader = inner.leader  # tensor-parallel stages: one leader numbers every message
+        self.step_number = 0  # rank 0: the message number of the step at hand
 
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """This stage's layers only."""
         local = layout._replace(n_layers=len(self.stages[self.stage]))
         return self.inner.kv_cache(local, max_tokens, kv_type or self.default_kv_type)
 
+    def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
+        """Rank 0 does not wait for the other ranks to take the step (a later stage may be on an earlier one): they
+        all have it once its states are back."""
+        if self.leader is not None:
+            self.step_number = self.leader.send_step(tokens, caches, lengths)
+
     def stage_input(self, embed: Callable[[], np.ndarray], n_tokens: int) -> np.ndarray:
         if self.stage == 0:
             return embed()
-        return self.group.receive((n_tokens, self.d_model), self.group.rank - self.tp)
+        return self.group.receive((n_tokens, self.d_model), self.group.rank - self.tp)()
 
-    def stage_output(self, x: np.ndarray) -> np.ndarray | None:
-        rank, column = self.group.rank, self.group.rank % self.tp
-        # the last stage's states go back to stage 0, which finishes the step
-        self.group.send(x, rank + self.tp if self.stage < self.last else column)
-        return self.group.receive(x.shape, self.last * self.tp + column) if self.stage == 0 else None
+    def stage_output(self, x: np.ndarray) -> Callable[[], np.ndarray | None]:
+        """x on to the next stage; the last stage's first rank sends it back to rank 0, which finishes the step
+        (every rank of a stage holds the same states) and gets a call that waits for them."""
+        rank = self.group.rank
+        if self.stage < self.last:
+            sent = self.group.send(x, rank + self.tp)
+        else:
+            sent = self.group.send(x, 0) if rank == self.last * self.tp else lambda: None
+        if rank != 0:
+            return sent  # a follower waits for its send and gives None
+        back = self.group.receive(x.shape, self.last * self.tp)  # posted now: it may arrive while rank 0 works on
+        number = self.step_number
+
+        def returned() -> np.ndarray:
+            sent()
+            x = back()
+            self.leader.settle(number)
+            return x
+        return returned
 
 
 def available_memory_mb() -> float:

@@ -52,7 +52,7 @@ class WrappingBackend(Backend):
 
     def begin_step(self, tokens: np.ndarray, caches, lengths) -> None:
         if self.leader is not None:
-            self.leader.send_step(tokens, caches, lengths)
+            self.leader.settle(self.leader.send_step(tokens, caches, lengths))
 
     def finish(self, source: WeightSource) -> None:
         self.inner.finish(source)

@@ -4,13 +4,18 @@ checkpoints in two stages: test_tensor_parallel_ranks.py)."""
 
 import numpy as np
 import pytest
+from engine_events import Collector
 
 import deeproots
+from deeproots.engine import Engine, EngineConfig, GenerationRequest
 from deeproots.errors import RequestError
 from deeproots.parallel.pipeline import split_layers
+from deeproots.sampling import SamplingParams
 
 TEXT = "The history of the Roman Empire spans many centuries, from the founding of the city to the fall of"
 QUESTION = [{"role": "user", "content": "Write a haiku about roots."}]
+QUESTIONS = ["What is the capital of France?", "Write a haiku about roots.", "Name three rivers.",
+             "Tell me a joke.", "Who wrote Hamlet?"]
 
 
 def test_layers_are_cut_evenly_or_where_asked():
@@ -42,3 +47,40 @@ def test_without_a_split_the_layers_follow_each_hosts_available_memory():
     assert split_layers(30, 2, memory=[24000.0, 8000.0]) == [range(0, 23), range(23, 30)]  # 22.5 : 7.5
     assert split_layers(32, 3, memory=[1000.0, 1.0, 1.0]) == [range(0, 30), range(30, 31), range(31, 32)]
     assert split_layers(30, 3, memory=[16000.0, 8000.0, 8000.0]) == [range(0, 15), range(15, 23), range(23, 30)]
+
+
+def engine_answers(model, questions: list[str], max_tokens: int, batch_sizes: list[int] | None = None):
+    """Greedy tokens and logprobs of `questions` decoded together by the engine (with each launched pass's number
+    of sequences appended to `batch_sizes`)."""
+    engine = Engine(model.loaded, EngineConfig(max_running=len(questions), max_queue=8))
+    if batch_sizes is not None:
+        launch = engine.runner.launch
+        engine.runner.launch = lambda work, *rest: batch_sizes.append(len(work)) or launch(work, *rest)
+    engine.start()
+    collectors = [Collector() for _ in questions]
+    try:
+        for question, collector in zip(questions, collectors):
+            ids = model.apply_chat_template([{"role": "user", "content": question}], tokenize=True)
+            engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), max_tokens, collector,
+                                            top_logprobs=0))
+        return [collector.logprobs() for collector in collectors]
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow  # starts rank processes
+@pytest.mark.parametrize("tp", [1, 2])
+def test_stages_overlap_on_sequences_of_their_own_and_give_one_process_tokens(smollm2_path, tp):
+    """Five sequences in two stages (of one rank, then of two tensor-parallel ranks each): every pass carries at
+    most three of them (a stage's share; two passes in flight), and every token and logprob equals the single
+    process's, which runs all five in one pass (row invariance: a row's bits do not depend on its neighbours)."""
+    single = deeproots.load(smollm2_path, context=512, threads=1)
+    expected = engine_answers(single, QUESTIONS, 32)
+    model = deeproots.load(smollm2_path, context=512, threads=1, pp=2, tp=tp)
+    sizes: list[int] = []
+    try:
+        assert model.loaded.backend.steps_in_flight == 2
+        assert engine_answers(model, QUESTIONS, 32, sizes) == expected
+    finally:
+        model.close()
+    assert max(sizes) == 3  # 3 + 2 while all five run

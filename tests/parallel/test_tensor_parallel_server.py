@@ -1,5 +1,6 @@
-"""A real `deeproots serve --tp 2` whose follower rank is SIGKILLed mid-request: the request ends in a 503 within the
-bound, the server stays up, /health reports the cluster lost and the log names the rank."""
+"""A real `deeproots serve --tp 2` (and `--pp 2`, two requests in flight: its stages overlap) whose follower rank is
+SIGKILLed mid-request: every request ends in a 503 within the bound, the server stays up, /health reports the cluster
+lost and the log names the rank."""
 
 import os
 import signal
@@ -31,11 +32,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_path, tmp_path):
+@pytest.mark.parametrize("split, requests", [("--tp", 1), ("--pp", 2)])
+def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_path, tmp_path, split, requests):
     port = free_port()
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "deeproots", "serve", "-m", str(smollm2_path), "--tp", "2",
+        server = subprocess.Popen([sys.executable, "-m", "deeproots", "serve", "-m", str(smollm2_path), split, "2",
                                    "-t", "1", "--ctx", "512", "--port", str(port)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -51,14 +53,16 @@ def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_pat
         answers = []
         body = {"model": "smollm2-135m", "max_tokens": 400, "temperature": 0,
                 "messages": [{"role": "user", "content": "Tell me a long story about a river."}]}
-        request = threading.Thread(target=lambda: answers.append(
-            httpx.post(url + "/v1/chat/completions", json=body, timeout=120)))
-        request.start()
+        threads = [threading.Thread(target=lambda: answers.append(
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=120))) for _ in range(requests)]
+        for thread in threads:
+            thread.start()
         time.sleep(2.0)  # decoding by now
         os.kill(follower, signal.SIGKILL)
         killed = time.time()
-        request.join(timeout=BOUND_S + 10)
-        assert answers and answers[0].status_code == 503, answers and answers[0].text
+        for thread in threads:
+            thread.join(timeout=BOUND_S + 10 - (time.time() - killed))
+        assert len(answers) == requests and all(a.status_code == 503 for a in answers), [a.text for a in answers]
         assert time.time() - killed < BOUND_S
         assert server.poll() is None  # rank 0 did not abort
         health = httpx.get(url + "/health", timeout=5)
