@@ -185,8 +185,8 @@ class Engine:
                     future.set_exception(error)
 
     def step(self) -> None:
-        """One scheduling step: launch one batched forward pass, and land the oldest in flight once the backend's
-        `steps_in_flight` are (at once, but in a pipeline), or when there is nothing to launch."""
+        """One scheduling step: launch one batched forward pass, then land the oldest in flight when the backend's
+        `steps_in_flight` are in flight (with one: the pass just launched) or when there was nothing to launch."""
         with self._lock:
             flying = self._flying()
             cancelled = [sequence for sequence in self.scheduler.drop_cancelled() if id(sequence) not in flying]
