@@ -1,6 +1,9 @@
 """Pipeline parallelism: stages of layers in processes of their own (loopback), against one process. Every layer is
 computed as one process computes it, so the logits are bit-identical and greedy text is identical (the tiny
-checkpoints in two stages: test_tensor_parallel_ranks.py)."""
+checkpoints in two stages: test_tensor_parallel_ranks.py). Under load the engine keeps a step per stage in flight:
+the same tokens as one process, and cancellation, with steps in flight."""
+
+import time
 
 import numpy as np
 import pytest
@@ -84,3 +87,35 @@ def test_stages_overlap_on_sequences_of_their_own_and_give_one_process_tokens(sm
     finally:
         model.close()
     assert max(sizes) == 3  # 3 + 2 while all five run
+
+
+@pytest.mark.slow  # starts rank processes
+def test_sequences_cancelled_in_flight_free_their_slot_and_kv_while_the_others_go_on(smollm2_path):
+    model = deeproots.load(smollm2_path, context=512, threads=1, pp=2)
+    engine = Engine(model.loaded, EngineConfig(max_running=4, max_queue=4)).start()
+    collectors = [Collector() for _ in range(4)]
+    requests = [GenerationRequest(model.apply_chat_template([{"role": "user", "content": question}], tokenize=True),
+                                  SamplingParams(temperature=0.0), 400, collector)
+                for question, collector in zip(QUESTIONS, collectors)]
+    try:
+        for request in requests:
+            engine.submit(request)
+        while min(len(collector.events) for collector in collectors) < 3:
+            time.sleep(0.01)
+        for request in requests[::2]:  # one of each pass's share (sequences 1-2 and 3-4)
+            request.cancel()
+        deadline = time.time() + 60  # a hang guard, not a speed limit
+        while engine.stats().running > 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.stats().running == 2
+        going = [len(collector.events) for collector in collectors[1::2]]
+        time.sleep(0.5)
+        assert all(len(collector.events) > n for collector, n in zip(collectors[1::2], going))
+        for request in requests[1::2]:
+            request.cancel()
+        while engine.stats().running and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.stats().running == 0 and engine.stats().kv_usage == 0.0
+    finally:
+        engine.stop()
+        model.close()
