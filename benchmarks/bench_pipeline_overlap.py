@@ -7,8 +7,9 @@ against two stages with their steps overlapping and in turn, side by side in one
 Same total kernel threads: one process with `--cores`, each of the two ranks with half. The two pipeline rows are
 one cluster: "in turn" sets its backend's steps_in_flight to 1, as DEEPROOTS_PP_OVERLAP=0 does at load. Rows run
 alternately, repetition by repetition, after one warm-up each. A repetition submits B requests of p random prompt
-tokens (each its own), greedy, end-of-turn tokens banned so every sequence decodes n tokens; decode tokens/s counts
-the tokens produced after the moment every sequence has its first, up to the last.
+tokens (each its own) at once, greedy, end-of-turn tokens banned so every sequence decodes n tokens: prefill
+tokens/s is the B x p prompt tokens over the time until every sequence has its first token; decode tokens/s counts
+the tokens produced after that moment, up to the last.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from deeproots.engine import Engine, EngineConfig, GenerationRequest  # noqa: E4
 from deeproots.sampling import SamplingParams  # noqa: E402
 
 
-def decode_rate(engine: Engine, prompts: list[list[int]], n_tokens: int, params: SamplingParams) -> float:
-    """Decode tokens/s of the prompts' sequences decoded together (see the module docstring)."""
+def rates(engine: Engine, prompts: list[list[int]], n_tokens: int, params: SamplingParams) -> tuple[float, float]:
+    """(prefill, decode) tokens/s of the prompts' sequences run together (see the module docstring)."""
     times: list[list[float]] = [[] for _ in prompts]
     done = threading.Semaphore(0)
 
@@ -42,13 +43,21 @@ def decode_rate(engine: Engine, prompts: list[list[int]], n_tokens: int, params:
                 done.release()
         return on_event
 
+    submitted = time.perf_counter()
     for index, prompt in enumerate(prompts):
         engine.submit(GenerationRequest(prompt, params, n_tokens, collect(index)))
     for _ in prompts:
         done.acquire()
     start = max(stamps[0] for stamps in times)
     end = max(stamps[-1] for stamps in times)
-    return sum(stamp > start for stamps in times for stamp in stamps) / (end - start)
+    decoded = sum(stamp > start for stamps in times for stamp in stamps)
+    return sum(map(len, prompts)) / (start - submitted), decoded / (end - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -68,27 +77,34 @@ def main() -> None:
     backend = staged.loaded.backend
     engines = {name: Engine(model.loaded, EngineConfig(max_running=args.batch, max_queue=args.batch)).start()
                for name, model in (("one process", single), ("pp=2", staged))}
+    stages = f"pp=2{f' (split at {args.pp_split[0]})' if args.pp_split else ''}"
     rows = [(f"one process, {args.cores} threads", "one process", 1),
-            ("pp=2 overlapping (2 steps in flight)", "pp=2", 2), ("pp=2 in turn (1 step in flight)", "pp=2", 1)]
+            (f"{stages} overlapping (2 steps in flight)", "pp=2", 2), (f"{stages} in turn (1 step in flight)", "pp=2", 1)]
     stops = {token: -100.0 for token in single.tokenizer.stop_ids}
     params = SamplingParams(temperature=0.0, logit_bias=stops)
     tokens = benchmark_tokens(single.config.vocab_size, args.p * args.batch)
     prompts = [tokens[i * args.p:(i + 1) * args.p] for i in range(args.batch)]
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in rows}
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, batch {args.batch}, p {args.p}, n {args.n}",
           flush=True)
     for repetition in range(args.r + 1):  # the first: warm-up
         for name, engine, in_flight in rows:
             backend.steps_in_flight = in_flight
-            rate = decode_rate(engines[engine], prompts, args.n, params)
+            pids = [os.getpid(), *(worker.pid for worker in staged.cluster.workers)]
+            cpu, started = [cpu_seconds(pid) for pid in pids], time.perf_counter()
+            prefill, decode = rates(engines[engine], prompts, args.n, params)
+            busy = [(cpu_seconds(pid) - before) / (time.perf_counter() - started) for pid, before in zip(pids, cpu)]
             if repetition:
-                rates[name].append(rate)
-            print(f"{'warm-up' if not repetition else repetition} {name}: {rate:.2f} tokens/s", flush=True)
-    base = statistics.median(rates[rows[0][0]])
-    print(f"\n| configuration | decode tokens/s ({args.batch} sequences) | vs one process |\n|---|---|---|")
-    for name, _, _ in rows:
-        median = statistics.median(rates[name])
-        print(f"| {name} | {median:.2f} | {median / base:.2f} |")
+                measured[name].append((prefill, decode, *busy))
+            print(f"{repetition or 'warm-up'} {name}: prefill {prefill:.2f}, decode {decode:.2f} tokens/s, CPU "
+                  f"{' + '.join(f'{b:.0%}' for b in busy)}", flush=True)
+    medians = {name: [statistics.median(part) for part in zip(*values)] for name, values in measured.items()}
+    base = medians[rows[0][0]]
+    print(f"\n| configuration | prefill tokens/s ({args.batch} x {args.p}) | decode tokens/s ({args.batch} sequences) "
+          "| prefill / decode vs one process | CPU of this process + rank 1 |\n|---|---|---|---|---|")
+    for name, (prefill, decode, *busy) in medians.items():
+        print(f"| {name} | {prefill:.2f} | {decode:.2f} | {prefill / base[0]:.2f} / {decode / base[1]:.2f} | "
+              f"{' + '.join(f'{b:.0%}' for b in busy)} |")
     print(f"load average {os.getloadavg()}")
     for engine in engines.values():
         engine.stop()
