@@ -62,7 +62,8 @@ class PipelineBackend(WrappingBackend):
         self.last = len(stages) - 1
         self.steps_in_flight = len(stages) if os.environ.get("DEEPROOTS_PP_OVERLAP", "1") != "0" else 1
         if getattr(inner, "leader", None) is not None:
-            self.leader = inner.leader  # tensor-parallel stages: one leader numbers every message
+            # tensor-parallel stages: one leader numbers every message (and mirrors the prefix cache)
+            self.leader = self.prefix_mirror = inner.leader
         self.step_number = 0  # rank 0: the message number of the step at hand
 
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
