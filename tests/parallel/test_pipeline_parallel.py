@@ -119,3 +119,34 @@ def test_sequences_cancelled_in_flight_free_their_slot_and_kv_while_the_others_g
     finally:
         engine.stop()
         model.close()
+
+
+@pytest.mark.slow  # starts rank processes
+def test_sequences_in_flight_reuse_a_cached_prefix_and_give_one_process_tokens(smollm2_path):
+    """A long system prompt cached by a first request, then four requests sharing it decoded together: with steps in
+    flight, the prefix cache's copies on rank 1 (sent with later steps) land in the right caches."""
+    system = "You are a careful assistant who answers every question in one short, plain sentence. " * 4
+
+    def answers(model) -> tuple[list, list[int]]:
+        engine = Engine(model.loaded, EngineConfig(max_running=4, max_queue=8)).start()
+        try:
+            requests = [GenerationRequest(model.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": question}], tokenize=True),
+                SamplingParams(temperature=0.0), 16, Collector(), top_logprobs=0) for question in QUESTIONS]
+            engine.submit(requests[0])
+            requests[0].on_event.wait()
+            for request in requests[1:]:
+                engine.submit(request)
+            return [request.on_event.logprobs() for request in requests], [r.cached_tokens for r in requests]
+        finally:
+            engine.stop()
+
+    single = deeproots.load(smollm2_path, context=512, threads=1)
+    expected, _ = answers(single)
+    model = deeproots.load(smollm2_path, context=512, threads=1, pp=2)
+    try:
+        got, cached = answers(model)
+    finally:
+        model.close()
+    assert got == expected
+    assert cached[0] == 0 and min(cached[1:]) >= 64  # the system prompt's blocks, on every rank
