@@ -84,8 +84,11 @@ def test_ctrl_c_exits_130(smollm2_path, tmp_path):
     import signal
     import time
 
-    process = subprocess.Popen([sys.executable, "-m", "deeproots.cli", "run", "-m", str(smollm2_path), "-n", "100000",
-                                "--ctx", "8192", "Count from one to a million."], stdout=subprocess.PIPE,
+    # A greedy raw completion of "1,2,...,30," counts on for thousands of tokens: the answer cannot end on its own
+    # before the signal (a chat answer may: it once did, and the run exited 0).
+    counting = ",".join(str(i) for i in range(1, 31)) + ","
+    process = subprocess.Popen([sys.executable, "-m", "deeproots.cli", "run", "-m", str(smollm2_path), "--raw",
+                                "--temp", "0", "-n", "100000", "--ctx", "8192", counting], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "DEEPROOTS_HOME": str(tmp_path)})
     assert process.stdout.read(1)  # the answer has begun
     time.sleep(0.2)
