@@ -196,7 +196,7 @@ class Engine:
         for request in admitted:
             self._start(request)
         started = time.perf_counter()
-        batch = self._plan()  # with this step's drafts: their time is part of the step's
+        batch = self._plan(flying)  # with this step's drafts: their time is part of the step's
         if batch:
             self._launch(batch, started)
         if self._in_flight and (not batch or len(self._in_flight) >= self.model.backend.steps_in_flight):
@@ -298,12 +298,12 @@ class Engine:
                                stop=request.stop, constraint=request.constraint() if request.constraint else None,
                                top_logprobs=request.top_logprobs)
 
-    def _plan(self) -> list[tuple[Sequence, list[int]]]:
+    def _plan(self, flying: set[int]) -> list[tuple[Sequence, list[int]]]:
         """The tokens for this step of each running sequence not in flight (in a pipeline, of a stage's share of
         the running sequences, so that every stage has a step to work on): its last sample, or its next prompt
         chunk."""
         block, chunk = self.config.prefix_block, self.config.prefill_chunk
-        running, flying = self.scheduler.running, self._flying()
+        running = self.scheduler.running
         share = -(-len(running) // self.model.backend.steps_in_flight)  # ceil
         batch = []
         for sequence in [sequence for sequence in running if id(sequence) not in flying][:share]:

@@ -64,6 +64,12 @@ class TensorParallelBackend(WrappingBackend):
         self.share, self.shares, self.reduction = shares[group.rank], shares, reduction
         self.vocab_widths, self.vocab_size = [len(s.vocab) for s in shares], vocab_size
         self.head_dim = head_dim
+        # by kind ("q", "k"): the global heads each rank sends when a layer's heads are gathered, and where this
+        # rank's sent heads lie among the heads it holds (fixed by the shares: not worked out again every layer)
+        self.sent_heads = {kind: self._sent_heads(kind) for kind in ("q", "k")}
+        self.held_heads = {"q": list(self.share.heads.q_heads), "k": list(self.share.heads.kv_heads)}
+        self.own_sent = {kind: [self.held_heads[kind].index(h) for h in sent[group.rank]]
+                         for kind, sent in self.sent_heads.items()}
 
     def linear(self, source: WeightSource, names: list[str], in_features: int, out_features: list[int]) -> Linear:
         if names in OUTPUT_NAMES:
@@ -107,17 +113,15 @@ class TensorParallelBackend(WrappingBackend):
         return sent
 
     def model_heads(self, held: int, kind: str) -> int:
-        return sum(len(heads) for heads in self._sent_heads(kind))
+        return sum(len(heads) for heads in self.sent_heads[kind])
 
     def over_all_heads(self, heads: np.ndarray, kind: str, f):
         """Every rank's heads gathered (N, all, head_dim), f over them, this rank's heads of the result."""
-        heads_here = self.share.heads
-        sent, held = self._sent_heads(kind), list(heads_here.q_heads if kind == "q" else heads_here.kv_heads)
         n, _, head_dim = heads.shape
-        mine = np.ascontiguousarray(heads[:, [held.index(h) for h in sent[self.group.rank]]])  # (N, sent, head_dim)
+        mine = np.ascontiguousarray(heads[:, self.own_sent[kind]])  # (N, sent, head_dim)
         mine = mine.reshape(n, mine.shape[1] * head_dim)
-        whole = self.group.gather_columns(mine, [len(s) * head_dim for s in sent], everywhere=True)
-        return f(whole.reshape(n, -1, head_dim))[:, held]
+        whole = self.group.gather_columns(mine, [len(s) * head_dim for s in self.sent_heads[kind]], everywhere=True)
+        return f(whole.reshape(n, -1, head_dim))[:, self.held_heads[kind]]
 
     def kv_cache(self, layout: KVLayout, max_tokens: int, kv_type: str | None = None) -> KVCache:
         """This rank's KV heads only."""
