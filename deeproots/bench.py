@@ -146,8 +146,11 @@ def benchmark_tokens(vocab_size: int, n_tokens: int) -> list[int]:
 
 
 def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n_gen: int, repetitions: int,
-                  progress: Callable[[str], None] = lambda _: None) -> list[Result]:
-    """Time every engine on ppN and tgN, alternating engines within each repetition (after one warm-up)."""
+                  progress: Callable[[str], None] = lambda _: None,
+                  after_decode: Callable[[], None] = lambda: None) -> list[Result]:
+    """Time every engine on ppN and tgN, alternating engines within each repetition (after one warm-up).
+    `after_decode` runs after each tgN repetition of all the engines (`deeproots bench` samples the read bandwidth
+    there, so its bound is measured among the decode runs it bounds)."""
     tests = []
     if n_prompt:
         tests.append((f"pp{n_prompt}", lambda e: e.prefill(tokens[:n_prompt]), n_prompt))
@@ -163,6 +166,8 @@ def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n
                 started = time.perf_counter()
                 run(engine)
                 results[engine.name, name].tokens_per_second.append(n_tokens / (time.perf_counter() - started))
+            if name.startswith("tg"):
+                after_decode()
     return list(results.values())
 
 

@@ -289,13 +289,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             engines.append(TransformersEngine(model.path))
     tokens = benchmark_tokens(model.config.vocab_size, max(args.n_prompt, args.n_gen))
-    bandwidth = read_bandwidth(repetitions=3)  # before and after the engines: the load of a shared machine moves
+    # Before, among and after the engines' runs: a shared machine's bandwidth moves by up to 2x within a minute.
+    bandwidth = read_bandwidth(repetitions=3)
     with tqdm(total=len(engines) * args.repetitions * (bool(args.n_prompt) + bool(args.n_gen)),
               desc="bench", disable=args.json, leave=False) as bar:
         def progress(label: str) -> None:
             bar.set_postfix_str(label)
             bar.update()
-        results = run_benchmark(engines, tokens, args.n_prompt, args.n_gen, args.repetitions, progress)
+        results = run_benchmark(engines, tokens, args.n_prompt, args.n_gen, args.repetitions, progress,
+                                after_decode=lambda: bandwidth.extend(read_bandwidth(repetitions=1)))
     bandwidth += read_bandwidth(repetitions=3)
     bandwidth_gbs = statistics.median(bandwidth)
     per_token = traffic(model.path, model.config)

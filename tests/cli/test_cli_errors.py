@@ -89,7 +89,9 @@ def test_ctrl_c_exits_130(smollm2_path, tmp_path):
     counting = ",".join(str(i) for i in range(1, 31)) + ","
     process = subprocess.Popen([sys.executable, "-m", "deeproots.cli", "run", "-m", str(smollm2_path), "--raw",
                                 "--temp", "0", "-n", "100000", "--ctx", "8192", counting], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "DEEPROOTS_HOME": str(tmp_path)})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "DEEPROOTS_HOME": str(tmp_path)},
+                               # a shell's background job ignores SIGINT, and a child inherits that: restore Ctrl-C
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stdout.read(1)  # the answer has begun
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
