@@ -76,7 +76,7 @@ SHAPES = {
 FILE_TYPES = {"q4_0": ("q4_0", 2), "q4_k_m": ("q4_k", 15), "q5_k_m": ("q5_k", 17), "q6_k": ("q6_k", 18),
               "q8_0": ("q8_0", 7)}
 # where each type's f16 scales sit in its block (ggml's block structs)
-SCALE_OFFSETS = {GGMLType.Q4_0: (0,), GGMLType.Q5_0: (0,), GGMLType.Q8_0: (0,), GGMLType.Q4_K: (0, 2),
+SCALE_OFFSETS = {GGMLType.Q4_0: (0,), GGMLType.Q4_1: (0, 2), GGMLType.Q5_0: (0,), GGMLType.Q8_0: (0,), GGMLType.Q4_K: (0, 2),
                  GGMLType.Q5_K: (0, 2), GGMLType.Q6_K: (208,)}
 SCALE = np.array([0.01], np.float16).view(np.uint8)  # (2,) the bytes of one f16 scale
 

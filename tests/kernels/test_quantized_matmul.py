@@ -187,6 +187,20 @@ def test_thread_counts_give_identical_results():
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("ggml_type", sorted(set(kernel_types()) - set(FLOAT_TYPES)), ids=lambda t: GGMLType(t).name)
+def test_a_row_gets_the_same_bits_in_any_batch(ggml_type):
+    """Prefill-sized calls tile tokens and row groups differently from decode's (pairs of groups over 5-token tiles for
+    some types, 8-token tiles of one group for others, with tails of both): each row's output is still the bits of
+    that row multiplied alone, so a sequence's tokens never depend on what was batched with them."""
+    rng = np.random.default_rng(ggml_type)
+    k, n = ROW_LENGTHS[GGMLType(ggml_type)][-1], 16 * 5 + 3  # an odd number of whole groups, then a partial one
+    weight = pack_weight(random_raw(GGMLType(ggml_type), k, n, rng), GGMLType(ggml_type), (k, n))
+    x = rng.standard_normal((37, k)).astype(np.float32)
+    alone = np.concatenate([quantized_linear(x[i:i + 1], weight) for i in range(len(x))])
+    for rows in (16, 37):
+        assert np.array_equal(quantized_linear(x[:rows], weight), alone[:rows])
+
+
 def test_writes_into_out_and_handles_zero_tokens():
     rng = np.random.default_rng(3)
     weight = pack_weight(random_raw(Q.Q8_0, 64, 5, rng), Q.Q8_0, (64, 5))

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #define TILE 8 /* tokens per tile: each weight block is unpacked once per tile */
+#define PAIR_TILE 5 /* tokens per tile of two groups (tile_pair): 3 to 6 measured, 5 best */
 #define INLINE static inline __attribute__((always_inline))
 
 /* One unpacked 32-value block of 16 rows: u[k] holds values 4k..4k+3 of each row as unsigned bytes. */
@@ -201,13 +202,60 @@ INLINE void tile(const int type, const int tt, const uint8_t *w, const act_t *a,
         _mm512_mask_storeu_ps(out + (t0 + t) * N, rows, acc[t]);
 }
 
+/* Tokens [t0, t0 + tt) against two neighbouring whole groups w0, w1 (rows 16g .. 16g + 31): each activation broadcast
+ * feeds both groups' products, half the broadcasts of two tile() calls. Each output's arithmetic is tile()'s, in the
+ * same order: the same bits. */
+INLINE void tile_pair(const int type, const int tt, const uint8_t *w0, const uint8_t *w1, const act_t *a, int64_t t0,
+                      float *out, int64_t N, int64_t block_bytes)
+{
+    __m512 acc0[PAIR_TILE], acc1[PAIR_TILE];
+    for (int t = 0; t < tt; t++)
+        acc0[t] = acc1[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < a->nb; b++) {
+        wblock_t wb0, wb1;
+        if (t0 == 0) {
+            prefetch_ahead(w0, b, block_bytes);
+            prefetch_ahead(w1, b, block_bytes);
+        }
+        load_block(type, w0, b, &wb0);
+        load_block(type, w1, b, &wb1);
+        for (int t = 0; t < tt; t++) {
+            acc0[t] = block_dot(type, &wb0, a, (t0 + t) * a->nb + b, acc0[t]);
+            acc1[t] = block_dot(type, &wb1, a, (t0 + t) * a->nb + b, acc1[t]);
+        }
+    }
+    for (int t = 0; t < tt; t++) {
+        _mm512_storeu_ps(out + (t0 + t) * N, acc0[t]);
+        _mm512_storeu_ps(out + (t0 + t) * N + ROWS, acc1[t]);
+    }
+}
+
+/* Pairs of groups pay in products of 2 x TILE tokens or more for these types: +20% for Q4_0 and Q8_0, +6-8% for Q4_1
+ * and Q6_K at 512 tokens; the K-quants with minimums (Q4_K, Q5_K: two more scale vectors per group) lose 7-15%, and
+ * below 16 tokens the 5-token tiles lose to 8-token ones (docs/benchmarks.md). */
+INLINE int pairs_pay(const int type, int64_t T) { return T >= 2 * TILE && type != T_Q4_K && type != T_Q5_K; }
+
+#define PAIR_CASE(n)                                                                                                  \
+    case n: tile_pair(type, n, wg, wg + gbytes, a, t0, out + g * ROWS, N, gbytes / a->nb); break;
+
 #define TILE_CASE(n)                                                                                                  \
     case n: tile(type, n, wg, a, t0, out + g * ROWS, N, rows, gbytes / a->nb); break;
 
 INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out)
 {
     const int64_t gbytes = qgemm_group_bytes(type, a->K);
-    for (int64_t g = g0; g < g1; g++) {
+    int64_t g = g0;
+    if (pairs_pay(type, a->T)) {
+        for (; g + 1 < g1 && N - g * ROWS >= 2 * ROWS; g += 2) {
+            const uint8_t *wg = w + g * gbytes;
+            for (int64_t t0 = 0; t0 < a->T; t0 += PAIR_TILE) {
+                switch (a->T - t0 < PAIR_TILE ? a->T - t0 : PAIR_TILE) {
+                    PAIR_CASE(1) PAIR_CASE(2) PAIR_CASE(3) PAIR_CASE(4) PAIR_CASE(5)
+                }
+            }
+        }
+    }
+    for (; g < g1; g++) {
         const uint8_t *wg = w + g * gbytes;
         const int64_t left = N - g * ROWS;
         const __mmask16 rows = left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
