@@ -4,8 +4,9 @@ Engines run alternately, repetition by repetition, in one process with the same 
 their ratio is measured under the same conditions. Only forward passes are timed (no sampling), as
 llama-bench does: ppN runs N prompt tokens as one batch from an empty cache; tgN runs N single-token
 steps from an empty cache. Each row also says how near the machine's bound it runs (`row_limit`): decode's bytes
-read per second against the measured read bandwidth, prefill's integer operations per second against the CPU's
-int8 peak (deeproots/limits.py counts both from the file).
+read per second against the measured read bandwidth, prefill's integer operations per second against the int8 rate
+measured in the same run (kernels/int8_rate.py; the nominal peak where no probe exists: deeproots/limits.py, which
+also counts both from the file).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from .errors import DeeprootsError
 from .kernels import amx_enabled, set_amx
-from .limits import Peak, Traffic
+from .limits import Traffic
 
 
 class Engine(Protocol):
@@ -147,10 +148,10 @@ def benchmark_tokens(vocab_size: int, n_tokens: int) -> list[int]:
 
 def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n_gen: int, repetitions: int,
                   progress: Callable[[str], None] = lambda _: None,
-                  after_decode: Callable[[], None] = lambda: None) -> list[Result]:
+                  after_repetition: Callable[[str], None] = lambda test: None) -> list[Result]:
     """Time every engine on ppN and tgN, alternating engines within each repetition (after one warm-up).
-    `after_decode` runs after each tgN repetition of all the engines (`deeproots bench` samples the read bandwidth
-    there, so its bound is measured among the decode runs it bounds)."""
+    `after_repetition(test)` runs after each repetition of all the engines ("pp512", "tg128"): `deeproots bench`
+    probes the machine's bound there (int8 rate, read bandwidth), so it is measured among the runs it bounds."""
     tests = []
     if n_prompt:
         tests.append((f"pp{n_prompt}", lambda e: e.prefill(tokens[:n_prompt]), n_prompt))
@@ -166,8 +167,7 @@ def run_benchmark(engines: Sequence[Engine], tokens: list[int], n_prompt: int, n
                 started = time.perf_counter()
                 run(engine)
                 results[engine.name, name].tokens_per_second.append(n_tokens / (time.perf_counter() - started))
-            if name.startswith("tg"):
-                after_decode()
+            after_repetition(name)
     return list(results.values())
 
 
@@ -176,16 +176,17 @@ class Limit:
     """A row's work per token and how near the machine's bound it runs."""
     per_token: float  # bytes read (tgN) or int8 operations (ppN) per token
     per_second: float  # per_token x the row's mean tokens/s
-    fraction: float | None  # of the measured read bandwidth (tgN) or of the int8 peak (ppN); None: bound unknown
+    fraction: float | None  # of the measured read bandwidth (tgN) or int8 rate (ppN); None: bound unknown
 
 
-def row_limit(result: Result, kv_type: str, traffic: Traffic, bandwidth_gbs: float, peak: Peak | None) -> Limit:
+def row_limit(result: Result, kv_type: str, traffic: Traffic, bandwidth_gbs: float,
+              peak_ops_per_second: float | None) -> Limit:
     n_tokens = int(result.test[2:])
     if result.test.startswith("tg"):
         per_token = traffic.decode_bytes_per_token(n_tokens, kv_type)
         bound = bandwidth_gbs * 1e9
     else:
         per_token = traffic.prefill_ops_per_token(n_tokens)
-        bound = peak.ops_per_second if peak else None
+        bound = peak_ops_per_second
     per_second = per_token * result.mean
     return Limit(per_token, per_second, per_second / bound if bound else None)

@@ -271,6 +271,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .inspect import human_bytes, human_count, summarize
     from .kernels import _cpu, amx_enabled, get_num_threads, kernel_path
     from .kernels.bandwidth import READ_BYTES, read_bandwidth
+    from .kernels.int8_rate import int8_rate
     from .limits import int8_peak, traffic
 
     if not args.n_prompt and not args.n_gen:
@@ -289,23 +290,35 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             engines.append(TransformersEngine(model.path))
     tokens = benchmark_tokens(model.config.vocab_size, max(args.n_prompt, args.n_gen))
-    # Before, among and after the engines' runs: a shared machine's bandwidth moves by up to 2x within a minute.
-    bandwidth = read_bandwidth(repetitions=3)
+    # The bounds are probed before, among and after the engines' runs: a shared machine's bandwidth moves by up to 2x
+    # within a minute, and its int8 rate halves while another process takes a core.
+    bandwidth, int8 = read_bandwidth(repetitions=3), int8_rate(repetitions=3) if args.n_prompt else []
+
+    def probe(test: str) -> None:  # one more sample of the bound of the test just run
+        if test.startswith("tg"):
+            bandwidth.extend(read_bandwidth(repetitions=1))
+        else:
+            int8.extend(int8_rate(repetitions=1))
     with tqdm(total=len(engines) * args.repetitions * (bool(args.n_prompt) + bool(args.n_gen)),
               desc="bench", disable=args.json, leave=False) as bar:
         def progress(label: str) -> None:
             bar.set_postfix_str(label)
             bar.update()
         results = run_benchmark(engines, tokens, args.n_prompt, args.n_gen, args.repetitions, progress,
-                                after_decode=lambda: bandwidth.extend(read_bandwidth(repetitions=1)))
+                                after_repetition=probe)
     bandwidth += read_bandwidth(repetitions=3)
+    int8 += int8_rate(repetitions=3) if args.n_prompt else []
     bandwidth_gbs = statistics.median(bandwidth)
     per_token = traffic(model.path, model.config)
-    # Each engine's prefill instruction set: AMX-INT8 for our engine where it ran on AMX, else the VNNI/AVX2 kernels'
-    # (llama.cpp is built without AMX here, see the Makefile).
-    peaks = {e.name: int8_peak("amx-int8" if getattr(e, "amx", False) and amx_enabled() else _cpu.ISA, threads)
-             for e in engines}
-    peak = peaks[engines[0].name]
+    # Each engine's prefill bound: the measured rate of the VNNI/AVX2 kernels' instruction (llama.cpp, built without
+    # AMX here, see the Makefile, runs the same class of instruction), or the nominal AMX-INT8 peak for our engine
+    # where it ran on AMX (no probe of it).
+    nominal = int8_peak(_cpu.ISA, threads)
+    measured = statistics.median(int8) if int8 else None
+    vector_bound = measured or (nominal.ops_per_second if nominal else None)
+    amx_peak = int8_peak("amx-int8", threads)
+    on_amx = {e.name for e in engines if getattr(e, "amx", False) and amx_enabled()} if amx_peak else set()
+    peaks = {e.name: amx_peak.ops_per_second if e.name in on_amx else vector_bound for e in engines}
     kv_types = {e.name: e.kv_type for e in engines}
     limits = [row_limit(r, kv_types[r.engine], per_token, bandwidth_gbs, peaks[r.engine]) for r in results]
     summary = summarize(model.path)
@@ -324,8 +337,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
                           "threads": threads, "kernels": kernel_path(), "read_bandwidth_gbs": bandwidth_gbs,
                           "read_bandwidth_samples": bandwidth, "read_bytes": READ_BYTES,
                           "decode_weight_bytes": per_token.decode_weight_bytes,
-                          "int8_peak_ops_per_second": peak.ops_per_second if peak else None,
-                          "int8_peak": peak.describe() if peak else None, "results": rows}, indent=2))
+                          "int8_peak_ops_per_second": peaks[engines[0].name], "int8_rate_samples": int8,
+                          "int8_nominal_peak": nominal.describe() if nominal else None, "results": rows}, indent=2))
         return
     model_name = f"{summary.architecture} {summary.quantization}"
     baseline = {r.test: r.mean for r in results if r.engine == engines[0].name}
@@ -345,9 +358,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"(tg achieved: {human_bytes(per_token.decode_weight_bytes)} of weights per token, the KV cache so far "
           f"besides; of bound: of the read bandwidth, {bandwidth_gbs:.1f} GB/s = median of {len(bandwidth)} reads "
           f"of {READ_BYTES >> 20} MiB on {get_num_threads()} threads in this run)")
-    described = sorted({p.describe() for p in peaks.values() if p})
-    print(f"(pp achieved: int8 ops, 2 x K x N per matrix per token; of bound: of the peak, "
-          f"{'; '.join(described) if described else 'unknown for ' + _cpu.ISA})")
+    if args.n_prompt:
+        if measured:
+            bound = (f"the int8 rate measured in this run, {measured / 1e12:.2f} Tops/s = median of {len(int8)} probes "
+                     f"of {_cpu.ISA}'s dot product on {get_num_threads()} threads" +
+                     (f" (the nominal peak: {nominal.describe()})" if nominal else ""))
+        else:
+            bound = f"the nominal peak, {nominal.describe()}" if nominal else f"a peak unknown for {_cpu.ISA}"
+        if on_amx:
+            bound += f"; rows on AMX: of its nominal peak, {amx_peak.describe()}"
+        print(f"(pp achieved: int8 ops, 2 x K x N per matrix per token; of bound: of {bound})")
 
 
 def cmd_perplexity(args: argparse.Namespace) -> None:

@@ -1,5 +1,6 @@
 """What bounds a `deeproots bench` row: the bytes one decode token reads, the integer operations one prefill token
-costs, and this CPU's peak for them (the measured read bandwidth is kernels/bandwidth.py's).
+costs, and this CPU's nominal peak for them (the measured read bandwidth is kernels/bandwidth.py's, the measured int8
+rate kernels/int8_rate.py's: bench holds rows to the measured ones, the nominal peak where no probe exists).
 
 Decode is bound by memory: a token reads every weight matrix once (the output projection included), one row of the
 token embedding and the KV cache so far. Prefill is bound by arithmetic: each matrix costs 2 * K * N integer

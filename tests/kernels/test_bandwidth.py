@@ -1,4 +1,5 @@
-"""The read-bandwidth probe: it reads every byte it is given (its checksum is numpy's) and its rate is plausible."""
+"""The probes of `deeproots bench`: the read-bandwidth probe reads every byte it is given (its checksum is numpy's),
+the int8 probe does every dot product it counts (its lane sums are the operations), and their rates are plausible."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from deeproots.errors import InternalError
 from deeproots.kernels import _cpu, get_num_threads, set_num_threads
 from deeproots.kernels.bandwidth import read_bandwidth
+from deeproots.kernels.int8_rate import int8_rate
 
 
 def xor_of_words(buffer: np.ndarray) -> int:
@@ -39,3 +41,32 @@ def test_read_bandwidth_is_plausible():
     than any CPU's caches deliver."""
     samples = read_bandwidth(64 << 20, repetitions=3)
     assert len(samples) == 3 and all(0.5 < gbs < 5000 for gbs in samples)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rounds", [0, 1, 1000])
+def test_int8_probe_does_the_operations_it_counts(rounds, threads):
+    """Each accumulator lane adds products of 1 x 2, so the lanes' sum is 2 operations per multiply-add done:
+    the AVX-512 build's 16 VPDPBUSD zmm a round (64 multiply-adds each), on every thread."""
+    assert _cpu.INT8_PROBE_OPS_PER_ROUND == {"avx512-vnni": 16 * 64 * 2, "avx2": 8 * 64 * 2, "portable-c": 0}[_cpu.ISA]
+    before = get_num_threads()
+    set_num_threads(threads)
+    try:
+        assert _cpu.int8_probe(rounds) == threads * rounds * _cpu.INT8_PROBE_OPS_PER_ROUND
+    finally:
+        set_num_threads(before)
+
+
+@pytest.mark.parametrize("rounds", [-1, _cpu.INT8_PROBE_MAX_ROUNDS + 1, 2.0])
+def test_int8_probe_refuses_rounds_its_lanes_cannot_count(rounds):
+    with pytest.raises(InternalError):
+        _cpu.int8_probe(rounds)
+
+
+def test_int8_rate_is_plausible():
+    """Between 1 Gop/s and a thousand times what AVX-512 VNNI cores deliver (~1 Tops/s each)."""
+    samples = int8_rate(rounds=100_000, repetitions=3)
+    if _cpu.INT8_PROBE_OPS_PER_ROUND:
+        assert len(samples) == 3 and all(1e9 < rate < 1e15 for rate in samples)
+    else:
+        assert samples == []

@@ -2,6 +2,7 @@
 package reads it, and the bench report's new fields against the same independent count."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -103,5 +104,9 @@ def test_bench_json_rows_hold_their_bound(smollm2_path):
     assert tg["bandwidth_fraction"] == pytest.approx(tg["gb_per_second"] / bandwidth)
     assert pp["ops_per_token"] == matrix_ops + output_ops / n_prompt
     assert pp["ops_per_second"] == pytest.approx(pp["ops_per_token"] * pp["mean"])
+    if report["int8_rate_samples"]:  # the int8 probe, measured like the bandwidth: 3 before, 1 per pp repetition, 3 after
+        assert len(report["int8_rate_samples"]) == 3 + 2 + 3
+        assert report["int8_peak_ops_per_second"] == pytest.approx(statistics.median(report["int8_rate_samples"]))
     if report["int8_peak_ops_per_second"] is not None:
-        assert 0 < pp["peak_fraction"] <= 1  # no kernel beats the instruction set's peak
+        assert pp["peak_fraction"] == pytest.approx(pp["ops_per_second"] / report["int8_peak_ops_per_second"])
+        assert 0 < pp["peak_fraction"] <= 1  # no kernel beats its instruction's rate

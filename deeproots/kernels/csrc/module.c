@@ -14,6 +14,7 @@
 
 #include "attention.h"
 #include "elementwise.h"
+#include "int8probe.h"
 #include "memread.h"
 #include "pool.h"
 #include "qgemm.h"
@@ -1093,6 +1094,19 @@ static PyObject *py_read_bytes(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(sum);
 }
 
+/* int8_probe(rounds): the compute probe (int8probe.h) on the kernel threads; returns the int8 operations done. */
+static PyObject *py_int8_probe(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int64_t rounds = 0, ops;
+    if (int_arg("int8_probe", "rounds", arg, 0, INT8_PROBE_MAX_ROUNDS, &rounds))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ops = int8_probe_run(rounds, n_threads);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(ops);
+}
+
 static PyMethodDef methods[] = {
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_FASTCALL, "out = x @ W.T over a packed weight"},
     {"linear_experts", (PyCFunction)(void (*)(void))py_linear_experts, METH_FASTCALL,
@@ -1113,6 +1127,7 @@ static PyMethodDef methods[] = {
     {"set_amx_emulation", py_set_amx_emulation, METH_O, "the AMX path over software tiles (1) or not (0)"},
     {"get_amx_emulation", py_get_amx_emulation, METH_NOARGS, "whether the AMX path runs over software tiles"},
     {"read_bytes", py_read_bytes, METH_O, "read a buffer once on the kernel threads (bandwidth probe)"},
+    {"int8_probe", py_int8_probe, METH_O, "int8 dot products on the kernel threads (compute probe)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1159,7 +1174,9 @@ PyMODINIT_FUNC PyInit__cpu(void)
     if (m && (PyModule_AddStringConstant(m, "ISA", ISA_NAME) || PyModule_AddStringConstant(m, "AMX", start_amx()) ||
               PyModule_AddIntConstant(m, "AMX_MIN_TOKENS", AMX_MIN_TOKENS) ||
               PyModule_AddIntConstant(m, "AMX_EMULATION_BUILT", amx_emulation_built()) || PyModule_AddIntConstant(m, "ROWS", ROWS) ||
-              PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) || add_block_geometry(m))) {
+              PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) ||
+              PyModule_AddIntConstant(m, "INT8_PROBE_OPS_PER_ROUND", INT8_PROBE_OPS_PER_ROUND) ||
+              PyModule_AddIntConstant(m, "INT8_PROBE_MAX_ROUNDS", INT8_PROBE_MAX_ROUNDS) || add_block_geometry(m))) {
         Py_DECREF(m);
         return NULL;
     }
