@@ -31,10 +31,11 @@ def load_hf_from_gguf(path: Path):
     folder, name = str(path.parent), path.name
     # Transformers parses the file with gguf's reader three times (tokenizer, config, weights): ~9 s each for
     # a 262k vocabulary. One parsed reader serves all three; what transformers does with it is unchanged.
-    reader = gguf.GGUFReader(path)
+    open_reader = gguf.GGUFReader
+    reader = open_reader(path)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == path
-                      else gguf.GGUFReader(asked, *args, **kwargs))
+        patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
+                      else open_reader(asked, *args, **kwargs))
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     return tokenizer, model.eval()
