@@ -21,18 +21,17 @@ def smollm2_metadata(smollm2_path) -> dict:
         return gguf.metadata
 
 
-def load_hf_from_gguf(path: Path):
-    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference."""
+def load_hf_from_gguf(path: Path, reader):
+    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference.
+    `reader`: the gguf package's reader already parsed on that file."""
     transformers = pytest.importorskip("transformers")
+    import gguf
     import torch
 
-    import gguf
-
     folder, name = str(path.parent), path.name
-    # Transformers parses the file with gguf's reader three times (tokenizer, config, weights): ~9 s each for
-    # a 262k vocabulary. One parsed reader serves all three; what transformers does with it is unchanged.
+    # Transformers parses the file with gguf's reader three times (tokenizer, config, weights): ~9 s apiece for a
+    # 262k-token vocabulary. The session's parsed reader serves all three; what transformers does with it is unchanged.
     open_reader = gguf.GGUFReader
-    reader = open_reader(path)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
                       else open_reader(asked, *args, **kwargs))
@@ -42,8 +41,14 @@ def load_hf_from_gguf(path: Path):
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(smollm2_path):
-    return load_hf_from_gguf(smollm2_path)
+def smollm2_gguf(smollm2_path):
+    """The gguf package's (llama.cpp's) reader on the default model, parsed once: the independent account of the file."""
+    return pytest.importorskip("gguf").GGUFReader(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path, smollm2_gguf):
+    return load_hf_from_gguf(smollm2_path, smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +65,15 @@ def deepseek_r1_head_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hf_gemma3(gemma3_path):
-    """Transformers' Gemma 3 on the same GGUF (about a minute to load: its 262k-token vocabulary)."""
-    return load_hf_from_gguf(gemma3_path)
+def gemma3_gguf(gemma3_path):
+    """The gguf package's reader on Gemma 3 270M, parsed once (~9 s: its 262k-token vocabulary)."""
+    return pytest.importorskip("gguf").GGUFReader(gemma3_path)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3(gemma3_path, gemma3_gguf):
+    """Transformers' Gemma 3 on the same GGUF (~20 s to load: its 262k-token vocabulary)."""
+    return load_hf_from_gguf(gemma3_path, gemma3_gguf)
 
 
 @pytest.fixture(scope="session")
