@@ -1,5 +1,6 @@
 """Shared fixtures: the real default model, pulled into the store once per machine."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,15 @@ def load_hf_from_gguf(path: Path, reader):
     import torch
 
     folder, name = str(path.parent), path.name
-    # Transformers parses the file with gguf's reader three times (tokenizer, config, weights): ~9 s apiece for a
-    # 262k-token vocabulary. The session's parsed reader serves all three; what transformers does with it is unchanged.
+    # Transformers repeats two of the gguf package's computations: it parses the file three times (tokenizer, config,
+    # weights: ~9 s apiece for a 262k-token vocabulary), and builds the same tensor-name map for each of the model's
+    # hundreds of modules (~10 ms each). The session's parsed reader serves all three parses and each map is built
+    # once; what transformers does with them is unchanged.
     open_reader = gguf.GGUFReader
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
                       else open_reader(asked, *args, **kwargs))
+        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     return tokenizer, model.eval()
