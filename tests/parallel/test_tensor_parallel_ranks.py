@@ -29,8 +29,18 @@ def single(smollm2_path):
     return deeproots.load(smollm2_path, context=512, threads=1)
 
 
+@pytest.fixture(scope="module")
+def tp2(smollm2_path):
+    model = deeproots.load(smollm2_path, context=512, threads=1, tp=2)
+    yield model
+    model.close()
+
+
 @pytest.fixture(scope="module", params=[2, 4])
-def parallel(request, smollm2_path):
+def parallel(request, smollm2_path, tp2):
+    if request.param == 2:  # the engine test's ranks too: one start-up fewer
+        yield tp2
+        return
     model = deeproots.load(smollm2_path, context=512, threads=1, tp=request.param)
     yield model
     model.close()
@@ -71,25 +81,22 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age"], "additionalProperties": False}
 
 
-def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smollm2_path):
+def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, tp2):
     """Three sequences decoded together, one under a JSON schema, give the tokens and logprobs one process gives."""
-    model = deeproots.load(smollm2_path, context=512, threads=1, tp=2)
+    model = tp2
     grammar = GrammarCompiler(model.tokenizer, model.config.vocab_size).json_schema(SCHEMA)
     results = {}
-    try:
-        for name, loaded in (("single", single.loaded), ("tp", model.loaded)):
-            engine = Engine(loaded, EngineConfig(max_running=4, max_queue=8)).start()
-            collectors = [Collector() for _ in QUESTIONS]
-            for index, (question, collector) in enumerate(zip(QUESTIONS, collectors)):
-                ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
-                                     add_bos=False, parse_special=True)
-                engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), 48, collector,
-                                                constraint=grammar.constraint if index == 0 else None,
-                                                top_logprobs=0))
-            results[name] = [(collector.wait()[0], collector.logprobs()) for collector in collectors]
-            engine.stop()
-    finally:
-        model.close()
+    for name, loaded in (("single", single.loaded), ("tp", model.loaded)):
+        engine = Engine(loaded, EngineConfig(max_running=4, max_queue=8)).start()
+        collectors = [Collector() for _ in QUESTIONS]
+        for index, (question, collector) in enumerate(zip(QUESTIONS, collectors)):
+            ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
+                                 add_bos=False, parse_special=True)
+            engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), 48, collector,
+                                            constraint=grammar.constraint if index == 0 else None,
+                                            top_logprobs=0))
+        results[name] = [(collector.wait()[0], collector.logprobs()) for collector in collectors]
+        engine.stop()
     jsonschema.validate(json.loads(results["tp"][0][0]), SCHEMA)
     assert results["tp"] == results["single"]
 
