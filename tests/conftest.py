@@ -46,7 +46,7 @@ def load_hf_from_gguf(path: Path, reader):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf(smollm2_path):
-    """The gguf package's (llama.cpp's) reader on the default model, parsed once: the independent account of the file."""
+    """The gguf package's (llama.cpp's) reader on the default model, parsed once: the file as llama.cpp reads it."""
     return pytest.importorskip("gguf").GGUFReader(smollm2_path)
 
 
