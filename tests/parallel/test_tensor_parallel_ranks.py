@@ -64,12 +64,12 @@ def test_greedy_text_is_identical_to_one_process(single, parallel, request):
     assert parallel.chat(messages, max_tokens=tokens, temperature=0) == text
 
 
-def test_megatron_sum_stays_within_the_fast_paths_own_distance_from_the_reference(smollm2_path, single):
-    reference = deeproots.load(smollm2_path, context=512, reference=True)
+def test_megatron_sum_stays_within_the_fast_paths_own_distance_from_the_reference(smollm2_path, single,
+                                                                                  smollm2_reference):
     model = deeproots.load(smollm2_path, context=512, threads=1, tp=2, tp_reduction="sum")
     try:
         ids = single.tokenize(TEXT)
-        fast, summed, exact = single.logits(ids), model.logits(ids), reference.logits(ids)
+        fast, summed, exact = single.logits(ids), model.logits(ids), smollm2_reference.logits(ids)
     finally:
         model.close()
     own = np.abs(fast - exact).max()  # the int8-activation kernels against float32 numpy
