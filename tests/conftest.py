@@ -1,5 +1,6 @@
 """Shared fixtures: the real default model, pulled into the store once per machine."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,20 +22,37 @@ def smollm2_metadata(smollm2_path) -> dict:
         return gguf.metadata
 
 
-def load_hf_from_gguf(path: Path):
-    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference."""
+def load_hf_from_gguf(path: Path, reader):
+    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference.
+    `reader`: the gguf package's reader already parsed on that file."""
     transformers = pytest.importorskip("transformers")
+    import gguf
     import torch
 
     folder, name = str(path.parent), path.name
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # Transformers repeats two of the gguf package's computations: it parses the file three times (tokenizer, config,
+    # weights: ~9 s apiece for a 262k-token vocabulary), and builds the same tensor-name map for each of the model's
+    # hundreds of modules (~10 ms each). The session's parsed reader serves all three parses and each map is built
+    # once; what transformers does with them is unchanged.
+    open_reader = gguf.GGUFReader
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
+                      else open_reader(asked, *args, **kwargs))
+        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     return tokenizer, model.eval()
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(smollm2_path):
-    return load_hf_from_gguf(smollm2_path)
+def smollm2_gguf(smollm2_path):
+    """The gguf package's (llama.cpp's) reader on the default model, parsed once: the file as llama.cpp reads it."""
+    return pytest.importorskip("gguf").GGUFReader(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path, smollm2_gguf):
+    return load_hf_from_gguf(smollm2_path, smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +69,15 @@ def deepseek_r1_head_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hf_gemma3(gemma3_path):
-    """Transformers' Gemma 3 on the same GGUF (about a minute to load: its 262k-token vocabulary)."""
-    return load_hf_from_gguf(gemma3_path)
+def gemma3_gguf(gemma3_path):
+    """The gguf package's reader on Gemma 3 270M, parsed once (~9 s: its 262k-token vocabulary)."""
+    return pytest.importorskip("gguf").GGUFReader(gemma3_path)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3(gemma3_path, gemma3_gguf):
+    """Transformers' Gemma 3 on the same GGUF (~20 s to load: its 262k-token vocabulary)."""
+    return load_hf_from_gguf(gemma3_path, gemma3_gguf)
 
 
 @pytest.fixture(scope="session")

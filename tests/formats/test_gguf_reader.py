@@ -43,9 +43,9 @@ def assert_same_value(ours, theirs) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_files(smollm2_path):
+def real_files(smollm2_path, smollm2_gguf):
     with GGUFFile.open(smollm2_path) as ours:
-        yield ours, gguf.GGUFReader(smollm2_path)
+        yield ours, smollm2_gguf
 
 
 @pytest.mark.slow  # gguf-py parses the real model (seconds)

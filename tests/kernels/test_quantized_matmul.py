@@ -159,10 +159,8 @@ def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
 
 
 @pytest.mark.slow  # gguf-py reads the whole file
-def test_real_weights_of_the_default_model(smollm2_path):
-    import gguf  # the test extra's independent reader of the raw blocks
-
-    tensors = {t.name: t for t in gguf.GGUFReader(str(smollm2_path)).tensors}
+def test_real_weights_of_the_default_model(smollm2_gguf):
+    tensors = {t.name: t for t in smollm2_gguf.tensors}  # the test extra's independent reader of the raw blocks
     rng = np.random.default_rng(8)
     for name, rows in [("blk.0.attn_q.weight", None), ("blk.0.ffn_down.weight", None), ("token_embd.weight", 1000)]:
         tensor = tensors[name]

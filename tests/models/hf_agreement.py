@@ -31,12 +31,13 @@ def agreements(models, reference_logits, hf_tokenizer, texts=TEXTS) -> list[tupl
         ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) >= MIN_POSITIONS
         reference = torch.as_tensor(reference_logits(ids))  # (T, vocab); ours are numpy arrays, HF's tensors
+        reference_top = reference.argmax(-1)
         for i, model in enumerate(models):
             ours = torch.from_numpy(model.logits(ids))  # (T, vocab)
-            diff = (ours - reference).abs()
+            agree[i] += (ours.argmax(-1) == reference_top).sum().item()
+            diff = (ours - reference).abs_()  # one copy, not two: with a 262k vocabulary each is ~1 GB
             max_diff[i] = max(max_diff[i], diff.max().item())
             diff_sum[i] += diff.mean().item() * len(ids)
-            agree[i] += (ours.argmax(-1) == reference.argmax(-1)).sum().item()
         total += len(ids)
     results = [(a / total, m, d / total) for a, m, d in zip(agree, max_diff, diff_sum)]
     for top1, most, mean in results:

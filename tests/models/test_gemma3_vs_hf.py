@@ -3,7 +3,7 @@
 The same figures as the llama tests: the reference path matches transformers tightly, the fast path
 (int8 activations per block, Q5_0 weights widened to Q8_0) picks the same top token almost everywhere.
 One text is longer than the 512-token sliding window, so the local layers' windows are exercised.
-(Transformers takes about a minute to load this model: its 262k-token vocabulary.)
+(Transformers takes ~20 s to load this model: its 262k-token vocabulary.)
 """
 
 import pytest
@@ -12,7 +12,7 @@ from hf_agreement import TEXTS, agreements, hf_logits
 
 import deeproots
 
-pytestmark = pytest.mark.slow  # transformers' Gemma 3 (about a minute to load)
+pytestmark = pytest.mark.slow  # transformers' Gemma 3 (~20 s to load)
 
 PROMPT = "The three primary colors are"
 GREEDY_TOKENS = 32

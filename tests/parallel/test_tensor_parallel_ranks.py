@@ -29,8 +29,18 @@ def single(smollm2_path):
     return deeproots.load(smollm2_path, context=512, threads=1)
 
 
+@pytest.fixture(scope="module")
+def tp2(smollm2_path):
+    model = deeproots.load(smollm2_path, context=512, threads=1, tp=2)
+    yield model
+    model.close()
+
+
 @pytest.fixture(scope="module", params=[2, 4])
-def parallel(request, smollm2_path):
+def parallel(request, smollm2_path, tp2):
+    if request.param == 2:  # the engine test's ranks too: one start-up fewer
+        yield tp2
+        return
     model = deeproots.load(smollm2_path, context=512, threads=1, tp=request.param)
     yield model
     model.close()
@@ -41,19 +51,25 @@ def test_logits_are_bit_identical_to_one_process(single, parallel):
     np.testing.assert_array_equal(parallel.logits(ids), single.logits(ids))
 
 
-def test_greedy_text_is_identical_for_64_tokens(single, parallel):
+# Tokens decoded after the 37-token prompt. Four ranks on a 2-core machine take ~0.45 s a token (every collective
+# waits for all four to be scheduled), so they decode 28 (to position 65); two ranks decode 64.
+GREEDY_TOKENS = {2: 64, 4: 28}
+
+
+def test_greedy_text_is_identical_to_one_process(single, parallel, request):
+    tokens = GREEDY_TOKENS[request.node.callspec.params["parallel"]]
     messages = [{"role": "user", "content": QUESTIONS[1]}]
-    text = single.chat(messages, max_tokens=64, temperature=0)
-    assert len(single.tokenize(text)) >= 60  # not cut short by an end of turn
-    assert parallel.chat(messages, max_tokens=64, temperature=0) == text
+    text = single.chat(messages, max_tokens=tokens, temperature=0)
+    assert len(single.tokenize(text)) >= tokens - 4  # not cut short by an end of turn
+    assert parallel.chat(messages, max_tokens=tokens, temperature=0) == text
 
 
-def test_megatron_sum_stays_within_the_fast_paths_own_distance_from_the_reference(smollm2_path, single):
-    reference = deeproots.load(smollm2_path, context=512, reference=True)
+def test_megatron_sum_stays_within_the_fast_paths_own_distance_from_the_reference(smollm2_path, single,
+                                                                                  smollm2_reference):
     model = deeproots.load(smollm2_path, context=512, threads=1, tp=2, tp_reduction="sum")
     try:
         ids = single.tokenize(TEXT)
-        fast, summed, exact = single.logits(ids), model.logits(ids), reference.logits(ids)
+        fast, summed, exact = single.logits(ids), model.logits(ids), smollm2_reference.logits(ids)
     finally:
         model.close()
     own = np.abs(fast - exact).max()  # the int8-activation kernels against float32 numpy
@@ -65,25 +81,22 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age"], "additionalProperties": False}
 
 
-def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, smollm2_path):
+def test_the_engine_batches_and_constrains_under_tensor_parallelism(single, tp2):
     """Three sequences decoded together, one under a JSON schema, give the tokens and logprobs one process gives."""
-    model = deeproots.load(smollm2_path, context=512, threads=1, tp=2)
+    model = tp2
     grammar = GrammarCompiler(model.tokenizer, model.config.vocab_size).json_schema(SCHEMA)
     results = {}
-    try:
-        for name, loaded in (("single", single.loaded), ("tp", model.loaded)):
-            engine = Engine(loaded, EngineConfig(max_running=4, max_queue=8)).start()
-            collectors = [Collector() for _ in QUESTIONS]
-            for index, (question, collector) in enumerate(zip(QUESTIONS, collectors)):
-                ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
-                                     add_bos=False, parse_special=True)
-                engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), 48, collector,
-                                                constraint=grammar.constraint if index == 0 else None,
-                                                top_logprobs=0))
-            results[name] = [(collector.wait()[0], collector.logprobs()) for collector in collectors]
-            engine.stop()
-    finally:
-        model.close()
+    for name, loaded in (("single", single.loaded), ("tp", model.loaded)):
+        engine = Engine(loaded, EngineConfig(max_running=4, max_queue=8)).start()
+        collectors = [Collector() for _ in QUESTIONS]
+        for index, (question, collector) in enumerate(zip(QUESTIONS, collectors)):
+            ids = model.tokenize(model.apply_chat_template([{"role": "user", "content": question}]),
+                                 add_bos=False, parse_special=True)
+            engine.submit(GenerationRequest(ids, SamplingParams(temperature=0.0), 48, collector,
+                                            constraint=grammar.constraint if index == 0 else None,
+                                            top_logprobs=0))
+        results[name] = [(collector.wait()[0], collector.logprobs()) for collector in collectors]
+        engine.stop()
     jsonschema.validate(json.loads(results["tp"][0][0]), SCHEMA)
     assert results["tp"] == results["single"]
 

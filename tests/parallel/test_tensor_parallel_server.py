@@ -32,6 +32,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def decoding(url: str, requests: int) -> bool:
+    """Every request admitted and a few tokens of each generated (the server's /metrics)."""
+    lines = httpx.get(url + "/metrics", timeout=5).text.splitlines()
+    value = lambda name: sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+    return (value("deeproots_running_sequences") == requests
+            and value("deeproots_generation_tokens_total") >= 4 * requests)
+
+
 @pytest.mark.parametrize("split, requests", [("--tp", 1), ("--pp", 2)])
 def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_path, tmp_path, split, requests):
     port = free_port()
@@ -57,7 +65,9 @@ def test_a_rank_killed_mid_request_gives_503_and_the_server_stays_up(smollm2_pat
             httpx.post(url + "/v1/chat/completions", json=body, timeout=120))) for _ in range(requests)]
         for thread in threads:
             thread.start()
-        time.sleep(2.0)  # decoding by now
+        while not decoding(url, requests):
+            assert time.time() < deadline, log_path.read_text()
+            time.sleep(0.05)
         os.kill(follower, signal.SIGKILL)
         killed = time.time()
         for thread in threads:

@@ -151,8 +151,8 @@ def test_reads_a_memmap(tmp_path):
 
 
 @pytest.mark.slow  # 272 tensors through gguf-py's dequantizer
-def test_every_tensor_of_the_default_model_matches_gguf(smollm2_path):
-    reader = gguf.GGUFReader(smollm2_path)
+def test_every_tensor_of_the_default_model_matches_gguf(smollm2_gguf):
+    reader = smollm2_gguf
     seen = set()
     for tensor in reader.tensors:
         ggml_type = GGMLType(int(tensor.tensor_type))

@@ -220,9 +220,9 @@ def test_kill_9_during_writes_loses_nothing_committed(smollm2_path, tmp_path):
 
 
 
-def test_model_info_is_what_the_file_says(server, smollm2_path):
+def test_model_info_is_what_the_file_says(server, smollm2_path, smollm2_gguf):
     import gguf  # llama.cpp's own reader (the test extra): the independent account of the file
-    reader = gguf.GGUFReader(smollm2_path)
+    reader = smollm2_gguf
     field = lambda key: reader.fields[key].contents()
     info = ok(httpx.get(server.url + "/api/model", headers=server.headers))
     assert info["architecture"] == field("general.architecture") == "llama"

@@ -3,7 +3,6 @@ streamed), tools, format, think, embed, show, version, and errors in Ollama's sh
 
 import json
 
-import gguf
 import httpx
 import jsonschema
 import numpy as np
@@ -32,8 +31,8 @@ def test_version(client):
     assert client._request_raw("GET", "/api/version").json()["version"].count(".") == 2
 
 
-def test_show_describes_the_file(client, smollm2_path):
-    reader = gguf.GGUFReader(smollm2_path)
+def test_show_describes_the_file(client, smollm2_gguf):
+    reader = smollm2_gguf
     architecture = reader.fields["general.architecture"].contents()
     shown = client.show(MODEL)
     assert shown.details.family == architecture and shown.details.format == "gguf"

@@ -4,7 +4,6 @@ did-you-mean, /v1/models/{id}; Ollama's /api/tags and /api/ps read with the offi
 against the files (hashlib, the `gguf` package); a model reloaded after its idle timeout; the memory budget evicting
 the least recently used model (and SIGTERM with two models loaded); `deeproots ps` as a subprocess."""
 
-import functools
 import hashlib
 import os
 import shutil
@@ -44,11 +43,9 @@ def wait_for(condition, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-@functools.cache  # the gguf package reads Gemma's 262k-token vocabulary in ~20 s
-def expected_memory(path) -> int:
+def expected_memory(reader: gguf.GGUFReader) -> int:
     """Weights (the tensors' bytes) + f16 KV for the engine's budget (parallel x ctx) and the prefix cache (ctx),
-    from the gguf package's reader."""
-    reader = gguf.GGUFReader(path)
+    from the gguf package's reader (the session's: it parses Gemma's 262k-token vocabulary in ~9 s)."""
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
 
     def number(key: str) -> int:
@@ -126,11 +123,11 @@ def test_ollama_tags_list_the_stored_models_as_their_files_are(server, gemma3_pa
     assert abs(gemma.modified_at.timestamp() - os.path.getmtime(gemma3_path)) < 1
 
 
-def test_ollama_ps_lists_the_loaded_models_with_their_memory(server, client, smollm2_path):
+def test_ollama_ps_lists_the_loaded_models_with_their_memory(server, client, smollm2_gguf):
     answer(client, SMOLLM2)
     running = {model.model: model for model in ollama.Client(host=server.url, headers=server.headers).ps().models}
     smollm2 = running[SMOLLM2]
-    assert smollm2.size == expected_memory(smollm2_path) and smollm2.size_vram == 0
+    assert smollm2.size == expected_memory(smollm2_gguf) and smollm2.size_vram == 0
     assert smollm2.context_length == CTX
     assert smollm2.expires_at > datetime(9000, 1, 1, tzinfo=timezone.utc)  # --keep-alive -1: never
 
@@ -180,8 +177,9 @@ def smollm2_copy(smollm2_path, tmp_path_factory):
     return path
 
 
-def test_past_the_memory_budget_the_least_recently_used_model_is_unloaded(smollm2_path, gemma3_path, smollm2_copy):
-    smollm2, gemma = expected_memory(smollm2_path), expected_memory(gemma3_path)
+def test_past_the_memory_budget_the_least_recently_used_model_is_unloaded(smollm2_path, smollm2_gguf, gemma3_gguf,
+                                                                           smollm2_copy):
+    smollm2, gemma = expected_memory(smollm2_gguf), expected_memory(gemma3_gguf)
     budget = 2 * smollm2 + gemma - 1  # any two fit, never all three
     assert budget > smollm2 + gemma
     server = LiveServer(smollm2_path, "-m", str(smollm2_copy), "--parallel", str(PARALLEL), "--keep-alive", "-1",
@@ -201,9 +199,10 @@ def test_past_the_memory_budget_the_least_recently_used_model_is_unloaded(smollm
         server.stop()
 
 
-def test_a_model_larger_than_the_budget_alone_is_refused_naming_it_and_the_budget(smollm2_path, gemma3_path):
-    budget = expected_memory(smollm2_path) + 1  # the default fits, Gemma never does
-    assert expected_memory(gemma3_path) > budget
+def test_a_model_larger_than_the_budget_alone_is_refused_naming_it_and_the_budget(smollm2_path, smollm2_gguf,
+                                                                                 gemma3_gguf):
+    budget = expected_memory(smollm2_gguf) + 1  # the default fits, Gemma never does
+    assert expected_memory(gemma3_gguf) > budget
     server = LiveServer(smollm2_path, "--parallel", str(PARALLEL), "--max-memory", str(budget))
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)

@@ -14,9 +14,8 @@ from deeproots.formats.gguf import GGUFFile
 from deeproots.limits import INT8_OPS_PER_CYCLE, Peak, int8_peak, traffic
 
 
-def gguf_counts(path):
+def gguf_counts(reader: GGUFReader):
     """(decode weight bytes, prefill matrix ops, output projection ops, (layers, kv heads, head dim)) from gguf-py."""
-    reader = GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
     embedding = tensors["token_embd.weight"]
     output = tensors.get("output.weight", embedding)  # tied: the embedding is the output projection
@@ -50,8 +49,8 @@ def our_traffic(path):
     return traffic(path, config)
 
 
-def check_against_gguf(path):
-    weight_bytes, matrix_ops, output_ops, (layers, kv_heads, head_dim) = gguf_counts(path)
+def check_against_gguf(path, reader: GGUFReader):
+    weight_bytes, matrix_ops, output_ops, (layers, kv_heads, head_dim) = gguf_counts(reader)
     ours = our_traffic(path)
     assert (ours.decode_weight_bytes, ours.prefill_matrix_ops, ours.output_ops) == (weight_bytes, matrix_ops,
                                                                                     output_ops)
@@ -62,17 +61,18 @@ def check_against_gguf(path):
 
 
 @pytest.mark.slow  # gguf-py reads the 49,152-token vocabulary in seconds
-def test_traffic_of_the_default_model_matches_gguf(smollm2_path):
+def test_traffic_of_the_default_model_matches_gguf(smollm2_path, smollm2_gguf):
     """Tied embeddings: the whole embedding is read as the output projection."""
-    check_against_gguf(smollm2_path)
+    check_against_gguf(smollm2_path, smollm2_gguf)
 
 
 @pytest.mark.slow  # converts a tiny transformers checkpoint
 def test_traffic_of_a_mixture_of_experts_matches_gguf(tiny_q4_0):
     """OLMoE: an output tensor of its own, 2 of 8 experts read per token."""
     path = tiny_q4_0("olmoe")  # the MoE tests convert it too
-    check_against_gguf(path)
-    assert "output.weight" in {t.name for t in GGUFReader(str(path)).tensors}
+    reader = GGUFReader(str(path))
+    check_against_gguf(path, reader)
+    assert "output.weight" in {t.name for t in reader.tensors}
 
 
 def test_int8_peak_is_cores_times_clock_times_ops_per_cycle():
@@ -84,14 +84,14 @@ def test_int8_peak_is_cores_times_clock_times_ops_per_cycle():
 
 
 @pytest.mark.slow  # a whole-model bench in a subprocess
-def test_bench_json_rows_hold_their_bound(smollm2_path):
+def test_bench_json_rows_hold_their_bound(smollm2_path, smollm2_gguf):
     n_prompt, n_gen = 32, 8
     result = subprocess.run(
         [sys.executable, "-m", "deeproots.cli", "bench", "-m", str(smollm2_path), "-p", str(n_prompt), "-n",
          str(n_gen), "-r", "2", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    weight_bytes, matrix_ops, output_ops, (layers, kv_heads, head_dim) = gguf_counts(smollm2_path)
+    weight_bytes, matrix_ops, output_ops, (layers, kv_heads, head_dim) = gguf_counts(smollm2_gguf)
     bandwidth = report["read_bandwidth_gbs"]
     # 3 reads before the engines, one after each of the 2 decode repetitions, 3 after
     assert len(report["read_bandwidth_samples"]) == 3 + 2 + 3 and 0.5 < bandwidth < 5000
