@@ -3,6 +3,7 @@
 import functools
 from pathlib import Path
 
+import gguf  # llama.cpp's own reader, from the test extra: an independent reference
 import pytest
 
 from deeproots.store import DEFAULT_MODEL, ModelStore
@@ -18,15 +19,14 @@ def smollm2_metadata(smollm2_path) -> dict:
     """The default model's GGUF metadata, read with our reader."""
     from deeproots.formats.gguf import GGUFFile
 
-    with GGUFFile.open(smollm2_path) as gguf:
-        return gguf.metadata
+    with GGUFFile.open(smollm2_path) as model_file:
+        return model_file.metadata
 
 
 def load_hf_from_gguf(path: Path, reader):
     """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference.
     `reader`: the gguf package's reader already parsed on that file."""
     transformers = pytest.importorskip("transformers")
-    import gguf
     import torch
 
     folder, name = str(path.parent), path.name
@@ -47,7 +47,7 @@ def load_hf_from_gguf(path: Path, reader):
 @pytest.fixture(scope="session")
 def smollm2_gguf(smollm2_path):
     """The gguf package's (llama.cpp's) reader on the default model, parsed once: the file as llama.cpp reads it."""
-    return pytest.importorskip("gguf").GGUFReader(smollm2_path)
+    return gguf.GGUFReader(smollm2_path)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +71,7 @@ def deepseek_r1_head_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma3_gguf(gemma3_path):
     """The gguf package's reader on Gemma 3 270M, parsed once (~9 s: its 262k-token vocabulary)."""
-    return pytest.importorskip("gguf").GGUFReader(gemma3_path)
+    return gguf.GGUFReader(gemma3_path)
 
 
 @pytest.fixture(scope="session")
