@@ -222,14 +222,15 @@ def test_stop_button_regenerate_and_edit_make_branches(browser, server):
     assert conversation(server, conversation_id)["current_leaf"] == first["id"]
 
     page.click(".message.user .edit-message")
-    page.fill(".message.user .edit textarea", "Name a fruit.")
-    set_settings(page, temperature=1.0, max_tokens=300)
+    edited = "Write a very long story about a fruit."  # long, so the answer is still streaming when Stop is pressed
+    page.fill(".message.user .edit textarea", edited)
+    set_settings(page, temperature=0.8, max_tokens=600)
     page.click(".message.user .save-edit")
-    page.wait_for_selector(STREAMING)
+    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > 20")
     page.click("#stop")
     wait_idle(page)
     path = shown_path(server, conversation_id)
-    assert [m["content"] for m in path][:1] == ["Name a fruit."] and path[-1]["meta"]["stopped"] is True
+    assert [m["content"] for m in path][:1] == [edited] and path[-1]["meta"]["stopped"] is True
     assert page.text_content(".message.user .branch-count").strip() == "2/2"
     assert len(conversation(server, conversation_id)["messages"]) == 5  # 2 questions, 3 answers
     assert not page.errors

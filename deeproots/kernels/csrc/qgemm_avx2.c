@@ -183,8 +183,58 @@ INLINE void tile(const int type, const int tt, const uint8_t *w, int h, const ac
         _mm256_maskstore_ps(out + (t0 + t) * N, rows, acc[t]);
 }
 
+/* Bytes of the weight stream requested ahead of the block in use (a build may set another, to compare). */
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 4096
+#endif
+
+/* Request the bytes PREFETCH_AHEAD past block b of a group: a group's bytes are one stream, and the groups of a part
+ * follow each other, so the tail of one group requests the head of the next. */
+INLINE void prefetch_ahead(const uint8_t *w, int64_t b, int64_t block_bytes)
+{
+    const char *p = (const char *)w + b * block_bytes + PREFETCH_AHEAD;
+    for (int64_t i = 0; i < block_bytes; i += 64)
+        _mm_prefetch(p + i, _MM_HINT_T0);
+}
+
+/* Decode-sized calls: both halves of a group in one pass over its blocks, so each 64-byte vector is used whole as it
+ * arrives from memory (tile() per half reads the group twice, the memory idle during the second pass), with the
+ * stream prefetched ahead. Each output's arithmetic is tile()'s, in the same order: the same bits. */
+#define WHOLE_TILE 2 /* tokens: 2 halves x 2 accumulators beside a block's 8 unpacked vectors */
+
+INLINE void tile_whole_group(const int type, const int tt, const uint8_t *w, const act_t *a, int64_t t0, float *out,
+                             int64_t N, __m256i rows0, __m256i rows1, int64_t block_bytes)
+{
+    __m256 acc[2][WHOLE_TILE];
+    for (int h = 0; h < 2; h++)
+        for (int t = 0; t < tt; t++)
+            acc[h][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a->nb; b++) {
+        prefetch_ahead(w, b, block_bytes);
+        for (int h = 0; h < 2; h++) {
+            wblock_t wb;
+            load_block(type, w, b, h, &wb);
+            for (int t = 0; t < tt; t++)
+                acc[h][t] = block_dot(type, &wb, a, (t0 + t) * a->nb + b, acc[h][t]);
+        }
+    }
+    for (int t = 0; t < tt; t++) {
+        _mm256_maskstore_ps(out + (t0 + t) * N, rows0, acc[0][t]);
+        _mm256_maskstore_ps(out + (t0 + t) * N + HALF, rows1, acc[1][t]);
+    }
+}
+
 #define TILE_CASE(n)                                                                                                  \
     case n: tile(type, n, wg, h, a, t0, out + g * ROWS + h * HALF, N, rows); break;
+
+#define WHOLE_CASE(n)                                                                                                 \
+    case n: tile_whole_group(type, n, wg, a, t0, out + g * ROWS, N, rows0, rows1, gbytes / a->nb); break;
+
+/* The mask of the first `left` of a half's 8 rows (none when left <= 0). */
+INLINE __m256i half_rows(int64_t left, __m256i lanes)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 0 ? 0 : left < HALF ? left : HALF)), lanes);
+}
 
 INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out)
 {
@@ -192,11 +242,17 @@ INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *wg = w + g * gbytes;
+        if (a->T <= WHOLE_TILE) { /* decode */
+            const __m256i rows0 = half_rows(N - g * ROWS, lanes), rows1 = half_rows(N - g * ROWS - HALF, lanes);
+            const int64_t t0 = 0;
+            switch (a->T) { WHOLE_CASE(1) WHOLE_CASE(2) }
+            continue;
+        }
         for (int h = 0; h < 2; h++) {
             const int64_t left = N - g * ROWS - h * HALF;
             if (left <= 0)
                 break;
-            const __m256i rows = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < HALF ? left : HALF)), lanes);
+            const __m256i rows = half_rows(left, lanes);
             for (int64_t t0 = 0; t0 < a->T; t0 += TILE)
                 switch (a->T - t0 < TILE ? a->T - t0 : TILE) { TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) }
         }
