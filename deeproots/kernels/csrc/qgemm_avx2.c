@@ -183,19 +183,13 @@ INLINE void tile(const int type, const int tt, const uint8_t *w, int h, const ac
         _mm256_maskstore_ps(out + (t0 + t) * N, rows, acc[t]);
 }
 
-/* Bytes of the weight stream requested ahead of the block in use (a build may set another, to compare). */
+/* Bytes of the weight stream requested ahead (see prefetch.h): on Zen 2, 4 KiB reads at or above 2 KiB and 1 KiB
+ * (docs/benchmarks.md, "AVX2 decode products"). */
 #ifndef PREFETCH_AHEAD
 #define PREFETCH_AHEAD 4096
 #endif
 
-/* Request the bytes PREFETCH_AHEAD past block b of a group: a group's bytes are one stream, and the groups of a part
- * follow each other, so the tail of one group requests the head of the next. */
-INLINE void prefetch_ahead(const uint8_t *w, int64_t b, int64_t block_bytes)
-{
-    const char *p = (const char *)w + b * block_bytes + PREFETCH_AHEAD;
-    for (int64_t i = 0; i < block_bytes; i += 64)
-        _mm_prefetch(p + i, _MM_HINT_T0);
-}
+#include "prefetch.h"
 
 /* Decode-sized calls: both halves of a group in one pass over its blocks, so each 64-byte vector is used whole as it
  * arrives from memory (tile() per half reads the group twice, the memory idle during the second pass), with the

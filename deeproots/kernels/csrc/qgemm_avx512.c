@@ -173,14 +173,7 @@ INLINE __m512 block_dot(const int type, const wblock_t *wb, const act_t *a, int6
 #define PREFETCH_AHEAD 2048
 #endif
 
-/* Request the bytes PREFETCH_AHEAD past block b of a group into L1: a group's bytes are one stream, and the groups
- * of a part follow each other, so the tail of one group requests the head of the next. */
-INLINE void prefetch_ahead(const uint8_t *w, int64_t b, int64_t block_bytes)
-{
-    const char *p = (const char *)w + b * block_bytes + PREFETCH_AHEAD;
-    for (int64_t i = 0; i < block_bytes; i += 64)
-        _mm_prefetch(p + i, _MM_HINT_T0);
-}
+#include "prefetch.h"
 
 /* Tokens [t0, t0 + tt) against one group w; out points at the group's first column. block_bytes: the group's bytes
  * per 32-value block (a k-quant's super-block shared among its 8). */
