@@ -6,12 +6,14 @@ from test_cli import deeproots
 
 pytestmark = pytest.mark.slow  # CLI processes on the real model
 
-PROMPT = ("Here is a list: red apples, green pears, yellow bananas, purple plums.\n\n"
-          "Repeat the list above exactly.")
+# Code to give back whole: the answer copies the prompt whatever the CPU kernels (a list to repeat was answered in
+# other words on AVX2 builds, with no draft accepted).
+PROMPT = ("Fix the typo in this code and print it whole:\n"
+          "def add_numbers(first, second):\n    reslt = first + second\n    return reslt")
 
 
 def test_lookup_gives_the_plain_text_and_reports_its_drafts(smollm2_path):
-    common = ["run", "-m", str(smollm2_path), "--temperature", "0", "--max-tokens", "32", "--verbose", PROMPT]
+    common = ["run", "-m", str(smollm2_path), "--temperature", "0", "--max-tokens", "64", "--verbose", PROMPT]
     plain, drafted = deeproots(*common), deeproots(*common, "--spec", "lookup", "--draft-max", "4")
     assert plain.returncode == drafted.returncode == 0, drafted.stderr
     assert drafted.stdout == plain.stdout

@@ -16,7 +16,8 @@ from deeproots.parallel.pipeline import split_layers
 from deeproots.sampling import SamplingParams
 
 TEXT = "The history of the Roman Empire spans many centuries, from the founding of the city to the fall of"
-QUESTION = [{"role": "user", "content": "Write a haiku about roots."}]
+# A story runs the whole greedy length whatever the CPU kernels (a haiku ends after ~22 tokens on AVX2 builds)
+QUESTION = [{"role": "user", "content": "Write a long story about a dragon."}]
 QUESTIONS = ["What is the capital of France?", "Write a haiku about roots.", "Name three rivers.",
              "Tell me a joke.", "Who wrote Hamlet?"]
 # Greedy tokens decoded by stages of one rank, and of two tensor-parallel ranks each: four ranks on a 2-core machine

@@ -58,7 +58,8 @@ GREEDY_TOKENS = {2: 64, 4: 28}
 
 def test_greedy_text_is_identical_to_one_process(single, parallel, request):
     tokens = GREEDY_TOKENS[request.node.callspec.params["parallel"]]
-    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    # a story runs the whole greedy length whatever the CPU kernels (a haiku ends after ~22 tokens on AVX2 builds)
+    messages = [{"role": "user", "content": "Write a long story about a dragon."}]
     text = single.chat(messages, max_tokens=tokens, temperature=0)
     assert len(single.tokenize(text)) >= tokens - 4  # not cut short by an end of turn
     assert parallel.chat(messages, max_tokens=tokens, temperature=0) == text
