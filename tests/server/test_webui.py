@@ -171,8 +171,13 @@ def start_long_answer(browser, server, prompt: str, shown_chars: int):
     set_settings(page, temperature=0.8, max_tokens=600)
     page.fill("#prompt", prompt)
     page.press("#prompt", "Enter")
-    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > {shown_chars}")
+    wait_streaming(page, shown_chars)
     return page
+
+
+def wait_streaming(page, shown_chars: int) -> None:
+    """Until the streaming answer shows more than `shown_chars` characters."""
+    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > {shown_chars}")
 
 
 def test_escape_stops_mid_stream_and_keeps_what_arrived(browser, server):
@@ -226,7 +231,7 @@ def test_stop_button_regenerate_and_edit_make_branches(browser, server):
     page.fill(".message.user .edit textarea", edited)
     set_settings(page, temperature=0.8, max_tokens=600)
     page.click(".message.user .save-edit")
-    page.wait_for_function(f"() => document.querySelector('{STREAMING}')?.textContent.length > 20")
+    wait_streaming(page, 20)
     page.click("#stop")
     wait_idle(page)
     path = shown_path(server, conversation_id)

@@ -196,8 +196,8 @@ INLINE void tile(const int type, const int tt, const uint8_t *w, int h, const ac
  * stream prefetched ahead. Each output's arithmetic is tile()'s, in the same order: the same bits. */
 #define WHOLE_TILE 2 /* tokens: 2 halves x 2 accumulators beside a block's 8 unpacked vectors */
 
-INLINE void tile_whole_group(const int type, const int tt, const uint8_t *w, const act_t *a, int64_t t0, float *out,
-                             int64_t N, __m256i rows0, __m256i rows1, int64_t block_bytes)
+INLINE void tile_whole_group(const int type, const int tt, const uint8_t *w, const act_t *a, float *out, int64_t N,
+                             __m256i rows0, __m256i rows1, int64_t block_bytes)
 {
     __m256 acc[2][WHOLE_TILE];
     for (int h = 0; h < 2; h++)
@@ -209,12 +209,12 @@ INLINE void tile_whole_group(const int type, const int tt, const uint8_t *w, con
             wblock_t wb;
             load_block(type, w, b, h, &wb);
             for (int t = 0; t < tt; t++)
-                acc[h][t] = block_dot(type, &wb, a, (t0 + t) * a->nb + b, acc[h][t]);
+                acc[h][t] = block_dot(type, &wb, a, t * a->nb + b, acc[h][t]);
         }
     }
     for (int t = 0; t < tt; t++) {
-        _mm256_maskstore_ps(out + (t0 + t) * N, rows0, acc[0][t]);
-        _mm256_maskstore_ps(out + (t0 + t) * N + HALF, rows1, acc[1][t]);
+        _mm256_maskstore_ps(out + t * N, rows0, acc[0][t]);
+        _mm256_maskstore_ps(out + t * N + HALF, rows1, acc[1][t]);
     }
 }
 
@@ -222,7 +222,7 @@ INLINE void tile_whole_group(const int type, const int tt, const uint8_t *w, con
     case n: tile(type, n, wg, h, a, t0, out + g * ROWS + h * HALF, N, rows); break;
 
 #define WHOLE_CASE(n)                                                                                                 \
-    case n: tile_whole_group(type, n, wg, a, t0, out + g * ROWS, N, rows0, rows1, gbytes / a->nb); break;
+    case n: tile_whole_group(type, n, wg, a, out + g * ROWS, N, rows0, rows1, gbytes / a->nb); break;
 
 /* The mask of the first `left` of a half's 8 rows (none when left <= 0). */
 INLINE __m256i half_rows(int64_t left, __m256i lanes)
@@ -238,7 +238,6 @@ INLINE void groups(const int type, const uint8_t *w, int64_t g0, int64_t g1, int
         const uint8_t *wg = w + g * gbytes;
         if (a->T <= WHOLE_TILE) { /* decode */
             const __m256i rows0 = half_rows(N - g * ROWS, lanes), rows1 = half_rows(N - g * ROWS - HALF, lanes);
-            const int64_t t0 = 0;
             switch (a->T) { WHOLE_CASE(1) WHOLE_CASE(2) }
             continue;
         }
