@@ -1,13 +1,16 @@
 """The probes of `deeproots bench`: the read-bandwidth probe reads every byte it is given (its checksum is numpy's),
 the int8 probe does every dot product it counts (its lane sums are the operations), and their rates are plausible."""
 
+import time
+
 import numpy as np
 import pytest
 
 from deeproots.errors import InternalError
-from deeproots.kernels import _cpu, get_num_threads, set_num_threads
+from deeproots.kernels import _cpu, get_num_threads, pack_weight, quantized_linear, set_num_threads
 from deeproots.kernels.bandwidth import read_bandwidth
 from deeproots.kernels.int8_rate import int8_rate
+from deeproots.quant import GGMLType
 
 
 def xor_of_words(buffer: np.ndarray) -> int:
@@ -47,8 +50,9 @@ def test_read_bandwidth_is_plausible():
 @pytest.mark.parametrize("rounds", [0, 1, 1000])
 def test_int8_probe_does_the_operations_it_counts(rounds, threads):
     """Each accumulator lane adds products of 1 x 2, so the lanes' sum is 2 operations per multiply-add done:
-    the AVX-512 build's 16 VPDPBUSD zmm a round (64 multiply-adds each), on every thread."""
-    assert _cpu.INT8_PROBE_OPS_PER_ROUND == {"avx512-vnni": 16 * 64 * 2, "avx2": 8 * 64 * 2, "portable-c": 0}[_cpu.ISA]
+    the AVX-512 build's 16 VPDPBUSD zmm a round (64 multiply-adds each), the AVX2 build's 4 steps of 8 VPMADDUBSW
+    (256 each), on every thread."""
+    assert _cpu.INT8_PROBE_OPS_PER_ROUND == {"avx512-vnni": 16 * 64 * 2, "avx2": 4 * 256 * 2, "portable-c": 0}[_cpu.ISA]
     before = get_num_threads()
     set_num_threads(threads)
     try:
@@ -70,3 +74,31 @@ def test_int8_rate_is_plausible():
         assert len(samples) == 3 and all(1e9 < rate < 1e15 for rate in samples)
     else:
         assert samples == []
+
+
+def test_int8_probe_is_a_rate_the_products_approach():
+    """The probe stands for prefill's bound, so one thread's Q4_0 product of 128 tokens from cache does a fair part
+    of its rate (44-90% on the machines of docs/benchmarks.md; AMX tiles exceed it). An AVX2 probe whose products
+    the compiler had taken out of its loop measured ten times the product's rate."""
+    if not _cpu.INT8_PROBE_OPS_PER_ROUND:
+        pytest.skip("the portable C build has no int8 probe")
+    rng = np.random.default_rng(0)
+    k = n = 1024
+    blocks = rng.integers(0, 256, (n * k // 32, 18), dtype=np.uint8)  # Q4_0: an f16 scale, 16 bytes of nibbles
+    blocks[:, :2] = np.full((len(blocks), 1), 0.01, np.float16).view(np.uint8)
+    weight = pack_weight(blocks.reshape(-1), GGMLType.Q4_0, (k, n))
+    x = rng.standard_normal((128, k)).astype(np.float32)
+    out = np.empty((128, n), np.float32)
+    before = get_num_threads()
+    set_num_threads(1)
+    try:
+        seconds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            quantized_linear(x, weight, out)
+            seconds.append(time.perf_counter() - started)
+        probe_rate = max(int8_rate(rounds=200_000, repetitions=3))
+    finally:
+        set_num_threads(before)
+    product_rate = 2 * 128 * k * n / min(seconds)
+    assert product_rate > 0.2 * probe_rate, (product_rate, probe_rate)

@@ -8,7 +8,7 @@
 /* int8 operations (2 per multiply-add) one probe round does on one thread: 0 where the ISA has no int8 dot product
  * (portable C). */
 extern const int64_t INT8_PROBE_OPS_PER_ROUND;
-#define INT8_PROBE_MAX_ROUNDS (1 << 23) /* the int32 lanes summed over all accumulators gain 128 a round */
+#define INT8_PROBE_MAX_ROUNDS (1 << 23) /* each int32 lane gains at most 128 a round */
 
 /* Each of `threads` parts on the kernel pool runs `rounds` rounds of independent dot-product steps of 1 x 2 products,
  * with no memory traffic. Returns the sum of every accumulator lane, which is exactly the int8 operations done

@@ -1,9 +1,9 @@
 /* AVX2 kernels over the packed layouts of qgemm.h, for machines without AVX-512 VNNI.
  *
  * A 16-row group is taken as two halves of 8 rows (the low and high 32 bytes of each 64-byte vector). Without
- * vpdpbusd, 4 products per row take vpmaddubsw (u8 x s8 -> pairs summed in s16) then vpmaddwd (-> s32). Two steps
- * are summed in s16 first: with weights below 64 and |x| <= 127 that stays below 2 * 2 * 63 * 127 = 32004 < 2^15.
- * Q8_0's weights reach 255 after their offset, so it uses the sign trick on the signed values instead.
+ * vpdpbusd, 4 products per row take vpmaddubsw (u8 x s8 -> pairs summed in s16) then vpmaddwd (-> s32). Up to 8
+ * steps are summed in s16 first, as many as the type's weight range allows (s16_run). Q8_0's weights reach 255 after
+ * their offset, so it uses the sign trick on the signed values instead.
  */
 #include "qgemm.h"
 
@@ -15,10 +15,15 @@
 #define HALF 8 /* rows per half group */
 #define INLINE static inline __attribute__((always_inline))
 
+/* A block's scales for the 8 rows of a half (as in qgemm_avx512.c). */
+typedef struct {
+    __m256 dw, dw2, mw;
+} wscales_t;
+
 /* One unpacked 32-value block of 8 rows: u[k] holds values 4k..4k+3 of each row. */
 typedef struct {
     __m256i u[8];
-    __m256 dw, dw2, mw; /* as in qgemm_avx512.c */
+    wscales_t sc;
 } wblock_t;
 
 INLINE __m256 f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
@@ -36,14 +41,11 @@ INLINE __m256 i8x8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_
 /* Half h of a 64-byte vector. */
 INLINE __m256i half_vector(const uint8_t *p, int h) { return _mm256_loadu_si256((const __m256i *)(p + 32 * h)); }
 
-INLINE void unpack_nibbles(const uint8_t *p, int h, __m256i u[8])
+/* Values 4k..4k+3 of the half's rows from a nibble tile: the low nibbles of vectors 0-3 hold k = 0-3, the high k = 4-7. */
+INLINE __m256i nibbles(const uint8_t *p, int h, int k)
 {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    for (int i = 0; i < 4; i++) {
-        const __m256i v = half_vector(p + 64 * i, h);
-        u[i] = _mm256_and_si256(v, low4);
-        u[i + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-    }
+    const __m256i v = half_vector(p + 64 * (k % 4), h);
+    return _mm256_and_si256(k < 4 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
 }
 
 INLINE __m256i shift_left(__m256i v, int n)
@@ -51,64 +53,73 @@ INLINE __m256i shift_left(__m256i v, int n)
     return n > 0 ? _mm256_slli_epi16(v, n) : n < 0 ? _mm256_srli_epi16(v, -n) : v;
 }
 
-INLINE void add_high_bits(const uint8_t *p, int h, int width, __m256i u[8])
+/* The high bits (`width` of them per value) of step k, in place above its nibbles. */
+INLINE __m256i high_bits(const uint8_t *p, int h, int width, int k)
 {
-    const __m256i mask = _mm256_set1_epi8(width == 1 ? 0x10 : 0x30);
     const int per = 8 / width; /* fields per byte */
-    for (int k = 0; k < 8; k++) {
-        const __m256i v = half_vector(p + 64 * (k / per), h);
-        u[k] = _mm256_or_si256(u[k], _mm256_and_si256(shift_left(v, 4 - width * (k % per)), mask));
-    }
+    const __m256i v = half_vector(p + 64 * (k / per), h);
+    return _mm256_and_si256(shift_left(v, 4 - width * (k % per)), _mm256_set1_epi8(width == 1 ? 0x10 : 0x30));
 }
 
-INLINE void load_block(const int type, const uint8_t *w, int64_t b, int h, wblock_t *wb)
+INLINE wscales_t load_scales(const int type, const uint8_t *w, int64_t b, int h)
 {
+    wscales_t sc;
     switch (type) {
-    case T_Q4_0: {
-        const uint8_t *r = w + b * REC_Q4_0;
-        wb->dw = f16x8(r + 2 * HALF * h);
-        unpack_nibbles(r + F16_ROWS, h, wb->u);
+    case T_Q4_0: sc.dw = f16x8(w + b * REC_Q4_0 + 2 * HALF * h); break;
+    case T_Q4_1:
+        sc.dw = f16x8(w + b * REC_Q4_1 + 2 * HALF * h);
+        sc.mw = f16x8(w + b * REC_Q4_1 + F16_ROWS + 2 * HALF * h);
         break;
-    }
-    case T_Q4_1: {
-        const uint8_t *r = w + b * REC_Q4_1;
-        wb->dw = f16x8(r + 2 * HALF * h);
-        wb->mw = f16x8(r + F16_ROWS + 2 * HALF * h);
-        unpack_nibbles(r + 2 * F16_ROWS, h, wb->u);
-        break;
-    }
-    case T_Q8_0: {
-        const uint8_t *r = w + b * REC_Q8_0;
-        const __m256i offset = _mm256_set1_epi8((char)0x80);
-        wb->dw = f16x8(r + 2 * HALF * h);
-        for (int k = 0; k < 8; k++) /* back to signed values: see block_dot */
-            wb->u[k] = _mm256_xor_si256(half_vector(r + F16_ROWS + 64 * k, h), offset);
-        break;
-    }
+    case T_Q8_0: sc.dw = f16x8(w + b * REC_Q8_0 + 2 * HALF * h); break;
     case T_Q4_K:
     case T_Q5_K: {
-        const int64_t sub = type == T_Q4_K ? SUB_Q4_K : SUB_Q5_K;
-        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q4_K, sub);
+        const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q4_K, type == T_Q4_K ? SUB_Q4_K : SUB_Q5_K);
         const int j = (int)(b % SUBBLOCKS);
-        wb->dw = _mm256_mul_ps(f16x8(s + 2 * HALF * h), u8x8(s + 2 * F16_ROWS + ROWS * j + HALF * h));
-        wb->mw = _mm256_mul_ps(f16x8(s + F16_ROWS + 2 * HALF * h),
-                               u8x8(s + 2 * F16_ROWS + KQ_SCALES + ROWS * j + HALF * h));
-        unpack_nibbles(s + HDR_Q4_K + sub * j, h, wb->u);
-        if (type == T_Q5_K)
-            add_high_bits(s + HDR_Q4_K + sub * j + NIBBLE_TILE, h, 1, wb->u);
+        sc.dw = _mm256_mul_ps(f16x8(s + 2 * HALF * h), u8x8(s + 2 * F16_ROWS + ROWS * j + HALF * h));
+        sc.mw = _mm256_mul_ps(f16x8(s + F16_ROWS + 2 * HALF * h),
+                              u8x8(s + 2 * F16_ROWS + KQ_SCALES + ROWS * j + HALF * h));
         break;
     }
     case T_Q6_K: {
         const uint8_t *s = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q6_K, SUB_Q6_K);
         const int j = (int)(b % SUBBLOCKS);
         const __m256 d = f16x8(s + 2 * HALF * h);
-        wb->dw = _mm256_mul_ps(d, i8x8(s + F16_ROWS + ROWS * (2 * j) + HALF * h));
-        wb->dw2 = _mm256_mul_ps(d, i8x8(s + F16_ROWS + ROWS * (2 * j + 1) + HALF * h));
-        unpack_nibbles(s + HDR_Q6_K + SUB_Q6_K * j, h, wb->u);
-        add_high_bits(s + HDR_Q6_K + SUB_Q6_K * j + NIBBLE_TILE, h, 2, wb->u);
+        sc.dw = _mm256_mul_ps(d, i8x8(s + F16_ROWS + ROWS * (2 * j) + HALF * h));
+        sc.dw2 = _mm256_mul_ps(d, i8x8(s + F16_ROWS + ROWS * (2 * j + 1) + HALF * h));
         break;
     }
     }
+    return sc;
+}
+
+/* u[k] of block b's half h: values 4k..4k+3 of its 8 rows, as unsigned bytes (Q8_0's back to signed: see step). */
+INLINE __m256i weight_step(const int type, const uint8_t *w, int64_t b, int h, int k)
+{
+    switch (type) {
+    case T_Q4_0: return nibbles(w + b * REC_Q4_0 + F16_ROWS, h, k);
+    case T_Q4_1: return nibbles(w + b * REC_Q4_1 + 2 * F16_ROWS, h, k);
+    case T_Q8_0:
+        return _mm256_xor_si256(half_vector(w + b * REC_Q8_0 + F16_ROWS + 64 * k, h), _mm256_set1_epi8((char)0x80));
+    case T_Q4_K:
+    case T_Q5_K: {
+        const int64_t sub = type == T_Q4_K ? SUB_Q4_K : SUB_Q5_K;
+        const uint8_t *q = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q4_K, sub) + HDR_Q4_K + sub * (b % SUBBLOCKS);
+        const __m256i u = nibbles(q, h, k);
+        return type == T_Q5_K ? _mm256_or_si256(u, high_bits(q + NIBBLE_TILE, h, 1, k)) : u;
+    }
+    case T_Q6_K: {
+        const uint8_t *q = w + (b / SUBBLOCKS) * SUPER_BYTES(HDR_Q6_K, SUB_Q6_K) + HDR_Q6_K + SUB_Q6_K * (b % SUBBLOCKS);
+        return _mm256_or_si256(nibbles(q, h, k), high_bits(q + NIBBLE_TILE, h, 2, k));
+    }
+    }
+    return _mm256_setzero_si256();
+}
+
+INLINE void load_block(const int type, const uint8_t *w, int64_t b, int h, wblock_t *wb)
+{
+    wb->sc = load_scales(type, w, b, h);
+    for (int k = 0; k < 8; k++)
+        wb->u[k] = weight_step(type, w, b, h, k);
 }
 
 INLINE __m256i bcast4(const int8_t *p)
@@ -118,66 +129,114 @@ INLINE __m256i bcast4(const int8_t *p)
     return _mm256_set1_epi32(v);
 }
 
-/* Sum over values 4*k0 .. 4*k0 + 15 of u * xq, per row; signed u (Q8_0) via |u| * sign(x, u). */
-INLINE __m256i dot16(const int is_signed, const __m256i u[8], int k0, const int8_t *xq)
+/* One step's products, 4 per row in s16 pairs; signed u (Q8_0) via |u| * sign(x, u). */
+INLINE __m256i step(const int type, __m256i u, const int8_t *x4)
 {
-    __m256i acc = _mm256_setzero_si256();
-    for (int k = k0; k < k0 + 4; k += 2) {
-        __m256i p[2];
-        for (int i = 0; i < 2; i++) {
-            const __m256i x = bcast4(xq + 4 * (k + i));
-            p[i] = is_signed ? _mm256_maddubs_epi16(_mm256_sign_epi8(u[k + i], u[k + i]), _mm256_sign_epi8(x, u[k + i]))
-                             : _mm256_maddubs_epi16(u[k + i], x);
-        }
-        /* Q8_0 pairs can reach 2 * 128 * 127: widen each step before adding */
-        acc = is_signed ? _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(p[0], _mm256_set1_epi16(1)),
-                                                                 _mm256_madd_epi16(p[1], _mm256_set1_epi16(1))))
-                        : _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_set1_epi16(1)));
-    }
-    return acc;
+    const __m256i x = bcast4(x4);
+    return type == T_Q8_0 ? _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(x, u))
+                          : _mm256_maddubs_epi16(u, x);
 }
 
-INLINE __m256 block_dot(const int type, const wblock_t *wb, const act_t *a, int64_t tb, __m256 acc)
+INLINE __m256i widen(__m256i sum16) { return _mm256_madd_epi16(sum16, _mm256_set1_epi16(1)); }
+
+/* Steps summed in s16 before each widening to s32: as many as stay below 2^15 for the type's weights, each step's
+ * pair reaching 2 * max(u) * 127 (Q8_0's signed pairs 2 * 128 * 127 take one each). The widening vpmaddwd shares the
+ * multiplier with vpmaddubsw (one such port on Zen 2), so fewer of them is more of prefill's speed. Integer sums are
+ * exact: any grouping gives the same s32. */
+INLINE int s16_run(const int type)
 {
-    const int8_t *xq = a->q + tb * QBLOCK;
-    const int is_signed = type == T_Q8_0;
-    const __m256i lo = dot16(is_signed, wb->u, 0, xq), hi = dot16(is_signed, wb->u, 4, xq);
+    switch (type) {
+    case T_Q4_0:
+    case T_Q4_1:
+    case T_Q4_K: return 8; /* 8 x 2 x 15 x 127 = 30480 */
+    case T_Q5_K: return 4; /* 4 x 2 x 31 x 127 = 31496 */
+    case T_Q6_K: return 2; /* 2 x 2 x 63 x 127 = 32004 */
+    }
+    return 1;
+}
+
+/* Steps per scale: Q6_K's two 16-value halves have their own. */
+INLINE int scale_span(const int type) { return type == T_Q6_K ? 4 : 8; }
+
+/* acc + the float terms of block tb from the integer sum of the steps of one scale span (`part` 0 or 1 of Q6_K's,
+ * the whole block otherwise). */
+INLINE __m256 fold(const int type, const wscales_t *sc, const act_t *a, int64_t tb, __m256i dot, int part, __m256 acc)
+{
     const __m256 dx = _mm256_set1_ps(a->d[tb]);
     switch (type) {
-    case T_Q8_0: return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), _mm256_mul_ps(wb->dw, dx), acc);
+    case T_Q8_0: return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sc->dw, dx), acc);
     case T_Q4_0: {
-        const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(lo, hi),
-                                              _mm256_set1_epi32(8 * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(wb->dw, dx), acc);
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc->dw, dx), acc);
     }
     case T_Q4_1:
     case T_Q4_K:
     case T_Q5_K: {
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), _mm256_mul_ps(wb->dw, dx), acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sc->dw, dx), acc);
         const __m256 sx = _mm256_set1_ps(a->s[tb]);
-        return type == T_Q4_1 ? _mm256_fmadd_ps(wb->mw, sx, acc) : _mm256_fnmadd_ps(wb->mw, sx, acc);
+        return type == T_Q4_1 ? _mm256_fmadd_ps(sc->mw, sx, acc) : _mm256_fnmadd_ps(sc->mw, sx, acc);
     }
     case T_Q6_K: {
-        const __m256i lo32 = _mm256_sub_epi32(lo, _mm256_set1_epi32(32 * a->sq[2 * tb]));
-        const __m256i hi32 = _mm256_sub_epi32(hi, _mm256_set1_epi32(32 * a->sq[2 * tb + 1]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo32), _mm256_mul_ps(wb->dw, dx), acc);
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi32), _mm256_mul_ps(wb->dw2, dx), acc);
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(32 * a->sq[2 * tb + part]));
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(part ? sc->dw2 : sc->dw, dx), acc);
     }
     }
     return acc;
 }
 
+/* acc + block tb's dot with an unpacked block, scale span by scale span. */
+INLINE __m256 block_dot(const int type, const wblock_t *wb, const act_t *a, int64_t tb, __m256 acc)
+{
+    const int8_t *xq = a->q + tb * QBLOCK;
+    const int run = s16_run(type), span = scale_span(type);
+    for (int k0 = 0; k0 < 8; k0 += span) {
+        __m256i dot = _mm256_setzero_si256();
+        for (int k = k0; k < k0 + span; k += run) {
+            __m256i sum16 = step(type, wb->u[k], xq + 4 * k);
+            for (int i = k + 1; i < k + run; i++)
+                sum16 = _mm256_add_epi16(sum16, step(type, wb->u[i], xq + 4 * i));
+            dot = _mm256_add_epi32(dot, widen(sum16));
+        }
+        acc = fold(type, &wb->sc, a, tb, dot, k0 / span, acc);
+    }
+    return acc;
+}
+
+/* Prefill-sized calls: one half's 8 rows against tt tokens. Where a block's products take few widenings (s16_run),
+ * it is unpacked one step at a time, each step used by every token before the next, so the tokens' s16 sums stay
+ * in registers beside it; otherwise the block is unpacked whole and each token takes block_dot. Each output's
+ * arithmetic is block_dot's, in the same order. */
 INLINE void tile(const int type, const int tt, const uint8_t *w, int h, const act_t *a, int64_t t0, float *out,
                  int64_t N, __m256i rows)
 {
+    const int run = s16_run(type), span = scale_span(type);
     __m256 acc[TILE];
     for (int t = 0; t < tt; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < a->nb; b++) {
-        wblock_t wb;
-        load_block(type, w, b, h, &wb);
-        for (int t = 0; t < tt; t++)
-            acc[t] = block_dot(type, &wb, a, (t0 + t) * a->nb + b, acc[t]);
+        if (run < 4) { /* Q6_K, Q8_0: 4 tokens' s16 and s32 sums beside the step would not fit in registers */
+            wblock_t wb;
+            load_block(type, w, b, h, &wb);
+            for (int t = 0; t < tt; t++)
+                acc[t] = block_dot(type, &wb, a, (t0 + t) * a->nb + b, acc[t]);
+            continue;
+        }
+        const wscales_t sc = load_scales(type, w, b, h);
+        __m256i sum16[TILE], dot[TILE];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            const __m256i u = weight_step(type, w, b, h, k);
+            for (int t = 0; t < tt; t++) {
+                const __m256i p = step(type, u, a->q + ((t0 + t) * a->nb + b) * QBLOCK + 4 * k);
+                sum16[t] = k % run ? _mm256_add_epi16(sum16[t], p) : p;
+            }
+            if (k % run == run - 1)
+                for (int t = 0; t < tt; t++)
+                    dot[t] = k % span < run ? widen(sum16[t]) : _mm256_add_epi32(dot[t], widen(sum16[t]));
+            if (k % span == span - 1)
+                for (int t = 0; t < tt; t++)
+                    acc[t] = fold(type, &sc, a, (t0 + t) * a->nb + b, dot[t], k / span, acc[t]);
+        }
     }
     for (int t = 0; t < tt; t++)
         _mm256_maskstore_ps(out + (t0 + t) * N, rows, acc[t]);
