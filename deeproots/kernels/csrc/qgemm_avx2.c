@@ -184,21 +184,33 @@ INLINE __m256 fold(const int type, const wscales_t *sc, const act_t *a, int64_t 
     return acc;
 }
 
-/* acc + block tb's dot with an unpacked block, scale span by scale span. */
+/* The integer sum of steps k0 .. k0 + n - 1: runs of s16 sums, each widened into it. */
+INLINE __m256i span_dot(const int type, const __m256i u[8], int k0, int n, const int8_t *xq)
+{
+    const int run = s16_run(type);
+    __m256i dot = _mm256_setzero_si256();
+    for (int k = k0; k < k0 + n; k += run) {
+        __m256i sum16 = step(type, u[k], xq + 4 * k);
+        for (int i = k + 1; i < k + run; i++)
+            sum16 = _mm256_add_epi16(sum16, step(type, u[i], xq + 4 * i));
+        dot = _mm256_add_epi32(dot, widen(sum16));
+    }
+    return dot;
+}
+
+/* acc + block tb's dot with an unpacked block: the integer sum of every scale span, then their folds. A span of
+ * many runs (Q8_0's 8) is summed as two independent halves: shorter dependency chains. */
 INLINE __m256 block_dot(const int type, const wblock_t *wb, const act_t *a, int64_t tb, __m256 acc)
 {
     const int8_t *xq = a->q + tb * QBLOCK;
-    const int run = s16_run(type), span = scale_span(type);
-    for (int k0 = 0; k0 < 8; k0 += span) {
-        __m256i dot = _mm256_setzero_si256();
-        for (int k = k0; k < k0 + span; k += run) {
-            __m256i sum16 = step(type, wb->u[k], xq + 4 * k);
-            for (int i = k + 1; i < k + run; i++)
-                sum16 = _mm256_add_epi16(sum16, step(type, wb->u[i], xq + 4 * i));
-            dot = _mm256_add_epi32(dot, widen(sum16));
-        }
-        acc = fold(type, &wb->sc, a, tb, dot, k0 / span, acc);
-    }
+    const int span = scale_span(type), half = span / s16_run(type) >= 4 ? span / 2 : span;
+    __m256i dot[2]; /* one per scale span */
+    for (int k0 = 0; k0 < 8; k0 += span)
+        dot[k0 / span] = half < span ? _mm256_add_epi32(span_dot(type, wb->u, k0, half, xq),
+                                                        span_dot(type, wb->u, k0 + half, half, xq))
+                                     : span_dot(type, wb->u, k0, span, xq);
+    for (int k0 = 0; k0 < 8; k0 += span)
+        acc = fold(type, &wb->sc, a, tb, dot[k0 / span], k0 / span, acc);
     return acc;
 }
 
