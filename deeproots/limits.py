@@ -22,7 +22,7 @@ OUTPUT = "output.weight"
 
 # int8 multiply-add operations (2 per multiply-accumulate) one core issues per cycle, by instruction set:
 #   avx512-vnni: 2 x VPDPBUSD zmm per cycle (ports 0 and 5 on Xeons with two FMA units), 64 multiply-adds each;
-#   avx2:        2 x VPMADDUBSW ymm per cycle, 32 multiply-adds each;
+#   avx2:        2 x VPMADDUBSW ymm per cycle, 32 multiply-adds each (Intel; Zen 2 has one such port);
 #   amx-int8:    one TDPBUSD (16 x 16 x 64 multiply-adds) per 16 cycles, i.e. 1,024 multiply-adds per cycle.
 # `deeproots bench` holds each prefill row to its own engine's: amx-int8 where our products ran on AMX, else _cpu.ISA.
 INT8_OPS_PER_CYCLE = {"avx512-vnni": 2 * 64 * 2, "avx2": 2 * 32 * 2, "amx-int8": 1024 * 2}
