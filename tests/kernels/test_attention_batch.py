@@ -1,6 +1,6 @@
-"""The batched attention primitive (FAST.attend_sequences with several sequences: one compiled call doing RoPE, the
-cache update and attention for every sequence) against the per-sequence loop it replaces: bit-identical outputs,
-q/k rows and cache contents, over f32, f16 and q8_0 caches, rows of prefill and decode mixed in one call, with and
+"""The batched attention primitive (FAST.attend_sequences: one compiled call doing RoPE, the cache update and
+attention for every sequence) against the per-sequence loop it replaces: bit-identical outputs, q/k rows and cache
+contents, over f32, f16 and q8_0 caches, rows of prefill and decode mixed in one call or one sequence alone, with and
 without a sliding window, on one thread and on several."""
 
 import zlib
@@ -43,14 +43,17 @@ def clone(caches: list[KVCache]) -> list[KVCache]:
     return copies
 
 
+@pytest.mark.parametrize("sequences", ["all", "prefill", "decode"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("window", [None, 5, 64])
 @pytest.mark.parametrize("style", ["interleaved", "neox"])
 @pytest.mark.parametrize("kv_type,D,heads", [("f32", 64, (9, 3)), ("f16", 40, (4, 4)), ("f16", 128, (8, 2)),
                                              ("q8_0", 64, (6, 2)), ("q8_0", 96, (4, 1))])
-def test_batched_attention_matches_the_per_sequence_loop(kv_type, D, heads, style, window, threads):
+def test_batched_attention_matches_the_per_sequence_loop(kv_type, D, heads, style, window, threads, sequences):
     n_heads, n_kv = heads
     offsets, lengths = [0, 7, 70, 3, 130], [5, 1, 1, 40, 1]  # prefill rows, decode rows, an empty cache
+    picked = {"all": slice(None), "prefill": slice(3, 4), "decode": slice(2, 3)}[sequences]  # or one sequence alone
+    offsets, lengths = offsets[picked], lengths[picked]
     rope = RotaryEmbedding(D if D != 96 else 64, 10000.0, MAX_TOKENS, style=style)
     # zlib.crc32, not hash(): str hashes change with every interpreter (PYTHONHASHSEED), and so would the inputs
     rng = np.random.default_rng(zlib.crc32(repr((kv_type, D, style, window)).encode()))
@@ -62,8 +65,9 @@ def test_batched_attention_matches_the_per_sequence_loop(kv_type, D, heads, styl
             # qkv as the model has it: a view of a (N, heads * D) product, here with a wider row stride
             wide = rng.standard_normal((sum(lengths), (n_heads + 2 * n_kv) * D + 8), dtype=np.float32) * 3
             qkv_a = wide[:, :(n_heads + 2 * n_kv) * D].reshape(-1, n_heads + 2 * n_kv, D)
-            qkv_b = wide.copy()[:, :(n_heads + 2 * n_kv) * D].reshape(-1, n_heads + 2 * n_kv, D)
-            assert qkv_a.strides[0] == qkv_b.strides[0] == wide.strides[0]  # views, not copies
+            wide_b = wide.copy()
+            qkv_b = wide_b[:, :(n_heads + 2 * n_kv) * D].reshape(-1, n_heads + 2 * n_kv, D)
+            assert np.shares_memory(qkv_a, wide) and np.shares_memory(qkv_b, wide_b)  # views, not copies
             caches_a, caches_b = base, clone(base)
             out_a = LOOP(rope, qkv_a, n_heads, caches_a, lengths, layer, 0.125, window)
             out_b = FAST.attend_sequences(rope, qkv_b, n_heads, caches_b, lengths, layer, 0.125, window)
