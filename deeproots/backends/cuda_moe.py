@@ -60,8 +60,11 @@ class BlockExperts:
     def product(self, x: torch.Tensor, expert: int) -> torch.Tensor:
         return quantized_linear(x, self.raw[expert], self.ggml_type, self.in_features, self.out_features)
 
-    def grouped(self, x: torch.Tensor, chosen: np.ndarray, starts: np.ndarray) -> torch.Tensor:
-        """x (M, in_features), rows starts[j]:starts[j + 1] for expert chosen[j] -> (M, out_features)."""
+    def grouped(self, x: torch.Tensor, chosen: np.ndarray, starts: np.ndarray,
+                rows: np.ndarray | None = None) -> torch.Tensor:
+        """x (M, in_features), rows starts[j]:starts[j + 1] for expert chosen[j] -> (M, out_features); with `rows`
+        (M,), product row i reads x[rows[i]]."""
+        x = x if rows is None else x[rows]
         return torch.cat([self.product(x[a:b], int(e)) for e, a, b in zip(chosen, starts[:-1], starts[1:])])
 
 

@@ -52,8 +52,11 @@ class Experts:
     def __len__(self) -> int:
         return len(self.experts)
 
-    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """x (M, in_features), rows starts[j]:starts[j + 1] for expert chosen[j] -> (M, out_features)."""
+    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray,
+                rows: np.ndarray | None = None) -> np.ndarray:
+        """x (M, in_features), rows starts[j]:starts[j + 1] for expert chosen[j] -> (M, out_features); with `rows`
+        (M,), product row i reads x[rows[i]] (x then has any number of rows)."""
+        x = x if rows is None else x[rows]
         return np.concatenate([self.experts[e](x[a:b]) for e, a, b in zip(chosen, starts[:-1], starts[1:])])
 
 
@@ -65,9 +68,10 @@ class PackedExperts(Experts):
         super().__init__(experts)
         self.datas = [expert.weight.data for expert in experts]  # packed bytes by expert id: decode picks 8 a layer
 
-    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray,
+                rows: np.ndarray | None = None) -> np.ndarray:
         return grouped_product(self.experts[0].weight, tuple(map(self.datas.__getitem__, chosen.tolist())),
-                               np.ascontiguousarray(x), starts)
+                               np.ascontiguousarray(x), starts, rows)
 
 
 class QuantizedEmbedding:

@@ -222,11 +222,14 @@ def quantized_linear(x: np.ndarray, weight: PackedWeight, out: np.ndarray | None
     return result
 
 
-def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.ndarray) -> np.ndarray:
+def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.ndarray,
+                   rows: np.ndarray | None = None) -> np.ndarray:
     """y (M, N): rows starts[j]:starts[j + 1] of x (M, K) times weights[j] (all of one type and shape), for every j,
     in one threaded call: each row gets the bits quantized_linear gives it alone (same kernels, same error bound).
 
-    x: float32, C-contiguous; starts: (len(weights) + 1,) int64 from 0 to M, never decreasing.
+    x: float32, C-contiguous; starts: (len(weights) + 1,) int64 from 0 to M, never decreasing. rows: None, or (M,)
+    int64 indices into x (T, K): y's row i is then the product of x[rows[i]], as experts_linear(x[rows], ...) gives
+    it, without the copy (a mixture's k experts of one token read its row, quantized once).
     """
     first = weights[0] if isinstance(weights, tuple) and weights else None
     if not isinstance(first, PackedWeight) or any(
@@ -234,20 +237,28 @@ def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.
             (first._type, first.in_features, first.out_features) for w in weights):
         raise RequestError("weights must be a non-empty tuple of PackedWeights of one type and shape")
     error = bad_array("x", x, 2) or bad_contiguous("x", x, (x.shape[0], first.in_features))
+    m = x.shape[0] if rows is None else getattr(rows, "shape", (-1,))[0]
+    if error is None and rows is not None and (not isinstance(rows, np.ndarray) or rows.dtype != np.int64
+                                               or rows.ndim != 1 or np.any(rows < 0) or np.any(rows >= x.shape[0])):
+        error = RequestError(f"rows must be a 1-d int64 array of row indices into x's {x.shape[0]} rows")
     if error is None and (not isinstance(starts, np.ndarray) or starts.dtype != np.int64
-                          or starts.shape != (len(weights) + 1,) or starts[0] != 0 or starts[-1] != x.shape[0]
+                          or starts.shape != (len(weights) + 1,) or starts[0] != 0 or starts[-1] != m
                           or np.any(np.diff(starts) < 0)):
-        error = RequestError(f"starts must be {len(weights) + 1} int64 row offsets from 0 to {x.shape[0]}")
+        error = RequestError(f"starts must be {len(weights) + 1} int64 row offsets from 0 to {m}")
     if error is not None:
         raise error
-    return grouped_product(first, tuple(w.data for w in weights), x, np.ascontiguousarray(starts))
+    return grouped_product(first, tuple(w.data for w in weights), x, np.ascontiguousarray(starts),
+                           None if rows is None else np.ascontiguousarray(rows))
 
 
-def grouped_product(like: PackedWeight, datas: tuple[np.ndarray, ...], x: np.ndarray,
-                    starts: np.ndarray) -> np.ndarray:
+def grouped_product(like: PackedWeight, datas: tuple[np.ndarray, ...], x: np.ndarray, starts: np.ndarray,
+                    rows: np.ndarray | None = None) -> np.ndarray:
     """experts_linear without its Python checks, for callers whose weights are the packed bytes (`datas`) of
     experts known to share `like`'s type and shape (backends.linears.PackedExperts: decode calls it twice a layer).
-    The C entry still checks every buffer's type, size and the row offsets."""
-    out = np.empty((x.shape[0], like.out_features), np.float32)
-    _linear_experts(like._type, datas, like.out_features, like.in_features, x, starts, out)
+    The C entry still checks every buffer's type, size, the row offsets and the row indices. Float weights take x's
+    rows gathered here (the C core indexes quantized rows only)."""
+    if rows is not None and like._type in _FLOAT_TYPES:
+        x, rows = x[rows], None
+    out = np.empty((int(starts[-1]), like.out_features), np.float32)
+    _linear_experts(like._type, datas, like.out_features, like.in_features, x, starts, out, rows)
     return out

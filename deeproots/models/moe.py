@@ -8,7 +8,8 @@ products (`ffn_{gate,up,down}_exps.bias`, one row per expert); models/gpt_oss.py
 
 The products are grouped by expert: the rows routed to one expert are gathered and multiplied together, so a step
 reads only the weights of the experts some token chose, each once, and all the chosen experts of one matrix run in
-one call (on the CPU backend one threaded kernel call, kernels.experts_linear). A token's result depends only on its
+one call (on the CPU backend one threaded kernel call, kernels.experts_linear, which takes each pair's token row by
+index: a token routed to k experts is quantized once, not copied k times). A token's result depends only on its
 own row: the kernels are row-invariant and its experts' contributions are added in its own slot order.
 """
 
@@ -89,7 +90,8 @@ class MixtureOfExperts:
         else:  # where each expert's rows begin, and N * k
             starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1, append=-1))
             chosen = sorted_ids[starts[:-1]]  # ascending
-        gate_up = self.ffn_gate_up_exps.grouped(h[order // k], chosen, starts)  # (N * k, 2 * expert ffn_dim)
+        # each pair reads its token's row of h: (N * k, 2 * expert ffn_dim)
+        gate_up = self.ffn_gate_up_exps.grouped(h, chosen, starts, order // k)
         if self.gate_up_bias is not None:
             gate_up += self.gate_up_bias[sorted_ids]  # each row its own expert's bias
         expert_out = self.ffn_down_exps.grouped(self.gate(gate_up), chosen, starts)  # (N * k, d_model)

@@ -53,8 +53,9 @@ class GatheredRows:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._gathered(x, self.part)
 
-    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        return self._gathered(x, lambda whole: self.part.grouped(whole, chosen, starts))
+    def grouped(self, x: np.ndarray, chosen: np.ndarray, starts: np.ndarray,
+                rows: np.ndarray | None = None) -> np.ndarray:
+        return self._gathered(x, lambda whole: self.part.grouped(whole, chosen, starts, rows))
 
 
 class TensorParallelBackend(WrappingBackend):

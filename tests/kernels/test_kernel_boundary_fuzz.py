@@ -32,7 +32,7 @@ class Arg:
     """How an argument of a valid call may be broken: `kind` is in (contiguous read), out (contiguous write), sin /
     sout (strided read / write: exact shape, contiguous last dimension), size (any other value is wrong), free (only
     `bad` values are wrong), float, caches (a tuple of 4-d cache arrays, written), weights (a tuple of contiguous
-    byte arrays, read), optional in (as in, or None)."""
+    byte arrays, read), optional in (as in, or None), none (None, the one valid value: `bad` are wrong)."""
 
     kind: str
     bad: tuple = ()
@@ -79,9 +79,21 @@ def linear_experts_call(rng, rows: list[int], k: int, n: int):
     ws = tuple(randn(rng, n, k).view(U8).reshape(-1) for _ in rows)
     m = sum(rows)
     starts = np.concatenate([[0], np.cumsum(rows)]).astype(I64)
-    args = [T_F32, ws, n, k, randn(rng, m, k), starts, np.zeros((m, n), F32)]
+    args = [T_F32, ws, n, k, randn(rng, m, k), starts, np.zeros((m, n), F32), None]
     kinds = [Arg("free", (-1, 7, 256, 2**31)), Arg("weights"), Arg("size"), Arg("size"), Arg("in"), Arg("in"),
-             Arg("out")]
+             Arg("out"), Arg("none", (np.zeros(m, I64), 0))]  # float weights take no row indices
+    return args, kinds
+
+
+def linear_experts_rows_call(rng, rows: list[int], t: int, k: int, n: int):
+    """Q8_0 experts (random packed bytes) whose product rows read rows of x (t, k) by index."""
+    ws = tuple(rng.integers(0, 256, -(-n // _cpu.ROWS) * _cpu.group_bytes(T_Q8_0, k), dtype=np.uint8) for _ in rows)
+    m = sum(rows)
+    starts = np.concatenate([[0], np.cumsum(rows)]).astype(I64)
+    args = [T_Q8_0, ws, n, k, randn(rng, t, k), starts, np.zeros((m, n), F32), rng.integers(0, t, m).astype(I64)]
+    kinds = [Arg("free", (-1, 0, 7, 256, 2**31)), Arg("weights"), Arg("size"), Arg("size"),
+             Arg("free", (None, randn(rng, t, k + 1), randn(rng, t, k).astype(np.float64))), Arg("in"), Arg("out"),
+             Arg("in")]
     return args, kinds
 
 
@@ -151,6 +163,9 @@ CALLS = {
     "linear_experts": (lambda d, rng: linear_experts_call(rng, d.draw(st.lists(st.integers(0, 3), min_size=1,
                                                                                  max_size=4)),
                                                           32 * d.draw(small), d.draw(st.integers(1, 40)))),
+    "linear_experts (rows)": (lambda d, rng: linear_experts_rows_call(
+        rng, d.draw(st.lists(st.integers(0, 3), min_size=1, max_size=4)), d.draw(small), 32 * d.draw(small),
+        d.draw(st.integers(1, 40)))),
     "pack_blocks": (lambda d, rng: pack_blocks_call(rng, d.draw(st.integers(1, 40)), 32 * d.draw(small))),
     "attention": (lambda d, rng: attention_call(rng, 2 * d.draw(st.integers(1, 2)), d.draw(st.integers(1, 2)),
                                                 d.draw(small), d.draw(st.integers(0, 70)), 4 * d.draw(small))),
@@ -204,6 +219,8 @@ def bad_values(value, arg: Arg) -> list:
         return [bad for bad in bad_arrays(value, "in") if bad is not None]
     if arg.kind == "weights":
         return bad_weights(value)
+    if arg.kind == "none":
+        return list(arg.bad)
     if arg.kind == "caches":
         return bad_caches(value)
     if arg.kind == "float":
@@ -214,7 +231,7 @@ def bad_values(value, arg: Arg) -> list:
 
 
 def call(name: str, args: list):
-    return getattr(_cpu, name)(*args)
+    return getattr(_cpu, name.split()[0])(*args)  # "linear_experts (rows)": the same entry point, another use
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
@@ -293,9 +310,17 @@ def test_group_bytes_is_sixteen_file_rows():
 def test_linear_experts_matches_numpy(rows):
     args, _ = linear_experts_call(np.random.default_rng(len(rows)), rows, 64, 24)
     call("linear_experts", args)
-    _, ws, n, k, x, starts, out = args
+    _, ws, n, k, x, starts, out, _ = args
     for w, a, b in zip(ws, starts[:-1], starts[1:]):
         np.testing.assert_allclose(out[a:b], x[a:b] @ w.view(F32).reshape(n, k).T, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_experts_refuses_rows_outside_x():
+    args, _ = linear_experts_rows_call(np.random.default_rng(0), [2, 1], 4, 32, 8)
+    for bad in ([0, 1, 4], [0, -1, 2]):
+        args[7] = np.array(bad, I64)
+        with pytest.raises(InternalError, match="rows"):
+            call("linear_experts", args)
 
 
 def test_linear_experts_refuses_starts_out_of_order():

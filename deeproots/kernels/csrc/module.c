@@ -27,8 +27,8 @@
 
 static int n_threads = 1;
 
-/* The calling thread's scratch for quantized activations. */
-static _Thread_local scratch_t scratch;
+/* The calling thread's scratch for quantized activations, and for an expert's rows gathered from them. */
+static _Thread_local scratch_t scratch, gather_scratch;
 
 static void *scratch_get(size_t size) { return scratch_grow(&scratch, size); }
 
@@ -60,16 +60,28 @@ static void float_part(void *ctx, int i, int n)
         fgemm_rows(job->type, job->w, n0, n1 < job->N ? n1 : job->N, job->N, job->K, job->x, job->T, job->out);
 }
 
+/* Bytes of T x K quantized activations laid out as act_at does it (a multiple of 64). */
+static size_t act_bytes(int64_t T, int64_t K)
+{
+    const size_t q_bytes = ((size_t)(T * K) + 63) & ~(size_t)63;
+    return (q_bytes + (size_t)(T * (K / QBLOCK)) * (2 * sizeof(float) + 2 * sizeof(int32_t)) + 63) & ~(size_t)63;
+}
+
+/* T x K activations in the act_bytes(T, K) bytes at buf (64-byte aligned). */
+static act_t act_at(uint8_t *buf, int64_t T, int64_t K)
+{
+    const int64_t nb = K / QBLOCK;
+    float *d = (float *)(buf + (((size_t)(T * K) + 63) & ~(size_t)63));
+    return (act_t){(int8_t *)buf, d, d + T * nb, (int32_t *)(d + 2 * T * nb), T, K, nb};
+}
+
 /* Scratch of this thread laid out for T x K activations, or 0 when memory ran out. */
 static int act_alloc(act_t *a, int64_t T, int64_t K)
 {
-    const int64_t nb = K / QBLOCK;
-    const size_t q_bytes = ((size_t)(T * K) + 63) & ~(size_t)63;
-    uint8_t *buf = scratch_get(q_bytes + (size_t)(T * nb) * (2 * sizeof(float) + 2 * sizeof(int32_t)));
+    uint8_t *buf = scratch_get(act_bytes(T, K));
     if (!buf)
         return 0;
-    float *d = (float *)(buf + q_bytes);
-    *a = (act_t){(int8_t *)buf, d, d + T * nb, (int32_t *)(d + 2 * T * nb), T, K, nb};
+    *a = act_at(buf, T, K);
     return 1;
 }
 
@@ -135,23 +147,43 @@ static int run_linear(job_t *job)
  * same rows of out. Parts split the units (16-row groups, or float row tiles) of all experts at once, each unit
  * weighted by its expert's row count + 1 (the rows' arithmetic and the weight's bytes), so a decode step's 8 experts
  * take one dispatch instead of 8, and prefill's uneven experts are shared out by work. A row's result is the one
- * linear gives it alone (the same kernels over the same quantized row). */
+ * linear gives it alone (the same kernels over the same quantized row).
+ * With `rows`, product row i reads x's row rows[i] (a mixture's token of each (token, slot) pair): x's T rows are
+ * quantized once, and each part gathers its experts' quantized rows, so a token routed to k experts is neither
+ * copied k times as floats nor quantized k times. */
 typedef struct {
     int type;
     int64_t N, K, E, M, units, cost; /* units per expert; cost: sum over experts of units * (rows + 1) */
     const uint8_t **w;               /* (E,) packed weights */
-    const int64_t *starts;           /* (E + 1,) row offsets into x and out */
+    const int64_t *starts;           /* (E + 1,) row offsets into out (and x, without rows) */
+    const int64_t *rows;             /* (M,) x's row of each product row, or NULL: row i of x */
+    int64_t T;                       /* rows of x: M without rows */
+    int64_t widest;                  /* with rows: the most rows one expert has (the gathered rows' scratch) */
     const float *x;
     float *out;
-    act_t act; /* all M rows quantized, when shared */
+    act_t act; /* all T rows of x quantized, when shared */
     int shared;
     _Atomic int failed;
 } experts_job_t;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
-/* Units [u0, u1) of expert j over its rows. */
-static void expert_units(const experts_job_t *job, const act_t *a, int64_t j, int64_t u0, int64_t u1)
+/* Quantized rows rows[0..n) of a, in that order, into dst (laid out for at least n rows). */
+static void gather_act(const act_t *a, const int64_t *rows, int64_t n, const act_t *dst)
+{
+    const int64_t K = a->K, nb = a->nb;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = rows[i];
+        memcpy((int8_t *)dst->q + i * K, a->q + r * K, (size_t)K);
+        memcpy((float *)dst->d + i * nb, a->d + r * nb, (size_t)nb * sizeof(float));
+        memcpy((float *)dst->s + i * nb, a->s + r * nb, (size_t)nb * sizeof(float));
+        memcpy((int32_t *)dst->sq + 2 * i * nb, a->sq + 2 * r * nb, (size_t)(2 * nb) * sizeof(int32_t));
+    }
+}
+
+/* Units [u0, u1) of expert j over its rows; `gathered`: scratch for them when they are not consecutive rows of a. */
+static void expert_units(const experts_job_t *job, const act_t *a, const act_t *gathered, int64_t j, int64_t u0,
+                         int64_t u1)
 {
     const int64_t s = job->starts[j], rows = job->starts[j + 1] - s, N = job->N, K = job->K;
     if (is_float_type(job->type)) {
@@ -159,22 +191,41 @@ static void expert_units(const experts_job_t *job, const act_t *a, int64_t j, in
         fgemm_rows(job->type, job->w[j], u0 * FLOAT_ROWS, n1, N, K, job->x + s * K, rows, job->out + s * N);
         return;
     }
-    const act_t sub = {a->q + s * K, a->d + s * a->nb, a->s + s * a->nb, a->sq + 2 * s * a->nb, rows, K, a->nb};
+    int64_t first = s; /* the expert's first row in a, when its rows lie there one after another */
+    if (job->rows) {
+        first = job->rows[s];
+        for (int64_t i = 1; i < rows && first >= 0; i++)
+            first = job->rows[s + i] == first + i ? first : -1;
+        if (first < 0) {
+            gather_act(a, job->rows + s, rows, gathered);
+            a = gathered, first = 0;
+        }
+    }
+    const act_t sub = {a->q + first * K, a->d + first * a->nb, a->s + first * a->nb, a->sq + 2 * first * a->nb, rows,
+                       K, a->nb};
     qgemm_run(job->type, job->w[j], u0, u1, N, &sub, job->out + s * N);
 }
 
 static void experts_part(void *ctx, int i, int n)
 {
     experts_job_t *job = ctx;
-    act_t own;
+    act_t own, gathered = {0};
     const act_t *a = &job->act;
     if (!is_float_type(job->type) && !job->shared) {
-        if (!act_alloc(&own, job->M, job->K)) {
+        if (!act_alloc(&own, job->T, job->K)) {
             atomic_store(&job->failed, 1);
             return;
         }
-        quantize_into(&own, job->x, 0, job->M);
+        quantize_into(&own, job->x, 0, job->T);
         a = &own;
+    }
+    if (!is_float_type(job->type) && job->rows) { /* its own scratch: the calling thread's holds the shared rows */
+        uint8_t *buf = scratch_grow(&gather_scratch, act_bytes(job->widest, job->K));
+        if (!buf) {
+            atomic_store(&job->failed, 1);
+            return;
+        }
+        gathered = act_at(buf, job->widest, job->K);
     }
     /* this part owns the units whose cost position (before it) lies in [lo, hi) */
     const int64_t lo = job->cost * i / n, hi = job->cost * (i + 1) / n;
@@ -184,7 +235,7 @@ static void experts_part(void *ctx, int i, int n)
         if (weight > 1) {
             const int64_t u0 = ceil_div(lo - position, weight), u1 = ceil_div(hi - position, weight);
             if (u0 < job->units && u0 < u1)
-                expert_units(job, a, j, u0, u1 < job->units ? u1 : job->units);
+                expert_units(job, a, &gathered, j, u0, u1 < job->units ? u1 : job->units);
             position += job->units * weight;
         }
     }
@@ -193,7 +244,7 @@ static void experts_part(void *ctx, int i, int n)
 static void experts_quant_part(void *ctx, int i, int n)
 {
     const experts_job_t *job = ctx;
-    quantize_into(&job->act, job->x, job->M * i / n, job->M * (i + 1) / n);
+    quantize_into(&job->act, job->x, job->T * i / n, job->T * (i + 1) / n);
 }
 
 /* Returns 0, or -1 when scratch memory could not be allocated. */
@@ -202,20 +253,23 @@ static int run_experts(experts_job_t *job)
     const int floats = is_float_type(job->type);
     const int64_t nb = job->K / QBLOCK;
     job->units = floats ? (job->N + FLOAT_ROWS - 1) / FLOAT_ROWS : (job->N + ROWS - 1) / ROWS;
-    job->cost = 0;
-    for (int64_t j = 0; j < job->E; j++)
-        if (job->starts[j + 1] > job->starts[j])
-            job->cost += job->units * (job->starts[j + 1] - job->starts[j] + 1);
+    job->cost = job->widest = 0;
+    for (int64_t j = 0; j < job->E; j++) {
+        const int64_t rows = job->starts[j + 1] - job->starts[j];
+        if (rows > 0)
+            job->cost += job->units * (rows + 1);
+        job->widest = rows > job->widest ? rows : job->widest;
+    }
     /* work in 16-row x 32-value blocks x rows (saturating: only a thread count comes of it) */
     int64_t work;
     if (__builtin_mul_overflow(job->units * (floats ? FLOAT_ROWS : ROWS) / ROWS * (nb + 1), job->M, &work))
         work = INT64_MAX;
     const int parts = threads_for(work, job->cost);
-    job->shared = !floats && job->M * nb > PRIVATE_QUANT_BLOCKS;
+    job->shared = !floats && job->T * nb > PRIVATE_QUANT_BLOCKS;
     if (job->shared) {
-        if (!act_alloc(&job->act, job->M, job->K))
+        if (!act_alloc(&job->act, job->T, job->K))
             return -1;
-        pool_run(experts_quant_part, job, threads_for(job->M * nb, job->M));
+        pool_run(experts_quant_part, job, threads_for(job->T * nb, job->T));
     }
     pool_run(experts_part, job, parts);
     return atomic_load(&job->failed) ? -1 : 0;
@@ -493,16 +547,17 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
-/* linear_experts(type, ws, N, K, x, starts, out): for each j, out[starts[j]:starts[j+1]] = x[the same rows] @ W_j.T,
- * W_j = ws[j] (a tuple of E packed weights of N rows of K, each uint8 and packed_bytes long); x (M, K) float32 and out
- * (M, N) float32 (written), C-contiguous; starts (E + 1,) int64 from 0 to M, never decreasing. */
+/* linear_experts(type, ws, N, K, x, starts, out, rows): for each j, out[starts[j]:starts[j+1]] = x[the same rows] @
+ * W_j.T, W_j = ws[j] (a tuple of E packed weights of N rows of K, each uint8 and packed_bytes long); x (M, K) float32
+ * and out (M, N) float32 (written), C-contiguous; starts (E + 1,) int64 from 0 to M, never decreasing. rows: None, or
+ * (M,) int64 indices into x (T, K) for a block type: out row i takes x's row rows[i] in place of row i. */
 static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     static const char fn[] = "linear_experts";
     int type = 0;
     int64_t N = 0, K = 0;
-    if (arg_count(fn, nargs, 7, "type, ws, N, K, x, starts, out") || type_arg(fn, args[0], &type) ||
+    if (arg_count(fn, nargs, 8, "type, ws, N, K, x, starts, out, rows") || type_arg(fn, args[0], &type) ||
         size_arg(fn, "N", args[2], 1, &N) || size_arg(fn, "K", args[3], 1, &K))
         return NULL;
     const int64_t w_bytes = weight_bytes(fn, type, N, K);
@@ -512,8 +567,13 @@ static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssi
         fail(fn, "ws must be a tuple of one packed weight per expert, got %s", Py_TYPE(args[1])->tp_name);
         return NULL;
     }
+    const int indexed = args[7] != Py_None;
+    if (indexed && is_float_type(type)) {
+        fail(fn, "rows needs a block type, got type %d", type);
+        return NULL;
+    }
     const Py_ssize_t E = PyTuple_GET_SIZE(args[1]);
-    Py_buffer *b = calloc((size_t)(3 + E), sizeof *b); /* starts, x, out, then the E weights */
+    Py_buffer *b = calloc((size_t)(4 + E), sizeof *b); /* starts, x, out, rows, then the E weights */
     const uint8_t **w = malloc((size_t)(E > 0 ? E : 1) * sizeof *w);
     PyObject *result = NULL;
     if (!b || !w) {
@@ -533,16 +593,35 @@ static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssi
              (long long)starts[0], (long long)M);
         goto done;
     }
-    if (get_contiguous(fn, "x", args[4], F32, 0, mul(mul(M, K), 4), &b[1]) ||
-        get_contiguous(fn, "out", args[6], F32, 1, mul(mul(M, N), 4), &b[2]))
+    int64_t T = M;
+    if (indexed) {
+        if (get_view(fn, "x", args[4], F32, 0, PyBUF_C_CONTIGUOUS, &b[1]))
+            goto done;
+        if (b[1].len % mul(K, 4)) {
+            fail(fn, "x holds %zd bytes, not whole rows of K = %lld float32", b[1].len, (long long)K);
+            goto done;
+        }
+        T = b[1].len / mul(K, 4);
+        if (get_contiguous(fn, "rows", args[7], I64, 0, mul(M, 8), &b[3]))
+            goto done;
+        for (int64_t i = 0; i < M; i++)
+            if (((const int64_t *)b[3].buf)[i] < 0 || ((const int64_t *)b[3].buf)[i] >= T) {
+                fail(fn, "rows[%lld] = %lld is not a row of x (%lld rows)", (long long)i,
+                     (long long)((const int64_t *)b[3].buf)[i], (long long)T);
+                goto done;
+            }
+    } else if (get_contiguous(fn, "x", args[4], F32, 0, mul(mul(M, K), 4), &b[1])) {
+        goto done;
+    }
+    if (get_contiguous(fn, "out", args[6], F32, 1, mul(mul(M, N), 4), &b[2]))
         goto done;
     for (Py_ssize_t j = 0; j < E; j++) {
-        if (get_contiguous(fn, "ws[j]", PyTuple_GET_ITEM(args[1], j), U8, 0, w_bytes, &b[3 + j]))
+        if (get_contiguous(fn, "ws[j]", PyTuple_GET_ITEM(args[1], j), U8, 0, w_bytes, &b[4 + j]))
             goto done;
-        w[j] = b[3 + j].buf;
+        w[j] = b[4 + j].buf;
     }
-    experts_job_t job = {.type = type, .N = N, .K = K, .E = E, .M = M, .w = w, .starts = starts, .x = b[1].buf,
-                         .out = b[2].buf};
+    experts_job_t job = {.type = type, .N = N, .K = K, .E = E, .M = M, .w = w, .starts = starts,
+                         .rows = indexed ? b[3].buf : NULL, .T = T, .x = b[1].buf, .out = b[2].buf};
     int rc = 0;
     if (M > 0) {
         Py_BEGIN_ALLOW_THREADS
@@ -557,7 +636,7 @@ static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssi
     Py_INCREF(result);
 done:
     if (b)
-        release(b, 3 + E);
+        release(b, 4 + E);
     free(b);
     free(w);
     return result;
