@@ -11,8 +11,9 @@ engines alternate process by process instead, each run loading its weights and w
 timed repetition, so neither is timed reading pages from disk. The file and its packed cache (DEEPROOTS_HOME inside
 --folder) are deleted afterwards unless --keep.
 
-The decode ceiling is the read bandwidth, measured in the same run (bench_kernels.read_bandwidth_gbs: the best of five
-sums over 512 MB on the same threads), divided by the bytes one token reads in the file: every matrix but the
+The decode ceiling is the read bandwidth, measured in the same run with `deeproots bench`'s probe (kernels.bandwidth:
+streaming reads of 1 GiB on the kernels' threads, 5 before and 5 after a file's runs, their median), divided by the
+bytes one token reads in the file: every matrix but the
 token embeddings (one row) and the experts, plus experts_per_token / n_experts of each expert tensor. The KV cache
 (at most 128 positions: under 2% of those bytes) is left out. deeproots' packed layouts have the file's sizes,
 except Q5_0, widened to Q8_0 at load (34/22 of its bytes), which the "deeproots reads" column counts.
@@ -127,11 +128,11 @@ def main() -> None:
     home = args.folder / "home"
     os.environ["DEEPROOTS_HOME"] = str(home)  # the packed caches go there
 
-    import torch
-    from bench_kernels import read_bandwidth_gbs
+    from deeproots.kernels import set_num_threads
+    from deeproots.kernels.bandwidth import read_bandwidth
     from synthetic_models import write_model
 
-    torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)  # the probe's threads, as the engines'
     cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
                .stdout.splitlines() if line.startswith("Model name"))
     print(f"{cpu}, {args.threads} threads; pp{args.n_prompt}, tg{args.n_gen}, medians of {args.repetitions}")
@@ -144,9 +145,10 @@ def main() -> None:
         if not path.exists():
             write_model(path, shape, file_type)
         in_file, in_packed = active_bytes(path)
+        probes = read_bandwidth()
         medians, mode = bench_file(path, args.n_prompt, args.n_gen, args.repetitions, args.threads,
                                   args.processes)
-        bandwidth = read_bandwidth_gbs()
+        bandwidth = statistics.median(probes + read_bandwidth())
         ceiling = bandwidth * 1e9 / in_file
         for test in (f"pp{args.n_prompt}", f"tg{args.n_gen}"):
             ours, theirs = medians["deeproots", test], medians["llama.cpp", test]
