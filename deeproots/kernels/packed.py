@@ -237,10 +237,10 @@ def experts_linear(x: np.ndarray, weights: tuple[PackedWeight, ...], starts: np.
             (first._type, first.in_features, first.out_features) for w in weights):
         raise RequestError("weights must be a non-empty tuple of PackedWeights of one type and shape")
     error = bad_array("x", x, 2) or bad_contiguous("x", x, (x.shape[0], first.in_features))
-    m = x.shape[0] if rows is None else getattr(rows, "shape", (-1,))[0]
     if error is None and rows is not None and (not isinstance(rows, np.ndarray) or rows.dtype != np.int64
                                                or rows.ndim != 1 or np.any(rows < 0) or np.any(rows >= x.shape[0])):
         error = RequestError(f"rows must be a 1-d int64 array of row indices into x's {x.shape[0]} rows")
+    m = None if error is not None else x.shape[0] if rows is None else rows.shape[0]  # the product's rows
     if error is None and (not isinstance(starts, np.ndarray) or starts.dtype != np.int64
                           or starts.shape != (len(weights) + 1,) or starts[0] != 0 or starts[-1] != m
                           or np.any(np.diff(starts) < 0)):

@@ -604,10 +604,11 @@ static PyObject *py_linear_experts(PyObject *self, PyObject *const *args, Py_ssi
         T = b[1].len / mul(K, 4);
         if (get_contiguous(fn, "rows", args[7], I64, 0, mul(M, 8), &b[3]))
             goto done;
+        const int64_t *rows = b[3].buf;
         for (int64_t i = 0; i < M; i++)
-            if (((const int64_t *)b[3].buf)[i] < 0 || ((const int64_t *)b[3].buf)[i] >= T) {
-                fail(fn, "rows[%lld] = %lld is not a row of x (%lld rows)", (long long)i,
-                     (long long)((const int64_t *)b[3].buf)[i], (long long)T);
+            if (rows[i] < 0 || rows[i] >= T) {
+                fail(fn, "rows[%lld] = %lld is not a row of x (%lld rows)", (long long)i, (long long)rows[i],
+                     (long long)T);
                 goto done;
             }
     } else if (get_contiguous(fn, "x", args[4], F32, 0, mul(mul(M, K), 4), &b[1])) {
