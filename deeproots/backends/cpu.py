@@ -33,7 +33,7 @@ def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int,
                            scale: float, window: int | None, sinks: np.ndarray | None = None) -> np.ndarray:
     """RoPE, the cache update and attention of every sequence in one compiled call per layer, the same bits as the
     per-sequence loop (kernels.attention.batched_attention): one sequence too, which the loop's dozen Python-level
-    calls and numpy f16 cache writes (10.5 us each, two a layer) cost 2-9% (docs/benchmarks.md)."""
+    calls and numpy f16 cache writes (4-10 us each, two a layer) cost 2-9% (docs/benchmarks.md)."""
     return batched_attention(qkv, n_heads, caches, lengths, layer, scale, window, rope.cos, rope.sin, rope.rope_dim,
                              rope.style == "interleaved", sinks)
 
