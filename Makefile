@@ -34,8 +34,10 @@ browser:
 run: setup
 	$(BIN)/deeproots run "$(PROMPT)"
 
+# Two workers, one test file at a time each (a file's fixtures load once): much of the suite waits on servers, CLI
+# processes and transformers rather than computing, so two cores finish it in ~3/4 of one worker's time.
 test: setup $(VENV)/.bench-extra browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The edit-test loop: every test not marked slow (pyproject.toml), under a minute.
 test-fast: setup

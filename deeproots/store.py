@@ -10,6 +10,7 @@ rebuilds the model file from scratch. A local GGUF file or Hugging Face folder c
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -143,11 +144,17 @@ class ModelStore:
         stored = self.get(name)
         if stored is not None:
             return stored
+        folder = self._folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Two pulls of one model at once (two terminals, two test workers): the second waits, then finds it stored.
+        with open(folder / ".pull.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self.get(name) or self._fetch(name, folder, quiet=quiet)
+
+    def _fetch(self, name: str, folder: Path, *, quiet: bool) -> StoredModel:
         from tqdm import tqdm  # imported when a model is pulled, not on every start (25 ms)
 
         entry = CATALOG[name]
-        folder = self._folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
         downloads = self.home.parent / "downloads" / name
         log = self.home.parent / "logs" / f"pull-{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +214,10 @@ class ModelStore:
 
     def _record(self, name: str, path: Path, digest: str, source: list[str]) -> StoredModel:
         record = {"file": path.name, "sha256": digest, "size": disk_size(path), "source": source}
-        (self._folder(name) / MANIFEST).write_text(json.dumps(record, indent=2))
+        manifest = self._folder(name) / MANIFEST
+        partial = manifest.with_name(f"{MANIFEST}.{os.getpid()}.tmp")  # a reader never sees half a record
+        partial.write_text(json.dumps(record, indent=2))
+        partial.replace(manifest)
         return StoredModel(name, path, digest, record["size"])
 
     def _suggest(self, name: str) -> str:

@@ -1,5 +1,6 @@
 """The `deeproots` command as a user runs it: a real process, the real model, a throwaway store."""
 
+import hashlib
 import os
 import re
 import subprocess
@@ -118,9 +119,17 @@ def test_chat_answers_and_obeys_commands(smollm2_path, hf_smollm2):
 
 
 def test_pull_list_rm_round_trip(tmp_path):
-    pulled = deeproots("pull", "smollm2-135m", home=tmp_path)
-    assert pulled.returncode == 0, pulled.stderr
-    assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in pulled.stdout
+    # Two pulls of one model at once into an empty store (two terminals): one fetches, the other waits for it.
+    env = {**os.environ, "DEEPROOTS_HOME": str(tmp_path)}
+    pulls = [subprocess.Popen([sys.executable, "-m", "deeproots.cli", "pull", "smollm2-135m"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for pull in pulls:
+        stdout, stderr = pull.communicate(timeout=600)
+        assert pull.returncode == 0, stderr
+        assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in stdout
+    [model_file] = (tmp_path / "models" / "smollm2-135m").glob("*.gguf")
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == (
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
     listed = deeproots("list", home=tmp_path)
     assert "smollm2-135m" in listed.stdout and "Q4_1" in listed.stdout and "98.4 MB" in listed.stdout
     assert deeproots("rm", "smollm2-135m", home=tmp_path).returncode == 0
