@@ -16,12 +16,17 @@ from deeproots.quant.types import GGMLType
 pytestmark = pytest.mark.slow  # a CLI process per test, transformers
 
 
+CLI = [sys.executable, "-m", "deeproots.cli"]
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the default model file's sha256
+
+
+def environment(home=None) -> dict:
+    return {**os.environ, "DEEPROOTS_HOME": str(home)} if home is not None else dict(os.environ)
+
+
 def deeproots(*args: str, home=None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if home is not None:
-        env["DEEPROOTS_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "deeproots.cli", *args], capture_output=True, text=True,
-                          env=env, input=stdin, timeout=600)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=environment(home), input=stdin,
+                          timeout=600)
 
 
 def test_unknown_model_names_the_pullable_ones(tmp_path):
@@ -120,16 +125,14 @@ def test_chat_answers_and_obeys_commands(smollm2_path, hf_smollm2):
 
 def test_pull_list_rm_round_trip(tmp_path):
     # Two pulls of one model at once into an empty store (two terminals): one fetches, the other waits for it.
-    env = {**os.environ, "DEEPROOTS_HOME": str(tmp_path)}
-    pulls = [subprocess.Popen([sys.executable, "-m", "deeproots.cli", "pull", "smollm2-135m"], env=env, text=True,
+    pulls = [subprocess.Popen([*CLI, "pull", "smollm2-135m"], env=environment(tmp_path), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     for pull in pulls:
         stdout, stderr = pull.communicate(timeout=600)
         assert pull.returncode == 0, stderr
-        assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in stdout
+        assert SMOLLM2_SHA256 in stdout
     [model_file] = (tmp_path / "models" / "smollm2-135m").glob("*.gguf")
-    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == (
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == SMOLLM2_SHA256
     listed = deeproots("list", home=tmp_path)
     assert "smollm2-135m" in listed.stdout and "Q4_1" in listed.stdout and "98.4 MB" in listed.stdout
     assert deeproots("rm", "smollm2-135m", home=tmp_path).returncode == 0
