@@ -273,6 +273,7 @@ class Speculator:
         self.cost = CostModel()
         self.accepted = self.rejected = 0  # draft tokens of every sequence so far (`--verbose`)
         self.steps = 0
+        self.drafted_probe_due = False  # a step with every sequence's drafts is owed to the cost model
 
     def start(self, prompt_ids: Sequence[int]) -> SequenceSpeculation:
         """A sequence's state, once its prompt has run (a draft model runs it too, outside the timed steps)."""
@@ -296,14 +297,20 @@ class Speculator:
         return self.draft.propose([state.draft_state for state in states], decoders, lengths)
 
     def _lengths(self, rates: list[float], limits: list[int]) -> list[int]:
-        """Each sequence's drafts this step. The cost model needs plain steps to compare with: a step of as many
-        sequences without drafts runs whenever fewer than BASELINE_STEPS of them are measured, and every
-        PROBE_EVERY steps (its cost is only that of plain decoding)."""
+        """Each sequence's drafts this step. The cost model needs both kinds of step measured now and then: a step
+        of as many sequences without drafts runs whenever fewer than BASELINE_STEPS of them are measured, and
+        every PROBE_EVERY steps (its cost is only that of plain decoding). With prompt lookup, whose drafts cost
+        nothing to make, the next step after half-way between that has drafts takes all of them whatever the model
+        says, so that one slow verify step (another process's burst of load) cannot switch drafting off for good."""
         self.steps += 1
         if not self.config.adaptive:
             return list(limits)
         if len(self.cost.recent.get(len(rates), ())) < self.BASELINE_STEPS or self.steps % self.PROBE_EVERY == 0:
             return [0] * len(rates)
+        self.drafted_probe_due |= self.draft is None and self.steps % self.PROBE_EVERY == self.PROBE_EVERY // 2
+        if self.drafted_probe_due and any(limits):
+            self.drafted_probe_due = False
+            return list(limits)
         return draft_lengths(rates, limits, self.cost)
 
     def verified(self, state: SequenceSpeculation, proposal: Proposal, steps: Sequence[object]) -> int:

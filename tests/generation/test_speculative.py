@@ -112,6 +112,20 @@ def test_cost_model_switches_drafts_off_when_they_lose():
     assert draft_lengths([0.95], [8], dear) == [0]
 
 
+def test_one_slow_verify_step_does_not_switch_prompt_lookup_off_for_good():
+    """A verify step timed during another process's burst of load makes drafts look like a loss; a drafted step
+    half-way between the plain probes measures them again (without it, every step of the round stayed plain)."""
+    speculator = Speculator(SpeculationConfig("lookup", 4))
+    for _ in range(Speculator.BASELINE_STEPS):
+        speculator.cost.observe(1, 0.010)
+    speculator.cost.observe(5, 0.500)  # one step of 5 rows timed at 50 one-row steps
+    assert draft_lengths([0.95], [4], speculator.cost) == [0]
+    limits = [4] * Speculator.PROBE_EVERY
+    limits[Speculator.PROBE_EVERY // 2 - 1] = 0  # the half-way step found no drafts: the next one is the probe
+    lengths = [speculator._lengths([0.95], [limit])[0] for limit in limits]
+    assert lengths[Speculator.PROBE_EVERY // 2] == 4 and lengths.count(0) == Speculator.PROBE_EVERY - 1
+
+
 def test_acceptance_rate_follows_the_observations():
     acceptance = Acceptance()
     assert acceptance.rate == 0.5
