@@ -1,5 +1,6 @@
 """Shared fixtures: the real default model, pulled into the store once per machine."""
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -23,25 +24,41 @@ def smollm2_metadata(smollm2_path) -> dict:
         return model_file.metadata
 
 
-def load_hf_from_gguf(path: Path, reader):
-    """HF transformers' own (tokenizer, model) on a GGUF file, dequantized to float32: the independent reference.
-    `reader`: the gguf package's reader already parsed on that file."""
-    transformers = pytest.importorskip("transformers")
-    import torch
+@contextlib.contextmanager
+def hf_gguf_loading(path: Path, reader):
+    """Transformers' GGUF loading of `path` (skipped where transformers is not installed), sped up: `reader` is the
+    gguf package's reader already parsed on it.
 
-    folder, name = str(path.parent), path.name
-    # Transformers repeats two of the gguf package's computations: it parses the file three times (tokenizer, config,
-    # weights: ~9 s apiece for a 262k-token vocabulary), and builds the same tensor-name map for each of the model's
-    # hundreds of modules (~10 ms each). The session's parsed reader serves all three parses and each map is built
-    # once; what transformers does with them is unchanged.
+    Transformers repeats two of the gguf package's computations: it parses the file once per thing it loads
+    (tokenizer, config, weights: ~9 s apiece for a 262k-token vocabulary), and builds the same tensor-name map for
+    each of the model's hundreds of modules (~10 ms each). The session's parsed reader serves every parse and each
+    map is built once; what transformers does with them is unchanged."""
+    pytest.importorskip("transformers")
     open_reader = gguf.GGUFReader
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
                       else open_reader(asked, *args, **kwargs))
         patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return tokenizer, model.eval()
+        yield
+
+
+def load_hf_tokenizer_from_gguf(path: Path, reader):
+    """HF transformers' own tokenizer of a GGUF file: the independent reference."""
+    with hf_gguf_loading(path, reader):
+        import transformers
+
+        return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def load_hf_model_from_gguf(path: Path, reader):
+    """HF transformers' own model on a GGUF file, dequantized to float32: the independent reference."""
+    with hf_gguf_loading(path, reader):
+        import torch
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                  dtype=torch.float32)
+    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +68,15 @@ def smollm2_gguf(smollm2_path):
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(smollm2_path, smollm2_gguf):
-    return load_hf_from_gguf(smollm2_path, smollm2_gguf)
+def hf_smollm2_tokenizer(smollm2_path, smollm2_gguf):
+    """HF transformers' tokenizer for the default model's file."""
+    return load_hf_tokenizer_from_gguf(smollm2_path, smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path, smollm2_gguf, hf_smollm2_tokenizer):
+    """Transformers' (tokenizer, model) on the default model's file."""
+    return hf_smollm2_tokenizer, load_hf_model_from_gguf(smollm2_path, smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -75,9 +99,16 @@ def gemma3_gguf(gemma3_path):
 
 
 @pytest.fixture(scope="session")
-def hf_gemma3(gemma3_path, gemma3_gguf):
-    """Transformers' Gemma 3 on the same GGUF (~20 s to load: its 262k-token vocabulary)."""
-    return load_hf_from_gguf(gemma3_path, gemma3_gguf)
+def hf_gemma3_tokenizer(gemma3_path, gemma3_gguf):
+    """HF transformers' tokenizer for the Gemma 3 file (~13 s to load: its 262k-token vocabulary), alone for the
+    files that need no model."""
+    return load_hf_tokenizer_from_gguf(gemma3_path, gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3(gemma3_path, gemma3_gguf, hf_gemma3_tokenizer):
+    """Transformers' (tokenizer, model) on the Gemma 3 file (the model ~20 s more)."""
+    return hf_gemma3_tokenizer, load_hf_model_from_gguf(gemma3_path, gemma3_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +128,12 @@ def smollm2_reference(smollm2_path):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, hf_smollm2):
+def tiny_checkpoint(tmp_path_factory, hf_smollm2_tokenizer):
     """make(model_type) -> (folder, transformers model): a tiny random HF checkpoint (tiny_checkpoints.py)."""
     pytest.importorskip("transformers")
     from tiny_checkpoints import CheckpointMaker
 
-    return CheckpointMaker(tmp_path_factory, hf_smollm2[0])
+    return CheckpointMaker(tmp_path_factory, hf_smollm2_tokenizer)
 
 
 @pytest.fixture(scope="session")

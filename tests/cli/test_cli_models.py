@@ -78,12 +78,12 @@ def test_repl_save_writes_a_preset_run_uses(home_with_smollm2):
     assert by_preset.returncode == 0 and by_preset.stdout == by_hand.stdout, by_preset.stderr
 
 
-def test_chat_system_reaches_the_prompt(home_with_smollm2, hf_smollm2):
+def test_chat_system_reaches_the_prompt(home_with_smollm2, hf_smollm2_tokenizer):
     system = "Answer in French."
     result = deeproots("chat", "smol", "--system", system, "--verbose", *greedy("-n", "1"),
                        home=home_with_smollm2, stdin="hi\n/bye\n")
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]
-    expected = hf_prompt_ids(hf_smollm2[0], messages, [system, "hi"], add_generation_prompt=True)
+    expected = hf_prompt_ids(hf_smollm2_tokenizer, messages, [system, "hi"], add_generation_prompt=True)
     assert re.search(r"prompt: (\d+) tokens", result.stderr)[1] == str(len(expected)), result.stderr
 
 

@@ -113,14 +113,14 @@ def test_llama_cpp_runs_the_converted_file(model_type, tiny_checkpoint, tmp_path
     assert top1 >= 0.95
 
 
-def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2):
+def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2_tokenizer):
     folder, hf_model = checkpoint
     model = deeproots.load(folder, reference=True)
     ids = model.tokenize(TEXT)
     with torch.no_grad():
         expected = hf_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):]
-    hf_tokenizer = hf_smollm2[0]
+    hf_tokenizer = hf_smollm2_tokenizer
     assert ids == hf_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     assert model.generate(ids, max_tokens=12, temperature=0) == hf_tokenizer.decode(expected)
     # The chat template comes from tokenizer_config.json.

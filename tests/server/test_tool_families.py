@@ -39,11 +39,11 @@ CONVERSATION = [  # call ids of 9 alphanumerics, as Mistral's template demands
 
 
 @pytest.fixture(scope="module")
-def gemma4_checkpoint(hf_smollm2, tmp_path_factory):
+def gemma4_checkpoint(hf_smollm2_tokenizer, tmp_path_factory):
     """A tiny checkpoint whose vocabulary has Gemma 4's markers as control tokens, as Gemma 4's own has."""
     from tiny_checkpoints import CheckpointMaker
 
-    tokenizer = copy.deepcopy(hf_smollm2[0])
+    tokenizer = copy.deepcopy(hf_smollm2_tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": GEMMA4_CONTROL_TOKENS})
     return with_template(CheckpointMaker(tmp_path_factory, tokenizer)(ARCHITECTURE[GEMMA4])[0], GEMMA4,
                          tmp_path_factory)

@@ -1,6 +1,5 @@
-"""Tokenizer fixtures shared across files: the real models' HF tokenizers are slow to load (Gemma 3's
-262k-token vocabulary takes ~20 s through HF's GGUF loader), so each comes from the session's HF model
-fixtures in tests/conftest.py, which the model tests load anyway."""
+"""Tokenizer fixtures shared across files. The real models' HF tokenizers are session fixtures of tests/conftest.py
+(Gemma 3's 262k-token vocabulary takes ~13 s through HF's GGUF loader), loaded without their models."""
 
 import pytest
 
@@ -19,15 +18,3 @@ def gemma3_tokenizer(gemma3_metadata):
     from deeproots.tokenizer import Tokenizer
 
     return Tokenizer.from_gguf_metadata(gemma3_metadata)
-
-
-@pytest.fixture(scope="session")
-def hf_gemma3_tokenizer(hf_gemma3):
-    """HF transformers' tokenizer for the Gemma 3 file: the independent reference."""
-    return hf_gemma3[0]
-
-
-@pytest.fixture(scope="session")
-def hf_smollm2_tokenizer(hf_smollm2):
-    """HF transformers' tokenizer for the default model's file."""
-    return hf_smollm2[0]
