@@ -110,10 +110,13 @@ class TransformersEngine:
             raise DeeprootsError("--vs transformers needs torch and transformers: pip install 'deeproots[test]'") \
                 from None
 
+        from .transformers_gguf import shared_parse
+
         path = Path(path)
         self.torch = torch
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        with shared_parse(path):  # config and weights from one parse of the file
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
     def prefill(self, tokens: list[int]) -> None:
         with self.torch.inference_mode():

@@ -1,13 +1,12 @@
 """Shared fixtures: the real default model, pulled into the store once per machine."""
 
-import contextlib
-import functools
 from pathlib import Path
 
 import gguf  # llama.cpp's own reader, from the test extra: an independent reference
 import pytest
 
 from deeproots.store import DEFAULT_MODEL, ModelStore
+from deeproots.transformers_gguf import shared_parse
 
 
 @pytest.fixture(scope="session")
@@ -24,38 +23,20 @@ def smollm2_metadata(smollm2_path) -> dict:
         return model_file.metadata
 
 
-@contextlib.contextmanager
-def hf_gguf_loading(path: Path, reader):
-    """Transformers' GGUF loading of `path` (skipped where transformers is not installed), sped up: `reader` is the
-    gguf package's reader already parsed on it.
-
-    Transformers repeats two of the gguf package's computations: it parses the file once per thing it loads
-    (tokenizer, config, weights: ~9 s apiece for a 262k-token vocabulary), and builds the same tensor-name map for
-    each of the model's hundreds of modules (~10 ms each). The session's parsed reader serves every parse and each
-    map is built once; what transformers does with them is unchanged."""
-    pytest.importorskip("transformers")
-    open_reader = gguf.GGUFReader
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", lambda asked, *args, **kwargs: reader if Path(asked) == Path(path)
-                      else open_reader(asked, *args, **kwargs))
-        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
-        yield
-
-
 def load_hf_tokenizer_from_gguf(path: Path, reader):
-    """HF transformers' own tokenizer of a GGUF file: the independent reference."""
-    with hf_gguf_loading(path, reader):
-        import transformers
-
+    """HF transformers' own tokenizer of a GGUF file (`reader`: the gguf package's, already parsed on it): the
+    independent reference."""
+    transformers = pytest.importorskip("transformers")
+    with shared_parse(path, reader):
         return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def load_hf_model_from_gguf(path: Path, reader):
     """HF transformers' own model on a GGUF file, dequantized to float32: the independent reference."""
-    with hf_gguf_loading(path, reader):
-        import torch
-        import transformers
+    transformers = pytest.importorskip("transformers")
+    import torch
 
+    with shared_parse(path, reader):
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                   dtype=torch.float32)
     return model.eval()
