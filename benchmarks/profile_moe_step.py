@@ -32,7 +32,9 @@ def timed(totals: dict[str, float], part: str, fn):
 def instrument(model, totals: dict[str, float]) -> None:
     for block in model.net.blocks:
         moe = block.moe
-        block.attention = timed(totals, "attention (q/k/v/o products, norms, RoPE, attention)", block.attention)
+        attention = "attention (q/k/v/o products, norms, RoPE, attention)"
+        block.attention = timed(totals, attention, block.attention)
+        block.project = timed(totals, attention, block.project)  # the o product, outside block.attention
         moe.route = timed(totals, "router (product, softmax, top-k)", moe.route)
         moe.experts_output = timed(totals, "experts total", moe.experts_output)
         moe.ffn_gate_up_exps.grouped = timed(totals, "  expert gate/up products", moe.ffn_gate_up_exps.grouped)
