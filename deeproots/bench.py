@@ -23,6 +23,7 @@ import numpy as np
 from .errors import DeeprootsError
 from .kernels import amx_enabled, set_amx
 from .limits import Traffic
+from .transformers_gguf import shared_parse
 
 
 class Engine(Protocol):
@@ -109,8 +110,6 @@ class TransformersEngine:
         except ImportError:
             raise DeeprootsError("--vs transformers needs torch and transformers: pip install 'deeproots[test]'") \
                 from None
-
-        from .transformers_gguf import shared_parse
 
         path = Path(path)
         self.torch = torch

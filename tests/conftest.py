@@ -26,15 +26,16 @@ def smollm2_metadata(smollm2_path) -> dict:
 def load_hf_tokenizer_from_gguf(path: Path, reader):
     """HF transformers' own tokenizer of a GGUF file (`reader`: the gguf package's, already parsed on it): the
     independent reference."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the test extra's, as gguf is
+
     with shared_parse(path, reader):
         return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def load_hf_model_from_gguf(path: Path, reader):
     """HF transformers' own model on a GGUF file, dequantized to float32: the independent reference."""
-    transformers = pytest.importorskip("transformers")
     import torch
+    import transformers
 
     with shared_parse(path, reader):
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,

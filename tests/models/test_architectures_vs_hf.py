@@ -120,7 +120,7 @@ def test_greedy_text_from_folder_matches_transformers(checkpoint, hf_smollm2_tok
     with torch.no_grad():
         expected = hf_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):]
-    hf_tokenizer = hf_smollm2_tokenizer
+    hf_tokenizer = hf_smollm2_tokenizer  # the vocabulary every tiny checkpoint is made with
     assert ids == hf_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     assert model.generate(ids, max_tokens=12, temperature=0) == hf_tokenizer.decode(expected)
     # The chat template comes from tokenizer_config.json.
