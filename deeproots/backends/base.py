@@ -3,7 +3,7 @@
 A Backend owns everything that differs between ways of executing a model:
 - where arrays live (`from_host` / `to_host`: numpy on the CPU; a device array library elsewhere),
 - how each weight is placed (`linear`, `embedding`, `vector`: dense float32, packed block formats, a device layout
-  or a rank's shard) and the `primitives` that run over what it placed (norms, RoPE, attention, gating),
+  or a rank's shard) and the `primitives` that run over what it placed (norms, RoPE, attention, gating, routing),
 - where the KV cache is stored (`kv_cache`: f32 / f16 / q8_0 rows, on a device or split by heads).
 The model code (models/*.py) is written once against this: it asks the backend, never which backend it has.
 """
@@ -32,6 +32,11 @@ class Primitives:
     # (rope, qkv, n_heads, caches, lengths, layer, scale, window, sinks=None) -> (N, n_heads * D); caches' offsets
     # do not move; sinks (n_heads,) or None: see formulas.causal_attention
     attend_sequences: Callable[..., np.ndarray]
+    # A mixture of experts' router: (logits (N, n_experts), top_k, normalize) -> (ids (N, top_k) on the host, most
+    # probable first, weights (N, top_k) float32); see formulas.route
+    route: Callable[..., tuple]
+    # (expert rows (N * k, d), weights (N, k), order (N * k,)) -> (N, d): see formulas.combine_experts
+    combine_experts: Callable[..., np.ndarray]
 
 
 def per_sequence(rotate_: Callable, attention: Callable) -> Callable[..., np.ndarray]:

@@ -40,7 +40,8 @@ def _attend_sequences_fast(rope: RotaryEmbedding, qkv: np.ndarray, n_heads: int,
 
 # GELU gating (Gemma) stays numpy: a few ops per layer, too few to earn a kernel yet.
 FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=kernels.cached_attention,
-                  silu_mul=kernels.silu_mul, gelu_mul=gelu_mul, attend_sequences=_attend_sequences_fast)
+                  silu_mul=kernels.silu_mul, gelu_mul=gelu_mul, attend_sequences=_attend_sequences_fast,
+                  route=kernels.route, combine_experts=kernels.combine_experts)
 
 
 # Formats a kernel runs as Q8_0 blocks of the same values (Q5_0: 34/22 of the bytes; MXFP4, gpt-oss's experts: 34/17,

@@ -32,9 +32,9 @@ from ..quant import GGMLType
 from ..quant.legacy import q5_0_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource
 from .cuda_graphs import DecodeGraphs
-from .cuda_moe import BlockExperts, FloatExperts, device_mixture_class
+from .cuda_moe import BlockExperts, FloatExperts, device_mixture_class, device_route
 from .device_memory import DEVICE_BLOCK_TYPES, device_type, device_weight_bytes
-from .formulas import RotaryEmbedding
+from .formulas import RotaryEmbedding, combine_experts
 from .linears import QuantizedEmbedding
 
 FLOAT_DTYPES = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
@@ -144,7 +144,8 @@ class DevicePrimitives:
 
     def primitives(self) -> Primitives:
         return Primitives(rms_norm=rms_norm, rotate_=self.rotate_, attention=attention, silu_mul=silu_mul,
-                          gelu_mul=gelu_mul, attend_sequences=self.attend_sequences)
+                          gelu_mul=gelu_mul, attend_sequences=self.attend_sequences, route=device_route,
+                          combine_experts=combine_experts)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -1,7 +1,7 @@
 """Mixtures of experts on the CUDA backend: the router on the device, and per chosen expert one product over that
 expert's slice of the 3-d block tensor, uploaded once with the experts one after another (a slice is a view).
 
-The routing follows models/moe.py's `route` (softmax over all experts, top-k with ties to the lower id, optional
+The routing follows backends/formulas.py's `route` (softmax over all experts, top-k with ties to the lower id, optional
 renormalisation) in torch on the device; only the (N, top_k) expert ids come to the host, where the products are
 scheduled (models/moe.py's MixtureOfExperts.experts_output gathers, scales and sums the rows on the device).
 """
@@ -19,7 +19,7 @@ from ..models.moe import MixtureOfExperts, SharedExpert
 
 def device_route(logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[np.ndarray, torch.Tensor]:
     """Router logits (N, n_experts) on the device -> (expert ids (N, top_k) on the host, weights (N, top_k) float32
-    on the device), as models/moe.py's route computes them."""
+    on the device), as backends/formulas.py's route computes them."""
     probabilities = torch.softmax(logits.float(), dim=-1)  # (N, n_experts)
     ordered, ids = torch.sort(probabilities, dim=-1, descending=True, stable=True)  # ties: the lower id first
     weights = ordered[:, :top_k]  # (N, top_k)
@@ -35,9 +35,6 @@ class DeviceSharedExpert(SharedExpert):
 
 class DeviceMixtureOfExperts(MixtureOfExperts):
     shared_class = DeviceSharedExpert
-
-    def route(self, h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        return device_route(self.router_logits(h), self.experts.used_count, self.experts.normalize_weights)
 
 
 def device_mixture_class(moe_class: type) -> type:

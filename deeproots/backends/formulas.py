@@ -1,4 +1,5 @@
-"""The formulas every architecture is built from: norms, rotary embeddings, attention, gated activations.
+"""The formulas every architecture is built from: norms, rotary embeddings, attention, gated activations, and a
+mixture of experts' routing and the sum of its experts' rows.
 
 Activations of one sequence are (T, d_model) float32 numpy arrays; attention works per head as
 (n_heads, T, head_dim). These are the reference forms (plain numpy, written as the formulas read): the
@@ -140,3 +141,28 @@ def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
     gate, up = np.split(gate_up, 2, axis=-1)
     inner = np.float32(math.sqrt(2.0 / math.pi)) * (gate + np.float32(0.044715) * gate * gate * gate)
     return np.float32(0.5) * gate * (1.0 + np.tanh(inner)) * up
+
+
+def route(logits: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Router logits (N, n_experts) -> (expert ids (N, top_k), weights (N, top_k)) in float32.
+
+    softmax over all experts, the top_k most probable (ties to the lower id), their probabilities rescaled to
+    sum to 1 when the family does (`normalize`).
+    """
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)  # (N, n_experts)
+    ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]  # (N, top_k), most probable first
+    weights = probabilities[np.arange(len(ids))[:, None], ids]  # (N, top_k): each row's chosen probabilities
+    if normalize:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return ids, weights
+
+
+def combine_experts(rows, weights, order: np.ndarray):
+    """A mixture's output (N, d): each token's k expert rows times their weights (N, k), summed in the token's own
+    slot order (the same bits whoever shares its experts). rows (N * k, d): product row r holds the (token, slot)
+    pair order[r] (pair t * k + s), as the products grouped them by expert. numpy or torch rows and weights alike."""
+    n, k = weights.shape
+    weighted = rows * weights.reshape(-1)[order, None]  # (N * k, d)
+    by_pair = weighted[np.argsort(order)]  # back in (token, slot) order (index arrays: numpy or torch rows)
+    return by_pair.reshape(n, k, -1).sum(axis=1)  # (N, d), slot after slot

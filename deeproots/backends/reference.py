@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Backend, Linear, Primitives, WeightSource, per_sequence
-from .formulas import RotaryEmbedding, causal_attention, gelu_mul, rms_norm, silu_mul
+from .formulas import RotaryEmbedding, causal_attention, combine_experts, gelu_mul, rms_norm, route, silu_mul
 from .linears import DenseLinear, Experts
 
 REFERENCE = Primitives(rms_norm=rms_norm, rotate_=RotaryEmbedding.rotate_, attention=causal_attention,
                        silu_mul=silu_mul, gelu_mul=gelu_mul,
-                       attend_sequences=per_sequence(RotaryEmbedding.rotate_, causal_attention))
+                       attend_sequences=per_sequence(RotaryEmbedding.rotate_, causal_attention),
+                       route=route, combine_experts=combine_experts)
 
 
 class ReferenceBackend(Backend):

@@ -19,18 +19,11 @@ from .llama import Llama, LlamaBlock
 from .moe import MixtureOfExperts
 
 
-def route_top_k_softmax(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Router logits (N, n_experts) -> (expert ids (N, top_k), weights (N, top_k)) in float32: the top_k largest
-    logits (ties to the lower id), most probable first, and a softmax over those alone (they sum to 1)."""
-    ids = np.argsort(-logits, axis=-1, kind="stable")[:, :top_k]  # (N, top_k)
-    chosen = np.take_along_axis(logits, ids, axis=-1)
-    shifted = np.exp(chosen - chosen[:, :1])  # the first is the largest
-    return ids, shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 class GptOssExperts(MixtureOfExperts):
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return route_top_k_softmax(self.router_logits(h), self.experts.used_count)
+        """A softmax over the top-k logits alone: the top-k probabilities rescaled to sum to 1, whatever the file's
+        expert_weights_norm says."""
+        return self.ops.route(self.router_logits(h), self.experts.used_count, True)
 
     def gate(self, gate_up: np.ndarray) -> np.ndarray:
         return clamped_swiglu(gate_up, GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT)

@@ -22,21 +22,6 @@ from ..errors import ModelFormatError
 from .weights import GGUFWeights
 
 
-def route(logits: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Router logits (N, n_experts) -> (expert ids (N, top_k), weights (N, top_k)) in float32.
-
-    softmax over all experts, the top_k most probable (ties to the lower id), their probabilities rescaled to
-    sum to 1 when the family does (`normalize`).
-    """
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)  # (N, n_experts)
-    ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]  # (N, top_k), most probable first
-    weights = probabilities[np.arange(len(ids))[:, None], ids]  # (N, top_k): each row's chosen probabilities
-    if normalize:
-        weights = weights / weights.sum(axis=-1, keepdims=True)
-    return ids, weights
-
-
 class MixtureOfExperts:
     shared_class: type  # SharedExpert, or a backend's variant of it (set below, once SharedExpert is defined)
 
@@ -73,7 +58,7 @@ class MixtureOfExperts:
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The experts each row of h (N, d_model) goes to and their weights: (N, top_k) ids and (N, top_k) float32."""
-        return route(self.router_logits(h), self.experts.used_count, self.experts.normalize_weights)
+        return self.ops.route(self.router_logits(h), self.experts.used_count, self.experts.normalize_weights)
 
     def gate(self, gate_up: np.ndarray) -> np.ndarray:
         """An expert's gating of its [gate | up] rows (M, 2 * expert ffn_dim) -> (M, expert ffn_dim): SiLU."""
@@ -97,10 +82,8 @@ class MixtureOfExperts:
         expert_out = self.ffn_down_exps.grouped(self.gate(gate_up), chosen, starts)  # (N * k, d_model)
         if self.down_bias is not None:
             expert_out += self.down_bias[sorted_ids]
-        expert_out *= weights.reshape(-1)[order, None]
-        by_pair = expert_out[np.argsort(order)]  # back in (token, slot) order (index arrays: numpy or torch rows)
-        # Summed over each token's own slots, in its own order: the same bits whoever shares its experts.
-        return by_pair.reshape(n, k, -1).sum(axis=1)  # (N, d_model)
+        # Weighted and summed over each token's own slots, in its own order: the same bits whoever shares its experts.
+        return self.ops.combine_experts(expert_out, weights, order)  # (N, d_model)
 
 
 class SharedExpert:

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mixture import exact_route
 
+from deeproots.backends import formulas
 from deeproots.errors import RequestError
 from deeproots.kernels import get_num_threads, rms_norm, rotary_embedding_, set_num_threads, silu_mul
 
@@ -317,8 +319,8 @@ def test_silu_mul_bad_arguments(changes):
 
 @pytest.fixture(scope="module", params=["x86-64-v3", "x86-64"], ids=["avx2", "portable-c"])
 def fallback(request, tmp_path_factory):
-    """csrc/elementwise.c built for an older ISA, as a plain library called through ctypes: the three kernels with
-    the same Python signatures (no argument checks; two threads)."""
+    """csrc/elementwise.c built for an older ISA, as a plain library called through ctypes: its kernels with the
+    same Python signatures (no argument checks; two threads)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.machine() != "x86_64":
         pytest.skip("needs a C compiler on x86-64")
@@ -331,6 +333,8 @@ def fallback(request, tmp_path_factory):
     lib.rms_norm_run.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_double, ctypes.c_int]
     lib.rope_run.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.silu_mul_run.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
+    lib.route_run.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr]
+    lib.combine_experts_run.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
 
     def norm(x, w, eps):
         out = np.empty_like(x)
@@ -346,12 +350,25 @@ def fallback(request, tmp_path_factory):
         lib.silu_mul_run(gate_up.ctypes.data, out.ctypes.data, *out.shape, 2)
         return out
 
-    return norm, rotate, silu
+    def route(logits, top_k, normalize):
+        ids, weights = np.empty((len(logits), top_k), np.int64), np.empty((len(logits), top_k), np.float32)
+        taken = np.empty(logits.shape[1], np.uint8)
+        lib.route_run(logits.ctypes.data, *logits.shape, top_k, normalize, taken.ctypes.data, ids.ctypes.data,
+                      weights.ctypes.data)
+        return ids, weights
+
+    def combine(rows, weights, order):
+        out, slots = np.empty((len(weights), rows.shape[1]), np.float32), np.argsort(order)  # slots: each pair's row
+        lib.combine_experts_run(rows.ctypes.data, weights.ctypes.data, slots.ctypes.data, out.ctypes.data,
+                                *weights.shape, rows.shape[1], 2)
+        return out
+
+    return norm, rotate, silu, route, combine
 
 
 @pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
 def test_fallback_isas_within_bound_and_invariant(fallback):
-    norm, rotate, silu = fallback
+    norm, rotate, silu, route, combine = fallback
     for T, d in [(1, 576), (513, 999), (3, 64)]:
         check_rms_norm(norm, T, d, seed=d)
         check_silu_mul(silu, T, d, seed=d)
@@ -360,3 +377,11 @@ def test_fallback_isas_within_bound_and_invariant(fallback):
         check_rope(rotate, T, *shape, interleaved, 11, seed=T)
     x, w = rows_with_varied_scales(200, 999, seed=3), randn(999, seed=4)
     assert np.array_equal(norm(x, w, 1e-5), np.concatenate([norm(x[t:t + 1], w, 1e-5) for t in range(200)]))
+    for n, k, d in [(1, 8, 2048), (300, 4, 999)]:
+        logits = randn(n, 64, seed=n) * 4
+        ids, weights = route(logits, k, True)
+        exact_ids, exact_weights = exact_route(logits, k, True)
+        np.testing.assert_array_equal(ids, exact_ids)
+        assert np.all(np.abs(weights - exact_weights) <= U * exact_weights)
+        rows, order = randn(n * k, d, seed=k), np.argsort(ids, axis=None, kind="stable")
+        np.testing.assert_array_equal(combine(rows, weights, order), formulas.combine_experts(rows, weights, order))

@@ -157,6 +157,17 @@ def silu_mul_call(rng, t: int, f: int):
     return [randn(rng, t, 2 * f), np.zeros((t, f), F32), t, f], [Arg("in"), Arg("out"), Arg("size"), Arg("size")]
 
 
+def route_call(rng, n: int, experts: int, k: int):
+    args = [randn(rng, n, experts), np.zeros((n, k), I64), np.zeros((n, k), F32), n, experts, k, 1]
+    return args, [Arg("in"), Arg("out"), Arg("out"), Arg("size"), Arg("size"), Arg("size"), Arg("free", (2, -1))]
+
+
+def combine_experts_call(rng, n: int, k: int, d: int):
+    order = rng.permutation(n * k).astype(I64)
+    args = [randn(rng, n * k, d), randn(rng, n, k), order, np.zeros((n, d), F32), n, k, d]
+    return args, [Arg("in"), Arg("in"), Arg("in"), Arg("out"), Arg("size"), Arg("size"), Arg("size")]
+
+
 small = st.integers(1, 5)
 CALLS = {
     "linear": (lambda d, rng: linear_call(rng, d.draw(small), 32 * d.draw(small), d.draw(st.integers(1, 40)))),
@@ -177,6 +188,9 @@ CALLS = {
     "rms_norm": (lambda d, rng: rms_norm_call(rng, d.draw(small), d.draw(st.integers(1, 70)))),
     "rope": (lambda d, rng: rope_call(rng, d.draw(small), d.draw(small), 2 * d.draw(small), d.draw(st.integers(0, 9)))),
     "silu_mul": (lambda d, rng: silu_mul_call(rng, d.draw(small), d.draw(st.integers(1, 40)))),
+    "route": (lambda d, rng: route_call(rng, d.draw(small), *d.draw(st.sampled_from([(2, 1), (8, 3), (64, 8)])))),
+    "combine_experts": (lambda d, rng: combine_experts_call(rng, d.draw(small), d.draw(small),
+                                                            d.draw(st.integers(1, 40)))),
 }
 
 

@@ -12,19 +12,21 @@ import pytest
 import torch
 
 import deeproots
-from deeproots.backends.formulas import clamped_swiglu, yarn_frequencies
+from deeproots import kernels
+from deeproots.backends.formulas import clamped_swiglu, route, yarn_frequencies
 from deeproots.config import YarnScaling
 from deeproots.errors import ModelFormatError, UnsupportedModelError
 from deeproots.formats.names import GPT_OSS_SWIGLU_ALPHA as SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT as SWIGLU_LIMIT
-from deeproots.models.gpt_oss import route_top_k_softmax
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs, "
         "then count 1, 2, 3, 5, 8 and 13 before the sun sets over the quiet harbour.")
 
 
-def test_route_is_top_k_then_softmax():
+@pytest.mark.parametrize("route", [route, kernels.route], ids=["formula", "kernel"])
+def test_route_is_top_k_then_softmax(route):
+    """gpt-oss's softmax over the top-k logits alone is the top-k probabilities renormalised."""
     logits = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32) * 3
-    ids, weights = route_top_k_softmax(logits, 3)
+    ids, weights = route(logits, 3, True)
     values, indices = torch.topk(torch.from_numpy(logits), 3, dim=-1)
     np.testing.assert_array_equal(ids, indices.numpy())
     np.testing.assert_allclose(weights, values.softmax(-1).numpy(), rtol=1e-6)

@@ -13,11 +13,12 @@ import torch
 from tiny_checkpoints import MOE_ARCHITECTURES
 
 import deeproots
+from deeproots import kernels
+from deeproots.backends.formulas import route
 from deeproots.backends.linears import Experts, PackedExperts
 from deeproots.config import config_from_gguf
 from deeproots.convert import convert_folder
 from deeproots.errors import ModelFormatError, UnsupportedModelError
-from deeproots.models.moe import route
 
 pytestmark = pytest.mark.slow  # transformers checkpoints and llama.cpp
 
@@ -63,8 +64,9 @@ def test_routing_matches_transformers(checkpoint):
         np.testing.assert_array_equal(np.sort(ours[0], axis=1), np.sort(expected, axis=1), err_msg=f"layer {layer}")
 
 
+@pytest.mark.parametrize("route", [route, kernels.route], ids=["formula", "kernel"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_route_is_softmax_then_top_k(normalize):
+def test_route_is_softmax_then_top_k(normalize, route):
     logits = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     ids, weights = route(logits, 3, normalize)
     probabilities = torch.from_numpy(logits).softmax(-1)

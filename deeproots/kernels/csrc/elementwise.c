@@ -212,3 +212,64 @@ void silu_mul_run(const float *gate_up, float *out, int64_t T, int64_t F, int th
     const silu_args a = {gate_up, out, F};
     run_rows(silu_rows, &a, T, 3 * F, threads);
 }
+
+/* --- A mixture of experts: its routing, and the weighted sum of each token's expert rows --- */
+
+void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, uint8_t *taken, int64_t *ids,
+               float *weights)
+{
+    for (int64_t t = 0; t < N; t++) {
+        const float *l = logits + t * E;
+        float top = l[0];
+        for (int64_t e = 1; e < E; e++)
+            top = l[e] > top ? l[e] : top;
+        /* in double: l - top is exact there, exp and the sums round ~1e-16, and the weight rounds once to float */
+        double total = 0.0, kept = 0.0; /* kept: the chosen experts' share of the total, for renormalising */
+        for (int64_t e = 0; e < E; e++)
+            total += exp((double)l[e] - (double)top);
+        memset(taken, 0, (size_t)E);
+        for (int64_t s = 0; s < k; s++) {
+            int64_t best = -1; /* the largest logit not yet taken, the lower id on ties; distinct ids even with NaNs */
+            for (int64_t e = 0; e < E; e++)
+                if (!taken[e] && (best < 0 || l[e] > l[best]))
+                    best = e;
+            taken[best] = 1;
+            ids[t * k + s] = best;
+            kept += exp((double)l[best] - (double)top);
+        }
+        for (int64_t s = 0; s < k; s++)
+            weights[t * k + s] = (float)(exp((double)l[ids[t * k + s]] - (double)top) / (normalize ? kept : total));
+    }
+}
+
+typedef struct {
+    const float *rows, *weights;
+    const int64_t *slots;
+    float *out;
+    int64_t k, d;
+} combine_args;
+
+static void combine_rows(const void *p, int64_t t0, int64_t t1)
+{
+    const combine_args *a = p;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *w = a->weights + t * a->k;
+        const int64_t *slot = a->slots + t * a->k;
+        float *out = a->out + t * a->d;
+        for (int64_t j = 0; j < a->d; j += VW) {
+            const int64_t n = a->d - j;
+            /* each product rounded, then added slot after slot: no fused multiply-add */
+            vf acc = vmul(load_f32(a->rows + slot[0] * a->d + j, n), vset1(w[0]));
+            for (int64_t s = 1; s < a->k; s++)
+                acc = vadd(acc, vmul(load_f32(a->rows + slot[s] * a->d + j, n), vset1(w[s])));
+            store_f32(out + j, n, acc);
+        }
+    }
+}
+
+void combine_experts_run(const float *rows, const float *weights, const int64_t *slots, float *out, int64_t N,
+                         int64_t k, int64_t d, int threads)
+{
+    const combine_args a = {rows, weights, slots, out, k, d};
+    run_rows(combine_rows, &a, N, (k + 1) * d, threads);
+}

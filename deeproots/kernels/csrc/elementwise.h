@@ -1,4 +1,5 @@
-/* Row-wise float primitives of every transformer block: RMSNorm, rotary embeddings, SiLU gating (elementwise.c).
+/* Row-wise float primitives of every transformer block: RMSNorm, rotary embeddings, SiLU gating, and a mixture of
+ * experts' routing and combination (elementwise.c).
  * The contracts and error bounds are in deeproots/kernels/elementwise.py. Every row is computed by the same code
  * whatever T and the thread that runs it, so a row's result does not depend on the call. */
 #ifndef DEEPROOTS_ELEMENTWISE_H
@@ -17,5 +18,16 @@ void rope_run(float *x, int64_t row_stride, int64_t T, int64_t n_heads, int64_t 
 
 /* out (T, F) = silu(gate) * up for gate_up (T, 2F) = [gate | up]; both contiguous, not overlapping. */
 void silu_mul_run(const float *gate_up, float *out, int64_t T, int64_t F, int threads);
+
+/* For each row t of logits (N, E): softmax over the E experts, the k largest logits (the lower id on ties) into
+ * ids (N, k) in that order, and their probabilities into weights (N, k), rescaled to sum to 1 when `normalize`.
+ * 1 <= k <= E; taken: scratch of E bytes. */
+void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, uint8_t *taken, int64_t *ids,
+               float *weights);
+
+/* out (N, d): row t = sum over s = 0 .. k - 1, in that order, of weights[t * k + s] * rows[slots[t * k + s]] (each
+ * product rounded to float, then added); rows (M, d), every slot in [0, M). */
+void combine_experts_run(const float *rows, const float *weights, const int64_t *slots, float *out, int64_t N,
+                         int64_t k, int64_t d, int threads);
 
 #endif

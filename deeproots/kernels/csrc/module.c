@@ -1090,6 +1090,81 @@ static PyObject *py_silu_mul(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+/* route(logits, ids, weights, N, E, k, normalize): logits (N, E) float32; ids (N, k) int64 and weights (N, k) float32
+ * written; 1 <= k <= E (see elementwise.h). */
+static PyObject *py_route(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    static const char fn[] = "route";
+    int64_t N = 0, E = 0, k = 0, normalize = 0;
+    if (arg_count(fn, nargs, 7, "logits, ids, weights, N, E, k, normalize") || size_arg(fn, "N", args[3], 0, &N) ||
+        size_arg(fn, "E", args[4], 1, &E) || int_arg(fn, "k", args[5], 1, E, &k) ||
+        int_arg(fn, "normalize", args[6], 0, 1, &normalize))
+        return NULL;
+    Py_buffer b[3] = {{0}};
+    if (get_contiguous(fn, "logits", args[0], F32, 0, mul(mul(N, E), 4), &b[0]) ||
+        get_contiguous(fn, "ids", args[1], I64, 1, mul(mul(N, k), 8), &b[1]) ||
+        get_contiguous(fn, "weights", args[2], F32, 1, mul(mul(N, k), 4), &b[2])) {
+        release(b, 3);
+        return NULL;
+    }
+    uint8_t *taken = malloc((size_t)E);
+    if (!taken) {
+        release(b, 3);
+        return PyErr_NoMemory();
+    }
+    route_run(b[0].buf, N, E, k, (int)normalize, taken, b[1].buf, b[2].buf);
+    free(taken);
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+/* combine_experts(rows, weights, order, out, N, k, d): rows (N * k, d) float32, product row r holding (token, slot)
+ * pair order[r]; order (N * k,) int64, a permutation of 0 .. N * k - 1; weights (N, k) float32; out (N, d) written:
+ * each token's slots' rows, weighted, summed in slot order (see elementwise.h). */
+static PyObject *py_combine_experts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    static const char fn[] = "combine_experts";
+    int64_t N = 0, k = 0, d = 0;
+    if (arg_count(fn, nargs, 7, "rows, weights, order, out, N, k, d") || size_arg(fn, "N", args[4], 0, &N) ||
+        size_arg(fn, "k", args[5], 1, &k) || size_arg(fn, "d", args[6], 1, &d))
+        return NULL;
+    const int64_t M = mul(N, k);
+    Py_buffer b[4] = {{0}};
+    if (get_contiguous(fn, "rows", args[0], F32, 0, mul(mul(M, d), 4), &b[0]) ||
+        get_contiguous(fn, "weights", args[1], F32, 0, mul(M, 4), &b[1]) ||
+        get_contiguous(fn, "order", args[2], I64, 0, mul(M, 8), &b[2]) ||
+        get_contiguous(fn, "out", args[3], F32, 1, mul(mul(N, d), 4), &b[3])) {
+        release(b, 4);
+        return NULL;
+    }
+    int64_t *slots = malloc((size_t)(M > 0 ? M : 1) * sizeof *slots); /* the inverse of order: each pair's row */
+    if (!slots) {
+        release(b, 4);
+        return PyErr_NoMemory();
+    }
+    const int64_t *order = b[2].buf;
+    for (int64_t i = 0; i < M; i++)
+        slots[i] = -1;
+    for (int64_t r = 0; r < M; r++) {
+        if (order[r] < 0 || order[r] >= M || slots[order[r]] >= 0) {
+            fail(fn, "order must be a permutation of 0 .. %lld, got %lld at %lld", (long long)(M - 1),
+                 (long long)order[r], (long long)r);
+            free(slots);
+            release(b, 4);
+            return NULL;
+        }
+        slots[order[r]] = r;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    combine_experts_run(b[0].buf, b[1].buf, slots, b[3].buf, N, k, d, n_threads);
+    Py_END_ALLOW_THREADS
+    free(slots);
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
 /* set_num_threads(n): n in [1, MAX_THREADS] (deeproots.kernels.set_num_threads checks user input first). */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
@@ -1200,6 +1275,9 @@ static PyMethodDef methods[] = {
     {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL, "RMSNorm of rows"},
     {"rope", (PyCFunction)(void (*)(void))py_rope, METH_FASTCALL, "rotary embeddings in place"},
     {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_FASTCALL, "silu(gate) * up"},
+    {"route", (PyCFunction)(void (*)(void))py_route, METH_FASTCALL, "softmax top-k routing of a mixture of experts"},
+    {"combine_experts", (PyCFunction)(void (*)(void))py_combine_experts, METH_FASTCALL,
+     "the weighted sum of each token's expert rows"},
     {"set_num_threads", py_set_num_threads, METH_O, "threads used by the kernels"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "threads used by the kernels"},
     {"set_amx_min_tokens", py_set_amx_min_tokens, METH_O, "AMX for products of at least n tokens (0: never)"},
