@@ -1,12 +1,14 @@
-"""Where the time of a mixture-of-experts forward goes: router, expert products, the gather and scatter around them,
-attention, the output projection.
+"""Where the time of a forward goes: attention, the MLP's products (a mixture's router, expert products and the
+gather and scatter around them), the output projection.
 
-    python benchmarks/profile_moe_step.py FILE.gguf [--prompt 128] [--steps 32] [--threads 2]
+    python benchmarks/profile_step.py FILE.gguf [--prompt 128] [--steps 32] [--threads 2]
 
 Wraps each part of every block in a timer (perf_counter, a few hundred nanoseconds a call) and runs one prefill of
 --prompt random tokens, then --steps decode steps; prints milliseconds per forward (prefill) and per token
-(decode). "gather, scatter" is the mixture's own work besides its products: sorting the (token, slot) pairs by
-expert, gathering their rows, putting the products back in token order and summing each token's slots.
+(decode). A mixture's "gather, scatter" is its own work besides its products: sorting the (token, slot) pairs by
+expert, the SiLU between them, and weighting and summing each token's slots. A dense MLP's "SiLU" is its gating
+between the two products. "rest" is the step's time outside every part timed: norms, residual adds, the
+embedding, Python between the blocks.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def instrument(model, totals: dict[str, float]) -> None:
         attention = "attention (q/k/v/o products, norms, RoPE, attention)"
         block.attention = timed(totals, attention, block.attention)
         block.project = timed(totals, attention, block.project)  # the o product, outside block.attention
+        block.attn_qkv = timed(totals, "  q/k/v products", block.attn_qkv)
+        block.attn_output = timed(totals, "  o product", block.attn_output)
+        if moe is None:
+            block.mlp = timed(totals, "MLP total", block.mlp)
+            block.ffn_gate_up = timed(totals, "  gate/up products", block.ffn_gate_up)
+            block.ffn_down = timed(totals, "  down products", block.ffn_down)
+            continue
         moe.route = timed(totals, "router (product, softmax, top-k)", moe.route)
         moe.experts_output = timed(totals, "experts total", moe.experts_output)
         moe.ffn_gate_up_exps.grouped = timed(totals, "  expert gate/up products", moe.ffn_gate_up_exps.grouped)
@@ -46,8 +55,13 @@ def instrument(model, totals: dict[str, float]) -> None:
 
 def report(totals: dict[str, float], label: str, per: int, total: float) -> None:
     print(f"{label}: {total / per * 1e3:.2f} ms per {'token' if per > 1 else 'forward'}")
-    gather = totals["experts total"] - totals["  expert gate/up products"] - totals["  expert down products"]
-    for part, seconds in [*totals.items(), ("  gather, scatter, SiLU", gather)]:
+    if "experts total" in totals:
+        derived = [("  gather, scatter, SiLU", totals["experts total"] - totals["  expert gate/up products"] -
+                    totals["  expert down products"])]
+    else:
+        derived = [("  SiLU", totals["MLP total"] - totals["  gate/up products"] - totals["  down products"])]
+    outermost = [seconds for part, seconds in totals.items() if not part.startswith(" ")]
+    for part, seconds in [*totals.items(), *derived, ("rest", total - sum(outermost))]:
         print(f"  {part:55} {seconds / per * 1e3:8.2f} ms  {seconds / total:4.0%}")
 
 
