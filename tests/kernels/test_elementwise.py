@@ -333,7 +333,7 @@ def fallback(request, tmp_path_factory):
     lib.rms_norm_run.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_double, ctypes.c_int]
     lib.rope_run.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.silu_mul_run.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
-    lib.route_run.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr]
+    lib.route_run.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr]
     lib.combine_experts_run.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
 
     def norm(x, w, eps):
@@ -352,9 +352,9 @@ def fallback(request, tmp_path_factory):
 
     def route(logits, top_k, normalize):
         ids, weights = np.empty((len(logits), top_k), np.int64), np.empty((len(logits), top_k), np.float32)
-        taken = np.empty(logits.shape[1], np.uint8)
-        lib.route_run(logits.ctypes.data, *logits.shape, top_k, normalize, taken.ctypes.data, ids.ctypes.data,
-                      weights.ctypes.data)
+        shifted, taken = np.empty(logits.shape[1], np.float64), np.empty(logits.shape[1], np.uint8)
+        lib.route_run(logits.ctypes.data, *logits.shape, top_k, normalize, shifted.ctypes.data, taken.ctypes.data,
+                      ids.ctypes.data, weights.ctypes.data)
         return ids, weights
 
     def combine(rows, weights, order):

@@ -215,8 +215,8 @@ void silu_mul_run(const float *gate_up, float *out, int64_t T, int64_t F, int th
 
 /* --- A mixture of experts: its routing, and the weighted sum of each token's expert rows --- */
 
-void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, uint8_t *taken, int64_t *ids,
-               float *weights)
+void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, double *shifted, uint8_t *taken,
+               int64_t *ids, float *weights)
 {
     for (int64_t t = 0; t < N; t++) {
         const float *l = logits + t * E;
@@ -226,7 +226,7 @@ void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normali
         /* in double: l - top is exact there, exp and the sums round ~1e-16, and the weight rounds once to float */
         double total = 0.0, kept = 0.0; /* kept: the chosen experts' share of the total, for renormalising */
         for (int64_t e = 0; e < E; e++)
-            total += exp((double)l[e] - (double)top);
+            total += shifted[e] = exp((double)l[e] - (double)top);
         memset(taken, 0, (size_t)E);
         for (int64_t s = 0; s < k; s++) {
             int64_t best = -1; /* the largest logit not yet taken, the lower id on ties; distinct ids even with NaNs */
@@ -235,10 +235,10 @@ void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normali
                     best = e;
             taken[best] = 1;
             ids[t * k + s] = best;
-            kept += exp((double)l[best] - (double)top);
+            kept += shifted[best];
         }
         for (int64_t s = 0; s < k; s++)
-            weights[t * k + s] = (float)(exp((double)l[ids[t * k + s]] - (double)top) / (normalize ? kept : total));
+            weights[t * k + s] = (float)(shifted[ids[t * k + s]] / (normalize ? kept : total));
     }
 }
 

@@ -21,9 +21,9 @@ void silu_mul_run(const float *gate_up, float *out, int64_t T, int64_t F, int th
 
 /* For each row t of logits (N, E): softmax over the E experts, the k largest logits (the lower id on ties) into
  * ids (N, k) in that order, and their probabilities into weights (N, k), rescaled to sum to 1 when `normalize`.
- * 1 <= k <= E; taken: scratch of E bytes. */
-void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, uint8_t *taken, int64_t *ids,
-               float *weights);
+ * 1 <= k <= E; shifted and taken: scratch of E doubles and E bytes. */
+void route_run(const float *logits, int64_t N, int64_t E, int64_t k, int normalize, double *shifted, uint8_t *taken,
+               int64_t *ids, float *weights);
 
 /* out (N, d): row t = sum over s = 0 .. k - 1, in that order, of weights[t * k + s] * rows[slots[t * k + s]] (each
  * product rounded to float, then added); rows (M, d), every slot in [0, M). */

@@ -1108,13 +1108,13 @@ static PyObject *py_route(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, 3);
         return NULL;
     }
-    uint8_t *taken = malloc((size_t)E);
-    if (!taken) {
+    double *shifted = malloc((size_t)E * (sizeof *shifted + 1)); /* E exps, then E taken flags */
+    if (!shifted) {
         release(b, 3);
         return PyErr_NoMemory();
     }
-    route_run(b[0].buf, N, E, k, (int)normalize, taken, b[1].buf, b[2].buf);
-    free(taken);
+    route_run(b[0].buf, N, E, k, (int)normalize, shifted, (uint8_t *)(shifted + E), b[1].buf, b[2].buf);
+    free(shifted);
     release(b, 3);
     Py_RETURN_NONE;
 }
