@@ -48,25 +48,42 @@ INLINE vf load_row(const int type, const uint8_t *row, int64_t d, int64_t n)
     return vmul(load_i8(block + 2 + d % QBLOCK), vset1(load_f16(block)));
 }
 
-/* q . key for a key row of D values. A q8_0 row's blocks are summed as d_b * (q . q_b): the block's int8 products,
- * then one fma with its scale (d_b * q_bi is exact), so a term is rounded at most 32 / VW + D / 32 times before the
- * lane sum: within the D + 2 roundings the error bound allows, as for the float rows' single chain. */
-INLINE float dot_row(const int type, const int64_t D, const float *q, const uint8_t *key)
+#define KEYS 4 /* keys whose dot products run side by side */
+
+/* s[r] = q . key r for `n` (at most KEYS) key rows of D values, `k_row` bytes apart. Each key's sum is one chain of
+ * FMAs in d order, whatever n: the keys' chains are interleaved only because one chain of D / VW dependent FMAs leaves
+ * the FMA units idle for most of their latency. A q8_0 row's blocks are summed as d_b * (q . q_b): the block's int8
+ * products, then one fma with its scale (d_b * q_bi is exact), so a term is rounded at most 32 / VW + D / 32 times
+ * before the lane sum: within the D + 2 roundings the error bound allows, as for the float rows' single chain. */
+INLINE void dot_rows(const int type, const int64_t D, const float *q, const uint8_t *key, int64_t k_row, int n,
+                     float *s)
 {
-    vf dot = vset1(0.0f);
+    vf dot[KEYS];
+    for (int r = 0; r < n; r++)
+        dot[r] = vset1(0.0f);
     if (type != T_Q8_0) {
-        for (int64_t d = 0; d < D; d += VW)
-            dot = vfma(load_f32(q + d, D - d), load_row(type, key, d, D - d), dot);
-        return vsum(dot);
+        for (int64_t d = 0; d < D; d += VW) {
+            const vf qd = load_f32(q + d, D - d);
+            for (int r = 0; r < n; r++)
+                dot[r] = vfma(qd, load_row(type, key + r * k_row, d, D - d), dot[r]);
+        }
+    } else {
+        for (int64_t b = 0; b < D; b += QBLOCK) {
+            const uint8_t *block = key + b / QBLOCK * Q8_0_BYTES;
+            vf part[KEYS];
+            for (int r = 0; r < n; r++)
+                part[r] = vset1(0.0f);
+            for (int64_t d = 0; d < QBLOCK; d += VW) {
+                const vf qd = load_f32(q + b + d, VW);
+                for (int r = 0; r < n; r++)
+                    part[r] = vfma(qd, load_i8(block + r * k_row + 2 + d), part[r]);
+            }
+            for (int r = 0; r < n; r++)
+                dot[r] = vfma(part[r], vset1(load_f16(block + r * k_row)), dot[r]);
+        }
     }
-    for (int64_t b = 0; b < D; b += QBLOCK) {
-        const uint8_t *block = key + b / QBLOCK * Q8_0_BYTES;
-        vf part = vset1(0.0f);
-        for (int64_t d = 0; d < QBLOCK; d += VW)
-            part = vfma(load_f32(q + b + d, VW), load_i8(block + 2 + d), part);
-        dot = vfma(part, vset1(load_f16(block)), dot);
-    }
-    return vsum(dot);
+    for (int r = 0; r < n; r++)
+        s[r] = vsum(dot[r]);
 }
 
 /* out (D) = sum_j softmax_j(scale * q . k_j) v_j over keys j in [first, n); k and v point at key 0, rows `k_row` and
@@ -86,9 +103,13 @@ INLINE void attend_row(const int type, const int64_t D, const float *q, const ui
         float chunk_max = -INFINITY;
         for (int64_t j = 0; j < js; j++)
             s[j] = -INFINITY; /* keys below the window: defined inputs for exp, weights zeroed below */
-        for (int64_t j = js; j < kc; j++) {
-            const uint8_t *key = k + (j0 + j) * k_row;
-            s[j] = dot_row(type, D, q, key) * scale;
+        int64_t j = js;
+        for (; j + KEYS <= kc; j += KEYS)
+            dot_rows(type, D, q, k + (j0 + j) * k_row, k_row, KEYS, s + j);
+        for (; j < kc; j++) /* the tail one key at a time */
+            dot_rows(type, D, q, k + (j0 + j) * k_row, k_row, 1, s + j);
+        for (j = js; j < kc; j++) {
+            s[j] *= scale;
             chunk_max = s[j] > chunk_max ? s[j] : chunk_max;
         }
         const float m_new = chunk_max > m ? chunk_max : m;
