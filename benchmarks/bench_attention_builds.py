@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from bench_decode_bandwidth import load_build
+from bench_decode_bandwidth import load_builds
 
 import deeproots.kernels.attention as attention
 
@@ -41,9 +41,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("builds", nargs="+", help="paths of compiled _cpu builds")
     args = parser.parse_args()
-    builds = [load_build(path) for path in args.builds]
-    for build in builds:
-        build.set_num_threads(args.threads)
+    builds = load_builds(args.builds, args.threads)
     rng = np.random.default_rng(0)
     for kv in args.kv.split(","):
         for shape, (n_heads, n_kv_heads, dim) in SHAPES.items():

@@ -36,6 +36,14 @@ def load_build(path: str):
     return module
 
 
+def load_builds(paths: list[str], threads: int) -> list:
+    """The builds at `paths` (default: the installed extension), each on `threads` threads."""
+    builds = [load_build(path) for path in paths] or [_cpu]
+    for build in builds:
+        build.set_num_threads(threads)
+    return builds
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -51,10 +59,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("builds", nargs="*", help="paths of compiled _cpu builds (default: the installed one)")
     args = parser.parse_args()
-    builds = [load_build(path) for path in args.builds] or [_cpu]
+    builds = load_builds(args.builds, args.threads)
     names = [Path(path).name for path in args.builds] or ["installed"]
-    for build in builds:
-        build.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     for type_name in args.types.split(","):
         ggml_type = GGMLType[type_name]

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bench_decode_bandwidth import load_build
+from bench_decode_bandwidth import load_builds
 from deeproots.kernels import pack_weight
 from deeproots.quant import GGMLType
 from synthetic_models import random_blocks
@@ -32,9 +32,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("builds", nargs="+", help="paths of compiled _cpu builds")
     args = parser.parse_args()
-    builds = [load_build(path) for path in args.builds]
-    for build in builds:
-        build.set_num_threads(args.threads)
+    builds = load_builds(args.builds, args.threads)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     k, n = map(int, args.shape.split("x"))
     rng = np.random.default_rng(0)
