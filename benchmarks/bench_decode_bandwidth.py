@@ -1,7 +1,7 @@
 """Decode's matrix-vector products against the memory read bandwidth, per matrix, side by side in one process.
 
     python benchmarks/bench_decode_bandwidth.py [--types Q4_0,Q4_K,Q5_K,Q6_K] [--shapes 4096x14336,14336x4096]
-        [--threads 2] [-T 1] [--reps 9] [BUILD.so ...]
+        [--threads 2] [-T 1] [--reps 9] [--from-cache] [BUILD.so ...]
 
 For each type and shape (GGUF order K x N; the defaults are Llama-3-8B's FFN matrices), random blocks of that type
 (synthetic_models.random_blocks) are packed into enough copies to sweep 1 GiB, twice this machine's L3, as one decode
@@ -10,6 +10,8 @@ given (compiled copies of deeproots.kernels._cpu, e.g. one built from main and o
 installed one), then one plain read of the same buffers with the first build's read_bytes (the bandwidth probe of
 `deeproots bench`). "of read" is the median over repetitions of read time / product time: the fraction of the read
 bandwidth the product reaches, measured under the same load. The builds' outputs are checked to be identical.
+With --from-cache each build also sweeps the first copy alone as many times (it stays in cache if it fits there):
+the products' arithmetic rate, to set against the rate from memory.
 """
 
 import argparse
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=_cpu.get_num_threads())
     parser.add_argument("-T", type=int, default=1, help="rows of x (decode: 1)")
     parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--from-cache", action="store_true", help="also time each build on one copy, repeated")
     parser.add_argument("builds", nargs="*", help="paths of compiled _cpu builds (default: the installed one)")
     args = parser.parse_args()
     builds = load_builds(args.builds, args.threads)
@@ -72,11 +75,13 @@ def main() -> None:
             x = rng.standard_normal((args.T, k)).astype(np.float32)  # (T, K)
             outs = [np.empty((args.T, n), np.float32) for _ in builds]  # (T, N) each
 
-            def sweep(build, out):
-                for w in weights:
+            def sweep(build, out, copies):
+                for w in copies:
                     build.linear(int(ggml_type), w.data, n, k, x, args.T, out)
 
-            runs = [lambda b=b, o=o: sweep(b, o) for b, o in zip(builds, outs)]
+            runs = [lambda b=b, o=o: sweep(b, o, weights) for b, o in zip(builds, outs)]
+            if args.from_cache:
+                runs += [lambda b=b, o=o: sweep(b, o, [first] * len(weights)) for b, o in zip(builds, outs)]
             runs.append(lambda: [builds[0].read_bytes(w.data) for w in weights])
             for run in runs:  # warm-up: page tables, thread pools
                 run()
@@ -92,6 +97,8 @@ def main() -> None:
             for name, samples in zip(names, times):
                 fraction = statistics.median(r / s for r, s in zip(read, samples))
                 cells.append(f"{name} {nbytes / statistics.median(samples) / 1e9:5.1f} GB/s, {fraction:4.0%} of read")
+            for name, samples in zip(names, times[len(builds):-1]):  # with --from-cache
+                cells.append(f"{name} from cache {nbytes / statistics.median(samples) / 1e9:5.1f} GB/s")
             print(f"{type_name:5} {k}x{n} T={args.T} threads={args.threads}: " + " | ".join(cells), flush=True)
             weights.clear()  # free this sweep before the next is packed
 
