@@ -16,7 +16,8 @@ streaming reads of 1 GiB on the kernels' threads, 5 before and 5 after a file's 
 bytes one token reads in the file: every matrix but the
 token embeddings (one row) and the experts, plus experts_per_token / n_experts of each expert tensor. The KV cache
 (at most 128 positions: under 2% of those bytes) is left out. deeproots' packed layouts have the file's sizes,
-except Q5_0, widened to Q8_0 at load (34/22 of its bytes), which the "deeproots reads" column counts.
+except MXFP4 (gpt-oss's experts), widened to Q8_0 at load (34/17 of its bytes), which the "deeproots reads" column
+counts.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def active_bytes(path: Path) -> tuple[int, int]:
                 continue
             read = info.nbytes * (share if "_exps." in name else 1.0)
             in_file += read
-            in_packed += read * (34 / 22 if info.ggml_type == GGMLType.Q5_0 else 1.0)
+            in_packed += read * (34 / 17 if info.ggml_type == GGMLType.MXFP4 else 1.0)
     return int(in_file), int(in_packed)
 
 

@@ -18,7 +18,6 @@ from ..formats.gguf import TensorInfo
 from ..kernels.attention import batched_attention
 from ..kernels.layouts import aligned_empty
 from ..quant import GGMLType
-from ..quant.legacy import q5_0_as_q8_0
 from ..quant.mxfp4 import mxfp4_as_q8_0
 from .base import Backend, Linear, Primitives, WeightSource
 from .formulas import RotaryEmbedding, gelu_mul
@@ -44,13 +43,13 @@ FAST = Primitives(rms_norm=kernels.rms_norm, rotate_=_rotate_fast, attention=ker
                   route=kernels.route, combine_experts=kernels.combine_experts)
 
 
-# Formats a kernel runs as Q8_0 blocks of the same values (Q5_0: 34/22 of the bytes; MXFP4, gpt-oss's experts: 34/17,
-# against 4 x 32/17 as the dense float32 that was the alternative).
-AS_Q8_0 = {GGMLType.Q5_0: q5_0_as_q8_0, GGMLType.MXFP4: mxfp4_as_q8_0}
+# Formats a kernel runs as Q8_0 blocks of the same values (MXFP4, gpt-oss's experts: 34/17 of the bytes, against 4 x
+# 32/17 as the dense float32 that was the alternative).
+AS_Q8_0 = {GGMLType.MXFP4: mxfp4_as_q8_0}
 
 
 def kernel_type(ggml_type: int) -> int:
-    """The block format a kernel runs this type as: Q5_0 and MXFP4 widen to Q8_0 (quant/legacy.py, quant/mxfp4.py)."""
+    """The block format a kernel runs this type as: MXFP4 widens to Q8_0 (quant/mxfp4.py)."""
     return GGMLType.Q8_0 if ggml_type in AS_Q8_0 else ggml_type
 
 

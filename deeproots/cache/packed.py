@@ -32,10 +32,10 @@ from ..home import store_home
 from ..kernels import PackedWeight, packed_nbytes
 from ..quant import GGMLType
 
-PACK_FORMAT = 1  # bump whenever a packed layout (csrc/qgemm.h) changes
+PACK_FORMAT = 2  # bump whenever a packed layout (csrc/qgemm.h) changes (2: Q5_0 packed as itself, not as Q8_0)
 ALIGNMENT = 64  # what the kernels expect of a weight's first byte
 CACHE_ENV = "DEEPROOTS_PACKED_CACHE"
-# Packed weights take at most this many times their bytes in the model file (Q5_0 widens to Q8_0: 34/22), plus
+# Packed weights take at most this many times their bytes in the model file (MXFP4 widens to Q8_0: 34/17), plus
 # alignment: the address space the file being written is mapped with (sparse: disk blocks are taken as used).
 GROWTH_BOUND, GROWTH_SLACK = 2, 64 << 20
 

@@ -82,9 +82,16 @@ def _super(header: list[np.ndarray], sub_blocks: list[np.ndarray], ns: int) -> n
 
 
 def _pack_rows(blocks: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """One chunk of k-quant file blocks (n, nblocks, type_size), n % 16 == 0 -> packed groups (G, bytes per group)."""
+    """One chunk of Q5_0 or k-quant file blocks (n, nblocks, type_size), n % 16 == 0 -> packed groups (G, bytes per
+    group)."""
     n, ns = blocks.shape[:2]
-    if ggml_type in (GGMLType.Q4_K, GGMLType.Q5_K):
+    if ggml_type == GGMLType.Q5_0:  # file block: f16 d | u32 qh (bit j: value j's bit 4) | qs (nibbles j, j + 16)
+        qs = blocks[..., 6:22]
+        low = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (n, nb, 32) the low 4 bits of values 0..31
+        qh = blocks[..., 2:6].copy().view("<u4")  # (n, nb, 1)
+        high = (qh >> np.arange(32, dtype=np.uint32)) & 1  # (n, nb, 32)
+        records = [_f16_rows(blocks[..., 0:2]), _nibble_tile(low), _bit_planes(high, 1)]
+    elif ggml_type in (GGMLType.Q4_K, GGMLType.Q5_K):
         sc, mn = _k_scales(blocks[..., 4:16])
         header = [_f16_rows(blocks[..., 0:2]), _f16_rows(blocks[..., 2:4]), _interleave(sc, 1), _interleave(mn, 1)]
         subs = [_nibble_tile(_k_low_nibbles(blocks[..., -128:]))]
@@ -115,8 +122,9 @@ def pack_quantized(parts: list[np.ndarray], ggml_type: GGMLType, n: int, k: int,
     """File bytes of a block-quantized type, as row blocks (n_i, row_bytes) that stack into n rows -> packed
     groups, 64-byte aligned, ceil(n/16) groups.
 
-    The 32-value formats are repacked by the C core (csrc/layout.c: a strided copy of each block field), each part
-    straight into its groups when the parts before it fill whole groups; the k-quants here, with numpy.
+    Q4_0, Q4_1 and Q8_0 are repacked by the C core (csrc/layout.c: a strided copy of each block field), each part
+    straight into its groups when the parts before it fill whole groups; Q5_0 (whose high bits are regrouped) and the
+    k-quants here, with numpy.
     """
     geometry = BLOCK_GEOMETRY[ggml_type]
     groups = -(-n // ROWS)

@@ -40,7 +40,8 @@ from . import _cpu
 from .outputs import F32 as _F32, bad_array, bad_contiguous, output_buffer
 from .layouts import pack_float, pack_quantized
 
-_QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
+_QUANT_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K,
+                          GGMLType.Q6_K})
 _FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
 _linear = _cpu.linear  # looked up once: the decode path calls it ~200 times per token
 _linear_experts = _cpu.linear_experts

@@ -18,7 +18,7 @@ from deeproots.kernels import _cpu
 from deeproots.quant.types import GGMLType
 
 Q = GGMLType
-PACKED_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+PACKED_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 # Where the CPU has no AMX, the AMX path's own code runs over software tiles (csrc/amx_emulated.h): the same tiling,
 # tails and bits, checked against the same references; only the tile instructions themselves are not the CPU's.
 HARDWARE = AMX_STATUS == "amx-int8"

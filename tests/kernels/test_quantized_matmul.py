@@ -32,11 +32,11 @@ from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType
 
 Q = GGMLType
 # byte offsets of each block's f16 scale fields, which random bytes must keep finite
-SCALE_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+SCALE_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 # formats whose weight is (integer part) + (block minimum): the bytes holding the integer part
 MIN_FORMAT_QUANTS = {Q.Q4_1: slice(4, 20), Q.Q4_K: slice(16, 144), Q.Q5_K: slice(16, 176)}
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
-ROW_LENGTHS = {t: (32, 96, 576) for t in (Q.Q4_0, Q.Q4_1, Q.Q8_0)}
+ROW_LENGTHS = {t: (32, 96, 576) for t in (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0)}
 ROW_LENGTHS.update({t: (256, 768) for t in (Q.Q4_K, Q.Q5_K, Q.Q6_K)})
 ROW_LENGTHS.update({t: (1, 17, 576) for t in FLOAT_TYPES})
 U = 2.0**-24  # f32 unit roundoff
@@ -156,6 +156,34 @@ def test_fallback_isas_match_reference_within_bound(fallback_linear, ggml_type):
     for t, n in [(1, 17), (5, 3), (9, 40)]:
         for i, k in enumerate(ROW_LENGTHS[GGMLType(ggml_type)]):
             check(GGMLType(ggml_type), t, k, n, seed=7 * ggml_type + 100 * t + n + i, linear=fallback_linear)
+
+
+def q5_0_as_q8_0_outputs(linear, t: int, k: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One Q5_0 product through `linear`, run as Q5_0 and as the Q8_0 blocks of the same values that the CPU ran
+    Q5_0 weights as before they had a kernel of their own: (as Q5_0, as Q8_0)."""
+    from deeproots.quant.legacy import q5_0_as_q8_0
+
+    rng = np.random.default_rng(seed)
+    raw = random_raw(Q.Q5_0, k, n, rng)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    return (linear(x, pack_weight(raw, Q.Q5_0, (k, n))),
+            linear(x, pack_weight(q5_0_as_q8_0(raw.reshape(-1)).reshape(n, -1), Q.Q8_0, (k, n))))
+
+
+@pytest.mark.parametrize("t", [1, 2, 7, 16, 64])
+def test_q5_0_gives_the_bits_of_its_q8_0_widening(t):
+    """Q5_0's kernel sums the same exact integers as Q8_0's over the widened blocks (q - 16) and scales them with the
+    same float operations, so packing Q5_0 as itself (22 bytes a block, not 34) changes no output bit."""
+    for k, n in [(32, 3), (576, 40), (1408, 83)]:
+        as_q5_0, as_q8_0 = q5_0_as_q8_0_outputs(quantized_linear, t, k, n, seed=t + k + n)
+        assert np.array_equal(as_q5_0, as_q8_0)
+
+
+@pytest.mark.slow  # compiles the extension twice more (AVX2, portable C)
+def test_fallback_isas_give_q5_0_the_bits_of_its_q8_0_widening(fallback_linear):
+    for t, k, n in [(1, 576, 17), (5, 96, 3), (9, 1408, 40)]:
+        as_q5_0, as_q8_0 = q5_0_as_q8_0_outputs(fallback_linear, t, k, n, seed=t + k + n)
+        assert np.array_equal(as_q5_0, as_q8_0)
 
 
 @pytest.mark.slow  # gguf-py reads the whole file
@@ -280,8 +308,8 @@ def test_pack_weight_rejects_bad_weights():
         pack_weight(raw, Q.Q4_1, (64, 0))
     with pytest.raises(ModelFormatError, match="contiguous"):
         pack_weight(np.zeros((40, 8), np.uint8)[:, ::2], Q.Q4_1, (64, 4))
-    with pytest.raises(UnsupportedModelError, match="Q5_0"):
-        pack_weight(np.zeros(22, np.uint8), Q.Q5_0, (32, 1))
+    with pytest.raises(UnsupportedModelError, match="Q5_1"):
+        pack_weight(np.zeros(24, np.uint8), Q.Q5_1, (32, 1))
     with pytest.raises(UnsupportedModelError, match="unknown"):
         pack_weight(raw, 99, (64, 4))
 

@@ -1,7 +1,7 @@
 """Gemma 3 270M against HF transformers on the same GGUF weights: logits and greedy text.
 
 The same figures as the llama tests: the reference path matches transformers tightly, the fast path
-(int8 activations per block, Q5_0 weights widened to Q8_0) picks the same top token almost everywhere.
+(int8 activations per block, Q5_0 weights on their own kernel) picks the same top token almost everywhere.
 One text is longer than the 512-token sliding window, so the local layers' windows are exercised.
 (Transformers takes ~20 s to load this model: its 262k-token vocabulary.)
 """

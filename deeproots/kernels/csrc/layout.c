@@ -12,6 +12,7 @@ int64_t qgemm_group_bytes(int type, int64_t K)
     switch (type) {
     case T_Q4_0: return K % QBLOCK ? -1 : K / QBLOCK * REC_Q4_0;
     case T_Q4_1: return K % QBLOCK ? -1 : K / QBLOCK * REC_Q4_1;
+    case T_Q5_0: return K % QBLOCK ? -1 : K / QBLOCK * REC_Q5_0;
     case T_Q8_0: return K % QBLOCK ? -1 : K / QBLOCK * REC_Q8_0;
     case T_Q4_K: return K % super_k ? -1 : K / super_k * SUPER_BYTES(HDR_Q4_K, SUB_Q4_K);
     case T_Q5_K: return K % super_k ? -1 : K / super_k * SUPER_BYTES(HDR_Q4_K, SUB_Q5_K);

@@ -8,12 +8,13 @@
  *   nibble tile (256 B): 4 vectors; vector p, lane r holds bytes whose low nibbles are values 4p..4p+3 of row r
  *                        and whose high nibbles are values 16+4p..16+4p+3.
  *   byte tile   (512 B): 8 vectors; vector k, lane r holds values 4k..4k+3 of row r (one byte each).
- *   high-bit vector (64 B, Q5_K): bit k of byte 4r+e is bit 4 of value 4k+e of row r.
+ *   high-bit vector (64 B, Q5_0, Q5_K): bit k of byte 4r+e is bit 4 of value 4k+e of row r.
  *   high-2-bit vectors (2 x 64 B, Q6_K): bits 2j..2j+1 of byte 4r+e of vector h are bits 4..5 of value
  *                        4(4h+j)+e of row r.
  *
  *   Q4_0 block record: f16 d[16] | nibble tile                       (w = d * (q - 8))
  *   Q4_1 block record: f16 d[16] | f16 m[16] | nibble tile           (w = d * q + m)
+ *   Q5_0 block record: f16 d[16] | nibble tile | high-bit vector     (w = d * (q - 16))
  *   Q8_0 block record: f16 d[16] | byte tile of q ^ 0x80             (w = d * q, q signed; stored offset by 128)
  *   Q4_K super-block (256 values): f16 d[16] | f16 dmin[16] | u8 sc[8][16] | u8 mn[8][16] | 8 x nibble tile
  *                                  (w = d * sc * q - dmin * mn, per 32-value sub-block)
@@ -45,6 +46,7 @@
 
 #define REC_Q4_0 (F16_ROWS + NIBBLE_TILE)
 #define REC_Q4_1 (2 * F16_ROWS + NIBBLE_TILE)
+#define REC_Q5_0 (F16_ROWS + NIBBLE_TILE + BIT_VECTOR)
 #define REC_Q8_0 (F16_ROWS + BYTE_TILE)
 #define HDR_Q4_K (2 * F16_ROWS + 2 * KQ_SCALES) /* also Q5_K */
 #define SUB_Q4_K NIBBLE_TILE
@@ -55,7 +57,7 @@
 
 /* GGML type ids, as stored in GGUF files. */
 enum {
-    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8,
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8,
     T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
 };
 
@@ -98,7 +100,7 @@ void quantize_activations(const float *x, int64_t t0, int64_t t1, int64_t K,
 void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N, const act_t *a, float *out);
 
 /* One 32-value block of 16 rows unpacked (qgemm_avx512.c's load_block, for qgemm_amx.c): u in the byte tile layout
- * as unsigned bytes (the format's offset still in: Q4_0 8, Q8_0 128, Q6_K 32), per-row scale dw (Q6_K: values
+ * as unsigned bytes (the format's offset still in: Q4_0 8, Q5_0 16, Q8_0 128, Q6_K 32), per-row scale dw (Q6_K: values
  * 0..15), dw2 (Q6_K: values 16..31) and minimum mw (Q4_1, Q4_K, Q5_K); fields a format lacks are left as they were. */
 typedef struct {
     _Alignas(64) uint8_t u[BYTE_TILE];

@@ -70,6 +70,7 @@ INLINE wscales_t load_scales(const int type, const uint8_t *w, int64_t b, int h)
         sc.dw = f16x8(w + b * REC_Q4_1 + 2 * HALF * h);
         sc.mw = f16x8(w + b * REC_Q4_1 + F16_ROWS + 2 * HALF * h);
         break;
+    case T_Q5_0: sc.dw = f16x8(w + b * REC_Q5_0 + 2 * HALF * h); break;
     case T_Q8_0: sc.dw = f16x8(w + b * REC_Q8_0 + 2 * HALF * h); break;
     case T_Q4_K:
     case T_Q5_K: {
@@ -98,6 +99,10 @@ INLINE __m256i weight_step(const int type, const uint8_t *w, int64_t b, int h, i
     switch (type) {
     case T_Q4_0: return nibbles(w + b * REC_Q4_0 + F16_ROWS, h, k);
     case T_Q4_1: return nibbles(w + b * REC_Q4_1 + 2 * F16_ROWS, h, k);
+    case T_Q5_0: {
+        const uint8_t *r = w + b * REC_Q5_0 + F16_ROWS;
+        return _mm256_or_si256(nibbles(r, h, k), high_bits(r + NIBBLE_TILE, h, 1, k));
+    }
     case T_Q8_0:
         return _mm256_xor_si256(half_vector(w + b * REC_Q8_0 + F16_ROWS + 64 * k, h), _mm256_set1_epi8((char)0x80));
     case T_Q4_K:
@@ -149,6 +154,7 @@ INLINE int s16_run(const int type)
     case T_Q4_0:
     case T_Q4_1:
     case T_Q4_K: return 8; /* 8 x 2 x 15 x 127 = 30480 */
+    case T_Q5_0:
     case T_Q5_K: return 4; /* 4 x 2 x 31 x 127 = 31496 */
     case T_Q6_K: return 2; /* 2 x 2 x 63 x 127 = 32004 */
     }
@@ -165,8 +171,10 @@ INLINE __m256 fold(const int type, const wscales_t *sc, const act_t *a, int64_t 
     const __m256 dx = _mm256_set1_ps(a->d[tb]);
     switch (type) {
     case T_Q8_0: return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sc->dw, dx), acc);
-    case T_Q4_0: {
-        const __m256i isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
+    case T_Q4_0:
+    case T_Q5_0: {
+        const int32_t offset = type == T_Q4_0 ? 8 : 16;
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc->dw, dx), acc);
     }
     case T_Q4_1:
@@ -328,6 +336,7 @@ void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N,
     switch (type) {
     case T_Q4_0: groups(T_Q4_0, w, g0, g1, N, a, out); break;
     case T_Q4_1: groups(T_Q4_1, w, g0, g1, N, a, out); break;
+    case T_Q5_0: groups(T_Q5_0, w, g0, g1, N, a, out); break;
     case T_Q8_0: groups(T_Q8_0, w, g0, g1, N, a, out); break;
     case T_Q4_K: groups(T_Q4_K, w, g0, g1, N, a, out); break;
     case T_Q5_K: groups(T_Q5_K, w, g0, g1, N, a, out); break;

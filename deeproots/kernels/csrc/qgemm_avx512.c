@@ -2,7 +2,7 @@
  *
  * One vpdpbusd multiplies 4 unsigned weight bytes by 4 signed activation bytes in each of 16 lanes (= 16 rows), so a
  * 32-value block of 16 rows takes 8 of them per token and no horizontal sum. Signed weights are stored with an
- * offset (Q4_0: 8, Q8_0: 128, Q6_K: 32) that is removed with the activation block's integer sum.
+ * offset (Q4_0: 8, Q5_0: 16, Q8_0: 128, Q6_K: 32) that is removed with the activation block's integer sum.
  */
 #include "qgemm.h"
 
@@ -87,6 +87,13 @@ INLINE void load_block(const int type, const uint8_t *w, int64_t b, wblock_t *wb
         unpack_nibbles(r + 2 * F16_ROWS, wb->u);
         break;
     }
+    case T_Q5_0: {
+        const uint8_t *r = w + b * REC_Q5_0;
+        wb->dw = f16x16(r);
+        unpack_nibbles(r + F16_ROWS, wb->u);
+        add_high_bit(r + F16_ROWS + NIBBLE_TILE, wb->u);
+        break;
+    }
     case T_Q8_0: {
         const uint8_t *r = w + b * REC_Q8_0 + F16_ROWS;
         wb->dw = f16x16(r - F16_ROWS);
@@ -143,8 +150,9 @@ INLINE __m512 block_dot(const int type, const wblock_t *wb, const act_t *a, int6
     const __m512 dx = _mm512_set1_ps(a->d[tb]);
     switch (type) {
     case T_Q4_0:
+    case T_Q5_0:
     case T_Q8_0: {
-        const int32_t offset = type == T_Q4_0 ? 8 : 128;
+        const int32_t offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 128;
         const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(lo, hi),
                                               _mm512_set1_epi32(offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
         return _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wb->dw, dx), acc);
@@ -267,6 +275,7 @@ void unpack_block(int type, const uint8_t *w, int64_t b, unpacked_block_t *out)
     switch (type) {
     case T_Q4_0: load_block(T_Q4_0, w, b, &wb); break;
     case T_Q4_1: load_block(T_Q4_1, w, b, &wb); break;
+    case T_Q5_0: load_block(T_Q5_0, w, b, &wb); break;
     case T_Q8_0: load_block(T_Q8_0, w, b, &wb); break;
     case T_Q4_K: load_block(T_Q4_K, w, b, &wb); break;
     case T_Q5_K: load_block(T_Q5_K, w, b, &wb); break;
@@ -287,6 +296,7 @@ void qgemm_groups(int type, const uint8_t *w, int64_t g0, int64_t g1, int64_t N,
     switch (type) {
     case T_Q4_0: groups(T_Q4_0, w, g0, g1, N, a, out); break;
     case T_Q4_1: groups(T_Q4_1, w, g0, g1, N, a, out); break;
+    case T_Q5_0: groups(T_Q5_0, w, g0, g1, N, a, out); break;
     case T_Q8_0: groups(T_Q8_0, w, g0, g1, N, a, out); break;
     case T_Q4_K: groups(T_Q4_K, w, g0, g1, N, a, out); break;
     case T_Q5_K: groups(T_Q5_K, w, g0, g1, N, a, out); break;

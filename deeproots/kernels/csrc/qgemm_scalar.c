@@ -22,6 +22,14 @@ static void unpack_nibbles(const uint8_t *p, wblock_t *wb)
         }
 }
 
+/* Bit k of byte i of the high-bit vector p is bit 4 of u[k][i] (qgemm.h). */
+static void add_high_bit(const uint8_t *p, wblock_t *wb)
+{
+    for (int k = 0; k < 8; k++)
+        for (int i = 0; i < 4 * ROWS; i++)
+            wb->u[k][i] |= (uint8_t)(((p[i] >> k) & 1) << 4);
+}
+
 static void f16_rows(const uint8_t *p, float *out)
 {
     for (int r = 0; r < ROWS; r++)
@@ -44,6 +52,13 @@ static void load_block(int type, const uint8_t *w, int64_t b, wblock_t *wb)
         unpack_nibbles(r + 2 * F16_ROWS, wb);
         break;
     }
+    case T_Q5_0: {
+        const uint8_t *r = w + b * REC_Q5_0;
+        f16_rows(r, wb->dw);
+        unpack_nibbles(r + F16_ROWS, wb);
+        add_high_bit(r + F16_ROWS + NIBBLE_TILE, wb);
+        break;
+    }
     case T_Q8_0: {
         const uint8_t *r = w + b * REC_Q8_0;
         f16_rows(r, wb->dw);
@@ -64,9 +79,7 @@ static void load_block(int type, const uint8_t *w, int64_t b, wblock_t *wb)
         const uint8_t *tile = s + HDR_Q4_K + sub * j;
         unpack_nibbles(tile, wb);
         if (type == T_Q5_K)
-            for (int k = 0; k < 8; k++)
-                for (int i = 0; i < 4 * ROWS; i++)
-                    wb->u[k][i] |= (uint8_t)(((tile[NIBBLE_TILE + i] >> k) & 1) << 4);
+            add_high_bit(tile + NIBBLE_TILE, wb);
         break;
     }
     case T_Q6_K: {
@@ -104,8 +117,9 @@ static float block_dot(int type, const wblock_t *wb, const act_t *a, int64_t tb,
     const float dx = a->d[tb];
     switch (type) {
     case T_Q4_0:
+    case T_Q5_0:
     case T_Q8_0: {
-        const int32_t offset = type == T_Q4_0 ? 8 : 128;
+        const int32_t offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 128;
         return (float)(lo + hi - offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])) * (wb->dw[r] * dx);
     }
     case T_Q4_1: return (float)(lo + hi) * (wb->dw[r] * dx) + wb->mw[r] * a->s[tb];
