@@ -233,8 +233,8 @@ INLINE void tile_pair(const int type, const int tt, const uint8_t *w0, const uin
 
 /* Pairs of groups pay in products of 2 x TILE tokens or more for these types: +20% for Q4_0 and Q8_0, +6-8% for Q4_1
  * and Q6_K at 512 tokens; the K-quants with minimums (Q4_K, Q5_K: two more scale vectors per group) lose 7-15%, Q5_0
- * (a group's unpacking, high bits included, shared by 5 tokens instead of 8) 4-7%, and below 16 tokens the 5-token tiles
- * lose to 8-token ones (docs/benchmarks.md). */
+ * (a group's unpacking, high bits included, shared by 5 tokens instead of 8) 4-7%, and below 16 tokens the 5-token
+ * tiles lose to 8-token ones (docs/benchmarks.md). */
 INLINE int pairs_pay(const int type, int64_t T)
 {
     return T >= 2 * TILE && type != T_Q4_K && type != T_Q5_K && type != T_Q5_0;
