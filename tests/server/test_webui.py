@@ -131,10 +131,12 @@ def test_key_asked_once_answer_streams_is_stored_and_found_again(browser, server
     page.wait_for_selector("body[data-ready=true]")
     header = page.text_content("#model-info")
     assert all(part in header for part in ("SmolLM2-135M-Instruct", "llama", "Q4_1", "1024 tokens context"))
-    set_settings(page, temperature=0, max_tokens=40)
+    # A long answer: it streams over many animation frames (the page repaints once a frame), however fast the machine.
+    prompt = "Tell me a long story about a dragon who learns to fly."
+    set_settings(page, temperature=0, max_tokens=160)
 
     record_streaming(page)
-    page.fill("#prompt", "What is the capital of France?")
+    page.fill("#prompt", prompt)
     page.press("#prompt", "Enter")
     wait_idle(page)
     seen = page.evaluate("() => window.__seen")
@@ -145,8 +147,8 @@ def test_key_asked_once_answer_streams_is_stored_and_found_again(browser, server
     # the answer arrived piece by piece: growing prefixes of the final text
     assert len(seen) > 3 and all(shown.startswith(text.strip()) for text in seen if text)
     direct = httpx.post(server.url + "/v1/chat/completions", headers=server.headers, timeout=120, json={
-        "model": "SmolLM2-135M-Instruct.Q4_1", "temperature": 0, "max_tokens": 40, "top_p": 0.95,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}]}).json()
+        "model": "SmolLM2-135M-Instruct.Q4_1", "temperature": 0, "max_tokens": 160, "top_p": 0.95,
+        "messages": [{"role": "user", "content": prompt}]}).json()
     assert answer == direct["choices"][0]["message"]["content"]
     meta = stored[1]["meta"]
     assert meta["stopped"] is False and meta["ttft_ms"] > 0 and meta["prompt_tokens"] > 0
@@ -155,12 +157,12 @@ def test_key_asked_once_answer_streams_is_stored_and_found_again(browser, server
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert page.is_hidden("#key-dialog")  # asked once: this browser kept the key
-    assert page.text_content(".message.user .body") == "What is the capital of France?"
+    assert page.text_content(".message.user .body") == prompt
     second = new_page(browser, server)  # another browser profile finds it in the list
     open_page(second, server)
     second.click(f"#conversations li[data-id='{current_id(page)}'] .open")
     second.wait_for_selector(".message.assistant")
-    assert second.text_content(".message.user .body") == "What is the capital of France?"
+    assert second.text_content(".message.user .body") == prompt
     assert not page.errors and not second.errors
 
 
