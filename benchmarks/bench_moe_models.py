@@ -16,8 +16,8 @@ streaming reads of 1 GiB on the kernels' threads, 5 before and 5 after a file's 
 bytes one token reads in the file: every matrix but the
 token embeddings (one row) and the experts, plus experts_per_token / n_experts of each expert tensor. The KV cache
 (at most 128 positions: under 2% of those bytes) is left out. deeproots' packed layouts have the file's sizes,
-except MXFP4 (gpt-oss's experts), widened to Q8_0 at load (34/17 of its bytes), which the "deeproots reads" column
-counts.
+except formats the CPU backend widens to Q8_0 at load (backends/cpu.py's kernel_type: MXFP4), which the "deeproots
+reads" column counts.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ MODELS = ["olmoe-1b-7b:q4_0", "olmoe-1b-7b:q4_k_m", "qwen1.5-moe-a2.7b:q4_0", "q
 
 def active_bytes(path: Path) -> tuple[int, int]:
     """(bytes of the file one decoded token reads, the same in deeproots' packed layouts) (see the docstring)."""
+    from deeproots.backends.cpu import kernel_type
     from deeproots.formats.gguf import GGUFFile
-    from deeproots.quant import GGMLType
+    from deeproots.quant.types import tensor_nbytes
 
     with GGUFFile.open(path) as gguf:
         arch = gguf.metadata["general.architecture"]
@@ -48,7 +49,7 @@ def active_bytes(path: Path) -> tuple[int, int]:
                 continue
             read = info.nbytes * (share if "_exps." in name else 1.0)
             in_file += read
-            in_packed += read * (34 / 17 if info.ggml_type == GGMLType.MXFP4 else 1.0)
+            in_packed += read * tensor_nbytes(kernel_type(info.ggml_type), info.n_elements) / info.nbytes
     return int(in_file), int(in_packed)
 
 

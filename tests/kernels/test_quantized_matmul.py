@@ -32,7 +32,8 @@ from deeproots.quant.types import BLOCK_GEOMETRY, GGMLType
 
 Q = GGMLType
 # byte offsets of each block's f16 scale fields, which random bytes must keep finite
-SCALE_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+SCALE_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2),
+                Q.Q6_K: (208,)}
 # formats whose weight is (integer part) + (block minimum): the bytes holding the integer part
 MIN_FORMAT_QUANTS = {Q.Q4_1: slice(4, 20), Q.Q4_K: slice(16, 144), Q.Q5_K: slice(16, 176)}
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)

@@ -72,6 +72,18 @@ enum {
 #define ISA_NAME "portable-c"
 #endif
 
+/* The offset a format's stored values carry (w = d * (u - offset), see the records above); 0 for the others. */
+static inline int weight_offset(int type)
+{
+    switch (type) {
+    case T_Q4_0: return 8;
+    case T_Q5_0: return 16;
+    case T_Q8_0: return 128;
+    case T_Q6_K: return 32;
+    default: return 0;
+    }
+}
+
 /* Activations quantized per 32-value block: x ~= d * q.  Row t, block b lives at index t * nb + b. */
 typedef struct {
     const int8_t *q;   /* (T, K) */

@@ -3,7 +3,8 @@
  * A packed byte tile (8 vectors of 64 bytes, vector k lane r = values 4k..4k+3 of row r) is exactly the B operand
  * of TDPBSSD with N = 16 columns and K = 32: one instruction multiplies a 32-value block of 16 weight rows by the
  * same block of 16 tokens. A group's blocks are unpacked once into this thread's buffer as signed bytes (offsets
- * removed: Q4_0 - 8, Q5_0 - 16, Q8_0 ^ 0x80, Q6_K - 32) with their per-row float scales, then reused for every token tile.
+ * removed: Q4_0 - 8, Q5_0 - 16, Q8_0 ^ 0x80, Q6_K - 32) with their per-row float scales, then reused for every token
+ * tile.
  *
  * Same bits as the VNNI path (qgemm_avx512.c): each block's integer sum is exact in both, and it is converted,
  * scaled by the same product dw * dx and accumulated block by block in the same order with the same FMAs, so each
@@ -109,8 +110,7 @@ static _Thread_local scratch_t group_buf;
 INLINE void unpack_signed(const int type, const uint8_t *w, int64_t b, unpacked_block_t *out)
 {
     unpack_block(type, w, b, out);
-    const int offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : type == T_Q8_0 ? 128 : type == T_Q6_K ? 32 : 0;
-    const __m512i o = _mm512_set1_epi8((char)offset);
+    const __m512i o = _mm512_set1_epi8((char)weight_offset(type));
     for (int k = 0; k < 8; k++)
         _mm512_store_si512(out->u + 64 * k, _mm512_sub_epi8(_mm512_load_si512(out->u + 64 * k), o));
 }

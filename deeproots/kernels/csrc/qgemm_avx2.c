@@ -173,8 +173,8 @@ INLINE __m256 fold(const int type, const wscales_t *sc, const act_t *a, int64_t 
     case T_Q8_0: return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sc->dw, dx), acc);
     case T_Q4_0:
     case T_Q5_0: {
-        const int32_t offset = type == T_Q4_0 ? 8 : 16;
-        const __m256i isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
+        const __m256i isum =
+            _mm256_sub_epi32(dot, _mm256_set1_epi32(weight_offset(type) * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc->dw, dx), acc);
     }
     case T_Q4_1:

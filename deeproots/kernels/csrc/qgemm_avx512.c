@@ -152,9 +152,8 @@ INLINE __m512 block_dot(const int type, const wblock_t *wb, const act_t *a, int6
     case T_Q4_0:
     case T_Q5_0:
     case T_Q8_0: {
-        const int32_t offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 128;
-        const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(lo, hi),
-                                              _mm512_set1_epi32(offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])));
+        const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(lo, hi), _mm512_set1_epi32(weight_offset(type) *
+                                                                                   (a->sq[2 * tb] + a->sq[2 * tb + 1])));
         return _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wb->dw, dx), acc);
     }
     case T_Q4_1:

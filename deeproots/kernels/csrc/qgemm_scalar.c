@@ -119,8 +119,7 @@ static float block_dot(int type, const wblock_t *wb, const act_t *a, int64_t tb,
     case T_Q4_0:
     case T_Q5_0:
     case T_Q8_0: {
-        const int32_t offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 128;
-        return (float)(lo + hi - offset * (a->sq[2 * tb] + a->sq[2 * tb + 1])) * (wb->dw[r] * dx);
+        return (float)(lo + hi - weight_offset(type) * (a->sq[2 * tb] + a->sq[2 * tb + 1])) * (wb->dw[r] * dx);
     }
     case T_Q4_1: return (float)(lo + hi) * (wb->dw[r] * dx) + wb->mw[r] * a->s[tb];
     case T_Q4_K:
